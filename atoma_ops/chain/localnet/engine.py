@@ -1,0 +1,809 @@
+"""The localnet engine: Sui-like objects, signed transactions and epochs around the ``atoma::db`` logic.
+
+Persistence is one SQLite file in WAL mode. Every transaction is one ``BEGIN IMMEDIATE … COMMIT``: a failure rolls
+back everything it did, and several processes can submit at once without a lost update.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import secrets
+import sqlite3
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import base58
+
+from ...protocol import abi
+from ...protocol.constants import (
+    INITIAL_COLLATERAL_REQUIRED_FOR_REGISTRATION,
+    INITIAL_CROSS_VALIDATION_EXTRA_NODES_CHARGE_PERMILLE,
+    INITIAL_CROSS_VALIDATION_EXTRA_NODES_COUNT,
+    INITIAL_CROSS_VALIDATION_PROBABILITY_PERMILLE,
+    INITIAL_PERMILLE_FOR_HONEST_NODES_ON_DISPUTE,
+    INITIAL_PERMILLE_FOR_ORACLE_ON_DISPUTE,
+    INITIAL_PERMILLE_TO_SLASH_NODE_ON_TIMEOUT,
+    INITIAL_SAMPLING_CONSENSUS_CHARGE_PERMILLE,
+    U64_MAX,
+)
+from ...wallet import InvalidSignatureError, normalize_address, verify_signature
+from .. import codec
+from ..errors import ChainError, InvalidArgument, MoveAbort, MoveArithmeticError, NotFound, TransactionRejected, abort_from_json
+from ..types import (
+    Badge,
+    ChainEvent,
+    Coin,
+    DbConfig,
+    EventId,
+    EventPage,
+    Node,
+    ObjectChange,
+    Stack,
+    Subscription,
+    Task,
+    Ticket,
+    TxResult,
+)
+from .contract import AtomaDb
+
+CHAIN_FILE = "chain.sqlite"
+SHARED = "shared"
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS objects (
+    id TEXT PRIMARY KEY, type TEXT NOT NULL, owner TEXT NOT NULL, version INTEGER NOT NULL, data TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS objects_by_owner ON objects (owner, type);
+CREATE TABLE IF NOT EXISTS kv (tbl TEXT NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL, PRIMARY KEY (tbl, key))
+    WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS transactions (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, digest TEXT NOT NULL UNIQUE, sender TEXT NOT NULL,
+    tx_bytes BLOB NOT NULL, signatures TEXT NOT NULL, status TEXT NOT NULL, effects TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS events (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, tx_digest TEXT NOT NULL, event_seq INTEGER NOT NULL,
+    name TEXT NOT NULL, type TEXT NOT NULL, sender TEXT NOT NULL, parsed_json TEXT NOT NULL,
+    timestamp_ms INTEGER NOT NULL, epoch INTEGER NOT NULL, UNIQUE (tx_digest, event_seq)
+);
+"""
+
+
+def canonical_json(value: Any) -> bytes:
+    return json.dumps(value, sort_keys=True, separators=(",", ":")).encode()
+
+
+def tx_digest(tx_bytes: bytes) -> str:
+    """Sui's transaction digest: base58 of blake2b-256 over ``"TransactionData::" ‖ bytes``."""
+    return base58.b58encode(hashlib.blake2b(b"TransactionData::" + tx_bytes, digest_size=32).digest()).decode()
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class _Failed(Exception):
+    """Carries a Move failure out of the write transaction so that it rolls back."""
+
+    def __init__(self, error: ChainError):
+        self.error = error
+
+
+class Ctx:
+    """Everything one executing transaction can touch."""
+
+    def __init__(self, net: "Localnet", conn: sqlite3.Connection, sender: str, digest: str, clock: dict):
+        self.net = net
+        self.conn = conn
+        self.sender = sender
+        self.digest = digest
+        self.epoch: int = clock["epoch"]
+        self.timestamp_ms = now_ms()
+        self.events: list[tuple[str, dict]] = []
+        self.changes: dict[str, dict] = {}  # object id -> {"change", "type", "owner"}
+        self.inputs: dict[str, dict] = {}  # owned input objects, mutated in place
+        self.balance_changes: dict[str, int] = {}
+        self._ids = 0
+        db_row = net._object(conn, net.db_id)
+        self.db_version = db_row["version"]
+        self.db: dict = db_row["data"]
+        self.rng_state = json.loads(net._meta(conn, "rng"))
+
+    # ids, randomness
+    def new_object_id(self) -> str:
+        self._ids += 1
+        raw = hashlib.blake2b(self.digest.encode() + self._ids.to_bytes(8, "little"), digest_size=32).digest()
+        return "0x" + raw.hex()
+
+    def random_u64(self) -> int:
+        if self.net.rng is not None:
+            return self.net.rng() & U64_MAX
+        seed, counter = int(self.rng_state["seed"]), int(self.rng_state["counter"])
+        self.rng_state["counter"] = counter + 1
+        material = str(seed).encode() + b":" + counter.to_bytes(8, "little")
+        return int.from_bytes(hashlib.blake2b(material, digest_size=8).digest(), "little")
+
+    # objects
+    def create_object(self, kind: str, owner: str, data: dict) -> str:
+        object_id = self.new_object_id()
+        self.conn.execute(
+            "INSERT INTO objects (id, type, owner, version, data) VALUES (?, ?, ?, 0, ?)",
+            (object_id, self.net.type_of(kind), owner, json.dumps(data)),
+        )
+        self.changes[object_id] = {"change": "created", "type": self.net.type_of(kind), "owner": owner}
+        return object_id
+
+    def create_coin(self, owner: str, amount: int) -> str:
+        coin_id = self.create_object("Coin", owner, {"balance": str(amount)})
+        self.balance_changes[owner] = self.balance_changes.get(owner, 0) + amount
+        return coin_id
+
+    def delete_object(self, object_id: str) -> None:
+        row = self.inputs.pop(object_id, None) or self.net._object(self.conn, object_id)
+        self.conn.execute("DELETE FROM objects WHERE id = ?", (object_id,))
+        self.changes[object_id] = {"change": "deleted", "type": row["type"], "owner": row["owner"]}
+        if row["type"] == self.net.coin_type:
+            bal = int(row["data"]["balance"])
+            self.balance_changes[row["owner"]] = self.balance_changes.get(row["owner"], 0) - bal
+
+    def coin_balance(self, coin: dict) -> int:
+        return int(coin["data"]["balance"])
+
+    def set_coin_balance(self, coin: dict, value: int) -> None:
+        delta = value - int(coin["data"]["balance"])
+        coin["data"]["balance"] = str(value)
+        self.balance_changes[coin["owner"]] = self.balance_changes.get(coin["owner"], 0) + delta
+
+    def emit(self, name: str, fields: dict) -> None:
+        self.events.append((name, fields))
+
+
+class Localnet:
+    """One localnet home's chain file. Synchronous; the async Chain adapter wraps it.
+
+    Args:
+        path: the SQLite file (``<home>/chain.sqlite``).
+        rng: optional callable returning u64 draws, replacing the persisted seeded stream (tests).
+        busy_timeout_s: how long a writer waits for another process's transaction.
+    """
+
+    def __init__(self, path: str | os.PathLike, *, rng: Callable[[], int] | None = None, busy_timeout_s: float = 60.0):
+        self.path = Path(path)
+        if not self.path.exists():
+            raise NotFound(f"no localnet at {self.path}: run `atoma-ops localnet init` first")
+        self.rng = rng
+        self.conn = self._connect(self.path, busy_timeout_s)
+        try:
+            info = json.loads(self._meta(self.conn, "package"))
+        except (TypeError, sqlite3.DatabaseError):
+            raise NotFound(f"{self.path} is not an initialised localnet") from None
+        self.chain_id: str = info["chain_id"]
+        self.package_id: str = info["package_id"]
+        self.usdc_package_id: str = info["usdc_package_id"]
+        self.db_id: str = info["db_id"]
+        self.coin_type = f"0x2::coin::Coin<{self.usdc_package_id}::usdc::USDC>"
+        self.usdc_type = f"{self.usdc_package_id}::usdc::USDC"
+
+    # ------------------------------------------------------------------ setup
+    @staticmethod
+    def _connect(path: Path, busy_timeout_s: float) -> sqlite3.Connection:
+        conn = sqlite3.connect(path, isolation_level=None, timeout=busy_timeout_s, check_same_thread=False)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")
+        return conn
+
+    @classmethod
+    def publish(
+        cls,
+        path: str | os.PathLike,
+        publisher: str,
+        *,
+        seed: int = 0,
+        epoch_duration_ms: int = 0,
+        force: bool = False,
+    ) -> "Localnet":
+        """Create the chain file and publish the package: AtomaDb shared, AtomaManagerBadge to ``publisher``."""
+        path = Path(path)
+        if path.exists():
+            if not force:
+                raise InvalidArgument(f"a localnet already exists at {path} (use --force to replace it)")
+            for suffix in ("", "-wal", "-shm"):
+                Path(str(path) + suffix).unlink(missing_ok=True)
+        if seed < 0 or epoch_duration_ms < 0:
+            raise InvalidArgument("seed and epoch duration must be >= 0")
+        publisher = normalize_address(publisher)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        conn = cls._connect(path, 60.0)
+        conn.executescript(SCHEMA)
+        chain_id = secrets.token_hex(4)
+        publish_bytes = canonical_json({"chain": chain_id, "kind": "Publish", "sender": publisher})
+        digest = tx_digest(publish_bytes)
+
+        def oid(i: int) -> str:
+            return "0x" + hashlib.blake2b(digest.encode() + i.to_bytes(8, "little"), digest_size=32).hexdigest()
+
+        package_id, usdc_package_id, db_id, badge_id = oid(1), oid(2), oid(3), oid(4)
+        ts = now_ms()
+        db_fields = {
+            "next_node_small_id": 1,
+            "next_task_small_id": 1,
+            "next_stack_small_id": 1,
+            "fee_treasury": 0,
+            "communal_treasury": 0,
+            "cross_validation_probability_permille": INITIAL_CROSS_VALIDATION_PROBABILITY_PERMILLE,
+            "cross_validation_extra_nodes_count": INITIAL_CROSS_VALIDATION_EXTRA_NODES_COUNT,
+            "sampling_consensus_charge_permille": INITIAL_SAMPLING_CONSENSUS_CHARGE_PERMILLE,
+            "cross_validation_extra_nodes_charge_permille": INITIAL_CROSS_VALIDATION_EXTRA_NODES_CHARGE_PERMILLE,
+            "key_rotation_counter": 0,
+            "nonce": 0,
+            "is_registration_disabled": False,
+            "registration_collateral_in_protocol_token": INITIAL_COLLATERAL_REQUIRED_FOR_REGISTRATION,
+            "permille_to_slash_node_on_timeout": INITIAL_PERMILLE_TO_SLASH_NODE_ON_TIMEOUT,
+            "permille_for_oracle_on_dispute": INITIAL_PERMILLE_FOR_ORACLE_ON_DISPUTE,
+            "permille_for_honest_nodes_on_dispute": INITIAL_PERMILLE_FOR_HONEST_NODES_ON_DISPUTE,
+        }
+        meta = {
+            "package": json.dumps(
+                {"chain_id": chain_id, "package_id": package_id, "usdc_package_id": usdc_package_id, "db_id": db_id}
+            ),
+            "clock": json.dumps({"epoch": 0, "epoch_start_ms": ts, "epoch_duration_ms": epoch_duration_ms}),
+            "rng": json.dumps({"seed": str(seed), "counter": 0}),
+            "usdc_minted": "0",
+        }
+        effects = {
+            "status": "success",
+            "epoch": 0,
+            "timestamp_ms": ts,
+            "object_changes": [
+                {"object_id": db_id, "type": f"{package_id}::db::AtomaDb", "owner": SHARED, "version": 1, "change": "created"},
+                {"object_id": badge_id, "type": f"{package_id}::db::AtomaManagerBadge", "owner": publisher, "version": 1, "change": "created"},
+            ],
+            "balance_changes": {},
+        }
+        conn.execute("BEGIN IMMEDIATE")
+        conn.executemany("INSERT INTO meta (key, value) VALUES (?, ?)", list(meta.items()))
+        conn.execute(
+            "INSERT INTO objects (id, type, owner, version, data) VALUES (?, ?, ?, 1, ?)",
+            (db_id, f"{package_id}::db::AtomaDb", SHARED, json.dumps(db_fields)),
+        )
+        conn.execute(
+            "INSERT INTO objects (id, type, owner, version, data) VALUES (?, ?, ?, 1, '{}')",
+            (badge_id, f"{package_id}::db::AtomaManagerBadge", publisher),
+        )
+        conn.execute(
+            "INSERT INTO transactions (digest, sender, tx_bytes, signatures, status, effects) VALUES (?, ?, ?, '[]', 'success', ?)",
+            (digest, publisher, publish_bytes, json.dumps(effects)),
+        )
+        conn.execute(
+            "INSERT INTO events (tx_digest, event_seq, name, type, sender, parsed_json, timestamp_ms, epoch) VALUES (?, 0, ?, ?, ?, ?, ?, 0)",
+            (digest, "PublishedEvent", f"{package_id}::db::PublishedEvent", publisher,
+             json.dumps({"db": db_id, "manager_badge": badge_id}), ts),
+        )
+        conn.execute("COMMIT")
+        conn.close()
+        return cls(path)
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def type_of(self, kind: str) -> str:
+        if kind == "Coin":
+            return self.coin_type
+        return f"{self.package_id}::db::{kind}"
+
+    # ------------------------------------------------------------------ low level
+    @staticmethod
+    def _meta(conn: sqlite3.Connection, key: str) -> str | None:
+        row = conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else row[0]
+
+    @staticmethod
+    def _set_meta(conn: sqlite3.Connection, key: str, value: str) -> None:
+        conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
+
+    @staticmethod
+    def _object(conn: sqlite3.Connection, object_id: str) -> dict | None:
+        row = conn.execute("SELECT id, type, owner, version, data FROM objects WHERE id = ?", (object_id,)).fetchone()
+        if row is None:
+            return None
+        return {"id": row[0], "type": row[1], "owner": row[2], "version": row[3], "data": json.loads(row[4])}
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.conn
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        else:
+            self.conn.execute("COMMIT")
+
+    def _tick(self, conn: sqlite3.Connection) -> dict:
+        """Advance the epoch by wall clock when a duration is configured; returns the clock."""
+        clock = json.loads(self._meta(conn, "clock"))
+        duration = clock["epoch_duration_ms"]
+        if duration > 0:
+            elapsed = now_ms() - clock["epoch_start_ms"]
+            if elapsed >= duration:
+                n = elapsed // duration
+                clock["epoch"] += n
+                clock["epoch_start_ms"] += n * duration
+                self._set_meta(conn, "clock", json.dumps(clock))
+        return clock
+
+    # ------------------------------------------------------------------ epochs, rng, faucet
+    def current_epoch(self) -> int:
+        clock = json.loads(self._meta(self.conn, "clock"))
+        if clock["epoch_duration_ms"] > 0:
+            return clock["epoch"] + max(0, now_ms() - clock["epoch_start_ms"]) // clock["epoch_duration_ms"]
+        return clock["epoch"]
+
+    def clock(self) -> dict:
+        clock = json.loads(self._meta(self.conn, "clock"))
+        clock["current_epoch"] = self.current_epoch()
+        return clock
+
+    def advance_epoch(self, count: int = 1) -> int:
+        if count < 1:
+            raise InvalidArgument("count must be >= 1")
+        with self._write() as conn:
+            clock = self._tick(conn)
+            clock["epoch"] += count
+            clock["epoch_start_ms"] = now_ms()
+            self._set_meta(conn, "clock", json.dumps(clock))
+        return clock["epoch"]
+
+    def seed_rng(self, seed: int) -> None:
+        if seed < 0:
+            raise InvalidArgument("seed must be >= 0")
+        with self._write() as conn:
+            self._set_meta(conn, "rng", json.dumps({"seed": str(seed), "counter": 0}))
+
+    def usdc_minted(self) -> int:
+        return int(self._meta(self.conn, "usdc_minted"))
+
+    def faucet_mint(self, recipient: str, amount: int) -> TxResult:
+        """Mint ``amount`` USDC base units from the localnet's treasury into a new coin for ``recipient``."""
+        recipient = normalize_address(recipient)
+        amount = codec.check_value("amount", abi.U64, amount)
+        if amount == 0:
+            raise InvalidArgument("amount must be > 0")
+        tx_bytes = canonical_json(
+            {"chain": self.chain_id, "kind": "FaucetMint", "recipient": recipient, "amount": str(amount), "nonce": secrets.token_hex(16)}
+        )
+        digest = tx_digest(tx_bytes)
+        with self._write() as conn:
+            minted = int(self._meta(conn, "usdc_minted")) + amount
+            if minted > U64_MAX:
+                raise InvalidArgument(f"minting {amount} would overflow the USDC supply (u64)")
+            clock = self._tick(conn)
+            ctx = Ctx(self, conn, recipient, digest, clock)
+            ctx.create_coin(recipient, amount)
+            self._set_meta(conn, "usdc_minted", str(minted))
+            result = self._finish(ctx, tx_bytes, [], bump_db=False)
+        return result
+
+    # ------------------------------------------------------------------ transactions
+    def build_transaction(self, sender: str, commands: list[dict]) -> bytes:
+        """Canonical transaction bytes; the nonce makes two otherwise equal calls distinct transactions."""
+        return canonical_json(
+            {"chain": self.chain_id, "sender": normalize_address(sender), "nonce": secrets.token_hex(16), "commands": commands}
+        )
+
+    def execute(self, tx_bytes: bytes, signatures: list[str]) -> TxResult:
+        """Verify and execute signed transaction bytes; identical bytes return the first effects.
+
+        Raises:
+            TransactionRejected: malformed bytes, another chain, bad signature, wrong sender, an object the sender
+                does not own or of the wrong type. Nothing is recorded.
+            MoveAbort / MoveArithmeticError: execution failed; nothing changed, the failure is recorded under the
+                digest.
+        """
+        digest = tx_digest(tx_bytes)
+        known = self.get_transaction(digest)
+        if known is not None:
+            return self._replay(known)
+        tx = self._parse(tx_bytes)
+        self._check_signature(tx_bytes, signatures, tx["sender"])
+        try:
+            with self._write() as conn:
+                known = self._load_transaction(conn, digest)
+                if known is not None:
+                    return self._replay(known)
+                clock = self._tick(conn)
+                ctx = Ctx(self, conn, tx["sender"], digest, clock)
+                try:
+                    self._run(ctx, tx["commands"])
+                except (MoveAbort, MoveArithmeticError) as exc:
+                    raise _Failed(exc) from None
+                return self._finish(ctx, tx_bytes, signatures)
+        except _Failed as failed:
+            self._record_failure(digest, tx, tx_bytes, signatures, failed.error)
+            raise failed.error from None
+
+    def _replay(self, result: TxResult) -> TxResult:
+        if result.status != "success":
+            raise abort_from_json(result.error or {})
+        return result
+
+    def _parse(self, tx_bytes: bytes) -> dict:
+        try:
+            tx = json.loads(tx_bytes)
+            if not isinstance(tx, dict) or not isinstance(tx.get("commands"), list):
+                raise ValueError
+            sender = normalize_address(tx["sender"])
+        except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+            raise TransactionRejected("malformed transaction bytes") from None
+        if tx.get("chain") != self.chain_id:
+            raise TransactionRejected(
+                f"transaction is for chain {tx.get('chain')!r}, this localnet is {self.chain_id!r}"
+            )
+        tx["sender"] = sender
+        return tx
+
+    def _check_signature(self, tx_bytes: bytes, signatures: list[str], sender: str) -> None:
+        if len(signatures) != 1:
+            raise TransactionRejected(f"expected exactly one signature, got {len(signatures)}")
+        try:
+            signer = verify_signature(tx_bytes, signatures[0])
+        except InvalidSignatureError as exc:
+            raise TransactionRejected(f"invalid signature: {exc}") from None
+        if signer != sender:
+            raise TransactionRejected(f"signed by {signer}, but the transaction's sender is {sender}")
+
+    def _owned_input(self, ctx: Ctx, object_id: Any, expected_type: str | None) -> dict:
+        try:
+            object_id = normalize_address(object_id)
+        except (ValueError, TypeError, AttributeError):
+            raise TransactionRejected(f"{object_id!r} is not an object id") from None
+        if object_id in ctx.inputs:
+            obj = ctx.inputs[object_id]
+        else:
+            obj = self._object(ctx.conn, object_id)
+            if obj is None:
+                raise TransactionRejected(f"object {object_id} does not exist")
+            if obj["owner"] != ctx.sender:
+                raise TransactionRejected(
+                    f"object {object_id} is owned by {obj['owner']}, not by the sender {ctx.sender}"
+                )
+            ctx.inputs[object_id] = obj
+        if expected_type is not None and obj["type"] != expected_type:
+            raise TransactionRejected(f"type mismatch: object {object_id} is {obj['type']}, expected {expected_type}")
+        return obj
+
+    def _run(self, ctx: Ctx, commands: list[dict]) -> None:
+        contract = AtomaDb(ctx)
+        for command in commands:
+            kind = command.get("kind") if isinstance(command, dict) else None
+            if kind == "MoveCall":
+                self._move_call(ctx, contract, command)
+            elif kind == "MergeCoins":
+                dest = self._owned_input(ctx, command.get("destination"), self.coin_type)
+                sources = command.get("sources")
+                if not isinstance(sources, list):
+                    raise TransactionRejected("MergeCoins.sources must be a list")
+                for source_id in sources:
+                    src = self._owned_input(ctx, source_id, self.coin_type)
+                    if src["id"] == dest["id"]:
+                        raise TransactionRejected("cannot merge a coin into itself")
+                    amount = ctx.coin_balance(src)
+                    ctx.set_coin_balance(src, 0)
+                    ctx.delete_object(src["id"])
+                    ctx.balance_changes[ctx.sender] += 0  # delete already counted the (zero) remainder
+                    ctx.set_coin_balance(dest, ctx.coin_balance(dest) + amount)
+            elif kind == "SplitCoins":
+                coin = self._owned_input(ctx, command.get("coin"), self.coin_type)
+                amounts = [codec.check_value("amounts", abi.U64, a) for a in command.get("amounts", [])]
+                for amount in amounts:
+                    if amount > ctx.coin_balance(coin):
+                        raise _Failed(MoveAbort("balance", 2, "ENotEnough"))
+                    ctx.set_coin_balance(coin, ctx.coin_balance(coin) - amount)
+                    ctx.create_coin(ctx.sender, amount)
+            elif kind == "TransferObjects":
+                recipient = normalize_address(command.get("recipient", ""))
+                for object_id in command.get("objects", []):
+                    obj = self._owned_input(ctx, object_id, None)
+                    if obj["type"] == self.coin_type:
+                        bal = ctx.coin_balance(obj)
+                        ctx.balance_changes[obj["owner"]] = ctx.balance_changes.get(obj["owner"], 0) - bal
+                        ctx.balance_changes[recipient] = ctx.balance_changes.get(recipient, 0) + bal
+                    obj["owner"] = recipient
+            else:
+                raise TransactionRejected(f"unsupported command {kind!r}")
+
+    def _move_call(self, ctx: Ctx, contract: AtomaDb, command: dict) -> None:
+        if command.get("package") != self.package_id or command.get("module") != "db":
+            raise TransactionRejected(f"unknown package or module {command.get('package')}::{command.get('module')}")
+        function = command.get("function")
+        params = abi.ENTRY_FUNCTIONS.get(function)
+        if params is None:
+            raise TransactionRejected(f"db::{function} is not an entry function")
+        arguments = command.get("arguments")
+        if not isinstance(arguments, list) or len(arguments) != len(params) + 1:
+            raise TransactionRejected(f"db::{function} takes {len(params) + 1} arguments")
+        if arguments[0] != self.db_id:
+            raise TransactionRejected(f"first argument must be the AtomaDb {self.db_id}")
+        values: dict[str, Any] = {}
+        for param, arg in zip(params, arguments[1:]):
+            if param.type == abi.RANDOM:
+                if arg != abi.RANDOM_OBJECT_ID:
+                    raise TransactionRejected(f"{param.name} must be the Random object {abi.RANDOM_OBJECT_ID}")
+                values[param.name] = None
+            elif param.type == abi.USDC_COIN_MUT:
+                values[param.name] = self._owned_input(ctx, arg, self.coin_type)
+            elif param.is_object:
+                obj = self._owned_input(ctx, arg, self.type_of(abi.badge_kind(param.type)))
+                badge = {"id": obj["id"]}
+                if "small_id" in obj["data"]:
+                    badge["small_id"] = int(obj["data"]["small_id"]["inner"])
+                values[param.name] = badge
+            else:
+                try:
+                    values[param.name] = codec.from_wire(param.name, param.type, arg)
+                except InvalidArgument as exc:
+                    raise TransactionRejected(f"invalid argument {exc}") from None
+        try:
+            getattr(contract, function)(**values)
+        except MoveAbort as exc:
+            if exc.module == "db" and exc.function is None:
+                exc.function = function
+            raise
+
+    def _finish(self, ctx: Ctx, tx_bytes: bytes, signatures: list[str], *, bump_db: bool = True) -> TxResult:
+        """Write back mutated objects, AtomaDb, events and the transaction record."""
+        conn = ctx.conn
+        versions = [obj["version"] for obj in ctx.inputs.values()]
+        if bump_db:
+            versions.append(ctx.db_version)
+        lamport = max(versions, default=0) + 1
+        for object_id, obj in ctx.inputs.items():
+            conn.execute(
+                "UPDATE objects SET owner = ?, version = ?, data = ? WHERE id = ?",
+                (obj["owner"], lamport, json.dumps(obj["data"]), object_id),
+            )
+            ctx.changes.setdefault(object_id, {"change": "mutated", "type": obj["type"], "owner": obj["owner"]})
+            ctx.changes[object_id]["owner"] = obj["owner"]
+        if bump_db:
+            conn.execute("UPDATE objects SET version = ?, data = ? WHERE id = ?", (lamport, json.dumps(ctx.db), self.db_id))
+            ctx.changes[self.db_id] = {"change": "mutated", "type": self.type_of("AtomaDb"), "owner": SHARED}
+            self._set_meta(conn, "rng", json.dumps(ctx.rng_state))
+        created = [oid for oid, c in ctx.changes.items() if c["change"] == "created"]
+        for oid in created:
+            conn.execute("UPDATE objects SET version = ? WHERE id = ?", (lamport, oid))
+        events = []
+        for seq, (name, fields) in enumerate(ctx.events):
+            conn.execute(
+                "INSERT INTO events (tx_digest, event_seq, name, type, sender, parsed_json, timestamp_ms, epoch) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (ctx.digest, seq, name, self.type_of(name), ctx.sender, json.dumps(fields), ctx.timestamp_ms, ctx.epoch),
+            )
+            events.append(self._event(ctx.digest, seq, name, self.type_of(name), ctx.sender, fields, ctx.timestamp_ms, ctx.epoch))
+        effects = {
+            "status": "success",
+            "epoch": ctx.epoch,
+            "timestamp_ms": ctx.timestamp_ms,
+            "object_changes": [
+                {"object_id": oid, "type": c["type"], "owner": c["owner"], "version": lamport, "change": c["change"]}
+                for oid, c in ctx.changes.items()
+            ],
+            "balance_changes": {a: v for a, v in ctx.balance_changes.items() if v != 0},
+        }
+        conn.execute(
+            "INSERT INTO transactions (digest, sender, tx_bytes, signatures, status, effects) VALUES (?, ?, ?, ?, 'success', ?)",
+            (ctx.digest, ctx.sender, tx_bytes, json.dumps(signatures), json.dumps(effects)),
+        )
+        return self._result(ctx.digest, ctx.sender, effects, events)
+
+    def _record_failure(self, digest: str, tx: dict, tx_bytes: bytes, signatures: list[str], error: ChainError) -> None:
+        effects = {
+            "status": "failure",
+            "epoch": self.current_epoch(),
+            "timestamp_ms": now_ms(),
+            "object_changes": [],
+            "balance_changes": {},
+            "error": error.to_json() | ({"function": error.function} if isinstance(error, MoveAbort) and error.function else {}),
+        }
+        with self._write() as conn:
+            conn.execute(
+                "INSERT OR IGNORE INTO transactions (digest, sender, tx_bytes, signatures, status, effects) VALUES (?, ?, ?, ?, 'failure', ?)",
+                (digest, tx["sender"], tx_bytes, json.dumps(signatures), json.dumps(effects)),
+            )
+
+    def _event(self, digest, seq, name, type_, sender, fields, ts, epoch) -> ChainEvent:
+        return ChainEvent(EventId(digest, seq), type_, name, fields, sender, self.package_id, ts, epoch)
+
+    def _result(self, digest: str, sender: str, effects: dict, events: list[ChainEvent]) -> TxResult:
+        return TxResult(
+            digest=digest,
+            status=effects["status"],
+            sender=sender,
+            epoch=effects["epoch"],
+            timestamp_ms=effects["timestamp_ms"],
+            events=events,
+            object_changes=[ObjectChange(**c) for c in effects["object_changes"]],
+            balance_changes=dict(effects["balance_changes"]),
+            error=effects.get("error"),
+        )
+
+    def _load_transaction(self, conn: sqlite3.Connection, digest: str) -> TxResult | None:
+        row = conn.execute("SELECT sender, effects FROM transactions WHERE digest = ?", (digest,)).fetchone()
+        if row is None:
+            return None
+        rows = conn.execute(
+            "SELECT event_seq, name, type, sender, parsed_json, timestamp_ms, epoch FROM events WHERE tx_digest = ? ORDER BY event_seq",
+            (digest,),
+        ).fetchall()
+        events = [self._event(digest, r[0], r[1], r[2], r[3], json.loads(r[4]), r[5], r[6]) for r in rows]
+        return self._result(digest, row[0], json.loads(row[1]), events)
+
+    def get_transaction(self, digest: str) -> TxResult | None:
+        """Effects of a recorded transaction (success or failure), or None when the digest is unknown."""
+        return self._load_transaction(self.conn, digest)
+
+    # ------------------------------------------------------------------ reads
+    def get_object(self, object_id: str) -> dict | None:
+        return self._object(self.conn, normalize_address(object_id))
+
+    def owned_objects(self, address: str, kind: str | None = None) -> list[dict]:
+        address = normalize_address(address)
+        if kind is None:
+            rows = self.conn.execute(
+                "SELECT id FROM objects WHERE owner = ? ORDER BY id", (address,)
+            ).fetchall()
+        else:
+            rows = self.conn.execute(
+                "SELECT id FROM objects WHERE owner = ? AND type = ? ORDER BY id", (address, self.type_of(kind))
+            ).fetchall()
+        return [self._object(self.conn, r[0]) for r in rows]
+
+    def usdc_coins(self, address: str) -> list[Coin]:
+        coins = [Coin(o["id"], int(o["data"]["balance"]), o["version"]) for o in self.owned_objects(address, "Coin")]
+        return sorted(coins, key=lambda c: (-c.balance, c.object_id))
+
+    def usdc_balance(self, address: str) -> int:
+        return sum(c.balance for c in self.usdc_coins(address))
+
+    def badges(self, address: str) -> list[Badge]:
+        out = []
+        for kind in abi.BADGE_KINDS:
+            for o in self.owned_objects(address, kind):
+                small = o["data"].get("small_id")
+                out.append(Badge(o["id"], kind, int(small["inner"]) if small else None, o["version"]))
+        return out
+
+    def db_config(self) -> DbConfig:
+        data = self._object(self.conn, self.db_id)["data"]
+        return DbConfig(db_id=self.db_id, package_id=self.package_id, **data)
+
+    def _kv(self, tbl: str, key: Any) -> dict | None:
+        row = self.conn.execute("SELECT value FROM kv WHERE tbl = ? AND key = ?", (tbl, str(key))).fetchone()
+        return None if row is None else json.loads(row[0])
+
+    def _kv_all(self, tbl: str) -> list[tuple[str, dict]]:
+        rows = self.conn.execute("SELECT key, value FROM kv WHERE tbl = ?", (tbl,)).fetchall()
+        return [(k, json.loads(v)) for k, v in rows]
+
+    def get_node(self, node_small_id: int) -> Node | None:
+        d = self._kv("nodes", node_small_id)
+        if d is None:
+            return None
+        return Node(
+            node_small_id=node_small_id,
+            was_disabled_in_epoch=d["was_disabled_in_epoch"],
+            collateral=d["collateral"],
+            last_fee_epoch=d["last_fee_epoch"],
+            last_fee_epoch_amount=d["last_fee_epoch_amount"],
+            available_fee_amount=d["available_fee_amount"],
+            reputation_score=d["reputation_score"],
+        )
+
+    def get_task(self, task_small_id: int) -> Task | None:
+        d = self._kv("tasks", task_small_id)
+        if d is None:
+            return None
+        return Task(task_small_id=task_small_id, **d)
+
+    def subscriptions(self, task_small_id: int) -> list[Subscription]:
+        out = []
+        for key, d in self._kv_all("subscribed_nodes"):
+            task, node = (int(x) for x in key.split(":"))
+            if task == task_small_id:
+                out.append(Subscription(task, node, d["price_per_one_million_compute_units"], d["max_num_compute_units"]))
+        return sorted(out, key=lambda s: s.node_small_id)
+
+    def _stack(self, key: int, d: dict) -> Stack:
+        return Stack(
+            stack_small_id=key,
+            owner=d["owner"],
+            price_per_one_million_compute_units=d["price_per_one_million_compute_units"],
+            num_compute_units=d["num_compute_units"],
+            selected_node_id=d["selected_node_id"],
+            task_small_id=d["task_small_id"],
+            is_claimed=d["is_claimed"],
+        )
+
+    def get_stack(self, stack_small_id: int) -> Stack | None:
+        d = self._kv("stacks", stack_small_id)
+        return None if d is None else self._stack(stack_small_id, d)
+
+    def list_stacks(self) -> list[Stack]:
+        return sorted((self._stack(int(k), d) for k, d in self._kv_all("stacks")), key=lambda s: s.stack_small_id)
+
+    def _ticket(self, key: int, d: dict) -> Ticket:
+        return Ticket(
+            stack_small_id=key,
+            ticket_id=d["ticket_id"],
+            selected_node_id=d["selected_node_id"],
+            num_claimed_compute_units=d["num_claimed_compute_units"],
+            requested_attestation_nodes=d["requested_attestation_nodes"],
+            dispute_settled_at_epoch=d["dispute_settled_at_epoch"],
+            committed_stack_proof=bytes.fromhex(d["committed_stack_proof"]),
+            stack_merkle_leaves_vector=bytes.fromhex(d["stack_merkle_leaves_vector"]),
+            already_attested_nodes=d["already_attested_nodes"],
+            is_in_dispute=d["is_in_dispute"],
+        )
+
+    def get_ticket(self, stack_small_id: int) -> Ticket | None:
+        d = self._kv("stack_settlement_tickets", stack_small_id)
+        return None if d is None else self._ticket(stack_small_id, d)
+
+    def list_tickets(self) -> list[Ticket]:
+        return sorted(
+            (self._ticket(int(k), d) for k, d in self._kv_all("stack_settlement_tickets")),
+            key=lambda t: t.stack_small_id,
+        )
+
+    def events(self, cursor: EventId | None = None, limit: int = 50) -> EventPage:
+        """Events after ``cursor`` in execution order, ``limit`` at a time (Sui's queryEvents paging)."""
+        if limit < 1:
+            raise InvalidArgument("limit must be >= 1")
+        after = 0
+        if cursor is not None:
+            row = self.conn.execute(
+                "SELECT seq FROM events WHERE tx_digest = ? AND event_seq = ?", (cursor.tx_digest, cursor.event_seq)
+            ).fetchone()
+            if row is None:
+                raise NotFound(f"unknown event cursor {cursor}")
+            after = row[0]
+        rows = self.conn.execute(
+            "SELECT tx_digest, event_seq, name, type, sender, parsed_json, timestamp_ms, epoch FROM events "
+            "WHERE seq > ? ORDER BY seq LIMIT ?",
+            (after, limit + 1),
+        ).fetchall()
+        has_next = len(rows) > limit
+        events = [self._event(r[0], r[1], r[2], r[3], r[4], json.loads(r[5]), r[6], r[7]) for r in rows[:limit]]
+        next_cursor = events[-1].id if events else cursor
+        return EventPage(events, next_cursor, has_next)
+
+    def total_usdc(self) -> dict:
+        """Where every minted base unit is: coins, fee treasury, communal treasury, node collateral."""
+        coins = sum(
+            int(json.loads(r[0])["balance"])
+            for r in self.conn.execute("SELECT data FROM objects WHERE type = ?", (self.coin_type,))
+        )
+        cfg = self.db_config()
+        collateral = sum(d["collateral"] for _, d in self._kv_all("nodes"))
+        return {
+            "minted": self.usdc_minted(),
+            "coins": coins,
+            "fee_treasury": cfg.fee_treasury,
+            "communal_treasury": cfg.communal_treasury,
+            "collateral": collateral,
+        }
+
+    def state_digest(self) -> str:
+        """A hash of the whole chain state (objects, tables, events, clock, rng), to show a call changed nothing."""
+        h = hashlib.blake2b(digest_size=32)
+        for sql in (
+            "SELECT id, type, owner, version, data FROM objects ORDER BY id",
+            "SELECT tbl, key, value FROM kv ORDER BY tbl, key",
+            "SELECT seq, tx_digest, event_seq, parsed_json FROM events ORDER BY seq",
+            "SELECT key, value FROM meta ORDER BY key",
+        ):
+            for row in self.conn.execute(sql):
+                h.update(repr(row).encode())
+        return h.hexdigest()

@@ -1,0 +1,64 @@
+"""Constants of ``atoma::db`` (atoma-protocol.md §1)."""
+
+from enum import IntEnum
+
+U8_MAX = 2**8 - 1
+U16_MAX = 2**16 - 1
+U64_MAX = 2**64 - 1
+
+STACK_DISPUTE_SETTLEMENT_DELAY = 1
+BYTES_PER_HASH_COMMITMENT = 32
+COMPUTE_UNITS_PER_STACK = 1_000_000
+ONE_MILLION_COMPUTE_UNITS = 1_000_000
+PERMILLE = 1000
+
+USDC_DECIMALS = 6
+ONE_USDC = 10**USDC_DECIMALS
+
+REPUTATION_SCORE_START = 50
+MAX_REPUTATION_SCORE = 100
+
+# Initial AtomaDb configuration (set in `init`, changed by the admin setters).
+INITIAL_CROSS_VALIDATION_PROBABILITY_PERMILLE = 10
+INITIAL_CROSS_VALIDATION_EXTRA_NODES_COUNT = 1
+INITIAL_SAMPLING_CONSENSUS_CHARGE_PERMILLE = 1200
+INITIAL_CROSS_VALIDATION_EXTRA_NODES_CHARGE_PERMILLE = 12
+INITIAL_PERMILLE_TO_SLASH_NODE_ON_TIMEOUT = 100
+INITIAL_PERMILLE_FOR_ORACLE_ON_DISPUTE = 100
+INITIAL_PERMILLE_FOR_HONEST_NODES_ON_DISPUTE = 200
+INITIAL_COLLATERAL_REQUIRED_FOR_REGISTRATION = 0
+
+# Epoch offsets (atoma-protocol.md §3).
+TASK_REMOVAL_DELAY_BY_BADGE = 1
+TASK_REMOVAL_DELAY_BY_ADMIN = 2
+NODE_DESTROY_DELAY = 4
+
+
+class TaskRole(IntEnum):
+    CHAT_COMPLETION = 0
+    EMBEDDING = 1
+    VISION = 2
+    IMAGE_GENERATION = 3
+    TEXT_TO_SPEECH = 4
+    SPEECH_TO_TEXT = 5
+    FINE_TUNING = 6
+    TRAINING = 7
+
+
+MAX_TASK_ROLE = max(TaskRole)
+
+
+class SecurityLevel(IntEnum):
+    """The code's constants (the struct's doc comment has 1 and 2 swapped; the constants win)."""
+
+    NO_SECURITY = 0
+    CONFIDENTIAL_COMPUTE = 1
+    SAMPLING_CONSENSUS = 2
+
+
+def is_valid_task_role(role: int) -> bool:
+    return 0 <= role <= MAX_TASK_ROLE
+
+
+def is_valid_security_level(level: int) -> bool:
+    return level in (0, 1, 2)

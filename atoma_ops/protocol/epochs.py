@@ -1,0 +1,35 @@
+"""Epoch predicates of ``atoma::db`` (atoma-protocol.md §3); all comparisons are on integer epochs."""
+
+from .constants import (
+    NODE_DESTROY_DELAY,
+    STACK_DISPUTE_SETTLEMENT_DELAY,
+    TASK_REMOVAL_DELAY_BY_ADMIN,
+    TASK_REMOVAL_DELAY_BY_BADGE,
+)
+
+
+def dispute_settled_at_epoch(try_settle_epoch: int) -> int:
+    """A ticket created in epoch E has ``dispute_settled_at_epoch = E + 1``."""
+    return try_settle_epoch + STACK_DISPUTE_SETTLEMENT_DELAY
+
+
+def attestation_window_open(dispute_settled_at: int, current_epoch: int) -> bool:
+    """Attestations are accepted while ``dispute_settled_at_epoch >= current_epoch`` (epochs E and E+1)."""
+    return dispute_settled_at >= current_epoch
+
+
+def claimable(dispute_settled_at: int, current_epoch: int) -> bool:
+    """``claim_funds`` is allowed from epoch E+1 on."""
+    return current_epoch >= dispute_settled_at
+
+
+def task_removable_by_badge(deprecated_at_epoch: int, current_epoch: int) -> bool:
+    return current_epoch >= deprecated_at_epoch + TASK_REMOVAL_DELAY_BY_BADGE
+
+
+def task_removable_by_admin(deprecated_at_epoch: int, current_epoch: int) -> bool:
+    return current_epoch >= deprecated_at_epoch + TASK_REMOVAL_DELAY_BY_ADMIN
+
+
+def node_destroyable(was_disabled_in_epoch: int, current_epoch: int) -> bool:
+    return was_disabled_in_epoch + NODE_DESTROY_DELAY <= current_epoch
