@@ -1,18 +1,20 @@
 # Two commands for a newcomer: `make demo` and `make test`. Both bootstrap .venv themselves.
+SHELL := /bin/bash
+.SHELLFLAGS := -o pipefail -c
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
+# Some pip configurations list index folders that do not exist; their warnings drown real output.
+QUIET_PIP := 2> >(grep -v "^WARNING: Location" >&2)
 
-.PHONY: demo test bench clean-data venv
-
-venv: $(STAMP)
+.PHONY: demo test bench clean-data
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet --upgrade pip $(QUIET_PIP)
+	$(BIN)/python -m pip install --quiet -e '.[test]' $(QUIET_PIP)
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -25,4 +27,4 @@ bench: $(STAMP)
 	$(BIN)/python bench/localnet.py
 
 clean-data:
-	rm -rf data/localnet
+	rm -rf data/localnet data/demo-localnet

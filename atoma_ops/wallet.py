@@ -1,8 +1,9 @@
 """A Sui wallet that reads and writes Sui's own files (``client.yaml``, ``sui.keystore``, ``sui.aliases``).
 
 The files stay interchangeable with the ``sui`` CLI: a wallet made here can be used by ``sui client`` and the
-reverse. Key generation and signing are delegated to pysui (``pysui.sui.sui_crypto``); verification uses
-``pysui_fastcrypto`` directly so that a signature can be checked without any wallet.
+reverse. Key generation, keystring parsing, signing and verification are delegated to pysui's crypto library
+``pysui_fastcrypto`` (what ``pysui.sui.sui_crypto`` wraps), called directly: importing ``pysui`` itself loads its
+whole client stack (about half a second), too slow for a CLI that signs one transaction and exits.
 
 Key material is kept in a private attribute of :class:`Wallet` and never appears in ``repr()``/``str()``, in
 exception messages, or in chained exception contexts (errors raised while parsing keys use ``from None`` because
@@ -24,7 +25,6 @@ from typing import Any
 
 import pysui_fastcrypto as _pfc
 import yaml
-from pysui.sui.sui_crypto import SignatureScheme, SuiKeyPair, create_new_keypair, keypair_from_keystring
 
 __all__ = [
     "Account",
@@ -52,6 +52,50 @@ _TX_INTENT = bytes([0, 0, 0])
 # Sui's own rule for aliases (sui-keys): a letter first, then letters, digits, '-' or '_'.
 _ALIAS_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
 _HEX_RE = re.compile(r"^[0-9a-fA-F]+$")
+_ED25519 = 0
+_ED25519_DERIVATION_PATH = "m/44'/784'/0'/0'/0'"
+
+
+class SuiKeyPair:
+    """A keypair held in memory only; the same operations as pysui's ``SuiKeyPair`` that the wallet needs."""
+
+    __slots__ = ("scheme", "public_key_bytes", "_private")
+
+    def __init__(self, scheme: int, public_key: bytes, private_key: bytes):
+        self.scheme = scheme
+        self.public_key_bytes = public_key
+        self._private = private_key
+
+    def serialize(self) -> str:
+        """Sui keystore entry: base64 of ``flag ‖ private key``."""
+        return base64.b64encode(bytes([self.scheme]) + self._private).decode()
+
+    def new_sign_secure(self, tx_b64: str) -> str:
+        """Sign under the transaction intent; base64 of ``flag ‖ signature ‖ public key``."""
+        return base64.b64encode(bytes(_pfc.sign_digest(self.scheme, self._private, tx_b64, [0, 0, 0]))).decode()
+
+    def __repr__(self) -> str:
+        return f"SuiKeyPair(scheme={self.scheme}, private=<hidden>)"
+
+    def __reduce__(self) -> Any:
+        raise TypeError("a keypair cannot be pickled")
+
+
+def create_new_keypair() -> SuiKeyPair:
+    """A fresh ed25519 key from a new 12-word mnemonic (Sui's default derivation path)."""
+    _phrase, pub, prv = _pfc.generate_new_keypair(_ED25519, _ED25519_DERIVATION_PATH, "12")
+    return SuiKeyPair(_ED25519, bytes(pub), bytes(prv))
+
+
+def keypair_from_keystring(entry: str) -> SuiKeyPair:
+    """Parse a base64 ``flag ‖ private key`` or bech32 ``suiprivkey…`` keystore entry."""
+    if entry.startswith(_BECH32_PREFIX):
+        scheme, pub, prv = _pfc.decode_bech32(entry, _BECH32_PREFIX)
+        if scheme == 255:
+            raise ValueError("invalid bech32 key")
+    else:
+        scheme, pub, prv = _pfc.keys_from_keystring(entry)
+    return SuiKeyPair(int(scheme), bytes(pub), bytes(prv))
 
 
 class WalletError(Exception):
@@ -350,7 +394,7 @@ class Wallet:
     def _add(self, kp: SuiKeyPair, alias: str | None) -> Account | None:
         """Register a keypair; a key already present (duplicate keystore entry) is skipped, as Sui does."""
         scheme = int(kp.scheme)
-        pub = bytes(kp.public_key.key_bytes)
+        pub = kp.public_key_bytes
         address = address_from_public_key(scheme, pub)
         if address in self.__keypairs:
             return None
@@ -436,7 +480,7 @@ class Wallet:
                 raise KeystoreError(
                     f"client config {path} has no active_address and keystore {keystore_path} is empty"
                 )
-            active = address_from_public_key(int(keypairs[0].scheme), bytes(keypairs[0].public_key.key_bytes))
+            active = address_from_public_key(int(keypairs[0].scheme), keypairs[0].public_key_bytes)
         else:
             # Unquoted 0x… in YAML 1.1 parses as an int; accept it rather than fail on a hand-edited file.
             is_int = isinstance(raw_active, int) and not isinstance(raw_active, bool)
@@ -505,8 +549,8 @@ class Wallet:
                 raise KeystoreError(f"refusing to create a wallet: {existing} already exists")
         folder.mkdir(parents=True, exist_ok=True)
 
-        keypairs = [create_new_keypair(SignatureScheme.ED25519)[1] for _ in aliases]
-        addresses = [address_from_public_key(int(kp.scheme), bytes(kp.public_key.key_bytes)) for kp in keypairs]
+        keypairs = [create_new_keypair() for _ in aliases]
+        addresses = [address_from_public_key(int(kp.scheme), kp.public_key_bytes) for kp in keypairs]
         active = addresses[aliases.index(active_alias) if active_alias is not None else 0]
         config: dict[str, Any] = {
             "keystore": {"File": str(keystore_path)},
@@ -619,7 +663,7 @@ class Wallet:
         Raises:
             UnknownAddressError: If it has no key here.
         """
-        return bytes(self._keypair(address).public_key.key_bytes)
+        return self._keypair(address).public_key_bytes
 
     # -- mutations ------------------------------------------------------------------------------------------
 
@@ -632,7 +676,7 @@ class Wallet:
         _check_alias(alias)
         if alias in self._address_by_alias:
             raise WalletError(f"alias {alias!r} already exists in wallet {self.client_yaml}")
-        kp = create_new_keypair(SignatureScheme.ED25519)[1]
+        kp = create_new_keypair()
         account = self._add(kp, alias)
         if account is None:  # a 2^-256 collision; better to fail loudly than silently drop the alias
             raise WalletError("generated key already exists in the wallet")

@@ -494,7 +494,6 @@ class Localnet:
                     amount = ctx.coin_balance(src)
                     ctx.set_coin_balance(src, 0)
                     ctx.delete_object(src["id"])
-                    ctx.balance_changes[ctx.sender] += 0  # delete already counted the (zero) remainder
                     ctx.set_coin_balance(dest, ctx.coin_balance(dest) + amount)
             elif kind == "SplitCoins":
                 coin = self._owned_input(ctx, command.get("coin"), self.coin_type)
