@@ -13,7 +13,6 @@ QUIET_PIP := 2> >(grep -v "^WARNING: Location" >&2)
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip $(QUIET_PIP)
 	$(BIN)/python -m pip install --quiet -e '.[test]' $(QUIET_PIP)
 	touch $(STAMP)
 
