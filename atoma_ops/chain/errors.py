@@ -9,6 +9,8 @@ class ChainError(Exception):
     """Base class. ``kind`` names the error in JSON output."""
 
     kind = "ChainError"
+    #: digest of the failed transaction, when it was executed and recorded (None for errors before submission)
+    digest: str | None = None
 
     def to_json(self) -> dict:
         return {"kind": self.kind, "message": str(self)}

@@ -130,7 +130,10 @@ class LocalnetChain(Chain):
                         commands.append(
                             {"kind": "MergeCoins", "destination": value, "sources": [c.object_id for c in coins[1:]]}
                         )
-                arguments.append(normalize_address(value))
+                try:
+                    arguments.append(normalize_address(str(value)))
+                except ValueError:
+                    raise InvalidArgument(f"{value!r} is not an object id") from None
             elif param.is_object:
                 kind = abi.badge_kind(param.type)
                 hint_name = _BADGE_HINTS.get(kind)

@@ -424,11 +424,14 @@ class Localnet:
                 return self._finish(ctx, tx_bytes, signatures)
         except _Failed as failed:
             self._record_failure(digest, tx, tx_bytes, signatures, failed.error)
+            failed.error.digest = digest
             raise failed.error from None
 
     def _replay(self, result: TxResult) -> TxResult:
         if result.status != "success":
-            raise abort_from_json(result.error or {})
+            error = abort_from_json(result.error or {})
+            error.digest = result.digest
+            raise error
         return result
 
     def _parse(self, tx_bytes: bytes) -> dict:
