@@ -72,22 +72,33 @@ def raw_commit_rate(folder: Path, commits: int) -> float:
     return commits / elapsed
 
 
-def workload(folder: Path, wallet: Wallet, stacks: int) -> tuple[int, float, collections.Counter]:
-    """Publish a fresh chain and run the mixed workload; returns (transactions, seconds, per-function counts)."""
+def workload(folder: Path, wallet: Wallet, stacks: int) -> tuple[int, float, float, collections.Counter]:
+    """Publish a fresh chain and run the mixed workload.
+
+    Returns (transactions, seconds end to end, seconds inside the engine's execute/faucet_mint/advance_epoch,
+    per-function counts).
+    """
     chain_file = folder / f"chain-{time.monotonic_ns()}.sqlite"
     addr = wallet.aliases()
     counts: collections.Counter = collections.Counter()
     ln = Localnet.publish(chain_file, addr["admin"])
     chain = LocalnetChain(ln, wallet)
+    engine = [0.0]
+    clock = time.perf_counter
 
     def tx(sender: str, function: str, **args: Any):
         prepared = run_sync(chain.prepare(sender, function, args))
-        result = ln.execute(prepared.tx_bytes, [chain.sign(prepared)])
+        signature = chain.sign(prepared)
+        t0 = clock()
+        result = ln.execute(prepared.tx_bytes, [signature])
+        engine[0] += clock() - t0
         counts[function] += 1
         return result
 
     def mint(alias: str, amount: int) -> None:
+        t0 = clock()
         ln.faucet_mint(addr[alias], amount)
+        engine[0] += clock() - t0
         counts["faucet_mint"] += 1
 
     start = time.perf_counter()
@@ -118,7 +129,9 @@ def workload(folder: Path, wallet: Wallet, stacks: int) -> tuple[int, float, col
         if task != 2:
             tx(NODES[node - 1], "try_settle_stack", node_small_id=node, stack_small_id=stack,
                num_claimed_compute_units=600_000, committed_stack_proof=proof, stack_merkle_leaf=proof)
+    t0 = clock()
     ln.advance_epoch()
+    engine[0] += clock() - t0
     counts["advance_epoch"] += 1
     # claim, per node in batches of up to 8
     by_node: dict[tuple[int, bool], list[int]] = collections.defaultdict(list)
@@ -140,18 +153,44 @@ def workload(folder: Path, wallet: Wallet, stacks: int) -> tuple[int, float, col
     ln.close()
     for suffix in ("", "-wal", "-shm"):
         Path(str(chain_file) + suffix).unlink(missing_ok=True)
-    return sum(counts.values()), elapsed, counts
+    return sum(counts.values()), elapsed, engine[0], counts
 
 
-def profile(folder: Path, wallet: Wallet, stacks: int, top: int = 25) -> str:
+def profile(folder: Path, wallet: Wallet, stacks: int, top: int = 20) -> str:
+    """cProfile one workload run; a per-transaction breakdown by area, then the top functions by own time."""
     profiler = cProfile.Profile()
     profiler.enable()
-    workload(folder, wallet, stacks)
+    txs, _, _, _ = workload(folder, wallet, stacks)
     profiler.disable()
+    stats = pstats.Stats(profiler)
+    raw = stats.stats  # type: ignore[attr-defined]  # {(file, line, name): (cc, nc, tottime, cumtime, callers)}
+
+    def cum(file_part: str, name: str) -> float:
+        return sum(v[3] for k, v in raw.items() if file_part in k[0] and k[2] == name)
+
+    sql_by_caller: collections.Counter = collections.Counter()
+    for key, value in raw.items():
+        if key[2] in ("<method 'execute' of 'sqlite3.Connection' objects>", "<method 'executemany' of 'sqlite3.Connection' objects>"):
+            for caller, cvalue in value[4].items():
+                sql_by_caller[f"{Path(caller[0]).name}:{caller[2]}"] += cvalue[3]
+    begin_commit = sql_by_caller.pop("engine.py:_write", 0.0)
+    rows = [
+        ("client: adapter.prepare (badge/coin lookups, encoding)", cum("adapter.py", "prepare")),
+        ("client: Wallet.sign", cum("wallet.py", "sign")),
+        ("engine: Localnet.execute + faucet_mint + advance_epoch (all below)",
+         cum("engine.py", "execute") + cum("engine.py", "faucet_mint") + cum("engine.py", "advance_epoch")),
+        ("  BEGIN IMMEDIATE / COMMIT / ROLLBACK (fsync)", begin_commit),
+        ("  other SQL statements", sum(sql_by_caller.values())),
+        ("  signature verification", cum("wallet.py", "verify_signature")),
+        ("  json encode/decode (all callers, client included)", cum("json/__init__.py", "dumps") + cum("json/__init__.py", "loads")),
+    ]
     out = io.StringIO()
-    stats = pstats.Stats(profiler, stream=out)
-    stats.sort_stats("tottime").print_stats(top)
-    stats.sort_stats("cumulative").print_stats(top)
+    out.write(f"{txs} transactions; ms per transaction (profiled, so inflated):\n")
+    for label, seconds in rows:
+        out.write(f"  {1000 * seconds / txs:7.3f}  {label}\n")
+    out.write("  SQL time by calling function (ms/tx): " + ", ".join(
+        f"{name} {1000 * t / txs:.3f}" for name, t in sql_by_caller.most_common(8)) + "\n\n")
+    pstats.Stats(profiler, stream=out).sort_stats("tottime").print_stats(top)
     return out.getvalue()
 
 
@@ -169,16 +208,18 @@ def main(argv: list[str] | None = None) -> int:
         wallet = Wallet.create(folder / "wallet", ["admin", "user", *NODES], env_alias="atoma-localnet")
         raws: list[float] = []
         rates: list[float] = []
+        engine_rates: list[float] = []
         cpu_ms: list[float] = []
         # Disks are noisy (fsync latency varies several-fold over seconds): alternate the two measurements.
         for _ in range(args.rounds):
             raws.append(raw_commit_rate(folder, args.raw_commits))
             cpu0 = time.process_time()
-            txs, elapsed, counts = workload(folder, wallet, args.stacks)
+            txs, elapsed, in_engine, counts = workload(folder, wallet, args.stacks)
             cpu_ms.append((time.process_time() - cpu0) * 1000 / txs)
             rates.append(txs / elapsed)
+            engine_rates.append(txs / in_engine)
         raws.append(raw_commit_rate(folder, args.raw_commits))
-        raw, tps = statistics.median(raws), statistics.median(rates)
+        raw, tps, engine_tps = statistics.median(raws), statistics.median(rates), statistics.median(engine_rates)
         ratio = tps / raw
         print(f"folder:               {folder}")
         print(f"raw SQLite commits/s: {raw:9.0f}  median of {len(raws)} x {args.raw_commits} commits "
@@ -186,6 +227,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"localnet tx/s:        {tps:9.0f}  median of {args.rounds} runs of {txs} transactions "
               f"({args.stacks} stacks, {TASKS} tasks, {len(NODES)} nodes): {', '.join(f'{r:.0f}' for r in rates)}")
         print(f"ratio:                {ratio:9.2f}  (goal >= {GOAL})  {'OK' if ratio >= GOAL else 'BELOW GOAL'}")
+        print(f"engine-only tx/s:     {engine_tps:9.0f}  ratio {engine_tps / raw:.2f}  (time inside Localnet.execute/"
+              f"faucet_mint/advance_epoch only: no client-side prepare and signing): "
+              f"{', '.join(f'{r:.0f}' for r in engine_rates)}")
         print(f"per transaction:      {1000 / tps:.3f} ms localnet (of which CPU {statistics.median(cpu_ms):.3f} ms) "
               f"vs {1000 / raw:.3f} ms per raw commit")
         print("transactions per run: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))

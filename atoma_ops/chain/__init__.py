@@ -2,6 +2,7 @@
 
 from .errors import (
     ChainError,
+    ExecutionFailure,
     InvalidArgument,
     MoveAbort,
     MoveArithmeticError,
@@ -31,6 +32,7 @@ __all__ = [
     "Chain",
     "ChainError",
     "ChainEvent",
+    "ExecutionFailure",
     "Coin",
     "DbConfig",
     "EventId",

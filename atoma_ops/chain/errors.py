@@ -43,6 +43,12 @@ class MoveArithmeticError(ChainError):
     kind = "ArithmeticError"
 
 
+class ExecutionFailure(ChainError):
+    """Execution failed outside Move's abort codes: a resource limit Sui enforces with gas or object size."""
+
+    kind = "ExecutionError"
+
+
 class TransactionRejected(ChainError):
     """Refused before execution: bad signature, wrong sender, an object the sender does not own, a type mismatch,
     a transaction for another chain. Nothing is recorded."""
@@ -70,4 +76,6 @@ def abort_from_json(data: dict) -> ChainError:
         return MoveAbort(data["module"], int(data["code"]), data.get("name"), data.get("function"))
     if kind == "ArithmeticError":
         return MoveArithmeticError(data.get("message", "ArithmeticError"))
+    if kind == "ExecutionError":
+        return ExecutionFailure(data.get("message", "execution failed"))
     return ChainError(data.get("message", "transaction failed"))

@@ -471,3 +471,24 @@ def test_destroyed_node_in_a_subscription_list_is_skipped(net):
     net.epoch(4)
     net.destroy_disabled_node("node-1")
     assert net.get_stack(net.buy(t, 10, 1_000, draw=0)).selected_node_id == 2
+
+
+
+def test_try_settle_with_an_absurd_extra_nodes_count_fails_cleanly(net):
+    """A leaves buffer past Sui's largest object (250 KiB) is an execution failure, never a Python MemoryError."""
+    from atoma_ops.chain.errors import ExecutionFailure
+
+    task = net.task()
+    net.node("node-1")
+    net.sub("node-1", task)
+    net.mint("user", 1_000_000)
+    stack = net.buy(task, units=1_000, price=1_000)
+    # 250 * 1024 / 32 = 8000 slots: leaf 0 plus 7999 extra nodes is the largest ticket that fits.
+    net.set("set_cross_validation_extra_nodes_count", 8000)
+    net.fails(ExecutionFailure, "settle", "node-1", stack, 1)
+    net.set("set_cross_validation_extra_nodes_count", 2**40)
+    net.fails(ExecutionFailure, "settle", "node-1", stack, 1)
+    net.set("set_cross_validation_extra_nodes_count", 7999)
+    r = net.settle("node-1", stack, 1)
+    assert len(net.ln.get_ticket(stack).stack_merkle_leaves_vector) == 32 * 8000
+    assert net.names(r) == ["StackTrySettleEvent"]

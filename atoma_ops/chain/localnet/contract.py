@@ -30,7 +30,7 @@ from ...protocol.epochs import (
     task_removable_by_admin,
     task_removable_by_badge,
 )
-from ..errors import MoveAbort, MoveArithmeticError
+from ..errors import ExecutionFailure, MoveAbort, MoveArithmeticError
 
 if TYPE_CHECKING:
     from .engine import Ctx
@@ -39,6 +39,9 @@ if TYPE_CHECKING:
 def abort(name: str) -> MoveAbort:
     return MoveAbort.db(name)
 
+
+# Sui's largest Move object (protocol config max_move_object_size): a ticket's leaves buffer past it cannot exist.
+MAX_MOVE_OBJECT_SIZE = 250 * 1024
 
 FIELD_ALREADY_EXISTS = ("dynamic_field", 0, "EFieldAlreadyExists")
 FIELD_DOES_NOT_EXIST = ("dynamic_field", 1, "EFieldDoesNotExist")
@@ -497,6 +500,10 @@ class AtomaDb:
         if len(stack_merkle_leaf) != BYTES_PER_HASH_COMMITMENT:
             raise abort("EInvalidStackMerkleLeaf")
         task = self._task_of_stack(stack)
+        extra = self.db["cross_validation_extra_nodes_count"]
+        if BYTES_PER_HASH_COMMITMENT * (1 + extra) > MAX_MOVE_OBJECT_SIZE:
+            # On Sui the draws and the buffer run out of gas or exceed the object size limit.
+            raise ExecutionFailure(f"cross_validation_extra_nodes_count {extra} makes the ticket exceed Sui's limits")
         requested: list[int] = []
         if task["security_level"] == SecurityLevel.SAMPLING_CONSENSUS:
             draw = self.ctx.random_u64() % PERMILLE + 1

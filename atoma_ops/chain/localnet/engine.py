@@ -32,7 +32,7 @@ from ...protocol.constants import (
 )
 from ...wallet import InvalidSignatureError, normalize_address, verify_signature
 from .. import codec
-from ..errors import ChainError, InvalidArgument, MoveAbort, MoveArithmeticError, NotFound, TransactionRejected, abort_from_json
+from ..errors import ChainError, ExecutionFailure, InvalidArgument, MoveAbort, MoveArithmeticError, NotFound, TransactionRejected, abort_from_json
 from ..types import (
     Badge,
     ChainEvent,
@@ -419,7 +419,7 @@ class Localnet:
                 ctx = Ctx(self, conn, tx["sender"], digest, clock)
                 try:
                     self._run(ctx, tx["commands"])
-                except (MoveAbort, MoveArithmeticError) as exc:
+                except (MoveAbort, MoveArithmeticError, ExecutionFailure) as exc:
                     raise _Failed(exc) from None
                 return self._finish(ctx, tx_bytes, signatures)
         except _Failed as failed:
