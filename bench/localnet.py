@@ -13,8 +13,8 @@ What it measures, in one run and in one temporary folder (so on one disk):
    nodes, faucet mints) plus subscribe, acquire, try-settle and claim for ``--stacks`` stacks.
 
 The two alternate for ``--rounds`` rounds (fsync latency drifts a lot on shared disks) and the medians are compared.
-It prints both rates, their ratio (goal: >= 0.3), the CPU time per transaction and the sizes. Below the goal, or with ``--profile``, it reruns the
-workload under cProfile and prints where the time goes.
+It prints both rates, their ratio (goal: >= 0.3), the CPU time per transaction and the sizes. Below the goal, or
+with ``--profile``, it reruns the workload under cProfile and prints where the time goes.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from atoma_ops.chain.localnet.adapter import LocalnetChain  # noqa: E402
-from atoma_ops.chain.localnet.engine import Localnet  # noqa: E402
+from atoma_ops.chain.localnet.engine import WAL_AUTOCHECKPOINT_PAGES, Localnet  # noqa: E402
 from atoma_ops.wallet import Wallet  # noqa: E402
 
 GOAL = 0.3
@@ -59,6 +59,7 @@ def raw_commit_rate(folder: Path, commits: int) -> float:
     conn = sqlite3.connect(path, isolation_level=None)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=FULL")
+    conn.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT_PAGES}")  # the localnet's own setting
     conn.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT NOT NULL)")
     start = time.perf_counter()
     for i in range(commits):
@@ -170,7 +171,8 @@ def profile(folder: Path, wallet: Wallet, stacks: int, top: int = 20) -> str:
 
     sql_by_caller: collections.Counter = collections.Counter()
     for key, value in raw.items():
-        if key[2] in ("<method 'execute' of 'sqlite3.Connection' objects>", "<method 'executemany' of 'sqlite3.Connection' objects>"):
+        if key[2] in ("<method 'execute' of 'sqlite3.Connection' objects>",
+                      "<method 'executemany' of 'sqlite3.Connection' objects>"):
             for caller, cvalue in value[4].items():
                 sql_by_caller[f"{Path(caller[0]).name}:{caller[2]}"] += cvalue[3]
     begin_commit = sql_by_caller.pop("engine.py:_write", 0.0)
@@ -182,7 +184,8 @@ def profile(folder: Path, wallet: Wallet, stacks: int, top: int = 20) -> str:
         ("  BEGIN IMMEDIATE / COMMIT / ROLLBACK (fsync)", begin_commit),
         ("  other SQL statements", sum(sql_by_caller.values())),
         ("  signature verification", cum("wallet.py", "verify_signature")),
-        ("  json encode/decode (all callers, client included)", cum("json/__init__.py", "dumps") + cum("json/__init__.py", "loads")),
+        ("  json encode/decode (all callers, client included)",
+         cum("json/__init__.py", "dumps") + cum("json/__init__.py", "loads")),
     ]
     out = io.StringIO()
     out.write(f"{txs} transactions; ms per transaction (profiled, so inflated):\n")
@@ -197,8 +200,10 @@ def profile(folder: Path, wallet: Wallet, stacks: int, top: int = 20) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--stacks", type=int, default=300, help="stacks bought, settled and claimed (default 300)")
-    parser.add_argument("--raw-commits", type=int, default=2000, help="raw SQLite commits per measurement (default 2000)")
-    parser.add_argument("--rounds", type=int, default=3, help="alternating raw/localnet rounds; medians are used (default 3)")
+    parser.add_argument("--raw-commits", type=int, default=2000,
+                        help="raw SQLite commits per measurement (default 2000)")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="alternating raw/localnet rounds; medians are used (default 3)")
     parser.add_argument("--dir", type=Path, default=None, help="folder to run in (default: a new temp folder)")
     parser.add_argument("--profile", action="store_true", help="always print a cProfile of the workload")
     args = parser.parse_args(argv)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 import time
@@ -103,7 +104,7 @@ def run_sync(coro: Any) -> Any:
     raise RuntimeError("coroutine suspended")
 
 
-class Net:
+class ChainFile:
     """A fresh chain file with a wallet, driven synchronously."""
 
     def __init__(self, folder: Path, wallet: Wallet | None = None):
@@ -131,25 +132,26 @@ class Net:
 
 
 @pytest.fixture
-def net(tmp_path: Path):
-    n = Net(tmp_path)
+def cf(tmp_path: Path):  # not tests/chain/conftest.py's ``net``: these tests need a real file and real signatures
+    n = ChainFile(tmp_path)
     yield n
     n.ln.close()
 
 
-def run_workers(net: Net, jobs: list[dict], timeout: float = 120.0) -> list[list[dict]]:
+def run_workers(cf: ChainFile, jobs: list[dict], timeout: float = 120.0) -> list[list[dict]]:
     """Start one process per job, release them together, return each one's results.
 
     Asserts that the processes were all running their transactions at the same time.
     """
-    go = net.folder / "go"
+    go = cf.folder / "go"
     go.unlink(missing_ok=True)
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     procs = []
     for i, job in enumerate(jobs):
-        ready = net.folder / f"ready-{i}"
+        ready = cf.folder / f"ready-{i}"
         ready.unlink(missing_ok=True)
-        cfg = {"chain": str(net.path), "client_yaml": str(net.wallet.client_yaml), "ready": str(ready), "go": str(go), **job}
+        cfg = {"chain": str(cf.path), "client_yaml": str(cf.wallet.client_yaml), "ready": str(ready), "go": str(go)}
+        cfg.update(job)
         p = subprocess.Popen([sys.executable, "-c", WORKER], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True, env=env, cwd=REPO)
         p.stdin.write(json.dumps(cfg))
@@ -172,14 +174,14 @@ def run_workers(net: Net, jobs: list[dict], timeout: float = 120.0) -> list[list
 
 
 # ------------------------------------------------------------------------------------------------------- (a)
-def test_concurrent_processes_lose_no_update(net: Net) -> None:
+def test_concurrent_processes_lose_no_update(cf: ChainFile) -> None:
     tasks = 6
     for _ in range(tasks):
-        net.tx("admin", "create_task_entry", role=0, model_name="m", security_level=None, minimum_reputation_score=None,
+        cf.tx("admin", "create_task_entry", role=0, model_name="m", security_level=None, minimum_reputation_score=None,
                is_public=True)
-    net.tx("node-1", "register_node_entry")
+    cf.tx("node-1", "register_node_entry")
     for t in range(1, tasks + 1):
-        net.tx("node-1", "subscribe_node_to_task", task_small_id=t, price_per_one_million_compute_units=1)
+        cf.tx("node-1", "subscribe_node_to_task", task_small_id=t, price_per_one_million_compute_units=1)
 
     rounds = 30
     jobs = []
@@ -193,14 +195,14 @@ def test_concurrent_processes_lose_no_update(net: Net) -> None:
             ops.append(["mint", 1 + money.stack_total_cost(price, units) + k])
             ops.append(["acquire", 1 + (k + w) % tasks, units, price])
         jobs.append({"alias": alias, "ops": ops})
-    minted_before = net.ln.usdc_minted()
-    results = run_workers(net, jobs)
+    minted_before = cf.ln.usdc_minted()
+    results = run_workers(cf, jobs)
 
     failures = [r for rs in results for r in rs if not r["ok"]]
     assert failures == []
     stack_ids, fees, paid_by, minted_to = [], 0, {}, {}
     for job, rs in zip(jobs, results):
-        address = net.addr[job["alias"]]
+        address = cf.addr[job["alias"]]
         for op, r in zip(job["ops"], rs):
             if op[0] == "mint":
                 minted_to[address] = minted_to.get(address, 0) + op[1]
@@ -212,70 +214,71 @@ def test_concurrent_processes_lose_no_update(net: Net) -> None:
                 assert r["balance_changes"] == ({address: -cost} if cost else {})
                 fees += cost
                 paid_by[address] = paid_by.get(address, 0) + cost
-            assert net.ln.get_transaction(r["digest"]).status == "success"
-            assert net.events_of(r["digest"]) == len(r["events"])
+            assert cf.ln.get_transaction(r["digest"]).status == "success"
+            assert cf.events_of(r["digest"]) == len(r["events"])
 
     n = len(jobs) * rounds
     assert sorted(stack_ids) == list(range(1, n + 1)), "a stack small id was lost or reused"
-    cfg = net.ln.db_config()
+    cfg = cf.ln.db_config()
     assert cfg.next_stack_small_id == n + 1
     assert cfg.next_node_small_id == 4
     assert cfg.fee_treasury == fees
-    assert len(net.ln.list_stacks()) == n
+    assert len(cf.ln.list_stacks()) == n
     for address in minted_to:
-        assert net.ln.usdc_balance(address) == minted_to[address] - paid_by.get(address, 0)
-    t = net.conserved()
+        assert cf.ln.usdc_balance(address) == minted_to[address] - paid_by.get(address, 0)
+    t = cf.conserved()
     assert t["minted"] == minted_before + sum(minted_to.values())
     for task in range(1, tasks + 1):
-        assert [s.node_small_id for s in net.ln.subscriptions(task)] == [1, 2, 3]
-        assert sorted(net.ln.get_task(task).subscribed_nodes_small_ids) == [1, 2, 3]
-    counts = dict(net.ln.conn.execute("SELECT name, count(*) FROM events GROUP BY name").fetchall())
+        assert [s.node_small_id for s in cf.ln.subscriptions(task)] == [1, 2, 3]
+        assert sorted(cf.ln.get_task(task).subscribed_nodes_small_ids) == [1, 2, 3]
+    counts = dict(cf.ln.conn.execute("SELECT name, count(*) FROM events GROUP BY name").fetchall())
     assert counts["StackCreatedEvent"] == n
     assert counts["NodeSubscribedToTaskEvent"] == 3 * tasks
     assert counts["NodeRegisteredEvent"] == 3
 
 
 # ------------------------------------------------------------------------------------------------------- (b)
-def _stack_setup(net: Net, amount: int = 10**12) -> None:
-    net.tx("admin", "create_task_entry", role=0, model_name=None, security_level=None, minimum_reputation_score=None,
+def _stack_setup(cf: ChainFile, amount: int = 10**12) -> None:
+    cf.tx("admin", "create_task_entry", role=0, model_name=None, security_level=None, minimum_reputation_score=None,
            is_public=True)
-    net.tx("node-1", "register_node_entry")
-    net.tx("node-1", "subscribe_node_to_task", task_small_id=1, price_per_one_million_compute_units=1)
-    net.ln.faucet_mint(net.addr["user"], amount)
+    cf.tx("node-1", "register_node_entry")
+    cf.tx("node-1", "subscribe_node_to_task", task_small_id=1, price_per_one_million_compute_units=1)
+    cf.ln.faucet_mint(cf.addr["user"], amount)
 
 
-def test_identical_bytes_execute_once(net: Net) -> None:
-    _stack_setup(net)
-    prepared = net.prepare("user", "acquire_new_stack_entry", task_small_id=1, num_compute_units=500_000, price=2_000_000)
-    signature = net.chain.sign(prepared)
-    first = net.ln.execute(prepared.tx_bytes, [signature])
-    after_first = net.ln.state_digest()
-    second = net.ln.execute(prepared.tx_bytes, [signature])
+def test_identical_bytes_execute_once(cf: ChainFile) -> None:
+    _stack_setup(cf)
+    prepared = cf.prepare("user", "acquire_new_stack_entry", task_small_id=1, num_compute_units=500_000,
+                           price=2_000_000)
+    signature = cf.chain.sign(prepared)
+    first = cf.ln.execute(prepared.tx_bytes, [signature])
+    after_first = cf.ln.state_digest()
+    second = cf.ln.execute(prepared.tx_bytes, [signature])
     assert second.digest == first.digest == prepared.digest
     assert second.to_json() == first.to_json()
-    assert net.ln.state_digest() == after_first
-    assert net.events_of(first.digest) == 1
-    assert net.ln.db_config().next_stack_small_id == 2
-    assert net.ln.db_config().fee_treasury == 1_000_000
+    assert cf.ln.state_digest() == after_first
+    assert cf.events_of(first.digest) == 1
+    assert cf.ln.db_config().next_stack_small_id == 2
+    assert cf.ln.db_config().fee_treasury == 1_000_000
     # A fresh signature over the same bytes (ed25519 is deterministic, but any valid one) is still the same tx.
-    third = net.ln.execute(prepared.tx_bytes, [net.chain.sign(prepared)])
-    assert third.to_json() == first.to_json() and net.ln.state_digest() == after_first
+    third = cf.ln.execute(prepared.tx_bytes, [cf.chain.sign(prepared)])
+    assert third.to_json() == first.to_json() and cf.ln.state_digest() == after_first
 
 
-def test_identical_bytes_from_several_processes_execute_once(net: Net) -> None:
-    _stack_setup(net)
+def test_identical_bytes_from_several_processes_execute_once(cf: ChainFile) -> None:
+    _stack_setup(cf)
     txs, costs = [], []
-    for k in range(25):
+    for k in range(60):
         units, price = 1_000 + k, 1_000_000 + k
-        prepared = net.prepare("user", "acquire_new_stack_entry", task_small_id=1, num_compute_units=units, price=price)
-        txs.append((prepared, net.chain.sign(prepared)))
+        prepared = cf.prepare("user", "acquire_new_stack_entry", task_small_id=1, num_compute_units=units, price=price)
+        txs.append((prepared, cf.chain.sign(prepared)))
         costs.append(money.stack_total_cost(price, units))
     # and one that aborts (price 0): every process must see the same abort
-    bad = net.prepare("user", "acquire_new_stack_entry", task_small_id=1, num_compute_units=1, price=0)
-    txs.insert(10, (bad, net.chain.sign(bad)))
-    balance = net.ln.usdc_balance(net.addr["user"])
+    bad = cf.prepare("user", "acquire_new_stack_entry", task_small_id=1, num_compute_units=1, price=0)
+    txs.insert(10, (bad, cf.chain.sign(bad)))
+    balance = cf.ln.usdc_balance(cf.addr["user"])
     ops = [["submit", p.tx_bytes.hex(), sig] for p, sig in txs]
-    results = run_workers(net, [{"ops": ops} for _ in range(4)])
+    results = run_workers(cf, [{"ops": ops} for _ in range(4)])
 
     for i, (prepared, _) in enumerate(txs):
         seen = [json.dumps(rs[i], sort_keys=True) for rs in results]
@@ -283,17 +286,17 @@ def test_identical_bytes_from_several_processes_execute_once(net: Net) -> None:
         r = results[0][i]
         if prepared is bad:
             assert not r["ok"] and r["error"]["name"] == "EInvalidPricePerComputeUnit"
-            assert net.ln.get_transaction(prepared.digest).status == "failure"
+            assert cf.ln.get_transaction(prepared.digest).status == "failure"
         else:
             assert r["ok"] and r["digest"] == prepared.digest
-            assert net.events_of(prepared.digest) == 1
+            assert cf.events_of(prepared.digest) == 1
     ids = sorted(int(rs["events"][0][1]["stack_small_id"]["inner"]) for rs in results[0] if rs["ok"])
-    assert ids == list(range(1, 26))
-    assert net.ln.db_config().next_stack_small_id == 26
-    assert net.ln.usdc_balance(net.addr["user"]) == balance - sum(costs)
-    assert net.ln.db_config().fee_treasury == sum(costs)
-    assert net.ln.conn.execute("SELECT count(*) FROM transactions").fetchone()[0] == 1 + 3 + 1 + 26
-    net.conserved()
+    assert ids == list(range(1, 61))
+    assert cf.ln.db_config().next_stack_small_id == 61
+    assert cf.ln.usdc_balance(cf.addr["user"]) == balance - sum(costs)
+    assert cf.ln.db_config().fee_treasury == sum(costs)
+    assert cf.ln.conn.execute("SELECT count(*) FROM transactions").fetchone()[0] == 1 + 3 + 1 + 61
+    cf.conserved()
 
 
 # ------------------------------------------------------------------------------------------------------- (c)
@@ -303,40 +306,41 @@ def _flip(signature: str, index: int) -> str:
     return base64.b64encode(bytes(raw)).decode()
 
 
-def _assert_refused(net: Net, tx_bytes: bytes, signatures: list[str], match: str) -> None:
-    before = net.ln.state_digest()
+def _assert_refused(cf: ChainFile, tx_bytes: bytes, signatures: list[str], match: str) -> None:
+    before = cf.ln.state_digest()
     with pytest.raises(TransactionRejected, match=match):
-        net.ln.execute(tx_bytes, signatures)
-    assert net.ln.state_digest() == before
+        cf.ln.execute(tx_bytes, signatures)
+    assert cf.ln.state_digest() == before
 
 
-def test_forged_wrong_signer_other_chain_and_foreign_badge_are_refused(net: Net, tmp_path: Path) -> None:
-    _stack_setup(net)
-    net.tx("node-2", "register_node_entry")
-    net.tx("user", "acquire_new_stack_entry", task_small_id=1, num_compute_units=1_000, price=1_000_000)
-    prepared = net.prepare("user", "acquire_new_stack_entry", task_small_id=1, num_compute_units=1_000, price=1_000_000)
-    good = net.chain.sign(prepared)
+def test_forged_wrong_signer_other_chain_and_foreign_badge_are_refused(cf: ChainFile, tmp_path: Path) -> None:
+    _stack_setup(cf)
+    cf.tx("node-2", "register_node_entry")
+    cf.tx("user", "acquire_new_stack_entry", task_small_id=1, num_compute_units=1_000, price=1_000_000)
+    prepared = cf.prepare("user", "acquire_new_stack_entry", task_small_id=1, num_compute_units=1_000, price=1_000_000)
+    good = cf.chain.sign(prepared)
 
     for index in (1, 40, 64):  # inside the 64-byte ed25519 signature
-        _assert_refused(net, prepared.tx_bytes, [_flip(good, index)], "invalid signature")
-    _assert_refused(net, prepared.tx_bytes, [_flip(good, 70)], "invalid signature|signed by")  # the public key
-    _assert_refused(net, prepared.tx_bytes, [net.wallet.sign("node-1", prepared.tx_bytes)], "signed by")
-    _assert_refused(net, prepared.tx_bytes, [], "exactly one signature")
-    _assert_refused(net, prepared.tx_bytes, [good, good], "exactly one signature")
+        _assert_refused(cf, prepared.tx_bytes, [_flip(good, index)], "invalid signature")
+    _assert_refused(cf, prepared.tx_bytes, [_flip(good, 70)], "invalid signature|signed by")  # the public key
+    _assert_refused(cf, prepared.tx_bytes, [cf.wallet.sign("node-1", prepared.tx_bytes)], "signed by")
+    _assert_refused(cf, prepared.tx_bytes, [], "exactly one signature")
+    _assert_refused(cf, prepared.tx_bytes, [good, good], "exactly one signature")
     tampered = prepared.tx_bytes.replace(b'"1000"', b'"1001"', 1)
     assert tampered != prepared.tx_bytes
-    _assert_refused(net, tampered, [good], "invalid signature")
+    _assert_refused(cf, tampered, [good], "invalid signature")
 
-    other = Net(tmp_path / "other", wallet=net.wallet)  # same keys, another chain id
+    other = ChainFile(tmp_path / "other", wallet=cf.wallet)  # same keys, another chain id
     try:
-        assert other.ln.chain_id != net.ln.chain_id
+        assert other.ln.chain_id != cf.ln.chain_id
         _stack_setup(other)
-        foreign = other.prepare("user", "acquire_new_stack_entry", task_small_id=1, num_compute_units=1_000, price=1_000_000)
-        _assert_refused(net, foreign.tx_bytes, [other.chain.sign(foreign)], "chain")
+        foreign = other.prepare("user", "acquire_new_stack_entry", task_small_id=1, num_compute_units=1_000,
+                                price=1_000_000)
+        _assert_refused(cf, foreign.tx_bytes, [other.chain.sign(foreign)], "chain")
     finally:
         other.ln.close()
 
-    node1_badge = next(b for b in net.ln.badges(net.addr["node-1"]) if b.kind == "NodeBadge")
+    node1_badge = next(b for b in cf.ln.badges(cf.addr["node-1"]) if b.kind == "NodeBadge")
     for function, args in (
         ("withdraw_fees", {}),
         ("claim_funds", {"settled_ticket_ids": [1]}),
@@ -344,89 +348,101 @@ def test_forged_wrong_signer_other_chain_and_foreign_badge_are_refused(net: Net,
                               "stack_merkle_leaf": b"\2" * 32}),
         ("unsubscribe_node_from_task", {"task_small_id": 1}),
     ):
-        stolen = net.prepare("node-2", function, node_badge=node1_badge.object_id, **args)
-        _assert_refused(net, stolen.tx_bytes, [net.chain.sign(stolen)], "owned by")
-        assert net.ln.get_transaction(stolen.digest) is None
+        stolen = cf.prepare("node-2", function, node_badge=node1_badge.object_id, **args)
+        _assert_refused(cf, stolen.tx_bytes, [cf.chain.sign(stolen)], "owned by")
+        assert cf.ln.get_transaction(stolen.digest) is None
 
     # nothing refused was recorded; the good signature still works afterwards
-    assert net.ln.get_transaction(prepared.digest) is None
-    assert net.ln.execute(prepared.tx_bytes, [good]).ok
-    net.conserved()
+    assert cf.ln.get_transaction(prepared.digest) is None
+    assert cf.ln.execute(prepared.tx_bytes, [good]).ok
+    cf.conserved()
 
 
 # ------------------------------------------------------------------------------------------------------- (d)
-def test_failed_transaction_replays_its_abort_without_reexecuting(net: Net) -> None:
-    _stack_setup(net, amount=500)
-    prepared = net.prepare("user", "acquire_new_stack_entry", task_small_id=1, num_compute_units=1_000_000, price=1_000)
-    signature = net.chain.sign(prepared)
-    before = net.ln.state_digest()
+def test_failed_transaction_replays_its_abort_without_reexecuting(cf: ChainFile) -> None:
+    _stack_setup(cf, amount=500)
+    prepared = cf.prepare("user", "acquire_new_stack_entry", task_small_id=1, num_compute_units=1_000_000, price=1_000)
+    signature = cf.chain.sign(prepared)
+    before = cf.ln.state_digest()
     with pytest.raises(MoveAbort) as first:
-        net.ln.execute(prepared.tx_bytes, [signature])
+        cf.ln.execute(prepared.tx_bytes, [signature])
     assert first.value.name == "EInsufficientBalance" and first.value.function == "acquire_new_stack_entry"
-    assert net.ln.state_digest() == before
-    record = net.ln.get_transaction(prepared.digest)
+    assert cf.ln.state_digest() == before
+    record = cf.ln.get_transaction(prepared.digest)
     assert record.status == "failure" and record.error["name"] == "EInsufficientBalance"
     assert record.events == [] and record.balance_changes == {}
 
     # Now the same call would succeed (the buyer has enough), but the bytes are an executed, failed transaction.
-    net.ln.faucet_mint(net.addr["user"], 10_000)
-    before = net.ln.state_digest()
+    cf.ln.faucet_mint(cf.addr["user"], 10_000)
+    before = cf.ln.state_digest()
     for _ in range(2):
         with pytest.raises(MoveAbort) as again:
-            net.ln.execute(prepared.tx_bytes, [signature])
-        assert (again.value.module, again.value.code, again.value.name) == ("db", first.value.code, "EInsufficientBalance")
-        assert net.ln.state_digest() == before
-    assert net.ln.get_transaction(prepared.digest).status == "failure"
-    assert net.ln.db_config().next_stack_small_id == 1
-    assert net.ln.conn.execute(
+            cf.ln.execute(prepared.tx_bytes, [signature])
+        assert (again.value.module, again.value.code) == ("db", first.value.code)
+        assert again.value.name == "EInsufficientBalance"
+        assert cf.ln.state_digest() == before
+    assert cf.ln.get_transaction(prepared.digest).status == "failure"
+    assert cf.ln.db_config().next_stack_small_id == 1
+    assert cf.ln.conn.execute(
         "SELECT count(*) FROM transactions WHERE digest = ?", (prepared.digest,)
     ).fetchone()[0] == 1
     # The same call as new bytes (a new nonce) is a new transaction and succeeds.
-    assert net.tx("user", "acquire_new_stack_entry", task_small_id=1, num_compute_units=1_000_000, price=1_000).ok
+    assert cf.tx("user", "acquire_new_stack_entry", task_small_id=1, num_compute_units=1_000_000, price=1_000).ok
 
 
-# ------------------------------------------------------------------------------------------------------- known bugs
-@pytest.mark.xfail(strict=True, reason="engine.execute replays known digests before checking the signature")
-def test_known_bytes_with_a_forged_signature_are_refused(net: Net) -> None:
-    _stack_setup(net)
-    prepared = net.prepare("user", "acquire_new_stack_entry", task_small_id=1, num_compute_units=1_000, price=1_000)
-    good = net.chain.sign(prepared)
-    net.ln.execute(prepared.tx_bytes, [good])
+# ----------------------------------------------------------------------------------- replay and failure records
+def test_known_bytes_with_a_forged_signature_are_refused(cf: ChainFile) -> None:
+    _stack_setup(cf)
+    prepared = cf.prepare("user", "acquire_new_stack_entry", task_small_id=1, num_compute_units=1_000, price=1_000)
+    good = cf.chain.sign(prepared)
+    cf.ln.execute(prepared.tx_bytes, [good])
     with pytest.raises(TransactionRejected):
-        net.ln.execute(prepared.tx_bytes, [_flip(good, 1)])
+        cf.ln.execute(prepared.tx_bytes, [_flip(good, 1)])
 
 
-@pytest.mark.xfail(strict=True, reason="engine.execute records a failure in a second write transaction (race window)")
-def test_a_failure_reported_to_the_submitter_is_the_recorded_outcome(net: Net) -> None:
-    """Process A's attempt aborts (ETaskNotFound) and rolls back; before A records the failure, process B creates
-    the task and runs the same bytes, which now succeed. A's caller is told 'aborted' — and may retry with new
-    bytes, buying twice — while the chain says the digest succeeded."""
-    _stack_setup(net)
-    prepared = net.prepare("user", "acquire_new_stack_entry", task_small_id=2, num_compute_units=1_000, price=1_000)
-    signature = net.chain.sign(prepared)
-    a = Localnet(net.path)
-    b = Localnet(net.path)
-    b_chain = LocalnetChain(b, net.wallet)
+def test_a_failure_reported_to_the_submitter_is_the_recorded_outcome(cf: ChainFile) -> None:
+    """Process A's attempt aborts (ETaskNotFound). At the moment A records that failure, process B tries to create
+    the task and run the same bytes — which would now succeed. B must not get in between: A's caller is told
+    'aborted' and the chain records exactly that. (Were the failure recorded in a second write transaction after the
+    rollback, B would get in, the digest would be recorded 'success' while A's caller was told 'aborted' — and a
+    retry with new bytes would buy the stack twice.)"""
+    _stack_setup(cf)
+    prepared = cf.prepare("user", "acquire_new_stack_entry", task_small_id=2, num_compute_units=1_000, price=1_000)
+    signature = cf.chain.sign(prepared)
+    a = Localnet(cf.path)
+    b = Localnet(cf.path, busy_timeout_s=0.2)
+    b_chain = LocalnetChain(b, cf.wallet)
     original = a._record_failure
+    b_got_in: list[bool] = []
 
     def b_tx(sender: str, function: str, **args: Any) -> None:
         p = run_sync(b_chain.prepare(sender, function, args))
         b.execute(p.tx_bytes, [b_chain.sign(p)])
 
-    def interleaved(*args: Any, **kwargs: Any) -> None:  # process B's turn, between A's ROLLBACK and A's record
-        b_tx("admin", "create_task_entry", role=0, model_name=None, security_level=None, minimum_reputation_score=None,
-             is_public=True)
-        b_tx("node-1", "subscribe_node_to_task", task_small_id=2, price_per_one_million_compute_units=1)
-        assert b.execute(prepared.tx_bytes, [signature]).ok
-        original(*args, **kwargs)
+    def interleaved(*args: Any, **kwargs: Any) -> Any:  # process B's turn, when A has rolled back its attempt
+        try:
+            b_tx("admin", "create_task_entry", role=0, model_name=None, security_level=None,
+                 minimum_reputation_score=None, is_public=True)
+            b_tx("node-1", "subscribe_node_to_task", task_small_id=2, price_per_one_million_compute_units=1)
+            b.execute(prepared.tx_bytes, [signature])
+            b_got_in.append(True)
+        except sqlite3.OperationalError as exc:  # A still holds the write lock
+            assert "locked" in str(exc)
+            b_got_in.append(False)
+        return original(*args, **kwargs)
 
     a._record_failure = interleaved
     try:
         try:
             outcome = a.execute(prepared.tx_bytes, [signature]).status
-        except MoveAbort:
+        except MoveAbort as exc:
+            assert exc.name == "ETaskNotFound"
             outcome = "failure"
-        assert outcome == net.ln.get_transaction(prepared.digest).status
+        assert b_got_in == [False], "another process ran between the failed attempt and its record"
+        assert outcome == cf.ln.get_transaction(prepared.digest).status == "failure"
+        assert cf.ln.db_config().next_task_small_id == 2
+        with pytest.raises(MoveAbort, match="ETaskNotFound"):  # B, once A is done: the recorded failure replays
+            b.execute(prepared.tx_bytes, [signature])
     finally:
         a.close()
         b.close()

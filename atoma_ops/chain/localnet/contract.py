@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sqlite3
 from typing import TYPE_CHECKING, Any, Callable
 
 from ...protocol import money
@@ -30,6 +31,7 @@ from ...protocol.epochs import (
     task_removable_by_admin,
     task_removable_by_badge,
 )
+from .._json import dumps, loads
 from ..errors import ExecutionFailure, MoveAbort, MoveArithmeticError
 
 if TYPE_CHECKING:
@@ -61,7 +63,7 @@ class Table:
         row = self.ctx.conn.execute(
             "SELECT value FROM kv WHERE tbl = ? AND key = ?", (self.name, self._key(key))
         ).fetchone()
-        return None if row is None else json.loads(row[0])
+        return None if row is None else loads(row[0])
 
     def contains(self, key: Any) -> bool:
         return (
@@ -78,15 +80,16 @@ class Table:
         return value
 
     def add(self, key: Any, value: dict) -> None:
-        if self.contains(key):
-            raise MoveAbort(*FIELD_ALREADY_EXISTS)
-        self.ctx.conn.execute(
-            "INSERT INTO kv(tbl, key, value) VALUES (?, ?, ?)", (self.name, self._key(key), json.dumps(value))
-        )
+        try:
+            self.ctx.conn.execute(
+                "INSERT INTO kv(tbl, key, value) VALUES (?, ?, ?)", (self.name, self._key(key), dumps(value))
+            )
+        except sqlite3.IntegrityError:
+            raise MoveAbort(*FIELD_ALREADY_EXISTS) from None
 
     def put(self, key: Any, value: dict) -> None:
         cur = self.ctx.conn.execute(
-            "UPDATE kv SET value = ? WHERE tbl = ? AND key = ?", (json.dumps(value), self.name, self._key(key))
+            "UPDATE kv SET value = ? WHERE tbl = ? AND key = ?", (dumps(value), self.name, self._key(key))
         )
         if cur.rowcount != 1:
             raise MoveAbort(*FIELD_DOES_NOT_EXIST)

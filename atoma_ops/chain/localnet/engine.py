@@ -6,6 +6,7 @@ back everything it did, and several processes can submit at once without a lost 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -32,6 +33,7 @@ from ...protocol.constants import (
 )
 from ...wallet import InvalidSignatureError, normalize_address, verify_signature
 from .. import codec
+from .._json import dumps, loads
 from ..errors import ChainError, ExecutionFailure, InvalidArgument, MoveAbort, MoveArithmeticError, NotFound, TransactionRejected, abort_from_json
 from ..types import (
     Badge,
@@ -51,6 +53,7 @@ from ..types import (
 from .contract import AtomaDb
 
 CHAIN_FILE = "chain.sqlite"
+WAL_AUTOCHECKPOINT_PAGES = 10_000
 SHARED = "shared"
 
 SCHEMA = """
@@ -62,11 +65,11 @@ CREATE INDEX IF NOT EXISTS objects_by_owner ON objects (owner, type);
 CREATE TABLE IF NOT EXISTS kv (tbl TEXT NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL, PRIMARY KEY (tbl, key))
     WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS transactions (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT, digest TEXT NOT NULL UNIQUE, sender TEXT NOT NULL,
+    seq INTEGER PRIMARY KEY, digest TEXT NOT NULL UNIQUE, sender TEXT NOT NULL,
     tx_bytes BLOB NOT NULL, signatures TEXT NOT NULL, status TEXT NOT NULL, effects TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS events (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT, tx_digest TEXT NOT NULL, event_seq INTEGER NOT NULL,
+    seq INTEGER PRIMARY KEY, tx_digest TEXT NOT NULL, event_seq INTEGER NOT NULL,
     name TEXT NOT NULL, type TEXT NOT NULL, sender TEXT NOT NULL, parsed_json TEXT NOT NULL,
     timestamp_ms INTEGER NOT NULL, epoch INTEGER NOT NULL, UNIQUE (tx_digest, event_seq)
 );
@@ -77,6 +80,7 @@ def canonical_json(value: Any) -> bytes:
     return json.dumps(value, sort_keys=True, separators=(",", ":")).encode()
 
 
+@functools.lru_cache(maxsize=256)  # prepare and execute hash the same bytes; base58 is slow pure Python
 def tx_digest(tx_bytes: bytes) -> str:
     """Sui's transaction digest: base58 of blake2b-256 over ``"TransactionData::" ‖ bytes``."""
     return base58.b58encode(hashlib.blake2b(b"TransactionData::" + tx_bytes, digest_size=32).digest()).decode()
@@ -84,13 +88,6 @@ def tx_digest(tx_bytes: bytes) -> str:
 
 def now_ms() -> int:
     return int(time.time() * 1000)
-
-
-class _Failed(Exception):
-    """Carries a Move failure out of the write transaction so that it rolls back."""
-
-    def __init__(self, error: ChainError):
-        self.error = error
 
 
 class Ctx:
@@ -106,12 +103,14 @@ class Ctx:
         self.events: list[tuple[str, dict]] = []
         self.changes: dict[str, dict] = {}  # object id -> {"change", "type", "owner"}
         self.inputs: dict[str, dict] = {}  # owned input objects, mutated in place
+        self.created: dict[str, tuple[str, str, str]] = {}  # new object id -> (type, owner, data JSON)
         self.balance_changes: dict[str, int] = {}
         self._ids = 0
         db_row = net._object(conn, net.db_id)
         self.db_version = db_row["version"]
         self.db: dict = db_row["data"]
-        self.rng_state = json.loads(net._meta(conn, "rng"))
+        self.rng_state = loads(net._meta(conn, "rng"))
+        self.rng_state_at_start = dict(self.rng_state)
 
     # ids, randomness
     def new_object_id(self) -> str:
@@ -130,10 +129,8 @@ class Ctx:
     # objects
     def create_object(self, kind: str, owner: str, data: dict) -> str:
         object_id = self.new_object_id()
-        self.conn.execute(
-            "INSERT INTO objects (id, type, owner, version, data) VALUES (?, ?, ?, 0, ?)",
-            (object_id, self.net.type_of(kind), owner, json.dumps(data)),
-        )
+        # Written in _finish, once the transaction's Lamport version is known.
+        self.created[object_id] = (self.net.type_of(kind), owner, dumps(data))
         self.changes[object_id] = {"change": "created", "type": self.net.type_of(kind), "owner": owner}
         return object_id
 
@@ -178,7 +175,7 @@ class Localnet:
         self.rng = rng
         self.conn = self._connect(self.path, busy_timeout_s)
         try:
-            info = json.loads(self._meta(self.conn, "package"))
+            info = loads(self._meta(self.conn, "package"))
         except (TypeError, sqlite3.DatabaseError):
             raise NotFound(f"{self.path} is not an initialised localnet") from None
         self.chain_id: str = info["chain_id"]
@@ -194,6 +191,8 @@ class Localnet:
         conn = sqlite3.connect(path, isolation_level=None, timeout=busy_timeout_s, check_same_thread=False)
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=FULL")
+        # A transaction writes several pages; checkpoint less often than SQLite's 1000-page default.
+        conn.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT_PAGES}")
         return conn
 
     @classmethod
@@ -247,11 +246,11 @@ class Localnet:
             "permille_for_honest_nodes_on_dispute": INITIAL_PERMILLE_FOR_HONEST_NODES_ON_DISPUTE,
         }
         meta = {
-            "package": json.dumps(
+            "package": dumps(
                 {"chain_id": chain_id, "package_id": package_id, "usdc_package_id": usdc_package_id, "db_id": db_id}
             ),
-            "clock": json.dumps({"epoch": 0, "epoch_start_ms": ts, "epoch_duration_ms": epoch_duration_ms}),
-            "rng": json.dumps({"seed": str(seed), "counter": 0}),
+            "clock": dumps({"epoch": 0, "epoch_start_ms": ts, "epoch_duration_ms": epoch_duration_ms}),
+            "rng": dumps({"seed": str(seed), "counter": 0}),
             "usdc_minted": "0",
         }
         effects = {
@@ -268,7 +267,7 @@ class Localnet:
         conn.executemany("INSERT INTO meta (key, value) VALUES (?, ?)", list(meta.items()))
         conn.execute(
             "INSERT INTO objects (id, type, owner, version, data) VALUES (?, ?, ?, 1, ?)",
-            (db_id, f"{package_id}::db::AtomaDb", SHARED, json.dumps(db_fields)),
+            (db_id, f"{package_id}::db::AtomaDb", SHARED, dumps(db_fields)),
         )
         conn.execute(
             "INSERT INTO objects (id, type, owner, version, data) VALUES (?, ?, ?, 1, '{}')",
@@ -276,12 +275,12 @@ class Localnet:
         )
         conn.execute(
             "INSERT INTO transactions (digest, sender, tx_bytes, signatures, status, effects) VALUES (?, ?, ?, '[]', 'success', ?)",
-            (digest, publisher, publish_bytes, json.dumps(effects)),
+            (digest, publisher, publish_bytes, dumps(effects)),
         )
         conn.execute(
             "INSERT INTO events (tx_digest, event_seq, name, type, sender, parsed_json, timestamp_ms, epoch) VALUES (?, 0, ?, ?, ?, ?, ?, 0)",
             (digest, "PublishedEvent", f"{package_id}::db::PublishedEvent", publisher,
-             json.dumps({"db": db_id, "manager_badge": badge_id}), ts),
+             dumps({"db": db_id, "manager_badge": badge_id}), ts),
         )
         conn.execute("COMMIT")
         conn.close()
@@ -310,7 +309,7 @@ class Localnet:
         row = conn.execute("SELECT id, type, owner, version, data FROM objects WHERE id = ?", (object_id,)).fetchone()
         if row is None:
             return None
-        return {"id": row[0], "type": row[1], "owner": row[2], "version": row[3], "data": json.loads(row[4])}
+        return {"id": row[0], "type": row[1], "owner": row[2], "version": row[3], "data": loads(row[4])}
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
@@ -325,7 +324,7 @@ class Localnet:
 
     def _tick(self, conn: sqlite3.Connection) -> dict:
         """Advance the epoch by wall clock when a duration is configured; returns the clock."""
-        clock = json.loads(self._meta(conn, "clock"))
+        clock = loads(self._meta(conn, "clock"))
         duration = clock["epoch_duration_ms"]
         if duration > 0:
             elapsed = now_ms() - clock["epoch_start_ms"]
@@ -333,18 +332,18 @@ class Localnet:
                 n = elapsed // duration
                 clock["epoch"] += n
                 clock["epoch_start_ms"] += n * duration
-                self._set_meta(conn, "clock", json.dumps(clock))
+                self._set_meta(conn, "clock", dumps(clock))
         return clock
 
     # ------------------------------------------------------------------ epochs, rng, faucet
     def current_epoch(self) -> int:
-        clock = json.loads(self._meta(self.conn, "clock"))
+        clock = loads(self._meta(self.conn, "clock"))
         if clock["epoch_duration_ms"] > 0:
             return clock["epoch"] + max(0, now_ms() - clock["epoch_start_ms"]) // clock["epoch_duration_ms"]
         return clock["epoch"]
 
     def clock(self) -> dict:
-        clock = json.loads(self._meta(self.conn, "clock"))
+        clock = loads(self._meta(self.conn, "clock"))
         clock["current_epoch"] = self.current_epoch()
         return clock
 
@@ -355,14 +354,14 @@ class Localnet:
             clock = self._tick(conn)
             clock["epoch"] += count
             clock["epoch_start_ms"] = now_ms()
-            self._set_meta(conn, "clock", json.dumps(clock))
+            self._set_meta(conn, "clock", dumps(clock))
         return clock["epoch"]
 
     def seed_rng(self, seed: int) -> None:
         if seed < 0:
             raise InvalidArgument("seed must be >= 0")
         with self._write() as conn:
-            self._set_meta(conn, "rng", json.dumps({"seed": str(seed), "counter": 0}))
+            self._set_meta(conn, "rng", dumps({"seed": str(seed), "counter": 0}))
 
     def usdc_minted(self) -> int:
         return int(self._meta(self.conn, "usdc_minted"))
@@ -405,27 +404,31 @@ class Localnet:
                 digest.
         """
         digest = tx_digest(tx_bytes)
-        known = self.get_transaction(digest)
-        if known is not None:
-            return self._replay(known)
+        # Signature first, as a Sui validator does: known bytes with a forged signature are refused too.
         tx = self._parse(tx_bytes)
         self._check_signature(tx_bytes, signatures, tx["sender"])
-        try:
-            with self._write() as conn:
-                known = self._load_transaction(conn, digest)
-                if known is not None:
-                    return self._replay(known)
+        with self._write() as conn:
+            known = self._load_transaction(conn, digest)
+            if known is None:
                 clock = self._tick(conn)
                 ctx = Ctx(self, conn, tx["sender"], digest, clock)
+                # The failure is recorded in the same write transaction as the rolled-back attempt, so no other
+                # process can execute these bytes in between and contradict what this caller is told.
+                conn.execute("SAVEPOINT attempt")
                 try:
                     self._run(ctx, tx["commands"])
                 except (MoveAbort, MoveArithmeticError, ExecutionFailure) as exc:
-                    raise _Failed(exc) from None
-                return self._finish(ctx, tx_bytes, signatures)
-        except _Failed as failed:
-            self._record_failure(digest, tx, tx_bytes, signatures, failed.error)
-            failed.error.digest = digest
-            raise failed.error from None
+                    conn.execute("ROLLBACK TO attempt")
+                    conn.execute("RELEASE attempt")
+                    known = self._record_failure(conn, digest, tx, tx_bytes, signatures, exc, clock)
+                except BaseException:
+                    conn.execute("ROLLBACK TO attempt")
+                    conn.execute("RELEASE attempt")
+                    raise
+                else:
+                    conn.execute("RELEASE attempt")
+                    return self._finish(ctx, tx_bytes, signatures)
+        return self._replay(known)
 
     def _replay(self, result: TxResult) -> TxResult:
         if result.status != "success":
@@ -436,7 +439,7 @@ class Localnet:
 
     def _parse(self, tx_bytes: bytes) -> dict:
         try:
-            tx = json.loads(tx_bytes)
+            tx = loads(tx_bytes)
             if not isinstance(tx, dict) or not isinstance(tx.get("commands"), list):
                 raise ValueError
             sender = normalize_address(tx["sender"])
@@ -503,7 +506,7 @@ class Localnet:
                 amounts = [codec.check_value("amounts", abi.U64, a) for a in command.get("amounts", [])]
                 for amount in amounts:
                     if amount > ctx.coin_balance(coin):
-                        raise _Failed(MoveAbort("balance", 2, "ENotEnough"))
+                        raise MoveAbort("balance", 2, "ENotEnough")
                     ctx.set_coin_balance(coin, ctx.coin_balance(coin) - amount)
                     ctx.create_coin(ctx.sender, amount)
             elif kind == "TransferObjects":
@@ -566,24 +569,30 @@ class Localnet:
         for object_id, obj in ctx.inputs.items():
             conn.execute(
                 "UPDATE objects SET owner = ?, version = ?, data = ? WHERE id = ?",
-                (obj["owner"], lamport, json.dumps(obj["data"]), object_id),
+                (obj["owner"], lamport, dumps(obj["data"]), object_id),
             )
             ctx.changes.setdefault(object_id, {"change": "mutated", "type": obj["type"], "owner": obj["owner"]})
             ctx.changes[object_id]["owner"] = obj["owner"]
         if bump_db:
-            conn.execute("UPDATE objects SET version = ?, data = ? WHERE id = ?", (lamport, json.dumps(ctx.db), self.db_id))
+            conn.execute("UPDATE objects SET version = ?, data = ? WHERE id = ?", (lamport, dumps(ctx.db), self.db_id))
             ctx.changes[self.db_id] = {"change": "mutated", "type": self.type_of("AtomaDb"), "owner": SHARED}
-            self._set_meta(conn, "rng", json.dumps(ctx.rng_state))
-        created = [oid for oid, c in ctx.changes.items() if c["change"] == "created"]
-        for oid in created:
-            conn.execute("UPDATE objects SET version = ? WHERE id = ?", (lamport, oid))
-        events = []
-        for seq, (name, fields) in enumerate(ctx.events):
-            conn.execute(
-                "INSERT INTO events (tx_digest, event_seq, name, type, sender, parsed_json, timestamp_ms, epoch) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (ctx.digest, seq, name, self.type_of(name), ctx.sender, json.dumps(fields), ctx.timestamp_ms, ctx.epoch),
-            )
-            events.append(self._event(ctx.digest, seq, name, self.type_of(name), ctx.sender, fields, ctx.timestamp_ms, ctx.epoch))
+            if ctx.rng_state != ctx.rng_state_at_start:
+                self._set_meta(conn, "rng", dumps(ctx.rng_state))
+        conn.executemany(
+            "INSERT INTO objects (id, type, owner, version, data) VALUES (?, ?, ?, ?, ?)",
+            [(oid, type_, owner, lamport, data) for oid, (type_, owner, data) in ctx.created.items()],
+        )
+        conn.executemany(
+            "INSERT INTO events (tx_digest, event_seq, name, type, sender, parsed_json, timestamp_ms, epoch) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            [
+                (ctx.digest, seq, name, self.type_of(name), ctx.sender, dumps(fields), ctx.timestamp_ms, ctx.epoch)
+                for seq, (name, fields) in enumerate(ctx.events)
+            ],
+        )
+        events = [
+            self._event(ctx.digest, seq, name, self.type_of(name), ctx.sender, fields, ctx.timestamp_ms, ctx.epoch)
+            for seq, (name, fields) in enumerate(ctx.events)
+        ]
         effects = {
             "status": "success",
             "epoch": ctx.epoch,
@@ -596,24 +605,32 @@ class Localnet:
         }
         conn.execute(
             "INSERT INTO transactions (digest, sender, tx_bytes, signatures, status, effects) VALUES (?, ?, ?, ?, 'success', ?)",
-            (ctx.digest, ctx.sender, tx_bytes, json.dumps(signatures), json.dumps(effects)),
+            (ctx.digest, ctx.sender, tx_bytes, dumps(signatures), dumps(effects)),
         )
         return self._result(ctx.digest, ctx.sender, effects, events)
 
-    def _record_failure(self, digest: str, tx: dict, tx_bytes: bytes, signatures: list[str], error: ChainError) -> None:
+    def _record_failure(
+        self, conn: sqlite3.Connection, digest: str, tx: dict, tx_bytes: bytes, signatures: list[str],
+        error: ChainError, clock: dict,
+    ) -> TxResult:
+        detail = error.to_json()
+        if isinstance(error, MoveAbort) and error.function:
+            detail["function"] = error.function
         effects = {
             "status": "failure",
-            "epoch": self.current_epoch(),
+            "epoch": clock["epoch"],
             "timestamp_ms": now_ms(),
             "object_changes": [],
             "balance_changes": {},
-            "error": error.to_json() | ({"function": error.function} if isinstance(error, MoveAbort) and error.function else {}),
+            "error": detail,
         }
-        with self._write() as conn:
-            conn.execute(
-                "INSERT OR IGNORE INTO transactions (digest, sender, tx_bytes, signatures, status, effects) VALUES (?, ?, ?, ?, 'failure', ?)",
-                (digest, tx["sender"], tx_bytes, json.dumps(signatures), json.dumps(effects)),
-            )
+        if clock["epoch_duration_ms"] > 0:
+            self._set_meta(conn, "clock", dumps(clock))
+        conn.execute(
+            "INSERT INTO transactions (digest, sender, tx_bytes, signatures, status, effects) VALUES (?, ?, ?, ?, 'failure', ?)",
+            (digest, tx["sender"], tx_bytes, dumps(signatures), dumps(effects)),
+        )
+        return self._result(digest, tx["sender"], effects, [])
 
     def _event(self, digest, seq, name, type_, sender, fields, ts, epoch) -> ChainEvent:
         return ChainEvent(EventId(digest, seq), type_, name, fields, sender, self.package_id, ts, epoch)
@@ -639,8 +656,8 @@ class Localnet:
             "SELECT event_seq, name, type, sender, parsed_json, timestamp_ms, epoch FROM events WHERE tx_digest = ? ORDER BY event_seq",
             (digest,),
         ).fetchall()
-        events = [self._event(digest, r[0], r[1], r[2], r[3], json.loads(r[4]), r[5], r[6]) for r in rows]
-        return self._result(digest, row[0], json.loads(row[1]), events)
+        events = [self._event(digest, r[0], r[1], r[2], r[3], loads(r[4]), r[5], r[6]) for r in rows]
+        return self._result(digest, row[0], loads(row[1]), events)
 
     def get_transaction(self, digest: str) -> TxResult | None:
         """Effects of a recorded transaction (success or failure), or None when the digest is unknown."""
@@ -652,15 +669,13 @@ class Localnet:
 
     def owned_objects(self, address: str, kind: str | None = None) -> list[dict]:
         address = normalize_address(address)
-        if kind is None:
-            rows = self.conn.execute(
-                "SELECT id FROM objects WHERE owner = ? ORDER BY id", (address,)
-            ).fetchall()
-        else:
-            rows = self.conn.execute(
-                "SELECT id FROM objects WHERE owner = ? AND type = ? ORDER BY id", (address, self.type_of(kind))
-            ).fetchall()
-        return [self._object(self.conn, r[0]) for r in rows]
+        sql = "SELECT id, type, owner, version, data FROM objects WHERE owner = ?"
+        params: tuple = (address,)
+        if kind is not None:
+            sql += " AND type = ?"
+            params = (address, self.type_of(kind))
+        rows = self.conn.execute(sql + " ORDER BY id", params).fetchall()
+        return [{"id": r[0], "type": r[1], "owner": r[2], "version": r[3], "data": loads(r[4])} for r in rows]
 
     def usdc_coins(self, address: str) -> list[Coin]:
         coins = [Coin(o["id"], int(o["data"]["balance"]), o["version"]) for o in self.owned_objects(address, "Coin")]
@@ -670,12 +685,14 @@ class Localnet:
         return sum(c.balance for c in self.usdc_coins(address))
 
     def badges(self, address: str) -> list[Badge]:
+        prefix = f"{self.package_id}::db::"
         out = []
-        for kind in abi.BADGE_KINDS:
-            for o in self.owned_objects(address, kind):
+        for o in self.owned_objects(address):
+            kind = o["type"][len(prefix):] if o["type"].startswith(prefix) else None
+            if kind in abi.BADGE_KINDS:
                 small = o["data"].get("small_id")
                 out.append(Badge(o["id"], kind, int(small["inner"]) if small else None, o["version"]))
-        return out
+        return sorted(out, key=lambda b: (abi.BADGE_KINDS.index(b.kind), b.object_id))
 
     def db_config(self) -> DbConfig:
         data = self._object(self.conn, self.db_id)["data"]
@@ -683,11 +700,11 @@ class Localnet:
 
     def _kv(self, tbl: str, key: Any) -> dict | None:
         row = self.conn.execute("SELECT value FROM kv WHERE tbl = ? AND key = ?", (tbl, str(key))).fetchone()
-        return None if row is None else json.loads(row[0])
+        return None if row is None else loads(row[0])
 
     def _kv_all(self, tbl: str) -> list[tuple[str, dict]]:
         rows = self.conn.execute("SELECT key, value FROM kv WHERE tbl = ?", (tbl,)).fetchall()
-        return [(k, json.loads(v)) for k, v in rows]
+        return [(k, loads(v)) for k, v in rows]
 
     def get_node(self, node_small_id: int) -> Node | None:
         d = self._kv("nodes", node_small_id)
@@ -777,14 +794,14 @@ class Localnet:
             (after, limit + 1),
         ).fetchall()
         has_next = len(rows) > limit
-        events = [self._event(r[0], r[1], r[2], r[3], r[4], json.loads(r[5]), r[6], r[7]) for r in rows[:limit]]
+        events = [self._event(r[0], r[1], r[2], r[3], r[4], loads(r[5]), r[6], r[7]) for r in rows[:limit]]
         next_cursor = events[-1].id if events else cursor
         return EventPage(events, next_cursor, has_next)
 
     def total_usdc(self) -> dict:
         """Where every minted base unit is: coins, fee treasury, communal treasury, node collateral."""
         coins = sum(
-            int(json.loads(r[0])["balance"])
+            int(loads(r[0])["balance"])
             for r in self.conn.execute("SELECT data FROM objects WHERE type = ?", (self.coin_type,))
         )
         cfg = self.db_config()
