@@ -1005,64 +1005,53 @@ def _not_found(what: str) -> Exception:
     return NotFound(what)
 
 
-@db_app.command("get-task")
-def db_get_task(ctx: typer.Context, task_small_id: int = typer.Option(..., "--task-small-id", metavar="N")) -> None:
-    """A task's fields."""
+def _get_one(ctx: typer.Context, title: str, missing: str, fetch: Callable[[Session], Awaitable[Any]]) -> None:
+    """One object read by small id: its fields, or NotFound (exit 1)."""
 
     async def action(s: Session):
         from .chain.types import to_jsonable
 
-        task = await s.chain.get_task(task_small_id)
-        if task is None:
-            raise _not_found(f"task {task_small_id} not found")
-        return to_jsonable(task), lambda s: _render_fields(f"task {task_small_id}", to_jsonable(task), s)
+        found = await fetch(s)
+        if found is None:
+            raise _not_found(missing)
+        doc = to_jsonable(found)
+        return doc, lambda s: _render_fields(title, doc, s)
 
     _read_command(ctx, action)
+
+
+@db_app.command("get-task")
+def db_get_task(ctx: typer.Context, task_small_id: int = typer.Option(..., "--task-small-id", metavar="N")) -> None:
+    """A task's fields."""
+    _get_one(ctx, f"task {task_small_id}", f"task {task_small_id} not found", lambda s: s.chain.get_task(task_small_id))
 
 
 @db_app.command("get-node")
 def db_get_node(ctx: typer.Context, node_small_id: int = typer.Option(..., "--node-small-id", metavar="N")) -> None:
     """A node's entry (fees, reputation, disabled epoch)."""
-
-    async def action(s: Session):
-        from .chain.types import to_jsonable
-
-        node = await s.chain.get_node(node_small_id)
-        if node is None:
-            raise _not_found(f"node {node_small_id} not found")
-        return to_jsonable(node), lambda s: _render_fields(f"node {node_small_id}", to_jsonable(node), s)
-
-    _read_command(ctx, action)
+    _get_one(ctx, f"node {node_small_id}", f"node {node_small_id} not found", lambda s: s.chain.get_node(node_small_id))
 
 
 @db_app.command("get-stack")
 def db_get_stack(ctx: typer.Context, stack_small_id: int = typer.Option(..., "--stack-small-id", metavar="N")) -> None:
     """A stack's fields (stacks claimed with claim-funds are deleted)."""
-
-    async def action(s: Session):
-        from .chain.types import to_jsonable
-
-        stack = await s.chain.get_stack(stack_small_id)
-        if stack is None:
-            raise _not_found(f"stack {stack_small_id} not found (stacks claimed with claim-funds are deleted)")
-        return to_jsonable(stack), lambda s: _render_fields(f"stack {stack_small_id}", to_jsonable(stack), s)
-
-    _read_command(ctx, action)
+    _get_one(
+        ctx,
+        f"stack {stack_small_id}",
+        f"stack {stack_small_id} not found (stacks claimed with claim-funds are deleted)",
+        lambda s: s.chain.get_stack(stack_small_id),
+    )
 
 
 @db_app.command("get-ticket")
 def db_get_ticket(ctx: typer.Context, stack_small_id: int = typer.Option(..., "--stack-small-id", metavar="N")) -> None:
     """A stack's settlement ticket (after try-settle-stack, until claimed)."""
-
-    async def action(s: Session):
-        from .chain.types import to_jsonable
-
-        ticket = await s.chain.get_ticket(stack_small_id)
-        if ticket is None:
-            raise _not_found(f"no settlement ticket for stack {stack_small_id}")
-        return to_jsonable(ticket), lambda s: _render_fields(f"settlement ticket of stack {stack_small_id}", to_jsonable(ticket), s)
-
-    _read_command(ctx, action)
+    _get_one(
+        ctx,
+        f"settlement ticket of stack {stack_small_id}",
+        f"no settlement ticket for stack {stack_small_id}",
+        lambda s: s.chain.get_ticket(stack_small_id),
+    )
 
 
 @db_app.command("get-subscriptions")

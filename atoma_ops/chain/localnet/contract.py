@@ -8,7 +8,6 @@ framework does (``dynamic_field`` code 1), not with an Atoma code, exactly where
 from __future__ import annotations
 
 import hashlib
-import json
 import sqlite3
 from typing import TYPE_CHECKING, Any, Callable
 

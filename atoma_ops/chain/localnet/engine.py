@@ -727,11 +727,14 @@ class Localnet:
         return Task(task_small_id=task_small_id, **d)
 
     def subscriptions(self, task_small_id: int) -> list[Subscription]:
+        rows = self.conn.execute(
+            "SELECT key, value FROM kv WHERE tbl = 'subscribed_nodes' AND key LIKE ?", (f"{int(task_small_id)}:%",)
+        ).fetchall()
         out = []
-        for key, d in self._kv_all("subscribed_nodes"):
-            task, node = (int(x) for x in key.split(":"))
-            if task == task_small_id:
-                out.append(Subscription(task, node, d["price_per_one_million_compute_units"], d["max_num_compute_units"]))
+        for key, value in rows:
+            d = loads(value)
+            node = int(key.split(":")[1])
+            out.append(Subscription(task_small_id, node, d["price_per_one_million_compute_units"], d["max_num_compute_units"]))
         return sorted(out, key=lambda s: s.node_small_id)
 
     def _stack(self, key: int, d: dict) -> Stack:
