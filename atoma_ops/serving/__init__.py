@@ -1,0 +1,1 @@
+"""The node's serving side: inference engines, compute-unit metering, stack history, replay, the HTTP server."""
