@@ -31,7 +31,8 @@ def blake2b256(data: bytes) -> bytes:
 
 def canonical_json(value: Any) -> bytes:
     """Sorted keys, no spaces, UTF-8: one byte string per JSON value, whoever serialises it."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    # NaN/Infinity are not JSON: refuse them rather than hash bytes no other JSON library would produce.
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
 
 
 def canonical_request(request: dict) -> bytes:
@@ -45,13 +46,14 @@ def deterministic_response(response: dict) -> dict:
     choices = []
     for choice in response.get("choices", []):
         message = choice.get("message") or {}
-        choices.append(
-            {
-                "index": choice.get("index", 0),
-                "message": {"role": message.get("role"), "content": message.get("content")},
-                "finish_reason": choice.get("finish_reason"),
-            }
-        )
+        kept = {"role": message.get("role"), "content": message.get("content")}
+        if message.get("tool_calls"):
+            # Tool calls are generated output too (their ids are random on some servers: keep name and arguments).
+            kept["tool_calls"] = [
+                {"type": c.get("type"), "function": {k: (c.get("function") or {}).get(k) for k in ("name", "arguments")}}
+                for c in message["tool_calls"]
+            ]
+        choices.append({"index": choice.get("index", 0), "message": kept, "finish_reason": choice.get("finish_reason")})
     usage = response.get("usage") or {}
     return {
         "choices": choices,

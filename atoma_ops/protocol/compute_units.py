@@ -38,4 +38,4 @@ def chat_estimate(request: dict, count_tokens: Callable[[str], int]) -> int:
 
 def actual_units(usage: dict) -> int:
     """What a served request costs: ``prompt_tokens + completion_tokens``."""
-    return int(usage.get("prompt_tokens", 0)) + int(usage.get("completion_tokens", 0))
+    return int(usage.get("prompt_tokens") or 0) + int(usage.get("completion_tokens") or 0)

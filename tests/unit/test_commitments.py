@@ -285,3 +285,25 @@ def test_every_honest_position_passes_the_contract_check(leaves, extra):
     proof = got[0].committed_stack_proof
     assert all(c.committed_stack_proof == proof for c in got)
     assert H(b"".join(c.stack_merkle_leaf for c in got)) == proof
+
+
+def test_tool_calls_are_part_of_the_response_hash_but_their_ids_are_not():
+    from atoma_ops.protocol.commitments import response_hash
+
+    def with_call(call_id: str, arguments: str) -> dict:
+        call = {"id": call_id, "type": "function", "function": {"name": "get_weather", "arguments": arguments}}
+        return {
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": None, "tool_calls": [call]},
+                         "finish_reason": "tool_calls"}],
+            "usage": {"prompt_tokens": 10, "completion_tokens": 5},
+        }
+
+    assert response_hash(with_call("call_a", '{"city": "Paris"}')) == response_hash(with_call("call_b", '{"city": "Paris"}'))
+    assert response_hash(with_call("call_a", '{"city": "Paris"}')) != response_hash(with_call("call_a", '{"city": "Rome"}'))
+
+
+def test_nan_in_a_request_is_refused():
+    from atoma_ops.protocol.commitments import payload_hash
+
+    with pytest.raises(ValueError):
+        payload_hash({"messages": [], "temperature": float("nan")})

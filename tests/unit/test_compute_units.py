@@ -105,3 +105,9 @@ def test_message_texts():
 def test_actual_units(usage, expected):
     assert cu.actual_units(usage) == expected
 
+
+
+def test_actual_units_treats_null_usage_fields_as_zero():
+    from atoma_ops.protocol.compute_units import actual_units
+
+    assert actual_units({"prompt_tokens": 12, "completion_tokens": None}) == 12
