@@ -1,0 +1,341 @@
+"""``Ledger``: the Python access to the DuckDB ledger — sync, usage appends, analyst reads as pandas DataFrames.
+
+Every method is one unit of work: it opens the file, does its work and closes it, so a sync in another process and an
+analyst's query only ever wait for each other for one batch or one query (see store.py). For an analyst session that
+stays open, take a snapshot (:meth:`Ledger.snapshot`, or Parquet with :meth:`Ledger.export_parquet`) and query that.
+"""
+
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterator
+
+import duckdb
+import pandas as pd
+
+from ..chain._json import dumps
+from .frames import table_columns
+from .indexer import Indexer, SyncReport
+from .migrations import first
+from .store import DEFAULT_LOCK_TIMEOUT_S, LEDGER_FILE, LedgerError, ensure_schema, unit_of_work
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .reconcile import ReconcileReport
+
+EARNINGS_VIEWS = {
+    "node": "earnings_by_node",
+    "task": "earnings_by_task",
+    "epoch": "earnings_by_epoch",
+    "epoch_node": "earnings_by_epoch_node",
+}
+
+USAGE_REQUIRED = ("stack_small_id", "request_index")
+_HASH_COLUMNS = ("payload_hash", "response_hash")
+
+# what export writes: every table and view an analyst may want
+EXPORTED = (
+    "events", "transactions", "balance_changes", "chain_snapshot", "indexer_cursor",
+    "tasks", "nodes", "node_public_key_rotations", "node_subscriptions", "stacks", "stack_settlement_tickets",
+    "attestations", "disputes", "claims", "attester_credits", "usage", "chain_actions",
+    "earnings_by_node", "earnings_by_task", "earnings_by_epoch", "earnings_by_epoch_node", "refunds_by_buyer",
+    "stack_utilisation", "open_tickets", "attestation_status", "claim_accounting", "sampling_consensus_payouts",
+    "usdc_checks", "usdc_mismatches", "usdc_flow", "credit_withdrawals", "node_credit_balances",
+)
+
+
+def default_path(home: str | os.PathLike | None = None) -> Path:
+    """``<localnet home>/ledger.duckdb`` (home: ``--home``, else ``$ATOMA_OPS_HOME``, else ``data/localnet``)."""
+    from ..home import resolve_home
+
+    return resolve_home(home) / LEDGER_FILE
+
+
+class Ledger:
+    """One ledger file.
+
+    Args:
+        path: the DuckDB file (default: ``<localnet home>/ledger.duckdb``).
+        lock_timeout_s: how long an open waits while another process holds the file, then :class:`LedgerBusy`.
+    """
+
+    def __init__(self, path: str | os.PathLike | None = None, *, lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S):
+        self.path = Path(path) if path is not None else default_path()
+        self.lock_timeout_s = lock_timeout_s
+        self._schema_checked = False
+
+    def __repr__(self) -> str:
+        return f"Ledger({str(self.path)!r})"
+
+    # ------------------------------------------------------------------------------------------ connections
+    def _ensure(self) -> None:
+        if not self._schema_checked:
+            ensure_schema(self.path, timeout_s=self.lock_timeout_s)
+            self._schema_checked = True
+
+    @contextmanager
+    def writer(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A read-write connection for one unit of work (migrated schema), closed on exit."""
+        self._ensure()
+        with unit_of_work(self.path, timeout_s=self.lock_timeout_s) as con:
+            yield con
+
+    @contextmanager
+    def reader(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A read-only connection, closed on exit. While it is open no other process can write the ledger: keep
+        it for one query or a few, and use :meth:`snapshot` for a long session."""
+        if self.path.exists():
+            self._ensure()
+        with unit_of_work(self.path, read_only=True, timeout_s=self.lock_timeout_s) as con:
+            yield con
+
+    def connect_read_only(self) -> duckdb.DuckDBPyConnection:
+        """A read-only connection the caller closes (blocks writers until then: prefer :meth:`reader`)."""
+        if self.path.exists():
+            self._ensure()
+        from .store import connect
+
+        return connect(self.path, read_only=True, timeout_s=self.lock_timeout_s)
+
+    def query(self, sql: str, params: list | None = None) -> pd.DataFrame:
+        """Run one read-only query and return a DataFrame."""
+        with self.reader() as con:
+            return con.execute(sql, params or []).df()
+
+    # ------------------------------------------------------------------------------------------ writes
+    async def sync(self, chain, **kwargs) -> SyncReport:
+        """Index the chain's events after the cursor (see :class:`Indexer` for ``batch_events``, ``page_limit``)."""
+        self._ensure()
+        hooks = {k: kwargs.pop(k) for k in ("max_batches", "before_commit") if k in kwargs}
+        indexer = Indexer(self.path, lock_timeout_s=self.lock_timeout_s, **kwargs)
+        return await indexer.sync(chain, **hooks)
+
+    def append_usage(self, df: Any) -> int:
+        """Append per-request usage rows in one batch (a pandas DataFrame, or anything DuckDB can scan: a pyarrow
+        Table, a polars DataFrame). Returns the rows inserted.
+
+        Columns: ``stack_small_id``, ``request_index`` (required; the key), ``prompt_tokens``,
+        ``completion_tokens``, ``estimated_units``, ``actual_units``, ``latency_ms``, ``payload_hash``,
+        ``response_hash`` (32 bytes, or 64 hex characters), ``served_at_ms``; missing optional columns are NULL.
+        Rows whose ``(stack_small_id, request_index)`` is already present are skipped, so a retried batch is
+        harmless.
+        """
+        columns = self._usage_columns()
+        names = [c for c, _ in columns]
+        given = list(df.columns) if hasattr(df, "columns") else list(df.column_names)
+        unknown = [c for c in given if c not in names]
+        if unknown:
+            raise ValueError(f"append_usage: unknown column(s) {unknown}; the usage columns are {names}")
+        missing = [c for c in USAGE_REQUIRED if c not in given]
+        if missing:
+            raise ValueError(f"append_usage: missing required column(s) {missing}")
+        select = []
+        for name, type_ in columns:
+            if name not in given:
+                select.append(f"NULL::{type_}")
+            elif name in _HASH_COLUMNS and _is_hex_column(df, name):
+                select.append(f"unhex(regexp_replace(\"{name}\", '^0x', ''))")
+            else:
+                select.append(f'CAST("{name}" AS {type_})')
+        sql = f"INSERT INTO usage SELECT {', '.join(select)} FROM _ledger_usage"
+        with self.writer() as con:
+            con.register("_ledger_usage", df)
+            try:
+                try:
+                    return int(first(con.execute(sql).fetchall())[0])
+                except duckdb.ConstraintException as exc:
+                    if "duplicate key" not in str(exc).lower():
+                        raise ValueError(f"append_usage: {exc}") from None
+                    # a retried batch: the fast path refused it whole; keep the rows not yet present
+                    return int(first(con.execute(sql + " ON CONFLICT DO NOTHING").fetchall())[0])
+            finally:
+                con.unregister("_ledger_usage")
+
+    _usage_cols: list | None = None
+
+    def _usage_columns(self) -> list[tuple[str, str]]:
+        if Ledger._usage_cols is None:
+            with self.writer() as con:
+                Ledger._usage_cols = table_columns(con, "usage")
+        else:
+            self._ensure()
+        return Ledger._usage_cols
+
+    def record_action(
+        self,
+        idempotency_key: str,
+        kind: str,
+        status: str,
+        *,
+        stack_small_id: int | None = None,
+        sender: str | None = None,
+        args: dict | None = None,
+        signed_tx_bytes: bytes | None = None,
+        signature: str | None = None,
+        digest: str | None = None,
+        attempt: bool = False,
+        last_error_code: str | None = None,
+        last_error: str | None = None,
+    ) -> None:
+        """Insert or update one ``chain_actions`` row (the intent journal). Fields left None keep their value;
+        ``attempt=True`` counts one more submission attempt."""
+        now = datetime.now(timezone.utc).replace(tzinfo=None)
+        with self.writer() as con:
+            con.execute("BEGIN TRANSACTION")
+            try:
+                row = first(con.execute(
+                    "SELECT attempts FROM chain_actions WHERE idempotency_key = ?", [idempotency_key]
+                ).fetchall())
+                if row is None:
+                    con.execute(
+                        "INSERT INTO chain_actions (idempotency_key, kind, stack_small_id, status, sender, args, "
+                        "signed_tx_bytes, signature, digest, attempts, last_error_code, last_error, created_at, "
+                        "updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        [idempotency_key, kind, stack_small_id, status, sender, None if args is None else dumps(args),
+                         signed_tx_bytes, signature, digest, 1 if attempt else 0, last_error_code, last_error, now, now],
+                    )
+                else:
+                    con.execute(
+                        "UPDATE chain_actions SET kind = ?, status = ?, "
+                        "stack_small_id = COALESCE(?, stack_small_id), sender = COALESCE(?, sender), "
+                        "args = COALESCE(?::JSON, args), signed_tx_bytes = COALESCE(?, signed_tx_bytes), "
+                        "signature = COALESCE(?, signature), digest = COALESCE(?, digest), attempts = attempts + ?, "
+                        "last_error_code = COALESCE(?, last_error_code), last_error = COALESCE(?, last_error), "
+                        "updated_at = ? WHERE idempotency_key = ?",
+                        [kind, status, stack_small_id, sender, None if args is None else dumps(args), signed_tx_bytes,
+                         signature, digest, 1 if attempt else 0, last_error_code, last_error, now, idempotency_key],
+                    )
+                con.execute("COMMIT")
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+
+    # ------------------------------------------------------------------------------------------ analyst reads
+    def _view(self, name: str, where: str = "", params: list | None = None) -> pd.DataFrame:
+        return self.query(f"SELECT * FROM {name} {where}", params)
+
+    def earnings(self, by: str = "node") -> pd.DataFrame:
+        """Earnings (node fees paid at claims + attester credits) by ``node``, ``task``, ``epoch`` or
+        ``epoch_node``. Amounts in USDC base units."""
+        view = EARNINGS_VIEWS.get(by)
+        if view is None:
+            raise ValueError(f"earnings(by=...) takes one of {sorted(EARNINGS_VIEWS)}, not {by!r}")
+        return self._view(view)
+
+    def refunds(self) -> pd.DataFrame:
+        """Per buyer: stacks bought, paid, refunded, net spent, paid for disputed stacks."""
+        return self._view("refunds_by_buyer")
+
+    def stacks(self) -> pd.DataFrame:
+        """Stack utilisation: units bought, served (usage rows), claimed, status."""
+        return self._view("stack_utilisation")
+
+    def tickets(self, *, include_claimed: bool = False) -> pd.DataFrame:
+        """Open tickets with the epoch each becomes claimable and the last epoch attestations are accepted."""
+        if include_claimed:
+            return self._view("stack_settlement_tickets", "ORDER BY stack_small_id")
+        return self._view("open_tickets")
+
+    def attestations(self) -> pd.DataFrame:
+        return self._view("attestation_status")
+
+    def disputes(self) -> pd.DataFrame:
+        return self._view("disputes", "ORDER BY seq")
+
+    def claims(self) -> pd.DataFrame:
+        """Per claimed stack: node fee and refund by the protocol math, the event's refund, whether the USDC
+        actually received matches."""
+        return self._view("claim_accounting", "ORDER BY stack_small_id")
+
+    def usdc_checks(self, *, mismatches_only: bool = False) -> pd.DataFrame:
+        return self._view("usdc_mismatches" if mismatches_only else "usdc_checks", "ORDER BY tx_digest, address")
+
+    def usdc_flow(self) -> dict:
+        """Paid in, paid out, left in the fee treasury (ledger vs chain), attester credits outstanding, headroom."""
+        df = self._view("usdc_flow")
+        return {k: (None if pd.isna(v) else int(v)) for k, v in df.iloc[0].items()}
+
+    def sampling_consensus_payouts(self) -> pd.DataFrame:
+        return self._view("sampling_consensus_payouts")
+
+    def node_credits(self) -> pd.DataFrame:
+        return self._view("node_credit_balances", "ORDER BY node_small_id")
+
+    def usage(self, stack_small_id: int | None = None) -> pd.DataFrame:
+        if stack_small_id is None:
+            return self._view("usage", "ORDER BY stack_small_id, request_index")
+        return self._view("usage", "WHERE stack_small_id = ? ORDER BY request_index", [stack_small_id])
+
+    def status(self) -> dict:
+        """Cursor, event count, chain snapshot."""
+        with self.reader() as con:
+            cur = first(con.execute("SELECT tx_digest, event_seq, events_indexed, updated_at FROM indexer_cursor").fetchall())
+            snap = first(con.execute("SELECT db_id, epoch, synced_at, fee_treasury FROM chain_snapshot").fetchall())
+        return {
+            "path": str(self.path),
+            "cursor": None if cur is None or cur[0] is None else {"txDigest": cur[0], "eventSeq": str(cur[1])},
+            "events_indexed": 0 if cur is None else int(cur[2]),
+            "db_id": None if snap is None else snap[0],
+            "chain_epoch": None if snap is None else int(snap[1]),
+            "synced_at": None if snap is None else str(snap[2]),
+        }
+
+    # ------------------------------------------------------------------------------------------ reconcile
+    async def reconcile(self, chain, *, sync_first: bool = True) -> "ReconcileReport":
+        from .reconcile import reconcile
+
+        if sync_first:
+            await self.sync(chain)
+        return await reconcile(self, chain)
+
+    # ------------------------------------------------------------------------------------------ export
+    def export_parquet(self, directory: str | os.PathLike) -> list[Path]:
+        """Every table and analyst view as ``DIR/<name>.parquet`` (DuckDB's own writer; no pyarrow needed)."""
+        out = Path(directory)
+        out.mkdir(parents=True, exist_ok=True)
+        files = []
+        with self.reader() as con:
+            for name in EXPORTED:
+                target = out / f"{name}.parquet"
+                con.execute(f"COPY (SELECT * FROM {name}) TO '{_sql_path(target)}' (FORMAT parquet)")
+                files.append(target)
+        return files
+
+    def snapshot(self, target: str | os.PathLike) -> Path:
+        """A standalone copy of the ledger (tables and views) that analysts can keep open as long as they like."""
+        target = Path(target)
+        if target.resolve() == self.path.resolve():
+            raise LedgerError("the snapshot must be another file than the ledger itself")
+        for suffix in ("", ".wal"):
+            Path(str(target) + suffix).unlink(missing_ok=True)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with self.reader() as con:
+            source = first(con.execute("SELECT current_database()").fetchall())[0]
+            con.execute(f"ATTACH '{_sql_path(target)}' AS _ledger_snapshot (READ_WRITE)")
+            try:
+                con.execute(f'COPY FROM DATABASE "{source}" TO _ledger_snapshot')
+            finally:
+                con.execute("DETACH _ledger_snapshot")
+        return target
+
+    def plot_earnings(self, out: str | os.PathLike) -> Path:
+        from .plot import plot_earnings
+
+        return plot_earnings(self.earnings(by="epoch_node"), out)
+
+
+def _sql_path(path: Path) -> str:
+    return str(path).replace("'", "''")
+
+
+def _is_hex_column(df: Any, name: str) -> bool:
+    """A pandas column holding hex strings (instead of bytes)."""
+    if not isinstance(df, pd.DataFrame):
+        return False
+    col = df[name]
+    if col.dtype != object and not pd.api.types.is_string_dtype(col.dtype):
+        return False
+    first = col.dropna()
+    return len(first) > 0 and isinstance(first.iloc[0], str)

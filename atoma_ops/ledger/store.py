@@ -1,0 +1,105 @@
+"""Opening the ledger file: one unit of work per connection, bounded retries when another process holds it.
+
+DuckDB lets one process hold a database file read-write and then refuses every other process, readers included.
+So nothing here keeps a connection past one unit of work (one indexer batch, one query, one append), and an opener
+that meets the lock retries with exponential backoff (and jitter) until ``timeout_s``, then raises
+:class:`LedgerBusy` with the holder's pid when DuckDB names it. Analysts who want a session that stays open query an
+exported snapshot (``Ledger.snapshot`` / ``atoma-ops ledger export``), never the live file.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import duckdb
+
+from .migrations import LATEST_VERSION, apply_migrations, current_version
+
+DEFAULT_LOCK_TIMEOUT_S = 30.0
+LEDGER_FILE = "ledger.duckdb"
+
+
+class LedgerError(Exception):
+    """A ledger problem the user can act on (exit 1 in the CLI)."""
+
+
+class LedgerBusy(LedgerError):
+    """Another process held the ledger file for longer than the lock timeout."""
+
+
+class LedgerNotFound(LedgerError):
+    """No ledger file yet (a read needs a sync first)."""
+
+
+def _is_lock_error(exc: BaseException) -> bool:
+    text = str(exc).lower()
+    return "could not set lock" in text or "conflicting lock" in text
+
+
+def _holder(exc: BaseException) -> str:
+    match = re.search(r"conflicting lock is held in (.+?) \(pid (\d+)\)", str(exc), re.IGNORECASE)
+    return f"pid {match.group(2)} ({match.group(1)})" if match else "another process"
+
+
+def connect(
+    path: str | os.PathLike,
+    *,
+    read_only: bool = False,
+    timeout_s: float = DEFAULT_LOCK_TIMEOUT_S,
+    first_delay_s: float = 0.005,
+    max_delay_s: float = 0.25,
+) -> duckdb.DuckDBPyConnection:
+    """Open ``path``; on a lock conflict wait (5 ms doubling to 250 ms, ±50 % jitter) up to ``timeout_s``."""
+    path = Path(path)
+    if read_only and not path.exists():
+        raise LedgerNotFound(f"no ledger at {path}: run `atoma-ops ledger sync` first")
+    if not read_only:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    start = time.monotonic()
+    delay = first_delay_s
+    attempts = 0
+    while True:
+        attempts += 1
+        try:
+            return duckdb.connect(str(path), read_only=read_only)
+        except duckdb.IOException as exc:
+            if not _is_lock_error(exc):
+                raise
+            waited = time.monotonic() - start
+            if waited >= timeout_s:
+                raise LedgerBusy(
+                    f"the ledger {path} is held by {_holder(exc)}; gave up after {waited:.1f} s and {attempts} tries. "
+                    "A sync or an open analyst session holds it: wait for it and retry, raise the lock timeout, "
+                    "or query an exported snapshot (`atoma-ops ledger export`) instead of the live file."
+                ) from None
+            time.sleep(min(delay, max(0.0, timeout_s - waited)) * random.uniform(0.5, 1.5))
+            delay = min(delay * 2, max_delay_s)
+
+
+@contextmanager
+def unit_of_work(
+    path: str | os.PathLike, *, read_only: bool = False, timeout_s: float = DEFAULT_LOCK_TIMEOUT_S
+) -> Iterator[duckdb.DuckDBPyConnection]:
+    """A connection for one unit of work, closed on exit (which releases the file lock)."""
+    con = connect(path, read_only=read_only, timeout_s=timeout_s)
+    try:
+        yield con
+    finally:
+        con.close()
+
+
+def ensure_schema(path: str | os.PathLike, *, timeout_s: float = DEFAULT_LOCK_TIMEOUT_S) -> None:
+    """Create the file or migrate it to the latest schema (a read-only look first, so readers rarely write)."""
+    path = Path(path)
+    if path.exists():
+        with unit_of_work(path, read_only=True, timeout_s=timeout_s) as con:
+            if current_version(con) == LATEST_VERSION:
+                return
+    with unit_of_work(path, timeout_s=timeout_s) as con:
+        apply_migrations(con)
