@@ -1198,6 +1198,538 @@ for _info in db_app.registered_commands:
             _info.rich_help_panel = _panel
 
 
+# --------------------------------------------------------------------------------------------------- node / stack: serving
+node_app = typer.Typer(
+    help="Run a serving node: the OpenAI-compatible HTTP server with compute-unit metering and stack history.",
+    no_args_is_help=True,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+stack_app = typer.Typer(
+    help="Serve, inspect, commit, settle, replay and attest one stack (the node's side of the lifecycle).",
+    no_args_is_help=True,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+app.add_typer(node_app, name="node")
+app.add_typer(stack_app, name="stack")
+
+
+def _mount_ledger() -> None:
+    # The ledger sub-app imports duckdb and pandas lazily inside its commands; mounting it costs little.
+    from .ledger.cli import app as ledger_app
+
+    app.add_typer(ledger_app, name="ledger", help="DuckDB ledger: sync, earnings, stacks, tickets, reconcile, export, plot.")
+
+
+_mount_ledger()
+
+NODE_OPT = typer.Option(
+    None, "--node", metavar="ALIAS|0x…", help="The serving node (default: --address, else the stack's selected node)."
+)
+NODE_SMALL_ID_PICK_OPT = typer.Option(None, "--node-small-id", metavar="N", help="Pick among several NodeBadges.")
+ENGINE_OPT = typer.Option("cpu", "--engine", metavar="cpu|openai|vllm", help="Inference engine (cpu: SmolLM2 on CPU).")
+BASE_URL_OPT = typer.Option(None, "--openai-base-url", metavar="URL", help="OpenAI-compatible server (--engine openai).")
+MODEL_OPT = typer.Option(None, "--model", metavar="NAME", help="Model name for the engine (default SmolLM2-135M-Instruct).")
+
+
+def _serving_error_doc(exc: BaseException) -> Optional[tuple[dict, str]]:
+    """Serving-side expected errors (refusals, engine failures, bad history or workload files)."""
+    serving = sys.modules.get("atoma_ops.serving.metering")
+    engines = sys.modules.get("atoma_ops.serving.engines.base")
+    history = sys.modules.get("atoma_ops.serving.history")
+    workload = sys.modules.get("atoma_ops.serving.workload")
+    if serving is not None and isinstance(exc, serving.ServingError):
+        return {"kind": exc.kind, **exc.to_json()}, f"{exc.kind}: {exc}"
+    for module, name in ((engines, "EngineError"), (history, "HistoryError"), (workload, "WorkloadError")):
+        if module is not None and isinstance(exc, getattr(module, name)):
+            kind = getattr(exc, "kind", type(exc).__name__)
+            return {"kind": kind, "message": str(exc)}, f"{kind}: {exc}"
+    if isinstance(exc, ValueError) and type(exc).__module__.startswith("atoma_ops.serving"):
+        return {"kind": type(exc).__name__, "message": str(exc)}, f"{type(exc).__name__}: {exc}"
+    return None
+
+
+def _serving_run(ctx: typer.Context, produce: Callable[[State], tuple[Any, Render]]) -> None:
+    def guarded(state: State) -> tuple[Any, Render]:
+        try:
+            return produce(state)
+        except typer.Exit:
+            raise
+        except Exception as exc:
+            handled = _serving_error_doc(exc)
+            if handled is None:
+                raise
+            _fail(state, *handled)
+            raise  # pragma: no cover - _fail exits
+
+    _run(ctx, guarded)
+
+
+def _note(state: State, text: str) -> None:
+    """Progress for people (stderr, never in --json mode)."""
+    if not state.json:
+        _console(stderr=True).print(f"[dim]{_esc(text)}[/]")
+
+
+async def _node_for_stack(chain: "LocalnetChain", stack_small_id: Optional[int]) -> str:
+    """The wallet alias owning the NodeBadge the stack was sold to."""
+    if stack_small_id is None:
+        raise CliInputError("say which node with --node ALIAS (or --address)")
+    stack = await chain.get_stack(stack_small_id)
+    if stack is None:
+        raise _not_found(f"stack {stack_small_id} not found (stacks claimed with claim-funds are deleted); give --node")
+    for alias, address in chain.wallet.aliases().items():
+        if any(b.kind == "NodeBadge" and b.small_id == stack.selected_node_id for b in await chain.badges(address)):
+            return alias
+    raise CliInputError(f"stack {stack_small_id} was sold to node {stack.selected_node_id}, which no wallet alias holds; give --node")
+
+
+def _with_node(
+    state: State,
+    node: Optional[str],
+    stack_small_id: Optional[int],
+    node_small_id: Optional[int],
+    action: Callable[[Any], Awaitable[Any]],
+    engine: Optional[Callable[[], Any]] = None,
+    precheck: bool = False,
+) -> Any:
+    """Open the localnet home and the node's service (its store under <home>/nodes/<alias>/), load the engine if
+    asked (after the cheap checks; ``precheck``: the stack must be servable by this node), run ``action(service)``,
+    close everything."""
+    import asyncio
+
+    from .home import LocalnetHome, resolve_home
+    from .serving.node import NodeService
+
+    async def main() -> Any:
+        home = resolve_home(state.home)
+        chain = LocalnetHome(home).open()
+        service = None
+        try:
+            who = node or state.address or await _node_for_stack(chain, stack_small_id)
+            service = await NodeService.open(home, who, None, node_small_id=node_small_id, chain=chain)
+            if precheck and stack_small_id is not None:
+                await service.check_stack(stack_small_id)
+            if engine is not None:
+                service.engine = await asyncio.to_thread(engine)
+            return await action(service)
+        finally:
+            if service is not None:
+                await service.close()
+            if service is not None and service.engine is not None:
+                service.engine.close()
+            await chain.close()
+
+    return asyncio.run(main())
+
+
+def _engine_loader(state: State, kind: str, base_url: Optional[str], model: Optional[str]) -> Callable[[], Any]:
+    from .serving.node import ENGINE_KINDS
+
+    if kind not in ENGINE_KINDS:
+        raise CliInputError(f"--engine: {kind!r} is not one of {', '.join(ENGINE_KINDS)}")
+
+    def load() -> Any:
+        from .serving.node import load_engine
+
+        _note(state, f"loading the {kind} engine…")
+        return load_engine(kind, model=model, base_url=base_url)
+
+    return load
+
+
+def _usage_lines(con: "Console", u: dict) -> None:
+    con.print(
+        f"  units          {u['used_units']} used, {u['reserved_units']} reserved, {u['units_left']} left "
+        f"of {u['num_compute_units']}"
+    )
+    con.print(f"  requests       {u['num_requests']} served, {u['in_flight']} in flight; state {u['state']}")
+
+
+@node_app.command("serve")
+def node_serve(
+    ctx: typer.Context,
+    node: str = typer.Option(..., "--node", metavar="ALIAS|0x…", help="The node's wallet alias or address."),
+    engine: str = ENGINE_OPT,
+    port: int = typer.Option(8000, "--port", metavar="N"),
+    host: str = typer.Option("127.0.0.1", "--host", metavar="ADDR"),
+    openai_base_url: Optional[str] = BASE_URL_OPT,
+    model: Optional[str] = MODEL_OPT,
+    max_batch: int = typer.Option(8, "--max-batch", metavar="N", help="Requests gathered into one engine batch."),
+    node_small_id: Optional[int] = NODE_SMALL_ID_PICK_OPT,
+) -> None:
+    """Serve OpenAI-compatible chat completions for the node's stacks (header X-Stack-Small-Id) until Ctrl-C."""
+
+    def produce(state: State) -> tuple[Any, Render]:
+        load = _engine_loader(state, engine, openai_base_url, model)
+
+        async def action(service: Any) -> dict:
+            import uvicorn
+
+            from .serving.server import create_app
+
+            _note(
+                state,
+                f"node {service.node_small_id} ({service.alias}) serving on http://{host}:{port} with the "
+                f"{engine} engine ({getattr(service.engine, 'model', '?')}); store {service.store.path}",
+            )
+            config = uvicorn.Config(create_app(service, max_batch=max_batch), host=host, port=port, log_level="info")
+            server = uvicorn.Server(config)
+            await server.serve()
+            if not server.started:
+                raise OSError(f"could not listen on {host}:{port}")
+            return {"node_small_id": service.node_small_id, "host": host, "port": port, "stopped": True}
+
+        doc = _with_node(state, node, None, node_small_id, action, engine=load)
+        return doc, lambda con: con.print("server stopped")
+
+    _serving_run(ctx, produce)
+
+
+@node_app.command("stacks")
+def node_stacks(
+    ctx: typer.Context,
+    node: str = typer.Option(..., "--node", metavar="ALIAS|0x…", help="The node's wallet alias or address."),
+    node_small_id: Optional[int] = NODE_SMALL_ID_PICK_OPT,
+) -> None:
+    """The stacks this node has served: units used, reserved and left, requests, settlement state."""
+
+    def produce(state: State) -> tuple[Any, Render]:
+        async def action(service: Any) -> dict:
+            return {
+                "node_small_id": service.node_small_id,
+                "store": str(service.store.path),
+                "stacks": [u.to_json() for u in service.store.stacks()],
+            }
+
+        doc = _with_node(state, node, None, node_small_id, action)
+
+        def render(con: "Console") -> None:
+            con.print(f"[bold]node {doc['node_small_id']}[/]: {len(doc['stacks'])} stack(s) served ({_esc(doc['store'])})")
+            for u in doc["stacks"]:
+                con.print(
+                    f"  stack {u['stack_small_id']}: {u['used_units']} used, {u['units_left']} left of "
+                    f"{u['num_compute_units']}; {u['num_requests']} requests; {u['state']}"
+                )
+
+        return doc, render
+
+    _serving_run(ctx, produce)
+
+
+@stack_app.command("serve")
+def stack_serve(
+    ctx: typer.Context,
+    stack: int = typer.Option(..., "--stack", metavar="N", help="Stack small id."),
+    workload: str = typer.Option(..., "--workload", metavar="FILE.jsonl", help="One chat request per line."),
+    node: Optional[str] = NODE_OPT,
+    engine: str = ENGINE_OPT,
+    openai_base_url: Optional[str] = BASE_URL_OPT,
+    model: Optional[str] = MODEL_OPT,
+    batch_size: int = typer.Option(8, "--batch-size", metavar="N", help="Requests per engine batch."),
+    node_small_id: Optional[int] = NODE_SMALL_ID_PICK_OPT,
+) -> None:
+    """Run a workload of chat requests on a stack (metered, recorded); print the units used and left."""
+
+    def produce(state: State) -> tuple[Any, Render]:
+        import time
+
+        from .serving.workload import load_workload
+
+        requests = load_workload(workload)
+        if batch_size < 1:
+            raise CliInputError("--batch-size must be >= 1")
+        load = _engine_loader(state, engine, openai_base_url, model)
+
+        async def action(service: Any) -> dict:
+            t0 = time.perf_counter()
+            outcomes = []
+            for start in range(0, len(requests), batch_size):
+                batch = await service.serve(stack, requests[start : start + batch_size])
+                for o in batch:
+                    o.index += start
+                outcomes += batch
+            wall = time.perf_counter() - t0
+            usage = service.store.usage(stack)
+            served = [o for o in outcomes if o.ok]
+            return {
+                "stack_small_id": stack,
+                "node_small_id": service.node_small_id,
+                "requests": len(outcomes),
+                "served": len(served),
+                "refused": len(outcomes) - len(served),
+                "units_charged": sum(o.units for o in served),
+                "completion_tokens": sum((o.response or {}).get("usage", {}).get("completion_tokens", 0) for o in served),
+                "wall_s": round(wall, 3),
+                "usage": usage.to_json() if usage else None,
+                "outcomes": [o.to_json() for o in outcomes],
+            }
+
+        doc = _with_node(state, node, stack, node_small_id, action, engine=load, precheck=True)
+
+        def render(con: "Console") -> None:
+            con.print(
+                f"[green]✓[/] stack {stack} on node {doc['node_small_id']}: {doc['served']} of {doc['requests']} "
+                f"request(s) served, {doc['refused']} refused, {doc['units_charged']} compute units charged "
+                f"({doc['completion_tokens']} completion tokens in {doc['wall_s']} s)"
+            )
+            for o in doc["outcomes"]:
+                if o["ok"]:
+                    text = (o["content"] or "").replace("\n", " ")
+                    text = text if len(text) <= 60 else text[:57] + "…"
+                    con.print(
+                        f"  {o['index']:>3} → #{o['history_index']:<3} {o['units']:>5} units "
+                        f"(reserved {o['estimate']['reserved']})  {_esc(text)}"
+                    )
+                else:
+                    con.print(f"  {o['index']:>3} [red]refused[/]: {_esc(o['error']['message'])}")
+            if doc["usage"]:
+                _usage_lines(con, doc["usage"])
+
+        return doc, render
+
+    _serving_run(ctx, produce)
+
+
+@stack_app.command("usage")
+def stack_usage(
+    ctx: typer.Context,
+    stack: int = typer.Option(..., "--stack", metavar="N"),
+    node: Optional[str] = NODE_OPT,
+    node_small_id: Optional[int] = NODE_SMALL_ID_PICK_OPT,
+) -> None:
+    """Units used, reserved and left on a stack, as this node metered them."""
+
+    def produce(state: State) -> tuple[Any, Render]:
+        async def action(service: Any) -> dict:
+            u = service.store.usage(stack)
+            if u is None:
+                facts = await service.check_stack(stack)
+                return {
+                    "stack_small_id": stack, "num_compute_units": facts.num_compute_units, "used_units": 0,
+                    "reserved_units": 0, "units_left": facts.num_compute_units, "num_requests": 0, "in_flight": 0,
+                    "overrun_units": 0, "state": "open", "selected_node_id": facts.selected_node_id,
+                    "task_small_id": facts.task_small_id, "settlement": None,
+                }
+            return u.to_json()
+
+        doc = _with_node(state, node, stack, node_small_id, action)
+
+        def render(con: "Console") -> None:
+            con.print(f"[bold]stack {stack}[/] (node {doc['selected_node_id']}, task {doc['task_small_id']})")
+            _usage_lines(con, doc)
+
+        return doc, render
+
+    _serving_run(ctx, produce)
+
+
+@stack_app.command("history")
+def stack_history(
+    ctx: typer.Context,
+    stack: int = typer.Option(..., "--stack", metavar="N"),
+    export: Optional[str] = typer.Option(None, "--export", metavar="FILE", help="Write the history as JSONL (for attesters)."),
+    node: Optional[str] = NODE_OPT,
+    node_small_id: Optional[int] = NODE_SMALL_ID_PICK_OPT,
+) -> None:
+    """The stack's served requests in order (units, hashes), and the Merkle root; --export writes the file."""
+
+    def produce(state: State) -> tuple[Any, Render]:
+        async def action(service: Any) -> tuple:
+            from .serving.history import export_jsonl
+
+            history = service.history(stack)
+            path = str(export_jsonl(history, export)) if export else None
+            return history, path
+
+        history, path = _with_node(state, node, stack, node_small_id, action)
+        root = history.root
+        doc = {
+            **history.header(),
+            "exported_to": path,
+            "entries": [
+                {k: v for k, v in e.to_json().items() if k not in ("request", "response")} | {"content": e.content}
+                for e in history.entries
+            ],
+        }
+
+        def render(con: "Console") -> None:
+            con.print(
+                f"[bold]stack {stack}[/]: {len(history)} request(s), {history.units} compute units; "
+                f"root {('0x' + root.hex()) if root else '—'}"
+            )
+            for e in history.entries:
+                text = (e.content or "").replace("\n", " ")
+                text = text if len(text) <= 50 else text[:47] + "…"
+                con.print(f"  #{e.index:<3} {e.units:>5} units  leaf 0x{e.leaf.hex()[:16]}…  {_esc(text)}")
+            if path:
+                con.print(f"[green]✓[/] exported to {_esc(path)}")
+
+        return doc, render
+
+    _serving_run(ctx, produce)
+
+
+@stack_app.command("commit")
+def stack_commit(
+    ctx: typer.Context,
+    stack: int = typer.Option(..., "--stack", metavar="N"),
+    node: Optional[str] = NODE_OPT,
+    node_small_id: Optional[int] = NODE_SMALL_ID_PICK_OPT,
+) -> None:
+    """The commitment to the stack's history: R, committed_stack_proof, stack_merkle_leaf, claimed units."""
+
+    def produce(state: State) -> tuple[Any, Render]:
+        async def action(service: Any) -> dict:
+            return (await service.commitment(stack)).to_json()
+
+        doc = _with_node(state, node, stack, node_small_id, action)
+
+        def render(con: "Console") -> None:
+            con.print(f"[bold]commitment of stack {stack}[/] ({doc['num_requests']} requests)")
+            con.print(f"  R                           {doc['root']}")
+            con.print(f"  committed_stack_proof       {doc['committed_stack_proof']}")
+            con.print(f"  stack_merkle_leaf           {doc['stack_merkle_leaf']}")
+            con.print(f"  num_claimed_compute_units   {doc['num_claimed_compute_units']}")
+            con.print(f"  extra attestation nodes     {doc['cross_validation_extra_nodes_count']}")
+
+        return doc, render
+
+    _serving_run(ctx, produce)
+
+
+@stack_app.command("try-settle")
+def stack_try_settle(
+    ctx: typer.Context,
+    stack: int = typer.Option(..., "--stack", metavar="N"),
+    node: Optional[str] = NODE_OPT,
+    node_small_id: Optional[int] = NODE_SMALL_ID_PICK_OPT,
+) -> None:
+    """Stop serving the stack, commit to its history and call try_settle_stack (claimed = metered usage)."""
+
+    def produce(state: State) -> tuple[Any, Render]:
+        async def action(service: Any) -> tuple:
+            return await service.try_settle(stack), service
+
+        result, service = _with_node(state, node, stack, node_small_id, action)
+        doc = result.to_json()
+
+        def render(con: "Console") -> None:
+            if result.tx is not None:
+                sess = Session(service.chain, state)
+                _render_tx(result.tx, "stack try-settle (db::try_settle_stack)", sess)(con)
+            else:
+                con.print(f"[green]✓[/] stack {stack} was already settled with this commitment")
+            con.print(f"  R {doc['root']}; claimed {doc['num_claimed_compute_units']} compute units")
+            con.print(f"  attestation nodes requested: {doc['requested_attestation_nodes'] or 'none'}")
+
+        return doc, render
+
+    _serving_run(ctx, produce)
+
+
+def _replay_render(doc: dict) -> Render:
+    def render(con: "Console") -> None:
+        mark = "[green]equal[/]" if doc["equal"] else "[red]DIVERGES[/]"
+        con.print(f"replay of stack {doc['stack_small_id']}: {doc['num_requests']} request(s) in {doc['wall_s']} s — {mark}")
+        con.print(f"  history root   {doc['history_root']}")
+        con.print(f"  replayed root  {doc['replayed_root']}")
+        d = doc.get("first_divergence")
+        if d:
+            con.print(f"  first divergence at request {d['index']} ({doc['num_diverging']} diverging):")
+            con.print(f"    stored:   {_esc(repr(d['stored_content']))}")
+            con.print(f"    replayed: {_esc(repr(d['replayed_content']))}")
+
+    return render
+
+
+@stack_app.command("replay")
+def stack_replay(
+    ctx: typer.Context,
+    stack: int = typer.Option(..., "--stack", metavar="N"),
+    history_file: Optional[str] = typer.Option(
+        None, "--history", metavar="FILE", help="A history export to replay (default: the node's own history)."
+    ),
+    node: Optional[str] = NODE_OPT,
+    engine: str = ENGINE_OPT,
+    openai_base_url: Optional[str] = BASE_URL_OPT,
+    model: Optional[str] = MODEL_OPT,
+    node_small_id: Optional[int] = NODE_SMALL_ID_PICK_OPT,
+) -> None:
+    """Re-run a stack's history through the engine; report whether every response and R match (exit 0 either way;
+    see "equal")."""
+
+    def produce(state: State) -> tuple[Any, Render]:
+        from .serving.replay import replay
+
+        load = _engine_loader(state, engine, openai_base_url, model)
+        if history_file is not None:
+            from .serving.history import import_jsonl
+
+            history = import_jsonl(history_file, expect_stack=stack)
+            eng = load()
+            try:
+                report = replay(history, eng)
+            finally:
+                eng.close()
+        else:
+
+            async def action(service: Any) -> Any:
+                import asyncio
+
+                history = service.history(stack)
+                if not history.entries:
+                    from .serving.metering import NothingToCommit
+
+                    raise NothingToCommit(f"stack {stack} has no served requests on this node: nothing to replay")
+                return await asyncio.to_thread(replay, history, service.engine)
+
+            report = _with_node(state, node, stack, node_small_id, action, engine=load)
+        doc = report.to_json()
+        return doc, _replay_render(doc)
+
+    _serving_run(ctx, produce)
+
+
+@stack_app.command("attest")
+def stack_attest(
+    ctx: typer.Context,
+    stack: int = typer.Option(..., "--stack", metavar="N"),
+    history_file: str = typer.Option(..., "--history", metavar="FILE", help="The serving node's history export."),
+    node: Optional[str] = typer.Option(None, "--node", metavar="ALIAS|0x…", help="The attesting node (default: --address)."),
+    engine: str = ENGINE_OPT,
+    openai_base_url: Optional[str] = BASE_URL_OPT,
+    model: Optional[str] = MODEL_OPT,
+    node_small_id: Optional[int] = NODE_SMALL_ID_PICK_OPT,
+) -> None:
+    """As a requested attestation node: replay the history and submit the replayed commitment."""
+
+    def produce(state: State) -> tuple[Any, Render]:
+        from .serving.history import import_jsonl
+
+        if node is None and state.address is None:
+            raise CliInputError("say which node attests with --node ALIAS (or --address)")
+        history = import_jsonl(history_file, expect_stack=stack)
+        load = _engine_loader(state, engine, openai_base_url, model)
+
+        async def action(service: Any) -> tuple:
+            return await service.attest(stack, history), service
+
+        result, service = _with_node(state, node, stack, node_small_id, action, engine=load)
+        doc = result.to_json()
+
+        def render(con: "Console") -> None:
+            _replay_render(doc["replay"])(con)
+            _render_tx(result.tx, f"attestation at position {doc['position']}", Session(service.chain, state))(con)
+            if doc["disputed"]:
+                con.print("[red]the attestation opened a dispute[/]")
+            elif doc["attestations_complete"]:
+                con.print("[green]all attestations in: no dispute[/]")
+
+        return doc, render
+
+    _serving_run(ctx, produce)
+
+
 # --------------------------------------------------------------------------------------------------- entry point
 def _json_requested(args: list[str]) -> bool:
     return "--json" in (args[: args.index("--")] if "--" in args else args)

@@ -560,3 +560,18 @@ def test_vllm_engine_in_process():
             assert [tokens_of(r) for r in served] == [tokens_of(r) for r in first[:2]]
     finally:
         engine.close()
+
+
+def test_cpu_engine_accepts_content_parts_and_refuses_a_zero_budget(engine):
+    """Text parts are joined for SmolLM2's template; max_tokens 0 is refused with a message that says so."""
+    if engine.kind != "cpu":
+        pytest.skip("CPU-engine specific")
+    from atoma_ops.serving.engines.base import EngineError
+
+    parts = {"messages": [{"role": "user", "content": [{"type": "text", "text": "Say"}, {"type": "text", "text": "hi"}]}],
+             "max_tokens": 4}
+    joined = {"messages": [{"role": "user", "content": "Say\nhi"}], "max_tokens": 4}
+    assert engine.prompt_tokens(parts) == engine.prompt_tokens(joined)
+    assert engine.chat([parts])[0]["choices"][0]["message"]["content"] == engine.chat([joined])[0]["choices"][0]["message"]["content"]
+    with pytest.raises(EngineError, match="at least 1"):
+        engine.chat([{"messages": [{"role": "user", "content": "hi"}], "max_tokens": 0}])

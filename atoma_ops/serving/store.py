@@ -1,0 +1,513 @@
+"""The serving node's durable store: per-stack usage, in-flight reservations and the stack history, in SQLite.
+
+One file per node (``<home>/nodes/<alias>/serving.sqlite``), WAL, ``synchronous=FULL``. Every change is one
+``BEGIN IMMEDIATE … COMMIT``, so several processes serving for the same node share the file without lost updates:
+
+- ``reserve``: for each request, ``reserved_units += estimate`` only if the stack is open and
+  ``num_compute_units − used_units − reserved_units ≥ estimate``;
+- ``settle``: for each served request, in ONE transaction, ``used_units += charged``, ``reserved_units −= estimate``,
+  the reservation row deleted and the history record (request bytes, response bytes, units, hashes, serving index)
+  appended — so a response is never returned without being in the history, and a history record never exists
+  without its units being charged;
+- ``release``: a failed request gives its whole reservation back.
+
+A ``CHECK (used_units + reserved_units <= num_compute_units)`` on the stacks table backs the arithmetic: no code
+path can make usage pass the stack's units. Reservations carry their process (pid and start time); ``recover``
+releases those whose process is gone (a crashed server must not pin units forever).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+from ..protocol.commitments import canonical_json, canonical_request
+from ..protocol.compute_units import actual_units
+from .history import HistoryEntry, StackHistory
+from .metering import InsufficientUnits, NothingToCommit, StackBusy, StackSettling
+
+STORE_FILE = "serving.sqlite"
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS stacks (
+    stack_small_id INTEGER PRIMARY KEY,
+    num_compute_units INTEGER NOT NULL,
+    selected_node_id INTEGER NOT NULL,
+    task_small_id INTEGER NOT NULL,
+    owner TEXT NOT NULL,
+    price_per_one_million_compute_units INTEGER NOT NULL,
+    used_units INTEGER NOT NULL DEFAULT 0,
+    reserved_units INTEGER NOT NULL DEFAULT 0,
+    num_requests INTEGER NOT NULL DEFAULT 0,
+    overrun_units INTEGER NOT NULL DEFAULT 0,
+    state TEXT NOT NULL DEFAULT 'open' CHECK (state IN ('open', 'settling', 'settled')),
+    settlement TEXT,
+    CHECK (used_units >= 0 AND reserved_units >= 0 AND used_units + reserved_units <= num_compute_units)
+);
+CREATE TABLE IF NOT EXISTS reservations (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    stack_small_id INTEGER NOT NULL REFERENCES stacks (stack_small_id),
+    units INTEGER NOT NULL CHECK (units > 0),
+    holder TEXT NOT NULL,
+    created_ms INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS reservations_by_stack ON reservations (stack_small_id);
+CREATE TABLE IF NOT EXISTS history (
+    stack_small_id INTEGER NOT NULL REFERENCES stacks (stack_small_id),
+    idx INTEGER NOT NULL,
+    request BLOB NOT NULL,
+    response BLOB NOT NULL,
+    units INTEGER NOT NULL,
+    usage_units INTEGER NOT NULL,
+    reserved_units INTEGER NOT NULL,
+    payload_hash BLOB NOT NULL,
+    response_hash BLOB NOT NULL,
+    leaf BLOB NOT NULL,
+    served_at_ms INTEGER NOT NULL,
+    PRIMARY KEY (stack_small_id, idx)
+) WITHOUT ROWID;
+"""
+
+
+def _process_start(pid: int) -> str:
+    """The process's start time in clock ticks since boot (Linux), so a reused pid is not taken for the old one."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+        return data.rsplit(b")", 1)[1].split()[19].decode()
+    except (OSError, IndexError):
+        return "?"
+
+
+def _alive(holder: str) -> bool:
+    pid_text, _, start = holder.partition(":")
+    try:
+        pid = int(pid_text)
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (ValueError, PermissionError):
+        return True
+    except OSError:
+        return True
+    return start in ("", "?") or _process_start(pid) in (start, "?")
+
+
+@dataclass(frozen=True)
+class StackFacts:
+    """The on-chain facts of a stack the store needs (immutable once the stack is bought)."""
+
+    stack_small_id: int
+    num_compute_units: int
+    selected_node_id: int
+    task_small_id: int
+    owner: str
+    price_per_one_million_compute_units: int
+
+    @classmethod
+    def of(cls, stack) -> "StackFacts":
+        return cls(
+            stack.stack_small_id,
+            stack.num_compute_units,
+            stack.selected_node_id,
+            stack.task_small_id,
+            stack.owner,
+            stack.price_per_one_million_compute_units,
+        )
+
+
+@dataclass(frozen=True)
+class StackUsage:
+    stack_small_id: int
+    num_compute_units: int
+    used_units: int
+    reserved_units: int
+    num_requests: int
+    in_flight: int
+    overrun_units: int
+    state: str
+    selected_node_id: int
+    task_small_id: int
+    settlement: dict | None
+
+    @property
+    def units_left(self) -> int:
+        return self.num_compute_units - self.used_units - self.reserved_units
+
+    def to_json(self) -> dict:
+        return {
+            "stack_small_id": self.stack_small_id,
+            "num_compute_units": self.num_compute_units,
+            "used_units": self.used_units,
+            "reserved_units": self.reserved_units,
+            "units_left": self.units_left,
+            "num_requests": self.num_requests,
+            "in_flight": self.in_flight,
+            "overrun_units": self.overrun_units,
+            "state": self.state,
+            "selected_node_id": self.selected_node_id,
+            "task_small_id": self.task_small_id,
+            "settlement": self.settlement,
+        }
+
+
+@dataclass(frozen=True)
+class Reservation:
+    id: int
+    stack_small_id: int
+    units: int
+
+
+@dataclass(frozen=True)
+class Settlement:
+    """A served request to settle: its reservation, the request as received and the response as returned."""
+
+    reservation: Reservation
+    request: dict
+    response: dict
+
+
+@dataclass(frozen=True)
+class Settled:
+    entry: HistoryEntry
+    stack_small_id: int
+    units_left: int
+
+
+class NodeStore:
+    """A node's serving store. Thread-safe (one connection behind a lock); several processes may open one file.
+
+    Args:
+        path: the SQLite file (created with its folder if missing).
+        busy_timeout_s: how long a writer waits for another process's transaction.
+    """
+
+    def __init__(self, path: str | os.PathLike, *, busy_timeout_s: float = 60.0):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.RLock()
+        self.conn = sqlite3.connect(self.path, isolation_level=None, timeout=busy_timeout_s, check_same_thread=False)
+        # Switching a new file to WAL needs an exclusive lock and SQLite does not run the busy handler for it: two
+        # processes opening a fresh store at once get SQLITE_BUSY here, so retry until the busy timeout.
+        deadline = time.monotonic() + busy_timeout_s
+        while True:
+            try:
+                self.conn.execute("PRAGMA journal_mode=WAL")
+                break
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) and "busy" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.01)
+        self.conn.execute("PRAGMA synchronous=FULL")
+        self.conn.execute("PRAGMA foreign_keys=ON")
+        with self._tx() as c:
+            for statement in SCHEMA.split(";"):
+                if statement.strip():
+                    c.execute(statement)
+        self.holder = f"{os.getpid()}:{_process_start(os.getpid())}"
+
+    @staticmethod
+    def path_for(home: str | os.PathLike, node: str) -> Path:
+        """``<home>/nodes/<node>/serving.sqlite``."""
+        return Path(home) / "nodes" / node / STORE_FILE
+
+    def close(self) -> None:
+        with self._lock:
+            self.conn.close()
+
+    def __enter__(self) -> "NodeStore":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self.conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self.conn
+            except BaseException:
+                self.conn.execute("ROLLBACK")
+                raise
+            else:
+                self.conn.execute("COMMIT")
+
+    # ------------------------------------------------------------------ identity
+    def bind_node(self, node_small_id: int, address: str) -> None:
+        """Record which node this store serves; refuse to serve another node's stacks from the same file."""
+        with self._tx() as c:
+            row = c.execute("SELECT value FROM meta WHERE key = 'node'").fetchone()
+            if row is None:
+                c.execute(
+                    "INSERT INTO meta VALUES ('node', ?)",
+                    (json.dumps({"node_small_id": node_small_id, "address": address}),),
+                )
+                return
+            bound = json.loads(row[0])
+            if bound["node_small_id"] != node_small_id:
+                raise ValueError(
+                    f"{self.path} belongs to node {bound['node_small_id']} ({bound['address']}), not node {node_small_id}"
+                )
+
+    def node(self) -> dict | None:
+        with self._lock:
+            row = self.conn.execute("SELECT value FROM meta WHERE key = 'node'").fetchone()
+        return None if row is None else json.loads(row[0])
+
+    # ------------------------------------------------------------------ metering
+    def reserve(self, items: Sequence[tuple[StackFacts, int]]) -> list[Reservation | Exception]:
+        """Reserve ``units`` on each stack, in order, in one transaction. Each item gets a Reservation, or the
+        refusal (InsufficientUnits / StackSettling) and nothing is reserved for it."""
+        now = int(time.time() * 1000)
+        out: list[Reservation | Exception] = []
+        with self._tx() as c:
+            for facts, units in items:
+                c.execute(
+                    "INSERT OR IGNORE INTO stacks (stack_small_id, num_compute_units, selected_node_id, task_small_id, "
+                    "owner, price_per_one_million_compute_units) VALUES (?, ?, ?, ?, ?, ?)",
+                    (
+                        facts.stack_small_id,
+                        facts.num_compute_units,
+                        facts.selected_node_id,
+                        facts.task_small_id,
+                        facts.owner,
+                        facts.price_per_one_million_compute_units,
+                    ),
+                )
+                num, used, reserved, state = c.execute(
+                    "SELECT num_compute_units, used_units, reserved_units, state FROM stacks WHERE stack_small_id = ?",
+                    (facts.stack_small_id,),
+                ).fetchone()
+                if state != "open":
+                    out.append(
+                        StackSettling(
+                            f"stack {facts.stack_small_id} is being settled by this node ({state}); it takes no more "
+                            "requests (nothing charged)",
+                            stack_small_id=facts.stack_small_id,
+                        )
+                    )
+                    continue
+                left = num - used - reserved
+                if units > left:
+                    out.append(insufficient(facts.stack_small_id, num, used, reserved, units))
+                    continue
+                cur = c.execute(
+                    "INSERT INTO reservations (stack_small_id, units, holder, created_ms) VALUES (?, ?, ?, ?)",
+                    (facts.stack_small_id, units, self.holder, now),
+                )
+                c.execute(
+                    "UPDATE stacks SET reserved_units = reserved_units + ? WHERE stack_small_id = ?",
+                    (units, facts.stack_small_id),
+                )
+                out.append(Reservation(int(cur.lastrowid), facts.stack_small_id, units))
+        return out
+
+    def release(self, reservations: Sequence[Reservation]) -> None:
+        """Give reservations back whole (the requests failed: nothing is charged)."""
+        if not reservations:
+            return
+        with self._tx() as c:
+            for r in reservations:
+                self._drop_reservation(c, r)
+
+    @staticmethod
+    def _drop_reservation(c: sqlite3.Connection, r: Reservation) -> int:
+        """Delete a reservation row and return the units it still held (0 if it was already released)."""
+        row = c.execute("SELECT units FROM reservations WHERE id = ?", (r.id,)).fetchone()
+        if row is None:
+            return 0
+        c.execute("DELETE FROM reservations WHERE id = ?", (r.id,))
+        c.execute(
+            "UPDATE stacks SET reserved_units = reserved_units - ? WHERE stack_small_id = ?", (row[0], r.stack_small_id)
+        )
+        return int(row[0])
+
+    def settle(self, settlements: Sequence[Settlement]) -> list[Settled]:
+        """Charge each served request its actual usage and append it to its stack's history, all in ONE transaction
+        (in the given order, which is the serving order).
+
+        Charged = ``usage.prompt_tokens + usage.completion_tokens``, capped at what the reservation plus the stack's
+        free units can cover (only an engine that under-reports its templated prompt can get there; the shortfall
+        is recorded in ``overrun_units``), so ``used_units`` never passes ``num_compute_units``.
+        """
+        now = int(time.time() * 1000)
+        out: list[Settled] = []
+        with self._tx() as c:
+            for s in settlements:
+                sid = s.reservation.stack_small_id
+                self._drop_reservation(c, s.reservation)
+                num, used, reserved, count = c.execute(
+                    "SELECT num_compute_units, used_units, reserved_units, num_requests FROM stacks WHERE stack_small_id = ?",
+                    (sid,),
+                ).fetchone()
+                usage_units = actual_units(s.response.get("usage") or {})
+                charged = min(usage_units, num - used - reserved)
+                overrun = usage_units - charged
+                entry = HistoryEntry.build(
+                    count, s.request, s.response, units=charged, usage_units=usage_units,
+                    reserved_units=s.reservation.units, served_at_ms=now,
+                )
+                c.execute(
+                    "INSERT INTO history VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        sid,
+                        entry.index,
+                        canonical_request(s.request),
+                        canonical_json(s.response),
+                        entry.units,
+                        entry.usage_units,
+                        entry.reserved_units,
+                        entry.payload_hash,
+                        entry.response_hash,
+                        entry.leaf,
+                        now,
+                    ),
+                )
+                c.execute(
+                    "UPDATE stacks SET used_units = used_units + ?, num_requests = num_requests + 1, "
+                    "overrun_units = overrun_units + ? WHERE stack_small_id = ?",
+                    (charged, overrun, sid),
+                )
+                out.append(Settled(entry, sid, num - used - charged - reserved))
+        return out
+
+    def recover(self) -> int:
+        """Release reservations whose process is gone; returns how many."""
+        with self._tx() as c:
+            rows = c.execute("SELECT id, stack_small_id, units, holder FROM reservations").fetchall()
+            dead = [Reservation(i, s, u) for i, s, u, h in rows if h != self.holder and not _alive(h)]
+            for r in dead:
+                self._drop_reservation(c, r)
+        return len(dead)
+
+    # ------------------------------------------------------------------ settlement state
+    def begin_settlement(self, stack_small_id: int) -> str:
+        """Stop taking requests on a stack before committing to its history. Returns the state before (``open``,
+        ``settling`` after an interrupted attempt, or ``settled``).
+
+        Raises:
+            NothingToCommit: the stack was never served here.
+            StackBusy: requests are in flight on it (try again when they are done).
+        """
+        with self._tx() as c:
+            row = c.execute("SELECT state, num_requests FROM stacks WHERE stack_small_id = ?", (stack_small_id,)).fetchone()
+            if row is None or row[1] == 0:
+                raise NothingToCommit(
+                    f"stack {stack_small_id} has no served requests on this node: nothing to commit",
+                    stack_small_id=stack_small_id,
+                )
+            state = row[0]
+            if state == "open":
+                (n,) = c.execute("SELECT COUNT(*) FROM reservations WHERE stack_small_id = ?", (stack_small_id,)).fetchone()
+                if n:
+                    raise StackBusy(
+                        f"stack {stack_small_id} has {n} request(s) in flight; settle it when they are done",
+                        stack_small_id=stack_small_id,
+                        in_flight=n,
+                    )
+                c.execute("UPDATE stacks SET state = 'settling' WHERE stack_small_id = ?", (stack_small_id,))
+            return state
+
+    def finish_settlement(self, stack_small_id: int, settlement: dict) -> None:
+        with self._tx() as c:
+            c.execute(
+                "UPDATE stacks SET state = 'settled', settlement = ? WHERE stack_small_id = ?",
+                (json.dumps(settlement), stack_small_id),
+            )
+
+    def abort_settlement(self, stack_small_id: int) -> None:
+        """The chain refused the settlement: take requests again."""
+        with self._tx() as c:
+            c.execute("UPDATE stacks SET state = 'open' WHERE stack_small_id = ? AND state = 'settling'", (stack_small_id,))
+
+    # ------------------------------------------------------------------ reads
+    def usage(self, stack_small_id: int) -> StackUsage | None:
+        with self._lock:
+            row = self.conn.execute(
+                "SELECT stack_small_id, num_compute_units, used_units, reserved_units, num_requests, "
+                "(SELECT COUNT(*) FROM reservations r WHERE r.stack_small_id = s.stack_small_id), overrun_units, state, "
+                "selected_node_id, task_small_id, settlement FROM stacks s WHERE stack_small_id = ?",
+                (stack_small_id,),
+            ).fetchone()
+        return None if row is None else _usage(row)
+
+    def stacks(self) -> list[StackUsage]:
+        with self._lock:
+            rows = self.conn.execute(
+                "SELECT stack_small_id, num_compute_units, used_units, reserved_units, num_requests, "
+                "(SELECT COUNT(*) FROM reservations r WHERE r.stack_small_id = s.stack_small_id), overrun_units, state, "
+                "selected_node_id, task_small_id, settlement FROM stacks s ORDER BY stack_small_id"
+            ).fetchall()
+        return [_usage(r) for r in rows]
+
+    def history(self, stack_small_id: int) -> StackHistory:
+        """The stack's history in serving order (empty if never served here)."""
+        with self._lock:
+            rows = self.conn.execute(
+                "SELECT idx, request, response, units, usage_units, reserved_units, payload_hash, response_hash, leaf, "
+                "served_at_ms FROM history WHERE stack_small_id = ? ORDER BY idx",
+                (stack_small_id,),
+            ).fetchall()
+            stack = self.conn.execute(
+                "SELECT task_small_id, selected_node_id FROM stacks WHERE stack_small_id = ?", (stack_small_id,)
+            ).fetchone()
+        entries = [
+            HistoryEntry(
+                index=r[0],
+                request=json.loads(r[1]),
+                response=json.loads(r[2]),
+                units=r[3],
+                usage_units=r[4],
+                reserved_units=r[5],
+                payload_hash=bytes(r[6]),
+                response_hash=bytes(r[7]),
+                leaf=bytes(r[8]),
+                served_at_ms=r[9],
+            )
+            for r in rows
+        ]
+        model = entries[0].response.get("model") if entries else None
+        return StackHistory(
+            stack_small_id,
+            entries,
+            node_small_id=stack[1] if stack else None,
+            task_small_id=stack[0] if stack else None,
+            model=model,
+        )
+
+
+def _usage(row) -> StackUsage:
+    return StackUsage(
+        stack_small_id=row[0],
+        num_compute_units=row[1],
+        used_units=row[2],
+        reserved_units=row[3],
+        num_requests=row[4],
+        in_flight=row[5],
+        overrun_units=row[6],
+        state=row[7],
+        selected_node_id=row[8],
+        task_small_id=row[9],
+        settlement=json.loads(row[10]) if row[10] else None,
+    )
+
+
+def insufficient(stack_small_id: int, num: int, used: int, reserved: int, estimate: int) -> InsufficientUnits:
+    left = num - used - reserved
+    in_flight = f", {reserved} reserved by requests in flight" if reserved else ""
+    return InsufficientUnits(
+        f"stack {stack_small_id} cannot cover this request: {left} compute units left of {num} ({used} used"
+        f"{in_flight}); the request's estimate is {estimate} (nothing charged)",
+        stack_small_id=stack_small_id,
+        units_left=left,
+        estimate=estimate,
+    )

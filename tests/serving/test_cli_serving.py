@@ -1,0 +1,183 @@
+"""``atoma-ops node …`` and ``atoma-ops stack …``: in process (typer's runner, the session engine patched in for
+``load_engine``) for the whole stack lifecycle and its errors, and one real ``atoma-ops node serve`` subprocess
+(it loads the model itself, ~20 s)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "cli"))
+from clikit import Cli, event, sid  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(__file__))
+from test_kit import ask  # noqa: E402
+
+SCRIPT = Path(sys.executable).parent / "atoma-ops"
+
+
+@pytest.fixture
+def cli(tmp_path, engine, monkeypatch) -> Cli:
+    """A home with a SamplingConsensus task (attestation forced), node-1 and node-2 subscribed, a 100 000-unit
+    stack bought by the user; ``load_engine`` returns the session engine."""
+    monkeypatch.setattr("atoma_ops.serving.node.load_engine", lambda kind="cpu", **kw: engine)
+    c = Cli(tmp_path / "home")
+    c.aliases = c.ok("localnet", "init", "--seed", "1")["aliases"]
+    c.ok("usdc", "mint", "--amount", "10000000", "--to", "user")
+    c.ok("db", "create-task-entry", "--role", "0", "--model-name", engine.model, "--security-level", "2")
+    for alias in ("node-1", "node-2"):
+        c.ok("db", "register-node", address=alias)
+        c.ok("db", "subscribe-node-to-task", "--task-small-id", "1", "--price-per-one-million-compute-units", "1000000",
+             address=alias)
+    c.ok("db", "set-cross-validation-probability-permille", "--value", "1000")
+    tx = c.ok("db", "acquire-new-stack-entry", "--task-small-id", "1", "--num-compute-units", "100000", "--price",
+              "1000000", address="user")
+    c.selected = sid(event(tx, "StackCreatedEvent")["selected_node_id"])  # type: ignore[attr-defined]
+    return c
+
+
+def workload(tmp_path, n: int = 2) -> str:
+    p = tmp_path / "w.jsonl"
+    p.write_text("# a comment\n\n" + "".join(json.dumps(ask(i, 3)) + "\n" for i in range(n)))
+    return str(p)
+
+
+def test_stack_lifecycle_through_the_cli(cli, tmp_path):
+    node = f"node-{cli.selected}"
+    w = workload(tmp_path)
+    served = cli.ok("stack", "serve", "--stack", "1", "--workload", w)  # the node is found from the stack
+    assert (served["node_small_id"], served["served"], served["refused"]) == (cli.selected, 2, 0)
+    assert served["usage"]["used_units"] == served["units_charged"] == sum(o["units"] for o in served["outcomes"])
+    assert served["usage"]["units_left"] == 100_000 - served["units_charged"]
+    human = cli.human("stack", "serve", "--stack", "1", "--workload", w, "--node", node)
+    assert "2 of 2 request(s) served" in human.stdout and "left of 100000" in human.stdout
+
+    usage = cli.ok("stack", "usage", "--stack", "1")
+    assert usage["num_requests"] == 4 and usage["state"] == "open"
+    stacks = cli.ok("node", "stacks", "--node", node)
+    assert [s["stack_small_id"] for s in stacks["stacks"]] == [1]
+
+    export = tmp_path / "stack-1.jsonl"
+    history = cli.ok("stack", "history", "--stack", "1", "--export", str(export))
+    assert history["num_requests"] == 4 and len(history["entries"]) == 4 and export.exists()
+    commitment = cli.ok("stack", "commit", "--stack", "1")
+    assert commitment["root"] == history["root"]
+    assert commitment["num_claimed_compute_units"] == usage["used_units"] == history["units"]
+    assert commitment["position"] == 0 and commitment["cross_validation_extra_nodes_count"] == 1
+
+    own = cli.ok("stack", "replay", "--stack", "1")
+    assert own["equal"] and own["replayed_root"] == history["root"]
+    from_file = cli.ok("stack", "replay", "--stack", "1", "--history", str(export))
+    assert from_file["equal"] and from_file["num_requests"] == 4
+
+    settled = cli.ok("stack", "try-settle", "--stack", "1")
+    assert settled["committed_stack_proof"] == commitment["committed_stack_proof"]
+    assert settled["transaction"]["status"] == "success"
+    (attester,) = settled["requested_attestation_nodes"]
+    ticket = cli.ok("db", "get-ticket", "--stack-small-id", "1")
+    assert ticket["num_claimed_compute_units"] == commitment["num_claimed_compute_units"]
+    again = cli.ok("stack", "try-settle", "--stack", "1")
+    assert again["already_settled"] and again["transaction"] is None
+
+    # the stack takes no more requests (refused before loading the engine)
+    err = cli.fail("stack", "serve", "--stack", "1", "--workload", w)
+    assert err["kind"] == "StackSettling" and err["type"] == "stack_in_settlement"
+
+    # a forged copy of the history does not import
+    forged = tmp_path / "forged.jsonl"
+    lines = export.read_text().splitlines()
+    doc = json.loads(lines[1])
+    doc["response"]["choices"][0]["message"]["content"] = "forged"
+    forged.write_text("\n".join([lines[0], json.dumps(doc), *lines[2:]]) + "\n")
+    err = cli.fail("stack", "attest", "--stack", "1", "--history", str(forged), "--node", f"node-{attester}")
+    assert err["kind"] == "InvalidHistory" and "response hash" in err["message"]
+
+    attested = cli.ok("stack", "attest", "--stack", "1", "--history", str(export), "--node", f"node-{attester}")
+    assert attested["replay"]["equal"] and attested["history_matches_ticket"]
+    assert attested["position"] == 1 and not attested["disputed"] and attested["attestations_complete"]
+
+
+def test_cli_serving_errors(cli, tmp_path):
+    w = workload(tmp_path, 1)
+    err = cli.fail("stack", "serve", "--stack", "9", "--workload", w)
+    assert err["kind"] == "NotFound"
+    other = "node-2" if cli.selected == 1 else "node-1"
+    err = cli.fail("stack", "serve", "--stack", "1", "--workload", w, "--node", other)
+    assert err["kind"] == "StackNotServedHere" and f"this is node {3 - cli.selected}" in err["message"]
+    err = cli.fail("stack", "commit", "--stack", "1", "--node", other)
+    assert err["kind"] == "NothingToCommit"
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"messages": [{"role": "user", "content": "hi"}]}\n{"messages": []}\n')
+    err = cli.fail("stack", "serve", "--stack", "1", "--workload", str(bad))
+    assert err["kind"] == "InvalidWorkload" and ":2:" in err["message"]
+    err = cli.fail("stack", "serve", "--stack", "1", "--workload", w, "--engine", "bogus")
+    assert err["kind"] == "InvalidArgument"
+    err = cli.fail("stack", "replay", "--stack", "1", "--history", str(tmp_path / "missing.jsonl"))
+    assert err["kind"] == "FileNotFoundError"
+    err = cli.fail("stack", "attest", "--stack", "1", "--history", w, "--node", other)
+    assert err["kind"] == "InvalidHistory"
+    assert cli.invoke("stack", "serve", "--workload", w).exit_code == 2  # --stack is required
+    assert cli.invoke("node", "serve").exit_code == 2  # --node is required
+    # nothing was charged by any of it
+    assert cli.fail("stack", "commit", "--stack", "1")["kind"] == "NothingToCommit"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not SCRIPT.exists(), reason="the atoma-ops console script is not installed")
+def test_node_serve_console_script(tmp_path):
+    """The real command: loads the CPU engine, serves HTTP on loopback, stops cleanly on SIGINT."""
+    c = Cli(tmp_path / "home")
+    c.ok("localnet", "init", "--seed", "1")
+    c.ok("usdc", "mint", "--amount", "10000000", "--to", "user")
+    c.ok("db", "create-task-entry", "--role", "0")
+    c.ok("db", "register-node", address="node-1")
+    c.ok("db", "subscribe-node-to-task", "--task-small-id", "1", "--price-per-one-million-compute-units", "1000000",
+         address="node-1")
+    c.ok("db", "acquire-new-stack-entry", "--task-small-id", "1", "--num-compute-units", "5000", "--price", "1000000",
+         address="user")
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if k != "ATOMA_OPS_HOME"}
+    proc = subprocess.Popen(
+        [str(SCRIPT), "--home", str(c.home), "node", "serve", "--node", "node-1", "--port", str(port)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert proc.poll() is None, proc.communicate()
+            try:
+                if httpx.get(url + "/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, "the server did not come up"
+            time.sleep(0.25)
+        r = httpx.post(url + "/v1/chat/completions", json=ask(0, 3), headers={"X-Stack-Small-Id": "1"}, timeout=60)
+        assert r.status_code == 200, r.text
+        units = int(r.headers["X-Compute-Units"])
+        assert httpx.get(url + "/v1/stacks/1/usage").json()["used_units"] == units
+        bad = httpx.post(url + "/v1/chat/completions", content=b"nope", headers={"X-Stack-Small-Id": "1"})
+        assert bad.status_code == 400 and bad.json()["error"]["type"] == "invalid_request_error"
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    assert proc.returncode in (0, 130), err  # uvicorn re-raises the SIGINT after a clean shutdown: 128 + 2
+    assert "serving on http://127.0.0.1" in err
+    history = c.ok("stack", "history", "--stack", "1")
+    assert history["num_requests"] == 1 and history["units"] == units

@@ -1,0 +1,265 @@
+"""Metering (atoma-protocol.md §9) and the node store: estimates by hand, reservations, refusals, concurrency,
+the single-transaction settle + history append, stale reservations.
+
+Estimates use the real SmolLM2 tokenizer (the session ``engine``); the expected values are the §9 formula written
+out by hand over the per-text token counts.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import sqlite3
+import subprocess
+import sys
+import threading
+
+import pytest
+
+from atoma_ops.protocol.compute_units import DEFAULT_MAX_TOKENS
+from atoma_ops.serving.engines.base import completion
+from atoma_ops.serving.metering import (
+    TEMPLATE_MARGIN,
+    TEMPLATE_MARGIN_PER_MESSAGE,
+    BadRequest,
+    InsufficientUnits,
+    NothingToCommit,
+    StackBusy,
+    StackSettling,
+    estimate,
+    validate_request,
+)
+from atoma_ops.serving.store import NodeStore, Reservation, Settlement, StackFacts
+
+sys.path.insert(0, os.path.dirname(__file__))
+from test_kit import stub_engine  # noqa: E402
+
+
+def facts(stack: int = 1, units: int = 1_000) -> StackFacts:
+    return StackFacts(stack, units, 1, 1, "0x" + "ab" * 32, 1_000_000)
+
+
+def response(prompt: int, completion_tokens: int, text: str = "ok") -> dict:
+    return completion("m", text, "stop", prompt, completion_tokens)
+
+
+def req(text: str = "hello", max_tokens: int = 8) -> dict:
+    return {"messages": [{"role": "user", "content": text}], "max_tokens": max_tokens}
+
+
+# ====================================================================== estimates (§9) by hand
+def test_atoma_estimate_and_reservation_by_hand(engine):
+    n = engine.count_tokens
+    request = {
+        "messages": [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "Name a color."}],
+        "max_tokens": 16,
+    }
+    e = estimate(request, engine)
+    assert e.atoma == (n("You are terse.") + 3) + (n("Name a color.") + 3) + 16
+    assert e.output_budget == 16
+    assert e.templated_prompt == engine.prompt_tokens(request)
+    assert e.method == "templated"
+    assert e.bound == e.templated_prompt + 16
+    assert e.reserved == max(e.atoma, e.bound)
+
+
+def test_default_system_prompt_makes_the_prompt_longer_than_the_atoma_estimate(engine):
+    """The trap: SmolLM2's template adds a default system prompt; reserving the bare §9 estimate would under-reserve."""
+    request = req("Hi", max_tokens=16)
+    e = estimate(request, engine)
+    assert e.atoma == (engine.count_tokens("Hi") + 3) + 16
+    assert e.templated_prompt > engine.count_tokens("Hi") + 3 + 15  # the default system prompt is ~20 tokens
+    assert e.reserved == e.templated_prompt + 16 > e.atoma
+    (resp,) = engine.chat([request])
+    assert resp["usage"]["prompt_tokens"] == e.templated_prompt
+    assert resp["usage"]["prompt_tokens"] + resp["usage"]["completion_tokens"] > e.atoma - 16  # the prompt alone
+    assert resp["usage"]["prompt_tokens"] + resp["usage"]["completion_tokens"] <= e.reserved
+
+
+def test_output_budget_precedence_and_content_parts(engine):
+    n = engine.count_tokens
+    base = [{"role": "user", "content": "one two three"}]
+    assert estimate({"messages": base, "max_completion_tokens": 5, "max_tokens": 50}, engine).atoma == n("one two three") + 3 + 5
+    assert estimate({"messages": base, "max_tokens": 50}, engine).atoma == n("one two three") + 3 + 50
+    no_budget = estimate({"messages": base}, engine)
+    assert no_budget.atoma == n("one two three") + 3 + DEFAULT_MAX_TOKENS
+    assert no_budget.reserved == no_budget.templated_prompt + DEFAULT_MAX_TOKENS
+    parts = {"messages": [{"role": "user", "content": [{"type": "text", "text": "a cat"},
+                                                       {"type": "image_url", "image_url": {"url": "x"}},
+                                                       {"type": "text", "text": "be brief"}]}], "max_tokens": 4}
+    stub = stub_engine()
+    assert estimate(parts, stub).atoma == (2 + 3) + 0 + (2 + 3) + 4  # images count 0, +3 per text part
+
+
+def test_margin_when_the_engine_cannot_count_the_templated_prompt():
+    stub = stub_engine(under_report=True)  # prompt_tokens() -> None
+    request = {"messages": [{"role": "system", "content": "be brief"}, {"role": "user", "content": "one two three"}],
+               "max_tokens": 7}
+    e = estimate(request, stub)
+    assert e.atoma == (2 + 3) + (3 + 3) + 7
+    assert e.method == "margin" and e.templated_prompt is None
+    assert e.reserved == e.atoma + TEMPLATE_MARGIN + 2 * TEMPLATE_MARGIN_PER_MESSAGE
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        [],
+        "text",
+        {},
+        {"messages": []},
+        {"messages": "hi"},
+        {"messages": [{"content": "no role"}]},
+        {"messages": [{"role": "user", "content": 5}]},
+        {"messages": [{"role": "user", "content": "x"}], "max_tokens": 0},
+        {"messages": [{"role": "user", "content": "x"}], "max_tokens": -3},
+        {"messages": [{"role": "user", "content": "x"}], "max_completion_tokens": "8"},
+        {"messages": [{"role": "user", "content": "x"}], "max_tokens": True},
+        {"messages": [{"role": "user", "content": "x"}], "stream": True},
+        {"messages": [{"role": "user", "content": "x"}], "n": 2},
+    ],
+)
+def test_bad_requests(body):
+    with pytest.raises(BadRequest):
+        validate_request(body)
+
+
+# ====================================================================== the store
+def test_reserve_settle_release_arithmetic(tmp_path):
+    with NodeStore(tmp_path / "s.sqlite") as store:
+        (r1, r2) = store.reserve([(facts(units=100), 40), (facts(units=100), 50)])
+        assert isinstance(r1, Reservation) and isinstance(r2, Reservation)
+        u = store.usage(1)
+        assert (u.used_units, u.reserved_units, u.units_left, u.in_flight) == (0, 90, 10, 2)
+        # 100 - 0 used - 90 reserved = 10 left < 11
+        (refused,) = store.reserve([(facts(units=100), 11)])
+        assert isinstance(refused, InsufficientUnits)
+        assert refused.fields == {"stack_small_id": 1, "units_left": 10, "estimate": 11}
+        assert "stack 1" in str(refused) and "10 compute units left" in str(refused) and "estimate is 11" in str(refused)
+        # settle r1 to its actual usage 30 (< 40 reserved): the 10 unused come back
+        (s1,) = store.settle([Settlement(r1, req("a"), response(20, 10))])
+        assert s1.entry.units == 30 and s1.entry.index == 0 and s1.entry.reserved_units == 40
+        u = store.usage(1)
+        assert (u.used_units, u.reserved_units, u.units_left, u.num_requests) == (30, 50, 20, 1)
+        store.release([r2])
+        u = store.usage(1)
+        assert (u.used_units, u.reserved_units, u.units_left, u.num_requests, u.in_flight) == (30, 0, 70, 1, 0)
+        store.release([r2])  # releasing twice is harmless
+        assert store.usage(1).reserved_units == 0
+        assert len(store.history(1)) == 1
+
+
+def test_usage_is_capped_at_the_stack_and_the_overrun_recorded(tmp_path):
+    """An engine that under-reports its prompt could settle above its reservation: charge at most what the stack
+    still has, never past its units."""
+    with NodeStore(tmp_path / "s.sqlite") as store:
+        (r,) = store.reserve([(facts(units=100), 60)])
+        (s,) = store.settle([Settlement(r, req(), response(500, 20))])
+        assert s.entry.usage_units == 520 and s.entry.units == 100
+        u = store.usage(1)
+        assert (u.used_units, u.units_left, u.overrun_units) == (100, 0, 420)
+        assert isinstance(store.reserve([(facts(units=100), 1)])[0], InsufficientUnits)
+
+
+def test_check_constraint_backs_the_arithmetic(tmp_path):
+    with NodeStore(tmp_path / "s.sqlite") as store:
+        store.reserve([(facts(units=100), 10)])
+        with pytest.raises(sqlite3.IntegrityError):
+            store.conn.execute("UPDATE stacks SET used_units = 95 WHERE stack_small_id = 1")
+
+
+def test_settle_and_history_append_are_one_transaction(tmp_path):
+    """If the history record cannot be written, the usage is not charged either (and vice versa)."""
+    with NodeStore(tmp_path / "s.sqlite") as store:
+        (r,) = store.reserve([(facts(), 50)])
+        store.conn.execute("CREATE TRIGGER no_history BEFORE INSERT ON history BEGIN SELECT RAISE(ABORT, 'disk full'); END")
+        with pytest.raises(sqlite3.IntegrityError, match="disk full"):
+            store.settle([Settlement(r, req(), response(20, 5))])
+        u = store.usage(1)
+        assert (u.used_units, u.reserved_units, u.num_requests, u.in_flight) == (0, 50, 0, 1)  # all rolled back
+        assert len(store.history(1)) == 0
+        store.conn.execute("DROP TRIGGER no_history")
+        store.conn.execute(
+            "CREATE TRIGGER no_usage BEFORE UPDATE OF used_units ON stacks BEGIN SELECT RAISE(ABORT, 'no'); END"
+        )
+        with pytest.raises(sqlite3.IntegrityError):
+            store.settle([Settlement(r, req(), response(20, 5))])
+        assert len(store.history(1)) == 0 and store.usage(1).used_units == 0
+
+
+def test_settlement_state_blocks_reservations_and_waits_for_in_flight(tmp_path):
+    with NodeStore(tmp_path / "s.sqlite") as store:
+        with pytest.raises(NothingToCommit):
+            store.begin_settlement(1)
+        (r,) = store.reserve([(facts(), 50)])
+        store.settle([Settlement(r, req(), response(20, 5))])
+        (r2,) = store.reserve([(facts(), 50)])
+        with pytest.raises(StackBusy):
+            store.begin_settlement(1)
+        store.release([r2])
+        assert store.begin_settlement(1) == "open"
+        (refused,) = store.reserve([(facts(), 1)])
+        assert isinstance(refused, StackSettling)
+        store.abort_settlement(1)
+        assert isinstance(store.reserve([(facts(), 1)])[0], Reservation)
+
+
+def test_threads_never_over_serve(tmp_path):
+    """8 threads, each with its own store connection, reserve and settle until the stack is spent."""
+    path = tmp_path / "s.sqlite"
+    NodeStore(path).close()
+    units = 2_000
+    served: list[int] = []
+    lock = threading.Lock()
+
+    def worker(seed: int) -> None:
+        rng = random.Random(seed)
+        with NodeStore(path) as store:
+            while True:
+                need = rng.randint(5, 60)
+                (r,) = store.reserve([(facts(units=units), need)])
+                if isinstance(r, InsufficientUnits):
+                    if r.fields["units_left"] < 5:
+                        return
+                    continue
+                actual = rng.randint(1, need)
+                store.settle([Settlement(r, req(str(seed)), response(actual - 1 if actual > 1 else 0, min(1, actual)))])
+                with lock:
+                    served.append(actual)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    with NodeStore(path) as store:
+        u = store.usage(1)
+        history = store.history(1)
+    assert u.used_units <= units and u.reserved_units == 0 and u.in_flight == 0
+    assert u.used_units == sum(served) == history.units
+    assert len(history) == u.num_requests == len(served)
+    assert [e.index for e in history.entries] == list(range(len(history)))
+    assert u.used_units > units - 60  # it did fill the stack
+
+
+def test_dead_processes_reservations_are_recovered(tmp_path):
+    path = tmp_path / "s.sqlite"
+    proc = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(proc.stdout)
+    with NodeStore(path) as crashed:
+        crashed.holder = f"{dead_pid}:1"
+        crashed.reserve([(facts(), 300)])
+    with NodeStore(path) as store:
+        store.reserve([(facts(), 100)])  # our own, alive: kept
+        assert store.usage(1).reserved_units == 400
+        assert store.recover() == 1
+        u = store.usage(1)
+        assert (u.reserved_units, u.in_flight, u.used_units) == (100, 1, 0)
+
+
+def test_a_store_belongs_to_one_node(tmp_path):
+    with NodeStore(tmp_path / "s.sqlite") as store:
+        store.bind_node(1, "0xa")
+        store.bind_node(1, "0xa")
+        with pytest.raises(ValueError, match="belongs to node 1"):
+            store.bind_node(2, "0xb")

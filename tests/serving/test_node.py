@@ -1,0 +1,366 @@
+"""The serving node on the real localnet, the real CPU engine and the real SQLite store: metering, refusals, the
+history (export/import, tampering), crash safety and two processes serving one stack."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from atoma_ops.protocol.commitments import canonical_request, payload_hash, request_leaf, response_hash
+from atoma_ops.protocol.compute_units import chat_estimate
+from atoma_ops.serving.engines.base import EngineError
+from atoma_ops.serving.history import HistoryError, export_jsonl, import_jsonl
+from atoma_ops.serving.metering import (
+    BadRequest,
+    EngineFailure,
+    InsufficientUnits,
+    StackClaimed,
+    StackNotFound,
+    StackNotServedHere,
+    StackSettling,
+)
+from atoma_ops.serving.node import NodeService, StoreFailure
+from atoma_ops.serving.store import NodeStore
+
+sys.path.insert(0, os.path.dirname(__file__))
+from test_kit import CONFIDENTIAL, NO_SECURITY, PRICE, REPO, STUB_ENGINE_SRC, ask, market, net, open_node, stub_engine  # noqa: E402,F401
+
+
+def snapshot(node: NodeService, stack: int):
+    u = node.store.usage(stack)
+    return (u.to_json() if u else None), [e.leaf for e in node.history(stack).entries]
+
+
+def refused(node: NodeService, net, stack: int, error: type, request: dict | None = None):
+    """Serve one request that must be refused with ``error``; nothing charged, history unchanged."""
+    before = snapshot(node, stack)
+    (outcome,) = net.run(node.serve(stack, [request or ask(0, 4)]))
+    assert isinstance(outcome.error, error), outcome.error
+    assert outcome.response is None and outcome.units == 0
+    assert snapshot(node, stack) == before
+    body = outcome.error.to_json()
+    assert body["type"] and body["message"]
+    return outcome.error
+
+
+# ====================================================================== metering on a real stack
+def test_serving_meters_settles_and_records(engine, net, localnet_home):
+    t = market(net, NO_SECURITY)
+    s = net.buy(t, 10_000, PRICE, draw=0)  # node 1
+    node = open_node(net, localnet_home, "node-1", engine)
+    requests = [
+        ask(0, 6),
+        {"messages": [{"role": "system", "content": "Answer in one word."}, {"role": "user", "content": "Best fruit?"}],
+         "max_completion_tokens": 5, "max_tokens": 100, "model": engine.model},
+        ask(2, 4),
+    ]
+    outcomes = net.run(node.serve(s, requests))
+    used = 0
+    for i, (request, o) in enumerate(zip(requests, outcomes)):
+        assert o.ok, o.error
+        usage = o.response["usage"]
+        actual = usage["prompt_tokens"] + usage["completion_tokens"]
+        budget = request.get("max_completion_tokens") or request["max_tokens"]
+        assert o.estimate.atoma == chat_estimate(request, engine.count_tokens)
+        assert o.estimate.reserved == max(o.estimate.atoma, engine.prompt_tokens(request) + budget)
+        assert usage["completion_tokens"] <= budget
+        assert o.units == actual <= o.estimate.reserved
+        assert o.history_index == i
+        used += actual
+    u = node.store.usage(s)
+    assert (u.used_units, u.reserved_units, u.units_left, u.num_requests) == (used, 0, 10_000 - used, 3)
+    history = node.history(s)
+    assert history.units == used and history.task_small_id == t and history.node_small_id == 1
+    raw = node.store.conn.execute("SELECT request FROM history WHERE stack_small_id = ? ORDER BY idx", (s,)).fetchall()
+    for entry, request, o, (request_bytes,) in zip(history.entries, requests, outcomes, raw):
+        assert bytes(request_bytes) == canonical_request(request)
+        assert entry.response == o.response  # the full response as returned, ids and timestamps included
+        assert entry.payload_hash == payload_hash(request) and entry.response_hash == response_hash(o.response)
+        assert entry.leaf == request_leaf(entry.payload_hash, entry.response_hash)
+    net.run(node.close())
+
+
+def test_a_bad_request_in_a_batch_does_not_sink_the_others(engine, net, localnet_home):
+    t = market(net, NO_SECURITY)
+    s = net.buy(t, 10_000, PRICE, draw=0)
+    node = open_node(net, localnet_home, "node-1", engine)
+    outcomes = net.run(node.serve(s, [ask(0, 3), {"messages": []}, {"messages": [{"role": "user", "content": "x"}], "max_tokens": 0}, ask(1, 3)]))
+    assert [o.ok for o in outcomes] == [True, False, False, True]
+    assert all(isinstance(o.error, BadRequest) for o in outcomes[1:3])
+    assert [o.history_index for o in outcomes] == [0, None, None, 1]
+    assert node.store.usage(s).used_units == outcomes[0].units + outcomes[3].units
+
+
+def test_engine_failures_release_their_reservations(net, localnet_home):
+    """One request the engine cannot run: the batch is retried request by request; only that one fails."""
+
+    class Flaky(type(stub_engine())):
+        def chat(self, requests):
+            if any(r["messages"][0]["content"] == "boom" for r in requests):
+                raise EngineError("cannot run boom")
+            return super().chat(requests)
+
+    t = market(net, NO_SECURITY)
+    s = net.buy(t, 10_000, PRICE, draw=0)
+    node = open_node(net, localnet_home, "node-1", Flaky())
+    boom = {"messages": [{"role": "user", "content": "boom"}], "max_tokens": 3}
+    outcomes = net.run(node.serve(s, [ask(0, 3), boom, ask(1, 3)]))
+    assert [o.ok for o in outcomes] == [True, False, True]
+    assert isinstance(outcomes[1].error, EngineFailure) and "nothing charged" in str(outcomes[1].error)
+    u = node.store.usage(s)
+    assert (u.reserved_units, u.in_flight, u.num_requests) == (0, 0, 2)
+
+
+def test_history_write_failure_returns_no_response_and_charges_nothing(engine, net, localnet_home):
+    t = market(net, NO_SECURITY)
+    s = net.buy(t, 10_000, PRICE, draw=0)
+    node = open_node(net, localnet_home, "node-1", engine)
+    net.run(node.serve(s, [ask(0, 2)]))
+    before = snapshot(node, s)
+    node.store.conn.execute("CREATE TRIGGER full BEFORE INSERT ON history BEGIN SELECT RAISE(ABORT, 'disk full'); END")
+    (o,) = net.run(node.serve(s, [ask(1, 2)]))
+    assert isinstance(o.error, StoreFailure) and o.response is None
+    assert snapshot(node, s) == before  # not charged, not recorded, reservation released
+    node.store.conn.execute("DROP TRIGGER full")
+
+
+def test_usage_never_passes_the_stack_even_when_the_engine_under_reports(net, localnet_home):
+    """An engine that cannot count its templated prompt gets the margin; if its usage still overshoots, the charge
+    stops at the stack's units."""
+    t = market(net, NO_SECURITY)
+    s = net.buy(t, 1_000, PRICE, draw=0)
+    node = open_node(net, localnet_home, "node-1", stub_engine(under_report=True))
+    (o,) = net.run(node.serve(s, [ask(0, 5)]))
+    assert o.ok and o.estimate.method == "margin"
+    assert o.response["usage"]["prompt_tokens"] > 10_000
+    assert o.units == 1_000
+    u = node.store.usage(s)
+    assert (u.used_units, u.units_left) == (1_000, 0) and u.overrun_units > 0
+    refused(node, net, s, InsufficientUnits)
+
+
+# ====================================================================== refusals
+def test_refusals_charge_nothing_and_leave_history_unchanged(engine, net, localnet_home):
+    t = market(net, NO_SECURITY)
+    small = net.buy(t, 60, PRICE, draw=0)  # node 1, 60 units
+    foreign = net.buy(t, 10_000, PRICE, draw=1)  # node 2
+    settling = net.buy(t, 10_000, PRICE, draw=0)
+    node = open_node(net, localnet_home, "node-1", engine)
+
+    # exhausted: one request fits, the next cannot be covered
+    (first,) = net.run(node.serve(small, [ask(0, 4)]))
+    assert first.ok
+    left = 60 - first.units
+    second = ask(1, 4)
+    est = max(chat_estimate(second, engine.count_tokens), engine.prompt_tokens(second) + 4)
+    err = refused(node, net, small, InsufficientUnits, second)
+    assert err.fields == {"stack_small_id": small, "units_left": left, "estimate": est}
+    assert f"stack {small}" in str(err) and f"{left} compute units left" in str(err) and f"estimate is {est}" in str(err)
+    assert err.status == 402
+
+    err = refused(node, net, foreign, StackNotServedHere)
+    assert "sold to node 2" in str(err) and "this is node 1" in str(err) and err.status == 403
+
+    err = refused(node, net, 999, StackNotFound)
+    assert err.status == 404
+
+    # in settlement: a ticket opened on chain (here by the node's own CLI call, outside this service)
+    net.run(node.serve(settling, [ask(2, 2)]))
+    net.settle("node-1", settling, 1)
+    err = refused(node, net, settling, StackSettling)
+    assert err.status == 409
+
+    # settled by this service: closed in the store first
+    s = net.buy(t, 10_000, PRICE, draw=0)
+    net.run(node.serve(s, [ask(3, 2)]))
+    result = net.run(node.try_settle(s))
+    assert result.info.claimed_units == node.store.usage(s).used_units
+    refused(node, net, s, StackSettling)
+    again = net.run(node.try_settle(s))  # idempotent
+    assert again.already_settled and again.info.commitment == result.info.commitment
+
+    # claimed (ticket path): the stack is deleted from the chain
+    net.epoch()
+    net.claim("node-1", s)
+    assert net.get_stack(s) is None
+    err = refused(node, net, s, StackClaimed)
+    assert err.status == 410
+
+
+def test_claimed_confidential_stack_is_refused(engine, net, localnet_home):
+    t = market(net, CONFIDENTIAL)
+    s = net.buy(t, 10_000, PRICE, draw=0)
+    node = open_node(net, localnet_home, "node-1", engine)
+    (o,) = net.run(node.serve(s, [ask(0, 2)]))
+    net.claim_cc("node-1", [s], [o.units])
+    assert net.get_stack(s).is_claimed
+    refused(node, net, s, StackClaimed)
+
+
+# ====================================================================== history files
+def test_export_import_round_trip_and_tamper_detection(engine, net, localnet_home, tmp_path):
+    t = market(net, NO_SECURITY)
+    s = net.buy(t, 10_000, PRICE, draw=0)
+    node = open_node(net, localnet_home, "node-1", engine)
+    net.run(node.serve(s, [ask(i, 3) for i in range(3)]))
+    history = node.history(s)
+    path = export_jsonl(history, tmp_path / "h.jsonl")
+    back = import_jsonl(path, expect_stack=s)
+    assert back.root == history.root and back.units == history.units
+    assert [e.to_json() for e in back.entries] == [e.to_json() for e in history.entries]
+    with pytest.raises(HistoryError, match=f"not stack {s + 1}"):
+        import_jsonl(path, expect_stack=s + 1)
+
+    lines = path.read_text().splitlines()
+
+    def tampered(edit) -> str:
+        docs = [json.loads(line) for line in lines]
+        edit(docs)
+        p = tmp_path / "bad.jsonl"
+        p.write_text("\n".join(json.dumps(d) for d in docs) + "\n")
+        return str(p)
+
+    def content(docs):
+        docs[2]["response"]["choices"][0]["message"]["content"] = "forged"
+
+    def request(docs):
+        docs[3]["request"]["max_tokens"] = 4
+
+    def swap(docs):
+        docs[1], docs[2] = docs[2], docs[1]
+
+    def units(docs):
+        docs[1]["units"] += 1
+
+    def drop(docs):
+        docs.pop()
+
+    for edit, message in [
+        (content, "request 1: response hash"),
+        (request, "request 2: payload hash"),
+        (swap, "record 0 has index 1"),
+        (units, "units"),
+        (drop, "says 3 requests"),
+    ]:
+        with pytest.raises(HistoryError, match=message):
+            import_jsonl(tampered(edit))
+    # ids and timestamps are not part of the response hash: changing them is no tampering
+    def cosmetic(docs):
+        docs[1]["response"]["id"] = "chatcmpl-other"
+
+    assert import_jsonl(tampered(cosmetic)).root == history.root
+
+
+# ====================================================================== crash safety (subprocesses, stub engine)
+CRASH_SCRIPT = STUB_ENGINE_SRC + '''
+import asyncio, json, os, signal, sys, time
+from atoma_ops.serving.node import NodeService
+
+home, stack, mode = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+REQUEST = {"messages": [{"role": "user", "content": "one two three"}], "max_tokens": 5}
+
+class Hanging(StubEngine):
+    def chat(self, requests):
+        print("running", flush=True)
+        time.sleep(120)
+
+async def main():
+    node = await NodeService.open(home, "node-1", Hanging() if mode == "hang" else StubEngine())
+    outcome = await node.serve_one(stack, REQUEST)
+    print(json.dumps(outcome.response), flush=True)  # the response is out ...
+    os.kill(os.getpid(), signal.SIGKILL)  # ... and the process dies before doing anything else
+
+asyncio.run(main())
+'''
+
+
+def _python(*args: str, **kwargs) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.Popen([sys.executable, "-c", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=env, **kwargs)
+
+
+def test_a_returned_response_survives_sigkill_and_a_killed_request_costs_nothing(net, localnet_home):
+    t = market(net, NO_SECURITY)
+    s = net.buy(t, 1_000, PRICE, draw=0)
+
+    proc = _python(CRASH_SCRIPT, str(localnet_home.path), str(s), "serve")
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == -9, err
+    returned = json.loads(out.strip().splitlines()[-1])
+
+    # killed while the engine runs: the reservation is held by a dead process
+    proc = _python(CRASH_SCRIPT, str(localnet_home.path), str(s), "hang")
+    assert proc.stdout.readline().strip() == "running"
+    with NodeStore(NodeStore.path_for(localnet_home.path, "node-1")) as store:
+        assert store.usage(s).in_flight == 1
+    proc.kill()
+    proc.communicate(timeout=30)
+
+    node = open_node(net, localnet_home, "node-1", stub_engine())  # open() releases the dead reservation
+    history = node.history(s)
+    assert len(history) == 1 and history.entries[0].response == returned
+    u = node.store.usage(s)
+    charged = returned["usage"]["prompt_tokens"] + returned["usage"]["completion_tokens"]
+    assert (u.used_units, u.reserved_units, u.in_flight, u.num_requests) == (charged, 0, 0, 1)
+
+
+TWO_PROCESS_SCRIPT = STUB_ENGINE_SRC + '''
+import asyncio, json, os, sys, time
+from atoma_ops.serving.node import NodeService
+from atoma_ops.serving.metering import InsufficientUnits
+
+home, stack, go = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+REQUEST = {"messages": [{"role": "user", "content": "one two three"}], "max_tokens": 5}
+
+async def main():
+    node = await NodeService.open(home, "node-1", StubEngine(delay=0.001))
+    print("ready", flush=True)
+    while not os.path.exists(go):
+        time.sleep(0.002)
+    served = units = 0
+    while True:
+        outcomes = await node.serve(stack, [REQUEST, REQUEST])
+        for o in outcomes:
+            if o.ok:
+                served += 1
+                units += o.units
+            else:
+                assert isinstance(o.error, InsufficientUnits), o.error
+        if not any(o.ok for o in outcomes):
+            u = node.store.usage(stack)
+            if u.in_flight == 0 and u.units_left < 22:
+                break
+            time.sleep(0.001)
+    print(json.dumps({"served": served, "units": units}), flush=True)
+
+asyncio.run(main())
+'''
+
+
+def test_two_processes_never_over_serve_one_stack(net, localnet_home, tmp_path):
+    """Stub request: reserves max(11, 17 + 5) = 22, costs 17 + 3 = 20; 1000 units hold 49 of them (20 left < 22)."""
+    t = market(net, NO_SECURITY)
+    s = net.buy(t, 1_000, PRICE, draw=0)
+    go = tmp_path / "go"
+    procs = [_python(TWO_PROCESS_SCRIPT, str(localnet_home.path), str(s), str(go)) for _ in range(2)]
+    for p in procs:
+        assert p.stdout.readline().strip() == "ready", p.stderr.read()
+    go.touch()
+    results = []
+    for p in procs:
+        out, err = p.communicate(timeout=120)
+        assert p.returncode == 0, err
+        results.append(json.loads(out.strip().splitlines()[-1]))
+    with NodeStore(NodeStore.path_for(localnet_home.path, "node-1")) as store:
+        u = store.usage(s)
+        history = store.history(s)
+    assert sum(r["served"] for r in results) == 49 == u.num_requests == len(history)
+    assert all(r["served"] > 0 for r in results), results  # both really served
+    assert u.used_units == sum(r["units"] for r in results) == history.units == 980 <= 1_000
+    assert (u.reserved_units, u.in_flight) == (0, 0)
+    assert [e.index for e in history.entries] == list(range(49))

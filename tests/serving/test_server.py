@@ -1,0 +1,132 @@
+"""The OpenAI-compatible HTTP server for real: uvicorn on a free 127.0.0.1 port (in a thread), httpx clients, the
+session CPU engine, the real localnet and store."""
+
+from __future__ import annotations
+
+import os
+import sys
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pytest
+
+from atoma_ops.serving.node import NodeService
+from atoma_ops.serving.server import BackgroundServer, create_app
+
+sys.path.insert(0, os.path.dirname(__file__))
+from test_kit import NO_SECURITY, PRICE, ask, market, net, open_node  # noqa: E402,F401
+
+
+@pytest.fixture
+def served(engine, net, localnet_home):
+    """node 1's server; stacks: ``own`` (10 000 units), ``tiny`` (60), ``small`` (120), ``foreign`` (node 2's),
+    ``spare``."""
+    t = market(net, NO_SECURITY)
+    stacks = {
+        "own": net.buy(t, 10_000, PRICE, draw=0),
+        "tiny": net.buy(t, 60, PRICE, draw=0),
+        "small": net.buy(t, 120, PRICE, draw=0),
+        "foreign": net.buy(t, 10_000, PRICE, draw=1),
+        "spare": net.buy(t, 10_000, PRICE, draw=0),
+    }
+    service = net.run(NodeService.open(localnet_home.path, "node-1", engine))  # its own chain connection
+    server = BackgroundServer(create_app(service)).start()
+    client = httpx.Client(base_url=server.url, timeout=60)
+    yield server, client, stacks
+    client.close()
+    server.stop()
+    net.run(service.close())
+
+
+def post(client, stack, body, **headers):
+    h = {} if stack is None else {"X-Stack-Small-Id": str(stack)}
+    h.update(headers)
+    if isinstance(body, (bytes, str)):
+        return client.post("/v1/chat/completions", content=body, headers={**h, "content-type": "application/json"})
+    return client.post("/v1/chat/completions", json=body, headers=h)
+
+
+def error_of(r, status: int, type_: str) -> str:
+    assert r.status_code == status, (r.status_code, r.text)
+    body = r.json()
+    assert list(body) == ["error"] and body["error"]["type"] == type_, body
+    assert body["error"]["message"]
+    return body["error"]["message"]
+
+
+def test_chat_models_health_usage_and_errors(served, engine, net, localnet_home):
+    server, client, st = served
+    assert client.get("/health").json() == {
+        "status": "ok", "node_small_id": 1, "address": net.addr["node-1"], "engine": engine.kind, "model": engine.model,
+    }
+    models = client.get("/v1/models").json()
+    assert models["object"] == "list" and [m["id"] for m in models["data"]] == [engine.model]
+
+    r = post(client, st["own"], ask(0, 4, model=engine.model))
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["object"] == "chat.completion" and body["choices"][0]["message"]["role"] == "assistant"
+    units = body["usage"]["prompt_tokens"] + body["usage"]["completion_tokens"]
+    assert int(r.headers["X-Compute-Units"]) == units
+    assert int(r.headers["X-Stack-Units-Left"]) == 10_000 - units
+    assert r.headers["X-History-Index"] == "0"
+    usage = client.get(f"/v1/stacks/{st['own']}/usage").json()
+    assert (usage["used_units"], usage["units_left"], usage["num_requests"], usage["state"]) == (units, 10_000 - units, 1, "open")
+
+    fresh = client.get(f"/v1/stacks/{st['spare']}/usage").json()  # never served: straight from the chain
+    assert (fresh["used_units"], fresh["units_left"]) == (0, 10_000)
+    error_of(client.get("/v1/stacks/999/usage"), 404, "stack_not_found")
+    error_of(client.get(f"/v1/stacks/{st['foreign']}/usage"), 403, "stack_not_served_by_this_node")
+
+    # errors: 4xx with a JSON error body, nothing charged
+    error_of(post(client, st["own"], b"{not json"), 400, "invalid_request_error")
+    error_of(post(client, st["own"], b"[1, 2]"), 400, "invalid_request_error")
+    error_of(post(client, st["own"], {"messages": []}), 400, "invalid_request_error")
+    error_of(post(client, st["own"], ask(0, 4, stream=True)), 400, "invalid_request_error")
+    error_of(post(client, None, ask(0, 4)), 400, "missing_stack")
+    error_of(post(client, "abc", ask(0, 4)), 400, "missing_stack")
+    assert "does not exist" in error_of(post(client, 999, ask(0, 4)), 404, "stack_not_found")
+    assert "sold to node 2" in error_of(post(client, st["foreign"], ask(0, 4)), 403, "stack_not_served_by_this_node")
+    error_of(client.get("/v1/nope"), 404, "not_found")
+    error_of(client.get("/v1/chat/completions"), 405, "method_not_allowed")
+
+    # exhausted: the tiny stack covers one short request (~40 units), not two
+    assert post(client, st["tiny"], ask(1, 4)).status_code == 200
+    left = client.get(f"/v1/stacks/{st['tiny']}/usage").json()["units_left"]
+    r = post(client, st["tiny"], ask(2, 4))
+    message = error_of(r, 402, "insufficient_compute_units")
+    assert r.json()["error"]["units_left"] == left and f"stack {st['tiny']}" in message and "estimate" in message
+
+    # settling: the node try-settles the stack (another service on the same store and chain)
+    other = open_node(net, localnet_home, "node-1", None)
+    net.run(other.try_settle(st["own"]))
+    error_of(post(client, st["own"], ask(3, 4)), 409, "stack_in_settlement")
+    assert client.get(f"/v1/stacks/{st['own']}/usage").json()["state"] == "settled"
+
+    # nothing of the refused requests was charged or recorded; the server keeps serving
+    assert client.get(f"/v1/stacks/{st['own']}/usage").json()["used_units"] == units
+    assert len(other.history(st["own"])) == 1
+    r = post(client, st["spare"], ask(4, 2))
+    assert r.status_code == 200 and r.headers["X-History-Index"] == "0"
+
+
+def test_concurrent_requests_never_over_serve(served):
+    """Eight clients at once on a stack that holds only a few requests: some are served, the rest get 402, and the
+    units charged add up to the stack's usage, never past it."""
+    server, client, st = served
+    stack = st["small"]  # 120 units; a 2-token request reserves ~40 and costs ~35-40
+
+    def one(i: int):
+        with httpx.Client(base_url=server.url, timeout=60) as c:
+            return post(c, stack, ask(i, 2))
+
+    with ThreadPoolExecutor(8) as pool:
+        responses = list(pool.map(one, range(8)))
+    ok = [r for r in responses if r.status_code == 200]
+    refused = [r for r in responses if r.status_code != 200]
+    assert ok and refused
+    assert all(r.status_code == 402 and r.json()["error"]["type"] == "insufficient_compute_units" for r in refused)
+    usage = client.get(f"/v1/stacks/{stack}/usage").json()
+    assert usage["used_units"] == sum(int(r.headers["X-Compute-Units"]) for r in ok) <= 120
+    assert usage["num_requests"] == len(ok) and usage["reserved_units"] == 0
+    assert sorted(int(r.headers["X-History-Index"]) for r in ok) == list(range(len(ok)))
