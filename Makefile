@@ -25,6 +25,9 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/localnet.py
+	$(BIN)/python bench/commitment.py
+	$(BIN)/python bench/serving.py
+	$(BIN)/python bench/ledger.py
 
 clean-data:
 	rm -rf data/localnet data/demo-localnet
