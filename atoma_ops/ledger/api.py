@@ -112,6 +112,13 @@ class Ledger:
         indexer = Indexer(self.path, lock_timeout_s=self.lock_timeout_s, **kwargs)
         return await indexer.sync(chain, **hooks)
 
+    def import_node_usage(self, home: Any) -> int:
+        """Copy the served requests of every node store under ``home`` (``nodes/*/serving.sqlite``) into
+        ``usage``; requests already there are skipped. Returns the rows added."""
+        from .node_usage import import_node_usage
+
+        return import_node_usage(self, home)
+
     def append_usage(self, df: Any) -> int:
         """Append per-request usage rows in one batch (a pandas DataFrame, or anything DuckDB can scan: a pyarrow
         Table, a polars DataFrame). Returns the rows inserted.

@@ -43,6 +43,11 @@ class Opts:
     json: bool = False
     lock_timeout: float = 30.0
 
+    def home_path(self) -> Path:
+        from ..home import resolve_home
+
+        return resolve_home(self.home)
+
     def ledger_obj(self):
         from .api import Ledger, default_path
 
@@ -176,10 +181,14 @@ def sync(
         report = asyncio.run(
             _with_chain(opts, lambda chain: ledger.sync(chain, batch_events=batch_events, page_limit=page_limit))
         )
-        doc = {"ledger": str(ledger.path), **report.to_json()}
+        from .node_usage import import_node_usage
+
+        usage_rows = import_node_usage(ledger, opts.home_path())
+        doc = {"ledger": str(ledger.path), **report.to_json(), "usage_rows_added": usage_rows}
         _emit(opts, doc, lambda: typer.echo(
             f"synced {report.events_applied} event(s) in {report.batches} batch(es) "
-            f"({report.events_skipped} already indexed) into {ledger.path}; chain epoch {report.chain_epoch}"
+            f"({report.events_skipped} already indexed) and {usage_rows} usage row(s) from the node stores into "
+            f"{ledger.path}; chain epoch {report.chain_epoch}"
         ))
 
     _run(opts, body)
