@@ -34,7 +34,20 @@ def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 30.0) -> None:
 def test_analyst_queries_while_another_process_syncs(tmp_path, scenario, synced):
     path = tmp_path / "ledger.duckdb"
     writer = spawn(f"""
-        chain = LocalnetHome(Path({str(scenario.home.path)!r})).open()
+        class SlowReads:
+            # The chain on the other side of a network: each page takes a while to arrive. The ledger file is
+            # closed while pages are read, so the analyst's queries get their turns whatever the machine's speed.
+            def __init__(self, inner):
+                self.inner = inner
+
+            def __getattr__(self, name):
+                return getattr(self.inner, name)
+
+            async def events(self, cursor=None, limit=50):
+                await asyncio.sleep(0.05)
+                return await self.inner.events(cursor, limit)
+
+        chain = SlowReads(LocalnetHome(Path({str(scenario.home.path)!r})).open())
         # two events per batch: ~16 short write transactions, each a unit of work
         report = asyncio.run(Ledger(Path({str(path)!r})).sync(chain, batch_events=2, page_limit=2))
         print(report.batches)
