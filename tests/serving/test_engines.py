@@ -383,13 +383,11 @@ def test_http_engine_rejects_responses_it_cannot_meter(server, fault, message):
 
 def test_http_engine_connection_refused():
     port = free_port_with_nothing_listening()
-    started = time.monotonic()
     with OpenAIHttpEngine(f"http://127.0.0.1:{port}/v1", "m", retries=2, backoff=0.01) as http:
         with pytest.raises(EngineError, match=r"cannot reach .*after 3 attempt"):
             http.chat([SHORT_ANSWER])
         with pytest.raises(EngineError, match="cannot reach"):
             http.count_tokens("hi")
-    assert time.monotonic() - started < 5
 
 
 def test_http_engine_sends_the_api_key_and_never_shows_it(server, caplog):
