@@ -85,6 +85,17 @@ async def reconcile(ledger, chain) -> ReconcileReport:
              "note": note}
         )
 
+    def comparable(kind: str, key: Any, m: Any, c: Any, gone_in_ledger: bool, gone_note: str, missing_note: str = "") -> bool:
+        """Record a row present on one side only; True when both sides have it and its fields are to compare."""
+        if m is None or gone_in_ledger:
+            if c is not None:
+                add(kind, key, "exists", False, True, gone_note if m is not None else "on chain, not in the ledger")
+            return False
+        if c is None:
+            add(kind, key, "exists", True, False, missing_note)
+            return False
+        return True
+
     # ---- the ledger's side, in one read-only unit of work
     with ledger.reader() as con:
         stacks = con.execute("SELECT * FROM stacks").df()
@@ -120,16 +131,8 @@ async def reconcile(ledger, chain) -> ReconcileReport:
     for sid in stack_ids:
         c = chain_stacks.get(sid)
         m = mirror.get(sid)
-        if m is None:
-            if c is not None:
-                add("stack", sid, "exists", False, True, "on chain, not in the ledger")
-            continue
-        if m["deleted_on_chain"]:
-            if c is not None:
-                add("stack", sid, "exists", False, True, "claimed by claim_funds in the ledger, still on chain")
-            continue
-        if c is None:
-            add("stack", sid, "exists", True, False)
+        if not comparable("stack", sid, m, c, m is not None and bool(m["deleted_on_chain"]),
+                          "claimed by claim_funds in the ledger, still on chain"):
             continue
         for f, cv in (
             ("owner_address", c.owner),
@@ -149,16 +152,8 @@ async def reconcile(ledger, chain) -> ReconcileReport:
     for sid in stack_ids:
         c = chain_tickets.get(sid)
         m = mirror_t.get(sid)
-        if m is None:
-            if c is not None:
-                add("ticket", sid, "exists", False, True, "on chain, not in the ledger")
-            continue
-        if m["is_claimed"]:
-            if c is not None:
-                add("ticket", sid, "exists", False, True, "claimed in the ledger, still on chain")
-            continue
-        if c is None:
-            add("ticket", sid, "exists", True, False)
+        if not comparable("ticket", sid, m, c, m is not None and bool(m["is_claimed"]),
+                          "claimed in the ledger, still on chain"):
             continue
         checks = [
             ("selected_node_id", _int(m["selected_node_id"]), c.selected_node_id),
@@ -186,17 +181,9 @@ async def reconcile(ledger, chain) -> ReconcileReport:
     for tid in task_ids:
         c = chain_tasks.get(tid)
         m = mirror_k.get(tid)
-        if m is None:
-            if c is not None:
-                add("task", tid, "exists", False, True, "on chain, not in the ledger")
-            continue
-        if m["is_removed"]:
-            if c is not None:
-                add("task", tid, "exists", False, True, "removed in the ledger, still on chain")
-            continue
-        if c is None:
-            add("task", tid, "exists", True, False,
-                "remove_deprecated_task_by_admin emits no event" if m["is_deprecated"] else "")
+        if not comparable("task", tid, m, c, m is not None and bool(m["is_removed"]),
+                          "removed in the ledger, still on chain",
+                          "remove_deprecated_task_by_admin emits no event" if m is not None and m["is_deprecated"] else ""):
             continue
         for f, mv, cv in (
             ("security_level", _int(m["security_level"]), c.security_level),

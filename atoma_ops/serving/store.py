@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
 
+from .._sqlite import connect_wal, immediate
 from ..protocol.commitments import canonical_json, canonical_request
 from ..protocol.compute_units import actual_units
 from .history import HistoryEntry, StackHistory
@@ -194,19 +195,7 @@ class NodeStore:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.RLock()
-        self.conn = sqlite3.connect(self.path, isolation_level=None, timeout=busy_timeout_s, check_same_thread=False)
-        # Switching a new file to WAL needs an exclusive lock and SQLite does not run the busy handler for it: two
-        # processes opening a fresh store at once get SQLITE_BUSY here, so retry until the busy timeout.
-        deadline = time.monotonic() + busy_timeout_s
-        while True:
-            try:
-                self.conn.execute("PRAGMA journal_mode=WAL")
-                break
-            except sqlite3.OperationalError as exc:
-                if "locked" not in str(exc) and "busy" not in str(exc) or time.monotonic() > deadline:
-                    raise
-                time.sleep(0.01)
-        self.conn.execute("PRAGMA synchronous=FULL")
+        self.conn = connect_wal(self.path, busy_timeout_s)
         self.conn.execute("PRAGMA foreign_keys=ON")
         with self._tx() as c:
             for statement in SCHEMA.split(";"):
@@ -231,15 +220,8 @@ class NodeStore:
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            self.conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield self.conn
-            except BaseException:
-                self.conn.execute("ROLLBACK")
-                raise
-            else:
-                self.conn.execute("COMMIT")
+        with self._lock, immediate(self.conn) as conn:
+            yield conn
 
     # ------------------------------------------------------------------ identity
     def bind_node(self, node_small_id: int, address: str) -> None:

@@ -13,12 +13,13 @@ import os
 import secrets
 import sqlite3
 import time
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import base58
 
+from ..._sqlite import connect_wal, immediate
 from ...protocol import abi
 from ...protocol.constants import (
     INITIAL_COLLATERAL_REQUIRED_FOR_REGISTRATION,
@@ -188,9 +189,7 @@ class Localnet:
     # ------------------------------------------------------------------ setup
     @staticmethod
     def _connect(path: Path, busy_timeout_s: float) -> sqlite3.Connection:
-        conn = sqlite3.connect(path, isolation_level=None, timeout=busy_timeout_s, check_same_thread=False)
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=FULL")
+        conn = connect_wal(path, busy_timeout_s)
         # A transaction writes several pages; checkpoint less often than SQLite's 1000-page default.
         conn.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT_PAGES}")
         return conn
@@ -263,26 +262,25 @@ class Localnet:
             ],
             "balance_changes": {},
         }
-        conn.execute("BEGIN IMMEDIATE")
-        conn.executemany("INSERT INTO meta (key, value) VALUES (?, ?)", list(meta.items()))
-        conn.execute(
-            "INSERT INTO objects (id, type, owner, version, data) VALUES (?, ?, ?, 1, ?)",
-            (db_id, f"{package_id}::db::AtomaDb", SHARED, dumps(db_fields)),
-        )
-        conn.execute(
-            "INSERT INTO objects (id, type, owner, version, data) VALUES (?, ?, ?, 1, '{}')",
-            (badge_id, f"{package_id}::db::AtomaManagerBadge", publisher),
-        )
-        conn.execute(
-            "INSERT INTO transactions (digest, sender, tx_bytes, signatures, status, effects) VALUES (?, ?, ?, '[]', 'success', ?)",
-            (digest, publisher, publish_bytes, dumps(effects)),
-        )
-        conn.execute(
-            "INSERT INTO events (tx_digest, event_seq, name, type, sender, parsed_json, timestamp_ms, epoch) VALUES (?, 0, ?, ?, ?, ?, ?, 0)",
-            (digest, "PublishedEvent", f"{package_id}::db::PublishedEvent", publisher,
-             dumps({"db": db_id, "manager_badge": badge_id}), ts),
-        )
-        conn.execute("COMMIT")
+        with immediate(conn):
+            conn.executemany("INSERT INTO meta (key, value) VALUES (?, ?)", list(meta.items()))
+            conn.execute(
+                "INSERT INTO objects (id, type, owner, version, data) VALUES (?, ?, ?, 1, ?)",
+                (db_id, f"{package_id}::db::AtomaDb", SHARED, dumps(db_fields)),
+            )
+            conn.execute(
+                "INSERT INTO objects (id, type, owner, version, data) VALUES (?, ?, ?, 1, '{}')",
+                (badge_id, f"{package_id}::db::AtomaManagerBadge", publisher),
+            )
+            conn.execute(
+                "INSERT INTO transactions (digest, sender, tx_bytes, signatures, status, effects) VALUES (?, ?, ?, '[]', 'success', ?)",
+                (digest, publisher, publish_bytes, dumps(effects)),
+            )
+            conn.execute(
+                "INSERT INTO events (tx_digest, event_seq, name, type, sender, parsed_json, timestamp_ms, epoch) VALUES (?, 0, ?, ?, ?, ?, ?, 0)",
+                (digest, "PublishedEvent", f"{package_id}::db::PublishedEvent", publisher,
+                 dumps({"db": db_id, "manager_badge": badge_id}), ts),
+            )
         conn.close()
         return cls(path)
 
@@ -311,16 +309,8 @@ class Localnet:
             return None
         return {"id": row[0], "type": row[1], "owner": row[2], "version": row[3], "data": loads(row[4])}
 
-    @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        self.conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield self.conn
-        except BaseException:
-            self.conn.execute("ROLLBACK")
-            raise
-        else:
-            self.conn.execute("COMMIT")
+    def _write(self) -> "AbstractContextManager[sqlite3.Connection]":
+        return immediate(self.conn)
 
     def _tick(self, conn: sqlite3.Connection) -> dict:
         """Advance the epoch by wall clock when a duration is configured; returns the clock."""
