@@ -501,6 +501,50 @@ class Wallet:
         )
 
     @classmethod
+    def from_keystore_text(
+        cls, keystore_text: str, *, aliases: dict[str, str] | None = None, active_address: str | None = None
+    ) -> Wallet:
+        """A wallet held in memory only: the keystore's JSON text (e.g. from a secret store), optional aliases
+        (alias -> address) and the active address (default: the first key). Nothing is written to disk.
+
+        Raises:
+            KeystoreError: the text is not a JSON list of keys, or an alias or address is not one of its keys.
+        """
+        where = Path("<secret keystore>")
+        try:
+            entries = json.loads(keystore_text)
+        except ValueError:
+            raise KeystoreError("the keystore secret is not valid JSON (a list of base64 or suiprivkey keys)") from None
+        if not isinstance(entries, list) or not entries:
+            raise KeystoreError("the keystore secret must be a non-empty JSON list of keys")
+        keypairs = [_parse_key_entry(entry, i, where) for i, entry in enumerate(entries)]
+        del entries
+        known = {address_from_public_key(int(k.scheme), k.public_key_bytes) for k in keypairs}
+        checked: dict[str, str] = {}
+        for alias, address in (aliases or {}).items():
+            try:
+                address = normalize_address(address)
+            except ValueError:
+                raise KeystoreError(f"alias {alias!r}: {address!r} is not a Sui address") from None
+            if address not in known:
+                raise KeystoreError(f"alias {alias!r} names {address}, which is not a key of the keystore secret")
+            checked[_check_alias(alias)] = address
+        active = address_from_public_key(int(keypairs[0].scheme), keypairs[0].public_key_bytes)
+        if active_address:
+            active = checked.get(active_address) or normalize_address(active_address)
+            if active not in known:
+                raise KeystoreError(f"the active address {active} is not a key of the keystore secret")
+        return cls(
+            client_yaml=where,
+            keystore_path=where,
+            aliases_path=where,
+            config={},
+            keypairs=keypairs,
+            aliases=checked,
+            active_address=active,
+        )
+
+    @classmethod
     def create(
         cls,
         directory: str | os.PathLike,

@@ -46,6 +46,12 @@ EXPORTED = (
 )
 
 
+_ACTION_FIELDS = (
+    "idempotency_key", "kind", "stack_small_id", "status", "sender", "args", "signed_tx_bytes", "signature", "digest",
+    "last_error_code", "last_error",
+)
+
+
 def default_path(home: str | os.PathLike | None = None) -> Path:
     """``<localnet home>/ledger.duckdb`` (home: ``--home``, else ``$ATOMA_OPS_HOME``, else ``data/localnet``)."""
     from ..home import resolve_home
@@ -170,54 +176,73 @@ class Ledger:
             self._ensure()
         return Ledger._usage_cols
 
-    def record_action(
-        self,
-        idempotency_key: str,
-        kind: str,
-        status: str,
-        *,
-        stack_small_id: int | None = None,
-        sender: str | None = None,
-        args: dict | None = None,
-        signed_tx_bytes: bytes | None = None,
-        signature: str | None = None,
-        digest: str | None = None,
-        attempt: bool = False,
-        last_error_code: str | None = None,
-        last_error: str | None = None,
-    ) -> None:
-        """Insert or update one ``chain_actions`` row (the intent journal). Fields left None keep their value;
-        ``attempt=True`` counts one more submission attempt."""
+    def record_action(self, idempotency_key: str, kind: str, status: str, **fields: Any) -> None:
+        """Insert or update one ``chain_actions`` row (the intent journal); see :meth:`record_actions`."""
+        self.record_actions([{"idempotency_key": idempotency_key, "kind": kind, "status": status, **fields}])
+
+    def record_actions(self, rows: list[dict]) -> None:
+        """Insert or update ``chain_actions`` rows (the intent journal) in one transaction.
+
+        Each row names ``idempotency_key``, ``kind`` and ``status``, and may give ``stack_small_id``, ``sender``,
+        ``args`` (a dict), ``signed_tx_bytes``, ``signature``, ``digest``, ``attempt`` (True counts one more
+        submission), ``last_error_code`` and ``last_error``. Fields left out or None keep their stored value.
+        """
+        if not rows:
+            return
         now = datetime.now(timezone.utc).replace(tzinfo=None)
+        unknown = {k for r in rows for k in r} - set(_ACTION_FIELDS) - {"attempt"}
+        if unknown:
+            raise ValueError(f"record_actions: unknown field(s) {sorted(unknown)}")
+        frame = pd.DataFrame(
+            {
+                **{f: [r.get(f) for r in rows] for f in _ACTION_FIELDS if f != "args"},
+                "args": [None if r.get("args") is None else dumps(r["args"]) for r in rows],
+                "attempts": [1 if r.get("attempt") else 0 for r in rows],
+            }
+        ).astype(object)
+        keep = ", ".join(
+            f"{c} = COALESCE(excluded.{c}, chain_actions.{c})"
+            for c in ("stack_small_id", "sender", "args", "signed_tx_bytes", "signature", "digest",
+                      "last_error_code", "last_error")
+        )
         with self.writer() as con:
-            con.execute("BEGIN TRANSACTION")
+            con.register("_journal_rows", frame)
             try:
-                row = first(con.execute(
-                    "SELECT attempts FROM chain_actions WHERE idempotency_key = ?", [idempotency_key]
-                ).fetchall())
-                if row is None:
-                    con.execute(
-                        "INSERT INTO chain_actions (idempotency_key, kind, stack_small_id, status, sender, args, "
-                        "signed_tx_bytes, signature, digest, attempts, last_error_code, last_error, created_at, "
-                        "updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                        [idempotency_key, kind, stack_small_id, status, sender, None if args is None else dumps(args),
-                         signed_tx_bytes, signature, digest, 1 if attempt else 0, last_error_code, last_error, now, now],
-                    )
-                else:
-                    con.execute(
-                        "UPDATE chain_actions SET kind = ?, status = ?, "
-                        "stack_small_id = COALESCE(?, stack_small_id), sender = COALESCE(?, sender), "
-                        "args = COALESCE(?::JSON, args), signed_tx_bytes = COALESCE(?, signed_tx_bytes), "
-                        "signature = COALESCE(?, signature), digest = COALESCE(?, digest), attempts = attempts + ?, "
-                        "last_error_code = COALESCE(?, last_error_code), last_error = COALESCE(?, last_error), "
-                        "updated_at = ? WHERE idempotency_key = ?",
-                        [kind, status, stack_small_id, sender, None if args is None else dumps(args), signed_tx_bytes,
-                         signature, digest, 1 if attempt else 0, last_error_code, last_error, now, idempotency_key],
-                    )
-                con.execute("COMMIT")
-            except BaseException:
-                con.execute("ROLLBACK")
-                raise
+                con.execute(
+                    "INSERT INTO chain_actions (idempotency_key, kind, stack_small_id, status, sender, args, "
+                    "signed_tx_bytes, signature, digest, attempts, last_error_code, last_error, created_at, updated_at) "
+                    "SELECT idempotency_key::VARCHAR, kind::VARCHAR, stack_small_id::BIGINT, status::VARCHAR, "
+                    "sender::VARCHAR, args::JSON, signed_tx_bytes::BLOB, signature::VARCHAR, digest::VARCHAR, "
+                    "attempts::BIGINT, last_error_code::VARCHAR, last_error::VARCHAR, $now, $now FROM _journal_rows "
+                    "ON CONFLICT (idempotency_key) DO UPDATE SET kind = excluded.kind, status = excluded.status, "
+                    f"{keep}, attempts = chain_actions.attempts + excluded.attempts, updated_at = excluded.updated_at",
+                    {"now": now},
+                )
+            finally:
+                con.unregister("_journal_rows")
+
+    def actions(self, keys: list[str] | None = None, *, statuses: list[str] | None = None) -> dict[str, dict]:
+        """The journal rows for ``keys`` (all when None), optionally only those in ``statuses``, by key."""
+        where, params = [], []
+        if keys is not None:
+            if not keys:
+                return {}
+            where.append("idempotency_key IN (SELECT unnest($keys))")
+            params.append(("keys", list(keys)))
+        if statuses is not None:
+            where.append("status IN (SELECT unnest($statuses))")
+            params.append(("statuses", list(statuses)))
+        sql = "SELECT * FROM chain_actions" + (" WHERE " + " AND ".join(where) if where else "")
+        if not self.path.exists():
+            return {}
+        with self.writer() as con:
+            cur = con.execute(sql, dict(params))
+            names = [d[0] for d in cur.description]
+            rows = [dict(zip(names, r)) for r in cur.fetchall()]
+        for r in rows:
+            if r.get("signed_tx_bytes") is not None:
+                r["signed_tx_bytes"] = bytes(r["signed_tx_bytes"])
+        return {r["idempotency_key"]: r for r in rows}
 
     # ------------------------------------------------------------------------------------------ analyst reads
     def _view(self, name: str, where: str = "", params: list | None = None) -> pd.DataFrame:

@@ -32,7 +32,7 @@ from .._sqlite import connect_wal, immediate
 from ..protocol.commitments import canonical_json, canonical_request
 from ..protocol.compute_units import actual_units
 from .history import HistoryEntry, StackHistory
-from .metering import InsufficientUnits, NothingToCommit, StackBusy, StackSettling
+from .metering import InsufficientUnits, NothingToCommit, ServingError, StackBusy, StackSettling
 
 STORE_FILE = "serving.sqlite"
 
@@ -380,36 +380,75 @@ class NodeStore:
             NothingToCommit: the stack was never served here.
             StackBusy: requests are in flight on it (try again when they are done).
         """
+        (result,) = self.begin_settlements([stack_small_id])
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    def begin_settlements(self, stack_small_ids: Sequence[int]) -> list[str | ServingError]:
+        """:meth:`begin_settlement` for many stacks in one transaction: the state before, or the refusal."""
+        out: list[str | ServingError] = []
         with self._tx() as c:
-            row = c.execute("SELECT state, num_requests FROM stacks WHERE stack_small_id = ?", (stack_small_id,)).fetchone()
-            if row is None or row[1] == 0:
-                raise NothingToCommit(
-                    f"stack {stack_small_id} has no served requests on this node: nothing to commit",
-                    stack_small_id=stack_small_id,
-                )
-            state = row[0]
-            if state == "open":
-                (n,) = c.execute("SELECT COUNT(*) FROM reservations WHERE stack_small_id = ?", (stack_small_id,)).fetchone()
-                if n:
-                    raise StackBusy(
-                        f"stack {stack_small_id} has {n} request(s) in flight; settle it when they are done",
-                        stack_small_id=stack_small_id,
-                        in_flight=n,
-                    )
-                c.execute("UPDATE stacks SET state = 'settling' WHERE stack_small_id = ?", (stack_small_id,))
-            return state
+            for sid in stack_small_ids:
+                row = c.execute("SELECT state, num_requests FROM stacks WHERE stack_small_id = ?", (sid,)).fetchone()
+                if row is None or row[1] == 0:
+                    out.append(NothingToCommit(
+                        f"stack {sid} has no served requests on this node: nothing to commit", stack_small_id=sid
+                    ))
+                    continue
+                state = row[0]
+                if state == "open":
+                    (n,) = c.execute("SELECT COUNT(*) FROM reservations WHERE stack_small_id = ?", (sid,)).fetchone()
+                    if n:
+                        out.append(StackBusy(
+                            f"stack {sid} has {n} request(s) in flight; settle it when they are done",
+                            stack_small_id=sid,
+                            in_flight=n,
+                        ))
+                        continue
+                    c.execute("UPDATE stacks SET state = 'settling' WHERE stack_small_id = ?", (sid,))
+                out.append(state)
+        return out
 
     def finish_settlement(self, stack_small_id: int, settlement: dict) -> None:
+        self.finish_settlements({stack_small_id: settlement})
+
+    def finish_settlements(self, settlements: dict[int, dict]) -> None:
+        """Mark stacks settled with their settlement records, in one transaction."""
         with self._tx() as c:
-            c.execute(
+            c.executemany(
                 "UPDATE stacks SET state = 'settled', settlement = ? WHERE stack_small_id = ?",
-                (json.dumps(settlement), stack_small_id),
+                [(json.dumps(doc), sid) for sid, doc in settlements.items()],
             )
 
     def abort_settlement(self, stack_small_id: int) -> None:
         """The chain refused the settlement: take requests again."""
+        self.abort_settlements([stack_small_id])
+
+    def abort_settlements(self, stack_small_ids: Sequence[int]) -> None:
         with self._tx() as c:
-            c.execute("UPDATE stacks SET state = 'open' WHERE stack_small_id = ? AND state = 'settling'", (stack_small_id,))
+            c.executemany(
+                "UPDATE stacks SET state = 'open' WHERE stack_small_id = ? AND state = 'settling'",
+                [(sid,) for sid in stack_small_ids],
+            )
+
+    def histories(self, stack_small_ids: Sequence[int]) -> dict[int, StackHistory]:
+        """:meth:`history` of many stacks."""
+        return {sid: self.history(sid) for sid in stack_small_ids}
+
+    def note_claimed_many(self, digests: dict[int, str]) -> None:
+        """Remember that stacks were claimed (in their settlement records), so settlement runs skip them."""
+        with self._tx() as c:
+            for sid, digest in digests.items():
+                row = c.execute("SELECT settlement FROM stacks WHERE stack_small_id = ?", (sid,)).fetchone()
+                if row is None:
+                    continue
+                doc = json.loads(row[0]) if row[0] else {}
+                doc["claimed_digest"] = digest
+                c.execute("UPDATE stacks SET settlement = ? WHERE stack_small_id = ?", (json.dumps(doc), sid))
+
+    def note_claimed(self, stack_small_id: int, digest: str) -> None:
+        self.note_claimed_many({stack_small_id: digest})
 
     # ------------------------------------------------------------------ reads
     def usage(self, stack_small_id: int) -> StackUsage | None:
@@ -430,6 +469,12 @@ class NodeStore:
                 "selected_node_id, task_small_id, settlement FROM stacks s ORDER BY stack_small_id"
             ).fetchall()
         return [_usage(r) for r in rows]
+
+    def last_served_ms(self) -> dict[int, int]:
+        """When each stack last had a request served (ms since the epoch)."""
+        with self._lock:
+            rows = self.conn.execute("SELECT stack_small_id, MAX(served_at_ms) FROM history GROUP BY stack_small_id").fetchall()
+        return {int(s): int(t) for s, t in rows}
 
     def history(self, stack_small_id: int) -> StackHistory:
         """The stack's history in serving order (empty if never served here)."""

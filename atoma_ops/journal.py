@@ -1,0 +1,357 @@
+"""The intent journal: every chain write is persisted (signed bytes + digest) before it is submitted.
+
+A chain write is an :class:`Intent`: an idempotency key, the entry function, the sender, and two callbacks — a
+*preflight* that says whether the chain already shows the write as done (a ticket exists, a stack is claimed), and a
+*resolver* that computes the arguments at send time (e.g. the commitment, recomputed from the stack's history just
+before signing). :func:`execute_intents` runs a batch of intents:
+
+1. rows already journaled as finished are returned as they are;
+2. rows journaled as ``pending`` (signed and possibly submitted, outcome unknown: the process died or the network
+   dropped) are resolved by digest: found ⇒ record its outcome; not found ⇒ submit the *identical* bytes again, so
+   the chain executes the write at most once (Sui forbids re-signing a different transaction with the same gas coin
+   until the first is known to have failed);
+3. for the rest: preflight (done ⇒ ``already_done``), resolve the arguments, prepare and sign every intent, journal
+   the whole batch as ``pending`` in one ledger transaction, submit them one by one, journal the outcomes.
+
+Errors fall in three classes (:func:`classify`) that drive retries: *retryable* (a busy file, a dropped connection
+before anything was submitted), *in doubt* (submitted, outcome unknown: retrying resolves it by digest) and
+*terminal* (the chain refused: a Move abort, a bad argument; retrying cannot help).
+
+``ATOMA_OPS_FAILPOINTS`` (comma-separated names) kills the process with SIGKILL at the named step boundary, so
+tests can prove that a re-run converges: ``journal:before-write``, ``journal:after-write`` (journaled, not
+submitted), ``journal:after-submit`` (executed, outcome not recorded).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import sqlite3
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, Awaitable, Callable, Protocol, Sequence
+
+from .chain.errors import (
+    ChainError,
+    ExecutionFailure,
+    InvalidArgument,
+    MoveAbort,
+    MoveArithmeticError,
+    NotFound,
+    TransactionRejected,
+)
+from .chain.port import Chain
+from .chain.types import PreparedTransaction, TxResult
+
+log = logging.getLogger("atoma_ops.journal")
+
+FAILPOINTS_ENV = "ATOMA_OPS_FAILPOINTS"
+
+# journal statuses
+PENDING = "pending"  # signed and journaled; submitted or not, the outcome is unknown
+SUCCESS = "success"  # executed by this journal
+ALREADY_DONE = "already_done"  # the chain showed the write as done before anything was signed
+FAILED = "failed"  # the chain refused it (terminal)
+FINISHED = (SUCCESS, ALREADY_DONE)
+
+
+def failpoint(name: str) -> None:
+    """Die here (SIGKILL, no cleanup, like a power cut) when ``name`` is listed in ``$ATOMA_OPS_FAILPOINTS``."""
+    armed = os.environ.get(FAILPOINTS_ENV)
+    if armed and name in {p.strip() for p in armed.split(",")}:
+        log.warning("failpoint %s: killing process %d", name, os.getpid())
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+# ----------------------------------------------------------------------------------------------- error taxonomy
+class ErrorClass(str, Enum):
+    RETRYABLE = "retryable"
+    IN_DOUBT = "in_doubt"
+    TERMINAL = "terminal"
+
+
+class InDoubt(ChainError):
+    """A transaction was submitted and its outcome is unknown. Retrying looks it up by digest and, if it never
+    arrived, submits the identical bytes again."""
+
+    kind = "InDoubt"
+
+    def __init__(self, message: str, digest: str):
+        super().__init__(message)
+        self.digest = digest
+
+
+class ActionFailed(ChainError):
+    """One or more intents of a batch were refused by the chain (terminal). ``failures`` maps key → error."""
+
+    kind = "ActionFailed"
+
+    def __init__(self, failures: dict[str, ChainError], results: list["ActionResult"]):
+        self.failures = failures
+        self.results = results
+        detail = "; ".join(f"{k}: {e}" for k, e in list(failures.items())[:5])
+        more = f" (and {len(failures) - 5} more)" if len(failures) > 5 else ""
+        super().__init__(f"{len(failures)} chain write(s) refused: {detail}{more}")
+
+
+_TERMINAL = (MoveAbort, MoveArithmeticError, ExecutionFailure, TransactionRejected, InvalidArgument, NotFound, ActionFailed)
+
+
+def classify(exc: BaseException) -> ErrorClass:
+    """Which class an error is in (see the module docstring)."""
+    if isinstance(exc, InDoubt):
+        return ErrorClass.IN_DOUBT
+    if isinstance(exc, _TERMINAL):
+        return ErrorClass.TERMINAL
+    from .ledger.store import LedgerBusy  # lazy: duckdb
+
+    if isinstance(exc, (LedgerBusy, TimeoutError, ConnectionError, asyncio.TimeoutError)):
+        return ErrorClass.RETRYABLE
+    if isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc).lower():
+        return ErrorClass.RETRYABLE
+    if type(exc).__module__.startswith(("httpx", "httpcore", "grpclib", "aiohttp")):
+        return ErrorClass.RETRYABLE
+    if isinstance(exc, OSError) and not isinstance(exc, (FileNotFoundError, PermissionError, IsADirectoryError)):
+        return ErrorClass.RETRYABLE
+    return ErrorClass.TERMINAL
+
+
+def is_retryable(exc: BaseException) -> bool:
+    return classify(exc) is not ErrorClass.TERMINAL
+
+
+# ----------------------------------------------------------------------------------------------- intents
+class JournalStore(Protocol):
+    """Where intents are journaled (the ledger's ``chain_actions`` table)."""
+
+    def actions(self, keys: list[str] | None = None, *, statuses: list[str] | None = None) -> dict[str, dict]: ...
+
+    def record_actions(self, rows: list[dict]) -> None: ...
+
+
+Preflight = Callable[[], Awaitable[bool]]
+Resolver = Callable[[], Awaitable[dict]]
+
+
+@dataclass
+class Intent:
+    """One chain write to make exactly once.
+
+    Args:
+        key: the idempotency key (stable across re-runs: built from what the write *means*, e.g.
+            ``try_settle_stack:42``).
+        function: the ``atoma::db`` entry function.
+        sender: the acting address or alias.
+        args: the call's arguments when known up front.
+        resolve: computes the arguments at send time instead (overrides ``args``).
+        done: preflight; True when the chain already shows this write as done.
+        stack_small_id: recorded with the journal row, for operators.
+    """
+
+    key: str
+    function: str
+    sender: str
+    args: dict = field(default_factory=dict)
+    resolve: Resolver | None = None
+    done: Preflight | None = None
+    stack_small_id: int | None = None
+
+
+@dataclass
+class ActionResult:
+    """What became of an intent. ``status``: success | already_done | failed; ``recovered``: it was resolved from a
+    ``pending`` journal row left by an earlier, interrupted attempt."""
+
+    key: str
+    function: str
+    status: str
+    digest: str | None = None
+    tx: TxResult | None = None
+    error: ChainError | None = None
+    recovered: bool = False
+    args: dict = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.status in FINISHED
+
+    def to_json(self) -> dict:
+        return {
+            "key": self.key,
+            "function": self.function,
+            "status": self.status,
+            "digest": self.digest,
+            "recovered": self.recovered,
+            "error": None if self.error is None else self.error.to_json(),
+        }
+
+
+def _error_code(exc: ChainError) -> str:
+    if isinstance(exc, MoveAbort):
+        return f"{exc.module}:{exc.code}"
+    return exc.kind
+
+
+def _jsonable_args(args: dict) -> dict:
+    return {k: ("0x" + v.hex() if isinstance(v, (bytes, bytearray)) else v) for k, v in args.items()}
+
+
+async def execute_intents(
+    chain: Chain, journal: JournalStore, intents: Sequence[Intent], *, raise_on_failure: bool = True
+) -> list[ActionResult]:
+    """Run ``intents`` exactly once each (see the module docstring). Results come back in the intents' order.
+
+    Raises:
+        InDoubt: a submission's outcome is unknown (the batch stops there; every outcome known so far is recorded).
+        ActionFailed: when ``raise_on_failure``, after the whole batch ran, if any intent was refused.
+    """
+    keys = [i.key for i in intents]
+    if len(set(keys)) != len(keys):
+        raise InvalidArgument("two intents of one batch share an idempotency key")
+    journaled = await asyncio.to_thread(journal.actions, keys)
+    results: dict[str, ActionResult] = {}
+    outcomes: list[dict] = []
+
+    # 1-2: finished rows stand; pending rows are resolved by digest.
+    for intent in intents:
+        row = journaled.get(intent.key)
+        if row is None or row["status"] == FAILED:
+            continue  # a refused write may be tried again with arguments resolved afresh
+        if row["status"] in FINISHED:
+            results[intent.key] = ActionResult(intent.key, intent.function, row["status"], row["digest"])
+            continue
+        result = await _recover(chain, intent, row)
+        results[intent.key] = result
+        outcomes.append(_outcome_row(intent, result))
+
+    # 3: preflight, resolve, sign, journal, submit.
+    fresh: list[tuple[Intent, dict]] = []
+    for intent in intents:
+        if intent.key in results:
+            continue
+        if intent.done is not None and await intent.done():
+            result = ActionResult(intent.key, intent.function, ALREADY_DONE)
+            results[intent.key] = result
+            outcomes.append(_outcome_row(intent, result))
+            continue
+        try:
+            args = await intent.resolve() if intent.resolve is not None else dict(intent.args)
+        except ChainError as exc:
+            results[intent.key] = ActionResult(intent.key, intent.function, FAILED, error=exc)
+            outcomes.append(_outcome_row(intent, results[intent.key]))
+            continue
+        fresh.append((intent, args))
+
+    prepared: list[tuple[Intent, dict, PreparedTransaction, str]] = []
+    for intent, args in fresh:
+        try:
+            p = await chain.prepare(intent.sender, intent.function, args)
+        except ChainError as exc:
+            results[intent.key] = ActionResult(intent.key, intent.function, FAILED, error=exc, args=args)
+            outcomes.append(_outcome_row(intent, results[intent.key]))
+            continue
+        prepared.append((intent, args, p, chain.sign(p)))
+
+    failpoint("journal:before-write")
+    if prepared:
+        await asyncio.to_thread(
+            journal.record_actions,
+            [
+                {
+                    "idempotency_key": intent.key,
+                    "kind": intent.function,
+                    "status": PENDING,
+                    "stack_small_id": intent.stack_small_id,
+                    "sender": p.sender,
+                    "args": _jsonable_args(args),
+                    "signed_tx_bytes": p.tx_bytes,
+                    "signature": sig,
+                    "digest": p.digest,
+                    "attempt": True,
+                }
+                for intent, args, p, sig in prepared
+            ],
+        )
+    failpoint("journal:after-write")
+
+    try:
+        for intent, args, p, sig in prepared:
+            result = await _submit(chain, intent, p, sig)
+            result.args = args
+            results[intent.key] = result
+            outcomes.append(_outcome_row(intent, result))
+        failpoint("journal:after-submit")
+    finally:
+        if outcomes:
+            await asyncio.to_thread(journal.record_actions, outcomes)
+
+    ordered = [results[k] for k in keys]
+    failures = {r.key: r.error for r in ordered if r.status == FAILED and r.error is not None}
+    if failures and raise_on_failure:
+        raise ActionFailed(failures, ordered)
+    return ordered
+
+
+async def execute_intent(chain: Chain, journal: JournalStore, intent: Intent) -> ActionResult:
+    """One intent (see :func:`execute_intents`); a refusal raises the chain's own error (e.g. ``MoveAbort``)."""
+    try:
+        (result,) = await execute_intents(chain, journal, [intent])
+    except ActionFailed as exc:
+        raise exc.failures[intent.key] from None
+    return result
+
+
+async def _submit(chain: Chain, intent: Intent, p: PreparedTransaction, signature: str) -> ActionResult:
+    try:
+        tx = await chain.execute(p, signature)
+    except (MoveAbort, MoveArithmeticError, ExecutionFailure, TransactionRejected) as exc:
+        if intent.done is not None and await intent.done():
+            return ActionResult(intent.key, intent.function, ALREADY_DONE, p.digest, error=exc)
+        return ActionResult(intent.key, intent.function, FAILED, p.digest, error=exc)
+    except ChainError:
+        raise
+    except Exception as exc:  # the bytes may or may not have arrived
+        raise InDoubt(f"{intent.function} ({intent.key}) submitted, outcome unknown: {exc!r}", p.digest) from exc
+    return ActionResult(intent.key, intent.function, SUCCESS, tx.digest, tx)
+
+
+async def _recover(chain: Chain, intent: Intent, row: dict) -> ActionResult:
+    """Resolve a ``pending`` row: look its digest up; if the chain never saw it, submit the identical bytes."""
+    digest = row["digest"]
+    try:
+        tx = await chain.get_transaction(digest)
+    except Exception as exc:
+        raise InDoubt(f"{intent.function} ({intent.key}): cannot look up {digest}: {exc!r}", digest) from exc
+    if tx is not None:
+        log.info("journal: %s was executed before the interruption (%s)", intent.key, tx.status)
+        if tx.ok:
+            return ActionResult(intent.key, intent.function, SUCCESS, digest, tx, recovered=True)
+        from .chain.errors import abort_from_json
+
+        error = abort_from_json(tx.error or {})
+        error.digest = digest
+        status = ALREADY_DONE if intent.done is not None and await intent.done() else FAILED
+        return ActionResult(intent.key, intent.function, status, digest, error=error, recovered=True)
+    log.info("journal: %s never reached the chain; submitting the identical bytes again", intent.key)
+    prepared = PreparedTransaction(
+        tx_bytes=row["signed_tx_bytes"], digest=digest, sender=row["sender"], function=row["kind"]
+    )
+    result = await _submit(chain, intent, prepared, row["signature"])
+    result.recovered = True
+    return result
+
+
+def _outcome_row(intent: Intent, result: ActionResult) -> dict:
+    row: dict[str, Any] = {
+        "idempotency_key": intent.key,
+        "kind": intent.function,
+        "status": result.status,
+        "stack_small_id": intent.stack_small_id,
+        "digest": result.digest,
+    }
+    if result.error is not None:
+        row["last_error_code"] = _error_code(result.error)
+        row["last_error"] = str(result.error)
+    return row

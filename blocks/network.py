@@ -1,0 +1,66 @@
+"""``AtomaNetwork``: which deployment of the Atoma contract to talk to."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+from prefect.blocks.core import Block
+from pydantic import Field
+
+if TYPE_CHECKING:  # pragma: no cover
+    from atoma_ops.chain.port import Chain
+
+    from .wallet import SuiWallet
+
+
+class AtomaNetwork(Block):
+    """An Atoma deployment: the embedded localnet (a SQLite file under ``home``) or a Sui network.
+
+    ``home`` also holds what the node keeps locally on any network: the node stores (usage and stack histories,
+    ``nodes/<alias>/serving.sqlite``) and, by default, the ledger (``ledger.duckdb``).
+    """
+
+    _block_type_name = "Atoma Network"
+    _description = "The Atoma deployment to run against: the embedded localnet, or Sui (testnet, mainnet, custom)."
+    _documentation_url = "https://docs.atoma.network"
+
+    kind: Literal["localnet", "sui"] = Field(
+        default="localnet", description="`localnet`: the embedded localnet under `home`; `sui`: a Sui full node."
+    )
+    home: str = Field(
+        default="data/localnet",
+        description="Folder of the localnet chain and wallet (kind localnet), the node stores and the default ledger.",
+    )
+    sui_endpoint: str | None = Field(default=None, description="Sui full node URL (kind sui).")
+    package_id: str | None = Field(default=None, description="The Atoma package id (kind sui).")
+    db_id: str | None = Field(default=None, description="The shared AtomaDb object id (kind sui).")
+    usdc_coin_type: str | None = Field(default=None, description="The USDC coin type, `0x…::usdc::USDC` (kind sui).")
+    epoch_poll_s: float = Field(
+        default=1.0, gt=0, description="How often waiting stages poll the chain's epoch (localnet)."
+    )
+
+    @property
+    def home_path(self) -> Path:
+        return Path(self.home)
+
+    @property
+    def is_localnet(self) -> bool:
+        return self.kind == "localnet"
+
+    def open_chain(self, wallet: "SuiWallet | None" = None) -> "Chain":
+        """The Chain port for this network, acting through ``wallet`` (default: the localnet home's wallet)."""
+        from atoma_ops.chain.errors import InvalidArgument
+        from atoma_ops.chain.localnet.adapter import LocalnetChain
+        from atoma_ops.home import LocalnetHome
+
+        if self.kind == "localnet":
+            home = LocalnetHome(self.home_path)
+            if wallet is None or wallet.is_default:
+                return home.open()
+            chain = home.open()
+            return LocalnetChain(chain.localnet, wallet.load())
+        raise InvalidArgument(
+            "AtomaNetwork(kind='sui') needs the Sui adapter (atoma_ops.chain.sui), which is not available in this "
+            "version; use kind='localnet'"
+        )

@@ -1,0 +1,63 @@
+"""``attestation_watch``: answer the contract's requests for this wallet's nodes to attest, before the window shuts."""
+
+from __future__ import annotations
+
+from prefect import flow
+from prefect.artifacts import acreate_markdown_artifact, acreate_table_artifact
+
+from atoma_ops import lifecycle
+from blocks import AtomaNetwork, InferenceEngine, Ledger, SuiWallet
+from tasks import node as node_tasks
+from tasks.runtime import network_or_default
+
+from .settlement import _wallet_nodes
+
+
+@flow(name="attestation-watch")
+async def attestation_watch(
+    nodes: list[str] | None = None,
+    history_dir: str | None = None,
+    network: AtomaNetwork | None = None,
+    wallet: SuiWallet | None = None,
+    ledger: Ledger | None = None,
+    engine: InferenceEngine | None = None,
+) -> list[dict]:
+    """Find tickets that request one of the wallet's nodes to attest, fetch each stack's history, replay it and
+    submit the attestation. A request whose window has closed, or whose history cannot be found, fails the run
+    loudly with an artifact saying why."""
+    network = network_or_default(network)
+    engine = engine or InferenceEngine()
+    nodes = nodes if nodes is not None else await _wallet_nodes(network, wallet)
+    found = await node_tasks.find_attestation_requests(network, wallet, ledger, nodes)
+    done, problems = [], []
+    for request in found["requests"]:
+        stack, node = request["stack_small_id"], request["node"]
+        if not request["window_open"]:
+            problems.append({**request, "why": f"the attestation window closed at epoch {request['last_epoch']} (now {found['epoch']})"})
+            continue
+        try:
+            history = lifecycle.find_history(stack, home=network.home, history_dir=history_dir)
+            replayed = await node_tasks.replay_stack(network, engine, stack, history.root.hex(), history_dir)
+            attested = await node_tasks.attest_stack(network, wallet, ledger, node, stack, replayed)
+        except lifecycle.StageError as exc:
+            problems.append({**request, "why": str(exc)})
+            continue
+        except Exception as exc:  # noqa: BLE001 - reported below, and the run fails
+            problems.append({**request, "why": f"{type(exc).__name__}: {exc}"})
+            continue
+        done.append({**request, "status": attested.status, "disputed": attested.disputed, "digest": attested.digest})
+
+    await acreate_table_artifact(
+        done or [{"stack_small_id": None, "status": "no attestation requested"}],
+        key="attestation-watch",
+        description=f"Attestations submitted (epoch {found['epoch']})",
+    )
+    if problems:
+        await acreate_markdown_artifact(
+            "# Attestations that could not be made\n\n"
+            + "\n".join(f"- stack {p['stack_small_id']}, node {p['node']}: {p['why']}" for p in problems),
+            key="attestation-watch-problems",
+            description="Why the attestation watch failed",
+        )
+        raise lifecycle.StageError(f"{len(problems)} attestation(s) could not be made: {problems[0]['why']}")
+    return done

@@ -1,0 +1,145 @@
+"""``stack_lifecycle``: one stack's whole life, stage by stage, as the user of Atoma sees it."""
+
+from __future__ import annotations
+
+from prefect import flow
+from prefect.artifacts import acreate_markdown_artifact, acreate_table_artifact
+
+from atoma_ops import lifecycle
+from blocks import AtomaNetwork, InferenceEngine, Ledger, SuiWallet
+from tasks import ledger as ledger_tasks
+from tasks.runtime import network_or_default, open_chain
+
+from .stages import (
+    attest,
+    buy_stack,
+    claim,
+    create_task,
+    mint_usdc,
+    register_and_subscribe_node,
+    serve_stack,
+    try_settle,
+    wait_for_dispute_window,
+)
+
+
+@flow(name="stack-lifecycle")
+async def stack_lifecycle(
+    key: str = "lifecycle",
+    workload: str = "data/workloads/sample.jsonl",
+    security_level: str | int = "sampling_consensus",
+    model_name: str = "HuggingFaceTB/SmolLM2-135M-Instruct",
+    nodes: list[str] = ["node-1", "node-2", "node-3"],  # noqa: B006 - Prefect parameters are copied per run
+    node_prices: list[int] = [800_000, 900_000, 1_000_000],  # noqa: B006
+    bid_price: int = 1_000_000,
+    num_compute_units: int = 100_000,
+    mint_amount: int = 10_000_000,
+    cross_validation_probability_permille: int | None = 1000,
+    buyer: str = "user",
+    admin: str = "admin",
+    history_dir: str | None = None,
+    wait_timeout_s: float = 900.0,
+    network: AtomaNetwork | None = None,
+    wallet: SuiWallet | None = None,
+    ledger: Ledger | None = None,
+    engine: InferenceEngine | None = None,
+) -> dict:
+    """Mint, create a task, subscribe nodes, buy a stack, serve it, try-settle, attest, wait, claim.
+
+    Args:
+        key: names this lifecycle's one-off writes (the task, the stack): a re-run with the same key resumes it
+            instead of buying another stack.
+        workload: JSONL of chat requests served on the stack.
+        security_level: of the task: ``no_security``, ``confidential_compute`` or ``sampling_consensus``.
+        nodes, node_prices: the nodes to register and their asking prices (per one million compute units).
+        bid_price, num_compute_units: the buyer's stack.
+        cross_validation_probability_permille: the admin's attestation lottery (1000 = always attest).
+    """
+    network = network_or_default(network)
+    engine = engine or InferenceEngine()
+    if len(nodes) != len(node_prices):
+        raise lifecycle.StageError(f"{len(nodes)} nodes but {len(node_prices)} prices")
+
+    await mint_usdc(buyer, mint_amount, network=network, wallet=wallet)
+
+    task_small_id = await create_task(
+        key, model_name, security_level,
+        cross_validation_probability_permille=cross_validation_probability_permille,
+        admin=admin, network=network, wallet=wallet, ledger=ledger,
+    )
+
+    for node, price in zip(nodes, node_prices):
+        await register_and_subscribe_node(node, task_small_id, price, network=network, wallet=wallet, ledger=ledger)
+
+    stack_small_id = await buy_stack(
+        task_small_id, num_compute_units, bid_price, key=key, buyer=buyer, network=network, wallet=wallet, ledger=ledger
+    )
+    serving_node = await _selected_node(network, wallet, stack_small_id, nodes)
+
+    served = await serve_stack(stack_small_id, serving_node, workload, network=network, wallet=wallet, engine=engine)
+
+    (settled,) = await try_settle([stack_small_id], serving_node, network=network, wallet=wallet, ledger=ledger)
+
+    attestations = []
+    for attester in await _attesters(network, wallet, settled["requested_attestation_nodes"], nodes):
+        attestations.append(
+            await attest(stack_small_id, attester, history_dir, network=network, wallet=wallet, ledger=ledger, engine=engine)
+        )
+
+    claimable_from = settled.get("dispute_settled_at_epoch") or await _claimable_from(network, wallet, stack_small_id)
+    if claimable_from is not None:
+        await wait_for_dispute_window(stack_small_id, claimable_from, wait_timeout_s, network=network, wallet=wallet)
+
+    claims = await claim(serving_node, [stack_small_id], network=network, wallet=wallet, ledger=ledger)
+
+    await ledger_tasks.sync_ledger(network, wallet, ledger)
+    earnings = ledger_tasks.earnings_table(network, ledger)
+    await acreate_table_artifact(earnings, key="earnings", description="Earnings per node (USDC base units), from the ledger")
+    summary = {
+        "task_small_id": task_small_id,
+        "stack_small_id": stack_small_id,
+        "serving_node": serving_node,
+        "served": served,
+        "settled": settled,
+        "attestations": attestations,
+        "claims": claims,
+        "earnings": earnings,
+    }
+    await acreate_markdown_artifact(_summary_markdown(summary), key="stack-lifecycle", description="The stack's life")
+    return summary
+
+
+async def _selected_node(network: AtomaNetwork, wallet: SuiWallet | None, stack_small_id: int, nodes: list[str]) -> str:
+    async with open_chain(network, wallet) as chain:
+        stack = await chain.get_stack(stack_small_id)
+        if stack is None:
+            raise lifecycle.StageError(f"stack {stack_small_id} is gone from the chain (already claimed)")
+        return await lifecycle.alias_of_node(chain, stack.selected_node_id, nodes)
+
+
+async def _attesters(network: AtomaNetwork, wallet: SuiWallet | None, requested: list[int], nodes: list[str]) -> list[str]:
+    """The wallet's nodes among the requested attestation nodes, each once (a node drawn twice attests once per
+    draw in the contract's count, but replays once)."""
+    async with open_chain(network, wallet) as chain:
+        return [await lifecycle.alias_of_node(chain, n, nodes) for n in dict.fromkeys(requested)]
+
+
+async def _claimable_from(network: AtomaNetwork, wallet: SuiWallet | None, stack_small_id: int) -> int | None:
+    async with open_chain(network, wallet) as chain:
+        ticket = await chain.get_ticket(stack_small_id)
+    return ticket.dispute_settled_at_epoch if ticket else None
+
+
+def _summary_markdown(s: dict) -> str:
+    lines = [
+        f"# Stack {s['stack_small_id']} (task {s['task_small_id']})",
+        f"- served by **{s['serving_node']}**: {s['served']['served']} requests, {s['served']['units_used']} compute units",
+        f"- settled: {s['settled']['claimed_units']} units claimed, attesters requested "
+        f"{s['settled']['requested_attestation_nodes']}",
+    ]
+    for a in s["attestations"]:
+        verdict = "disputed" if a["disputed"] else "agreed"
+        lines.append(f"- attestation at position {a['position']}: {verdict} (replay equal: {a['replay'].get('equal')})")
+    for c in s["claims"]:
+        lines.append(f"- claimed: node fee {c['node_fee']}, buyer refund {c['refund']} (`{c['digest']}`)")
+    return "\n".join(lines)

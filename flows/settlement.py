@@ -1,0 +1,81 @@
+"""``settlement_run``: the ops team's scheduled run that turns served stacks into paid ones."""
+
+from __future__ import annotations
+
+from prefect import flow
+from prefect.artifacts import acreate_table_artifact
+
+from atoma_ops import lifecycle
+from blocks import AtomaNetwork, Ledger, SuiWallet
+from tasks import node as node_tasks
+from tasks.runtime import network_or_default, open_chain
+
+
+@flow(name="settlement-run")
+async def settlement_run(
+    nodes: list[str] | None = None,
+    idle_after_s: float = 3600.0,
+    exhausted_below_units: int = 1,
+    settle_batch_size: int = 250,
+    claim_batch_size: int = 100,
+    network: AtomaNetwork | None = None,
+    wallet: SuiWallet | None = None,
+    ledger: Ledger | None = None,
+) -> list[dict]:
+    """For each of the wallet's nodes: try-settle every stack that is exhausted or idle past ``idle_after_s``, then
+    claim every ticket whose dispute window has passed (batched ``claim_funds``) and every ConfidentialCompute
+    stack it served (``claim_funds_for_stacks``). Leaves a table of what it did.
+
+    Args:
+        nodes: aliases or addresses of the nodes to run for (default: every key of the wallet holding a NodeBadge).
+        exhausted_below_units: a stack with fewer units left than this counts as exhausted.
+        settle_batch_size: stacks per try-settle task (one journal write per batch).
+        claim_batch_size: tickets per ``claim_funds`` transaction.
+    """
+    network = network_or_default(network)
+    actions: list[dict] = []
+    for node in nodes if nodes is not None else await _wallet_nodes(network, wallet):
+        candidates = await node_tasks.settle_candidates(network, node, idle_after_s, exhausted_below_units)
+        ids = [c.stack_small_id for c in candidates]
+        for start in range(0, len(ids), settle_batch_size):
+            settled = await node_tasks.try_settle_stacks(network, wallet, ledger, node, ids[start:start + settle_batch_size])
+            actions += [
+                {"node": node, "action": "try_settle", "stack_small_id": s.stack_small_id, "units": s.claimed_units,
+                 "node_fee": None, "refund": None, "status": s.status, "digest": s.digest, "note": s.error}
+                for s in settled
+            ]
+
+        plan = await node_tasks.plan_claims(network, wallet, node)
+        claimed = []
+        if plan.tickets:
+            claimed += await node_tasks.claim_tickets(network, wallet, ledger, node, plan.tickets, claim_batch_size)
+        if plan.confidential:
+            claimed += await node_tasks.claim_confidential(network, wallet, ledger, node, plan.confidential, claim_batch_size)
+        actions += [
+            {"node": node, "action": f"claim ({c.path})", "stack_small_id": c.stack_small_id, "units": c.units,
+             "node_fee": c.node_fee, "refund": c.refund, "status": c.status, "digest": c.digest, "note": None}
+            for c in claimed
+        ]
+        actions += [
+            {"node": node, "action": "wait", "stack_small_id": w["stack_small_id"], "units": None, "node_fee": None,
+             "refund": None, "status": "waiting", "digest": None, "note": w["why"]}
+            for w in plan.waiting
+        ]
+
+    await acreate_table_artifact(
+        actions or [{"action": "nothing to do"}], key="settlement-run", description="What this settlement run did"
+    )
+    failed = [a for a in actions if a["status"] == "failed"]
+    if failed:
+        raise lifecycle.StageError(f"{len(failed)} stack(s) could not be settled; first: {failed[0]}")
+    return actions
+
+
+async def _wallet_nodes(network: AtomaNetwork, wallet: SuiWallet | None) -> list[str]:
+    """Every key of the wallet that holds a NodeBadge, by alias where it has one."""
+    async with open_chain(network, wallet) as chain:
+        out = []
+        for account in chain.wallet.accounts():
+            if await lifecycle.node_small_ids(chain, account.address):
+                out.append(account.alias or account.address)
+        return out

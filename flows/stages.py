@@ -1,0 +1,275 @@
+"""One flow per lifecycle stage. Each reads top to bottom like the stage it runs and leaves an artifact in the UI.
+
+Every stage is safe to run again: chain writes go through the intent journal, serving resumes where the stack's
+durable history ends, and a stage whose effect is already on chain returns what is there.
+"""
+
+from __future__ import annotations
+
+from prefect import flow
+from prefect.artifacts import (
+    acreate_markdown_artifact,
+    acreate_progress_artifact,
+    acreate_table_artifact,
+    aupdate_progress_artifact,
+)
+
+from atoma_ops import lifecycle
+from atoma_ops.protocol.constants import SecurityLevel
+from atoma_ops.serving.workload import load_workload
+from blocks import AtomaNetwork, InferenceEngine, Ledger, SuiWallet
+from tasks import chain as chain_tasks
+from tasks import node as node_tasks
+from tasks.runtime import network_or_default, open_chain
+
+SECURITY_LEVELS = {"no_security": 0, "confidential_compute": 1, "sampling_consensus": 2}
+
+
+def security_level_of(value: str | int | None) -> int | None:
+    """A security level by name (``no_security``, ``confidential_compute``, ``sampling_consensus``) or number."""
+    if value is None or isinstance(value, int):
+        return value
+    if value.isdigit():
+        return int(value)
+    try:
+        return SECURITY_LEVELS[value.lower().replace("-", "_")]
+    except KeyError:
+        raise lifecycle.StageError(f"unknown security level {value!r} (one of {', '.join(SECURITY_LEVELS)})") from None
+
+
+@flow(name="mint-usdc")
+async def mint_usdc(
+    recipient: str = "user", amount: int = 10_000_000, network: AtomaNetwork | None = None, wallet: SuiWallet | None = None
+) -> lifecycle.MintReport:
+    """Top the recipient up to ``amount`` USDC base units (1 USDC = 1,000,000)."""
+    network = network_or_default(network)
+    report = await chain_tasks.mint_usdc(network, wallet, recipient, amount)
+    await acreate_markdown_artifact(
+        f"**{recipient}** holds **{report.balance_after / 1e6:.6f} USDC** (minted {report.minted / 1e6:.6f}; "
+        f"wanted at least {amount / 1e6:.6f}).",
+        key="mint-usdc",
+        description="USDC balance after the mint stage",
+    )
+    return report
+
+
+@flow(name="create-task")
+async def create_task(
+    key: str = "default",
+    model_name: str = "HuggingFaceTB/SmolLM2-135M-Instruct",
+    security_level: str | int | None = "sampling_consensus",
+    role: int = 0,
+    minimum_reputation_score: int | None = None,
+    is_public: bool = True,
+    cross_validation_probability_permille: int | None = None,
+    cross_validation_extra_nodes_count: int | None = None,
+    admin: str = "admin",
+    network: AtomaNetwork | None = None,
+    wallet: SuiWallet | None = None,
+    ledger: Ledger | None = None,
+) -> int:
+    """The admin creates a task (once per ``key``) and, if asked, sets the Sampling Consensus lottery."""
+    network = network_or_default(network)
+    level = security_level_of(security_level)
+    task_small_id = await chain_tasks.create_task(
+        network, wallet, ledger, admin, key,
+        role=role, model_name=model_name, security_level=level,
+        minimum_reputation_score=minimum_reputation_score, is_public=is_public,
+    )
+    changed = {}
+    if cross_validation_probability_permille is not None or cross_validation_extra_nodes_count is not None:
+        changed = await chain_tasks.set_cross_validation(
+            network, wallet, ledger, admin, cross_validation_probability_permille, cross_validation_extra_nodes_count
+        )
+    level_name = SecurityLevel(level).name.lower() if level is not None else "no_security"
+    await acreate_markdown_artifact(
+        f"Task **{task_small_id}**: `{model_name}`, role {role}, {level_name}, "
+        f"{'public' if is_public else 'private'}." + (f"\n\nAdmin settings changed: `{changed}`" if changed else ""),
+        key="create-task",
+        description="The task the stack is bought on",
+    )
+    return task_small_id
+
+
+@flow(name="register-and-subscribe-node")
+async def register_and_subscribe_node(
+    node: str,
+    task_small_id: int,
+    price_per_one_million_compute_units: int,
+    network: AtomaNetwork | None = None,
+    wallet: SuiWallet | None = None,
+    ledger: Ledger | None = None,
+) -> int:
+    """Register the node (if it has no NodeBadge yet) and subscribe it to the task at its asking price."""
+    network = network_or_default(network)
+    await chain_tasks.register_node(network, wallet, ledger, node)
+    node_small_id = await chain_tasks.subscribe_node(network, wallet, ledger, node, task_small_id, price_per_one_million_compute_units)
+    await acreate_markdown_artifact(
+        f"Node **{node}** (small id {node_small_id}) asks **{price_per_one_million_compute_units}** base units per "
+        f"1M compute units on task {task_small_id}.",
+        key=f"node-{node_small_id}-subscription",
+        description="Node subscription",
+    )
+    return node_small_id
+
+
+@flow(name="buy-stack")
+async def buy_stack(
+    task_small_id: int,
+    num_compute_units: int,
+    price_per_one_million_compute_units: int,
+    key: str = "default",
+    buyer: str = "user",
+    network: AtomaNetwork | None = None,
+    wallet: SuiWallet | None = None,
+    ledger: Ledger | None = None,
+) -> int:
+    """The buyer buys a stack of compute units at a bid price (once per ``key``); the contract picks the node."""
+    network = network_or_default(network)
+    stack_small_id = await chain_tasks.buy_stack(
+        network, wallet, ledger, buyer, key, task_small_id, num_compute_units, price_per_one_million_compute_units
+    )
+    async with open_chain(network, wallet) as chain:
+        stack = await chain.get_stack(stack_small_id)
+    sold_to = stack.selected_node_id if stack else "? (already claimed)"
+    await acreate_markdown_artifact(
+        f"Stack **{stack_small_id}**: {num_compute_units} compute units at {price_per_one_million_compute_units} per "
+        f"1M, sold to node **{sold_to}**.",
+        key="buy-stack",
+        description="The stack bought",
+    )
+    return stack_small_id
+
+
+@flow(name="serve-stack")
+async def serve_stack(
+    stack_small_id: int,
+    node: str,
+    workload: str = "data/workloads/sample.jsonl",
+    network: AtomaNetwork | None = None,
+    wallet: SuiWallet | None = None,
+    engine: InferenceEngine | None = None,
+) -> dict:
+    """The selected node serves the workload on the stack, one task per batch, with a progress bar in the UI."""
+    network = network_or_default(network)
+    engine = engine or InferenceEngine()
+    requests = load_workload(workload)
+    progress = await acreate_progress_artifact(0.0, key=f"serve-stack-{stack_small_id}", description="Requests served")
+    served, refused, report = 0, [], None
+    for start in range(0, len(requests), engine.batch_size):
+        stop = min(start + engine.batch_size, len(requests))
+        report = await node_tasks.serve_batch(network, wallet, engine, node, stack_small_id, requests, start, stop)
+        served += report.served + report.already_served
+        refused += report.refused
+        await aupdate_progress_artifact(progress, 100.0 * stop / len(requests))
+    summary = {
+        "stack_small_id": stack_small_id,
+        "requests": len(requests),
+        "served": served,
+        "refused": len(refused),
+        "units_used": report.units_used if report else 0,
+        "units_left": report.units_left if report else 0,
+    }
+    await acreate_table_artifact([summary], key="serve-stack", description="What serving charged")
+    if refused:
+        await acreate_table_artifact(refused, key="serve-stack-refused", description="Requests refused (nothing charged)")
+    return summary
+
+
+@flow(name="try-settle")
+async def try_settle(
+    stack_small_ids: list[int],
+    node: str,
+    network: AtomaNetwork | None = None,
+    wallet: SuiWallet | None = None,
+    ledger: Ledger | None = None,
+) -> list[dict]:
+    """The node commits to each stack's history (Merkle root) and claims the units it served."""
+    network = network_or_default(network)
+    settled = await node_tasks.try_settle_stacks(network, wallet, ledger, node, stack_small_ids)
+    rows = node_tasks.rows(settled)
+    await acreate_table_artifact(rows, key="try-settle", description="Settlement tickets opened")
+    failed = [r for r in rows if r["status"] == "failed"]
+    if failed:
+        raise lifecycle.StageError(f"try-settle refused for {len(failed)} stack(s): {failed[0]['error']}")
+    return rows
+
+
+@flow(name="wait-for-dispute-window")
+async def wait_for_dispute_window(
+    stack_small_id: int,
+    claimable_from_epoch: int,
+    timeout_s: float = 900.0,
+    network: AtomaNetwork | None = None,
+    wallet: SuiWallet | None = None,
+) -> int:
+    """Wait until the ticket's dispute window has passed (epoch E + 1). On Sui an epoch lasts about a day: leave
+    claims to the scheduled settlement run there instead of holding a worker."""
+    network = network_or_default(network)
+    epoch = await chain_tasks.wait_for_epoch(network, wallet, claimable_from_epoch, timeout_s)
+    await acreate_markdown_artifact(
+        f"Stack {stack_small_id}: epoch **{epoch}** reached; the ticket is claimable from epoch {claimable_from_epoch}.",
+        key="wait-for-dispute-window",
+        description="Dispute window",
+    )
+    return epoch
+
+
+@flow(name="attest")
+async def attest(
+    stack_small_id: int,
+    node: str,
+    history_dir: str | None = None,
+    network: AtomaNetwork | None = None,
+    wallet: SuiWallet | None = None,
+    ledger: Ledger | None = None,
+    engine: InferenceEngine | None = None,
+) -> dict:
+    """A node the contract picked replays the stack's history and submits its own commitment."""
+    network = network_or_default(network)
+    engine = engine or InferenceEngine()
+    history = lifecycle.find_history(stack_small_id, home=network.home, history_dir=history_dir)
+    replayed = await node_tasks.replay_stack(network, engine, stack_small_id, history.root.hex(), history_dir)
+    attested = await node_tasks.attest_stack(network, wallet, ledger, node, stack_small_id, replayed)
+    report = replayed["report"]
+    verdict = "disputed" if attested.disputed else ("complete" if attested.completed else "recorded")
+    await acreate_markdown_artifact(
+        f"Node **{node}** replayed stack {stack_small_id} ({report.get('num_requests', len(replayed['leaves']))} "
+        f"requests): replay {'matches' if report.get('equal') else 'DIFFERS from'} the served history. "
+        f"Attestation at position {attested.position}: **{verdict}** (`{attested.digest}`).",
+        key=f"attest-{stack_small_id}",
+        description="Attestation",
+    )
+    return {**node_tasks.rows([attested])[0], "replay": {k: report.get(k) for k in ("equal", "first_divergence")}}
+
+
+@flow(name="claim")
+async def claim(
+    node: str,
+    stack_small_ids: list[int] | None = None,
+    batch_size: int = 100,
+    network: AtomaNetwork | None = None,
+    wallet: SuiWallet | None = None,
+    ledger: Ledger | None = None,
+) -> list[dict]:
+    """The node claims its fee for settled tickets past their window (the buyer is refunded the rest), and for its
+    ConfidentialCompute stacks. ``stack_small_ids`` limits the claim to those stacks."""
+    network = network_or_default(network)
+    plan = await node_tasks.plan_claims(network, wallet, node)
+    tickets = [s for s in plan.tickets if stack_small_ids is None or s in stack_small_ids]
+    confidential = [c for c in plan.confidential if stack_small_ids is None or c[0] in stack_small_ids]
+    claimed = []
+    if tickets:
+        claimed += await node_tasks.claim_tickets(network, wallet, ledger, node, tickets, batch_size)
+    if confidential:
+        claimed += await node_tasks.claim_confidential(network, wallet, ledger, node, confidential, batch_size)
+    rows = node_tasks.rows(claimed)
+    await acreate_table_artifact(
+        rows or [{"stack_small_id": None, "status": "nothing claimable"}], key="claim", description="Claims"
+    )
+    if stack_small_ids is not None:
+        missing = sorted(set(stack_small_ids) - {r["stack_small_id"] for r in rows})
+        waiting = {w["stack_small_id"]: w["why"] for w in plan.waiting}
+        if missing and any(m in waiting for m in missing):
+            raise lifecycle.StageError(f"not claimable yet: {[(m, waiting[m]) for m in missing if m in waiting]}")
+    return rows

@@ -1,0 +1,89 @@
+"""Chain-writing tasks of the buyer's and the admin's stages, and waiting for an epoch."""
+
+from __future__ import annotations
+
+from prefect import task
+from prefect.logging import get_run_logger
+
+from atoma_ops import lifecycle
+from blocks import AtomaNetwork, Ledger, SuiWallet
+
+from .runtime import CHAIN_WRITE, READ, journal_for, open_chain
+
+
+@task(name="mint-usdc", **CHAIN_WRITE)
+async def mint_usdc(network: AtomaNetwork, wallet: SuiWallet | None, recipient: str, amount: int) -> lifecycle.MintReport:
+    """Top ``recipient`` up to ``amount`` USDC base units (localnet faucet; on Sui, says what to get from Circle).
+
+    Args:
+        network: the Atoma deployment.
+        wallet: the signing wallet (None: the localnet home's).
+        recipient: alias or address.
+        amount: the balance wanted, in USDC base units.
+    """
+    async with open_chain(network, wallet) as chain:
+        report = await lifecycle.mint_usdc(chain, recipient, amount)
+    get_run_logger().info("%s holds %d USDC base units (minted %d)", recipient, report.balance_after, report.minted)
+    return report
+
+
+@task(name="create-task", **CHAIN_WRITE)
+async def create_task(
+    network: AtomaNetwork, wallet: SuiWallet | None, ledger: Ledger | None, admin: str, key: str, **task_fields
+) -> int:
+    """``create_task_entry`` once per ``key``; returns the task's small id."""
+    async with open_chain(network, wallet) as chain:
+        return await lifecycle.create_task(chain, journal_for(network, ledger), admin, key=key, **task_fields)
+
+
+@task(name="set-cross-validation", **CHAIN_WRITE)
+async def set_cross_validation(
+    network: AtomaNetwork, wallet: SuiWallet | None, ledger: Ledger | None, admin: str,
+    probability_permille: int | None, extra_nodes_count: int | None,
+) -> dict:
+    """The admin's Sampling Consensus settings (values already in place are skipped)."""
+    async with open_chain(network, wallet) as chain:
+        change = await lifecycle.set_cross_validation(
+            chain, journal_for(network, ledger), admin,
+            probability_permille=probability_permille, extra_nodes_count=extra_nodes_count,
+        )
+    return change.changed
+
+
+@task(name="register-node", **CHAIN_WRITE)
+async def register_node(network: AtomaNetwork, wallet: SuiWallet | None, ledger: Ledger | None, node: str) -> int:
+    """``register_node_entry`` unless the node already holds a NodeBadge; returns its small id."""
+    async with open_chain(network, wallet) as chain:
+        return await lifecycle.register_node(chain, journal_for(network, ledger), node)
+
+
+@task(name="subscribe-node", **CHAIN_WRITE)
+async def subscribe_node(
+    network: AtomaNetwork, wallet: SuiWallet | None, ledger: Ledger | None, node: str, task_small_id: int, price: int
+) -> int:
+    """Subscribe (or re-price) the node on the task; returns the node's small id."""
+    async with open_chain(network, wallet) as chain:
+        return await lifecycle.subscribe_node(chain, journal_for(network, ledger), node, task_small_id=task_small_id, price=price)
+
+
+@task(name="buy-stack", **CHAIN_WRITE)
+async def buy_stack(
+    network: AtomaNetwork, wallet: SuiWallet | None, ledger: Ledger | None, buyer: str, key: str,
+    task_small_id: int, num_compute_units: int, price: int,
+) -> int:
+    """``acquire_new_stack_entry`` once per ``key``; returns the stack's small id."""
+    async with open_chain(network, wallet) as chain:
+        return await lifecycle.buy_stack(
+            chain, journal_for(network, ledger), buyer, key=key, task_small_id=task_small_id,
+            num_compute_units=num_compute_units, price=price,
+        )
+
+
+@task(name="wait-for-epoch", **READ)
+async def wait_for_epoch(network: AtomaNetwork, wallet: SuiWallet | None, epoch: int, timeout_s: float = 600.0) -> int:
+    """Poll the epoch until it reaches ``epoch`` (a localnet without wall-clock epochs is advanced instead)."""
+    async with open_chain(network, wallet) as chain:
+        manual = network.is_localnet and chain.localnet.clock()["epoch_duration_ms"] == 0
+        return await lifecycle.wait_for_epoch(
+            chain, epoch, poll_s=network.epoch_poll_s, timeout_s=timeout_s, advance_localnet=manual
+        )

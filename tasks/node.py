@@ -1,0 +1,151 @@
+"""Tasks of the node's stages: serve a batch, try-settle, replay and attest, claim."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import asdict
+from typing import Any
+
+from prefect import task
+from prefect.logging import get_run_logger
+
+from atoma_ops import lifecycle
+from atoma_ops.serving.store import NodeStore
+from blocks import AtomaNetwork, InferenceEngine, Ledger, SuiWallet
+
+from .runtime import CHAIN_WRITE, READ, journal_for, open_chain, open_node, shared_engine
+
+
+@task(name="serve-batch", **READ)
+async def serve_batch(
+    network: AtomaNetwork, wallet: SuiWallet | None, engine: InferenceEngine, node: str, stack_small_id: int,
+    workload: list[dict], start: int, stop: int,
+) -> lifecycle.ServeReport:
+    """Serve ``workload[start:stop]`` on the stack as one engine batch; requests already in the stack's durable
+    history are skipped, so a retry or a re-run resumes where serving stopped.
+
+    Args:
+        node: the serving node's alias or address (the stack's selected node).
+        workload: every request of the stack, in serving order.
+    """
+    async with open_node(network, wallet, node, engine) as service:
+        report = await lifecycle.serve_batch(service, stack_small_id, workload, start, stop)
+    if report.refused:
+        get_run_logger().warning("stack %d: %d request(s) refused: %s", stack_small_id, len(report.refused), report.refused[:3])
+    return report
+
+
+@task(name="settle-candidates", **READ)
+async def settle_candidates(
+    network: AtomaNetwork, node: str, idle_after_s: float, exhausted_below_units: int
+) -> list[lifecycle.SettleCandidate]:
+    """The node's stacks that are exhausted, idle past ``idle_after_s``, or whose settlement was interrupted."""
+
+    path = NodeStore.path_for(network.home, node)
+    if not path.exists():
+        return []
+    with NodeStore(path) as store:
+        return lifecycle.settle_candidates(store, idle_after_s=idle_after_s, exhausted_below_units=exhausted_below_units)
+
+
+@task(name="try-settle-stacks", **CHAIN_WRITE)
+async def try_settle_stacks(
+    network: AtomaNetwork, wallet: SuiWallet | None, ledger: Ledger | None, node: str, stack_small_ids: list[int]
+) -> list[lifecycle.Settled]:
+    """``try_settle_stack`` for each stack (a batch), commitments recomputed from the history at send time."""
+    async with open_node(network, wallet, node) as service:
+        return await lifecycle.try_settle_stacks(service, journal_for(network, ledger), stack_small_ids)
+
+
+def _replay_key(context: Any, parameters: dict) -> str:
+    engine: InferenceEngine = parameters["engine"]
+    return "replay-{}-{}-{}".format(parameters["stack_small_id"], parameters["history_root"], "-".join(map(str, engine.cache_key())))
+
+
+@task(
+    name="replay-stack",
+    retries=1,
+    retry_delay_seconds=2,
+    cache_key_fn=_replay_key,
+    persist_result=True,
+)
+async def replay_stack(
+    network: AtomaNetwork, engine: InferenceEngine, stack_small_id: int, history_root: str,
+    history_dir: str | None = None,
+) -> dict:
+    """Replay the serving node's history of the stack through this node's engine (the expensive step of an
+    attestation). Cached by stack, history root and engine, so a retried attestation does not replay twice.
+
+    Returns:
+        ``{"leaves": [hex…], "report": {…}}``.
+    """
+    history = lifecycle.find_history(stack_small_id, home=network.home, history_dir=history_dir)
+    report = await asyncio.to_thread(
+        lifecycle.replay_history, shared_engine(engine), history, batch_size=engine.batch_size
+    )
+    return {"leaves": [leaf.hex() for leaf in report.replayed_leaves], "report": report.to_json()}
+
+
+@task(name="submit-attestation", **CHAIN_WRITE)
+async def attest_stack(
+    network: AtomaNetwork, wallet: SuiWallet | None, ledger: Ledger | None, node: str, stack_small_id: int,
+    replayed: dict,
+) -> lifecycle.Attested:
+    """``submit_stack_settlement_attestation`` with this node's commitment to the replayed leaves."""
+    async with open_node(network, wallet, node) as service:
+        return await lifecycle.submit_attestation(
+            service, journal_for(network, ledger), stack_small_id,
+            [bytes.fromhex(h) for h in replayed["leaves"]], replayed.get("report"),
+        )
+
+
+@task(name="find-attestation-requests", **READ)
+async def find_attestation_requests(network: AtomaNetwork, wallet: SuiWallet | None, ledger: Ledger | None, nodes: list[str]) -> dict:
+    """Tickets asking one of ``nodes`` to attest (from the ledger, synced first): ``{"epoch", "requests"}``."""
+    async with open_chain(network, wallet) as chain:
+        book = journal_for(network, ledger)
+        await book.sync(chain)
+        ids = {}
+        for n in nodes:
+            for sid in await lifecycle.node_small_ids(chain, chain.wallet.resolve(n)):
+                ids[sid] = n
+        epoch = await chain.current_epoch()
+        requests = lifecycle.attestation_requests(book, sorted(ids), epoch)
+    return {"epoch": epoch, "requests": [{**r, "node": ids[r["node_small_id"]]} for r in requests]}
+
+
+@task(name="plan-claims", **READ)
+async def plan_claims(network: AtomaNetwork, wallet: SuiWallet | None, node: str) -> lifecycle.ClaimPlan:
+    """What the node can claim now (tickets past their window; confidential stacks served)."""
+    async with open_node(network, wallet, node) as service:
+        return await lifecycle.plan_claims(service)
+
+
+@task(name="claim-funds", **CHAIN_WRITE)
+async def claim_tickets(
+    network: AtomaNetwork, wallet: SuiWallet | None, ledger: Ledger | None, node: str, stack_small_ids: list[int],
+    batch_size: int = 100,
+) -> list[lifecycle.Claimed]:
+    """``claim_funds`` for the tickets, ``batch_size`` per transaction."""
+    async with open_node(network, wallet, node) as service:
+        return await lifecycle.claim_tickets(service, journal_for(network, ledger), stack_small_ids, batch_size=batch_size)
+
+
+@task(name="claim-funds-for-stacks", **CHAIN_WRITE)
+async def claim_confidential(
+    network: AtomaNetwork, wallet: SuiWallet | None, ledger: Ledger | None, node: str,
+    stacks: list[tuple[int, int]], batch_size: int = 100,
+) -> list[lifecycle.Claimed]:
+    """``claim_funds_for_stacks`` for ConfidentialCompute stacks: (stack small id, units served)."""
+    async with open_node(network, wallet, node) as service:
+        return await lifecycle.claim_confidential(service, journal_for(network, ledger), stacks, batch_size=batch_size)
+
+
+def rows(items: list[Any]) -> list[dict]:
+    return [asdict(i) for i in items]
+
+
+__all__ = [
+    "attest_stack", "claim_confidential", "claim_tickets", "find_attestation_requests", "plan_claims",
+    "replay_stack", "rows", "serve_batch", "settle_candidates", "try_settle_stacks",
+]

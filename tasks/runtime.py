@@ -1,0 +1,85 @@
+"""What every task shares: the retry policy, and opening the core's clients from the blocks."""
+
+from __future__ import annotations
+
+import threading
+from contextlib import asynccontextmanager
+from typing import Any, AsyncIterator
+
+from prefect.cache_policies import NO_CACHE
+from prefect.tasks import exponential_backoff
+
+from atoma_ops.journal import classify, ErrorClass
+
+from blocks import AtomaNetwork, InferenceEngine, Ledger, SuiWallet
+
+
+def retry_if_not_terminal(task: Any, task_run: Any, state: Any) -> bool:
+    """Retry retryable and in-doubt errors (an in-doubt write is resolved by digest on the retry); never a
+    terminal one (a Move abort, a bad argument)."""
+    exc = state.data if isinstance(getattr(state, "data", None), BaseException) else None
+    if exc is None:
+        try:
+            state.result()
+        except BaseException as raised:  # noqa: BLE001 - we classify it
+            exc = raised
+        else:
+            return False
+    return classify(exc) is not ErrorClass.TERMINAL
+
+
+#: options of every chain-writing task
+CHAIN_WRITE = dict(
+    retries=4,
+    retry_delay_seconds=exponential_backoff(backoff_factor=0.5),
+    retry_jitter_factor=0.5,
+    retry_condition_fn=retry_if_not_terminal,
+    cache_policy=NO_CACHE,
+)
+#: options of reads and local work
+READ = dict(retries=2, retry_delay_seconds=1, retry_condition_fn=retry_if_not_terminal, cache_policy=NO_CACHE)
+
+
+def network_or_default(network: AtomaNetwork | None) -> AtomaNetwork:
+    return network if network is not None else AtomaNetwork()
+
+
+def journal_for(network: AtomaNetwork, ledger: Ledger | None):
+    return (ledger or Ledger()).open(network.home)
+
+
+@asynccontextmanager
+async def open_chain(network: AtomaNetwork, wallet: SuiWallet | None) -> AsyncIterator[Any]:
+    chain = network.open_chain(wallet)
+    try:
+        yield chain
+    finally:
+        await chain.close()
+
+
+@asynccontextmanager
+async def open_node(network: AtomaNetwork, wallet: SuiWallet | None, node: str, engine: InferenceEngine | None = None):
+    """The node ``node`` (alias or address) of ``network``, with ``engine`` loaded once per process."""
+    from atoma_ops.serving.node import NodeService
+
+    chain = network.open_chain(wallet)
+    service = await NodeService.open(network.home, node, shared_engine(engine) if engine else None, chain=chain)
+    service._owns_chain = True
+    try:
+        yield service
+    finally:
+        await service.close()
+
+
+_engines: dict[tuple, Any] = {}
+_engines_lock = threading.Lock()
+
+
+def shared_engine(config: InferenceEngine):
+    """One engine per configuration per process: loading the CPU engine takes 15–20 s, so every serving and replay
+    batch of a flow run (and later runs in the same worker process) reuse it."""
+    key = config.cache_key()
+    with _engines_lock:
+        if key not in _engines:
+            _engines[key] = config.build()
+        return _engines[key]
