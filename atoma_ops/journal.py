@@ -105,6 +105,10 @@ def classify(exc: BaseException) -> ErrorClass:
         return ErrorClass.IN_DOUBT
     if isinstance(exc, _TERMINAL):
         return ErrorClass.TERMINAL
+    from .serving.metering import StackBusy
+
+    if isinstance(exc, StackBusy):  # requests still in flight: settle once they are done
+        return ErrorClass.RETRYABLE
     from .ledger.store import LedgerBusy  # lazy: duckdb
 
     if isinstance(exc, (LedgerBusy, TimeoutError, ConnectionError, asyncio.TimeoutError)):
@@ -148,6 +152,8 @@ class Intent:
         resolve: computes the arguments at send time instead (overrides ``args``).
         done: preflight; True when the chain already shows this write as done.
         stack_small_id: recorded with the journal row, for operators.
+        repeatable: a *set-to-value* write (a subscription price, an admin setting): a finished journal row does
+            not stand on its own, the preflight decides, so going back to an earlier value is written again.
     """
 
     key: str
@@ -157,12 +163,14 @@ class Intent:
     resolve: Resolver | None = None
     done: Preflight | None = None
     stack_small_id: int | None = None
+    repeatable: bool = False
 
 
 @dataclass
 class ActionResult:
     """What became of an intent. ``status``: success | already_done | failed; ``recovered``: it was resolved from a
-    ``pending`` journal row left by an earlier, interrupted attempt."""
+    ``pending`` journal row left by an earlier, interrupted attempt; ``resent``: recovered by submitting the journaled
+    bytes again (the chain had never seen them), which the journal counts as one more attempt."""
 
     key: str
     function: str
@@ -172,6 +180,7 @@ class ActionResult:
     error: ChainError | None = None
     recovered: bool = False
     args: dict = field(default_factory=dict)
+    resent: bool = False
 
     @property
     def ok(self) -> bool:
@@ -184,14 +193,16 @@ class ActionResult:
             "status": self.status,
             "digest": self.digest,
             "recovered": self.recovered,
-            "error": None if self.error is None else self.error.to_json(),
+            "error": None if self.error is None else (
+                self.error.to_json() if hasattr(self.error, "to_json") else {"kind": _error_code(self.error), "message": str(self.error)}
+            ),
         }
 
 
-def _error_code(exc: ChainError) -> str:
+def _error_code(exc: BaseException) -> str:
     if isinstance(exc, MoveAbort):
         return f"{exc.module}:{exc.code}"
-    return exc.kind
+    return getattr(exc, "kind", None) or getattr(exc, "type", None) or type(exc).__name__
 
 
 def _jsonable_args(args: dict) -> dict:
@@ -220,7 +231,8 @@ async def execute_intents(
         if row is None or row["status"] == FAILED:
             continue  # a refused write may be tried again with arguments resolved afresh
         if row["status"] in FINISHED:
-            results[intent.key] = ActionResult(intent.key, intent.function, row["status"], row["digest"])
+            if not intent.repeatable:
+                results[intent.key] = ActionResult(intent.key, intent.function, row["status"], row["digest"])
             continue
         result = await _recover(chain, intent, row)
         results[intent.key] = result
@@ -231,15 +243,19 @@ async def execute_intents(
     for intent in intents:
         if intent.key in results:
             continue
-        if intent.done is not None and await intent.done():
-            result = ActionResult(intent.key, intent.function, ALREADY_DONE)
-            results[intent.key] = result
-            outcomes.append(_outcome_row(intent, result))
-            continue
+        # a refusal found while checking or resolving (a ticket with another proof, a stack gone) fails this
+        # intent only; the others of the batch go on
         try:
+            if intent.done is not None and await intent.done():
+                result = ActionResult(intent.key, intent.function, ALREADY_DONE)
+                results[intent.key] = result
+                outcomes.append(_outcome_row(intent, result))
+                continue
             args = await intent.resolve() if intent.resolve is not None else dict(intent.args)
-        except ChainError as exc:
-            results[intent.key] = ActionResult(intent.key, intent.function, FAILED, error=exc)
+        except Exception as exc:
+            if classify(exc) is not ErrorClass.TERMINAL:
+                raise
+            results[intent.key] = ActionResult(intent.key, intent.function, FAILED, error=exc)  # type: ignore[arg-type]
             outcomes.append(_outcome_row(intent, results[intent.key]))
             continue
         fresh.append((intent, args))
@@ -340,6 +356,7 @@ async def _recover(chain: Chain, intent: Intent, row: dict) -> ActionResult:
     )
     result = await _submit(chain, intent, prepared, row["signature"])
     result.recovered = True
+    result.resent = True
     return result
 
 
@@ -351,6 +368,8 @@ def _outcome_row(intent: Intent, result: ActionResult) -> dict:
         "stack_small_id": intent.stack_small_id,
         "digest": result.digest,
     }
+    if result.resent:
+        row["attempt"] = True  # the journaled bytes were submitted once more
     if result.error is not None:
         row["last_error_code"] = _error_code(result.error)
         row["last_error"] = str(result.error)

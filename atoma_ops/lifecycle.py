@@ -18,7 +18,7 @@ from typing import Any, Sequence
 from .chain.errors import ChainError, InvalidArgument, NotFound
 from .chain.port import Chain
 from .chain.types import TxResult
-from .journal import ActionResult, Intent, JournalStore, execute_intent, execute_intents
+from .journal import FINISHED, ActionResult, Intent, JournalStore, execute_intent, execute_intents
 from .protocol import money
 from .protocol.commitments import commit
 from .protocol.constants import U64_MAX, SecurityLevel
@@ -64,16 +64,36 @@ class MintReport:
     digest: str | None = None
 
 
-async def mint_usdc(chain: Chain, recipient: str, amount: int) -> MintReport:
+async def mint_usdc(
+    chain: Chain, recipient: str, amount: int, *, journal: JournalStore | None = None, key: str | None = None
+) -> MintReport:
     """Make ``recipient`` hold at least ``amount`` USDC base units: mint the difference from the localnet's faucet.
 
-    Top-up semantics make a re-run harmless (it mints nothing the second time). On Sui, test USDC comes from
-    Circle's faucet web page: a shortfall raises :class:`StageError` saying what is missing and where to get it.
+    Top-up semantics make a re-run harmless (it mints nothing the second time). With a ``key`` (and a journal) the
+    top-up happens once per key: a later run under the same key, after the USDC was spent, mints nothing. On Sui,
+    test USDC comes from Circle's faucet web page: a shortfall raises :class:`StageError` saying what is missing and
+    where to get it.
     """
     if amount < 0 or amount > U64_MAX:
         raise InvalidArgument(f"amount must be between 0 and {U64_MAX}, not {amount}")
     address = chain.wallet.resolve(recipient)  # type: ignore[attr-defined]
     before = await chain.usdc_balance(address)
+    row_key = f"faucet_mint:{key}" if key is not None and journal is not None else None
+    if row_key is not None:
+        earlier = (await asyncio.to_thread(journal.actions, [row_key])).get(row_key)  # type: ignore[union-attr]
+        if earlier is not None and earlier["status"] in FINISHED:
+            return MintReport(address, amount, before, 0, before, earlier["digest"])
+    report = await _top_up(chain, address, amount, before)
+    if row_key is not None:
+        await asyncio.to_thread(
+            journal.record_actions,  # type: ignore[union-attr]
+            [{"idempotency_key": row_key, "kind": "faucet_mint", "status": "success" if report.minted else "already_done",
+              "sender": address, "args": {"amount": amount}, "digest": report.digest}],
+        )
+    return report
+
+
+async def _top_up(chain: Chain, address: str, amount: int, before: int) -> MintReport:
     missing = amount - before
     if missing <= 0:
         return MintReport(address, amount, before, 0, before)
@@ -129,7 +149,7 @@ async def set_cross_validation(
             return getattr(await chain.db_config(), setter_.removeprefix("set_")) == value_
 
         await execute_intent(
-            chain, journal, Intent(f"{setter}:{value}", setter, admin, {"value": value}, done=already)
+            chain, journal, Intent(f"{setter}:{value}", setter, admin, {"value": value}, done=already, repeatable=True)
         )
         done[setter.removeprefix("set_")] = value
     return DbConfigChange(done)
@@ -180,21 +200,34 @@ async def subscribe_node(chain: Chain, journal: JournalStore, node: str, *, task
     function = "subscribe_node_to_task" if existing is None else "update_node_subscription"
     args = {"task_small_id": task_small_id, "price_per_one_million_compute_units": price, "node_small_id": node_id}
     await execute_intent(
-        chain, journal, Intent(f"{function}:{task_small_id}:{node_id}:{price}", function, address, args, done=at_price)
+        chain, journal,
+        Intent(f"{function}:{task_small_id}:{node_id}:{price}", function, address, args, done=at_price, repeatable=True),
     )
     return node_id
 
 
 # ----------------------------------------------------------------------------------------------- 4. stack
+@dataclass
+class BoughtStack:
+    stack_small_id: int
+    selected_node_id: int
+    digest: str | None
+
+
 async def buy_stack(
     chain: Chain, journal: JournalStore, buyer: str, *, key: str, task_small_id: int, num_compute_units: int, price: int
-) -> int:
-    """Buy one stack per ``key`` (a re-run returns the stack bought the first time); returns its small id."""
+) -> BoughtStack:
+    """Buy one stack per ``key`` (a re-run returns the stack bought the first time, even once it is claimed)."""
     args = {"task_small_id": task_small_id, "num_compute_units": num_compute_units, "price": price}
     result = await execute_intent(
         chain, journal, Intent(f"acquire_new_stack_entry:{key}", "acquire_new_stack_entry", buyer, args)
     )
-    return small_id_in(await _tx_of(chain, result), "StackCreatedEvent", "stack_small_id")
+    tx = await _tx_of(chain, result)
+    return BoughtStack(
+        small_id_in(tx, "StackCreatedEvent", "stack_small_id"),
+        small_id_in(tx, "StackCreatedEvent", "selected_node_id"),
+        tx.digest,
+    )
 
 
 async def alias_of_node(chain: Chain, node_small_id: int, candidates: Sequence[str]) -> str:
@@ -273,6 +306,13 @@ async def try_settle_stacks(service: NodeService, journal: JournalStore, stack_s
     for sid, state in zip(stack_small_ids, begun):
         if isinstance(state, Exception):
             out[sid] = Settled(sid, "skipped", 0, 0, None, error=str(state))
+        elif state == "settled":  # settled by an earlier run: report what it recorded
+            doc = (store.usage(sid).settlement or {}) if store.usage(sid) else {}
+            out[sid] = Settled(
+                sid, "already_done", doc.get("num_claimed_compute_units", 0), doc.get("num_requests", 0),
+                doc.get("digest"), list(doc.get("requested_attestation_nodes", [])),
+                dispute_settled_at_epoch=doc.get("dispute_settled_at_epoch"),
+            )
         else:
             open_ids.append(sid)
     # the history is final now that the stacks take no more requests: commit to it once, at send time
@@ -370,6 +410,22 @@ def settle_candidates(
     return out
 
 
+async def split_confidential(chain: Chain, candidates: Sequence[SettleCandidate]) -> tuple[list[SettleCandidate], list[SettleCandidate]]:
+    """(ticket path, confidential path): ConfidentialCompute stacks are claimed with ``claim_funds_for_stacks`` and
+    never try-settled; every other stack goes through a settlement ticket."""
+    levels: dict[int, int | None] = {}
+    tickets, confidential = [], []
+    for c in candidates:
+        stack = await chain.get_stack(c.stack_small_id)
+        if stack is None or stack.is_claimed:
+            continue
+        if stack.task_small_id not in levels:
+            task = await chain.get_task(stack.task_small_id)
+            levels[stack.task_small_id] = task.security_level if task else None
+        (confidential if levels[stack.task_small_id] == SecurityLevel.CONFIDENTIAL_COMPUTE else tickets).append(c)
+    return tickets, confidential
+
+
 # ----------------------------------------------------------------------------------------------- 7. attest
 @dataclass
 class Attested:
@@ -427,6 +483,14 @@ async def submit_attestation(
 ) -> Attested:
     """Submit this node's attestation for the replayed leaves (once: a node already counted is done)."""
     chain = service.chain
+    key = f"submit_stack_settlement_attestation:{stack_small_id}:{service.node_small_id}"
+    earlier = (await asyncio.to_thread(journal.actions, [key])).get(key)
+    if earlier is not None and earlier["status"] in FINISHED:  # attested by an earlier run (the ticket may be gone)
+        ticket = await chain.get_ticket(stack_small_id)
+        return Attested(
+            stack_small_id, earlier["status"], 0, replay_doc or {}, earlier["digest"],
+            disputed=bool(ticket and ticket.is_in_dispute), completed=True,
+        )
     position = await attestation_position(service, stack_small_id)
     extra = (await chain.db_config()).cross_validation_extra_nodes_count
     mine = commit(list(replayed_leaves), extra, position)
@@ -439,7 +503,7 @@ async def submit_attestation(
         chain,
         journal,
         Intent(
-            f"submit_stack_settlement_attestation:{stack_small_id}:{service.node_small_id}",
+            key,
             "submit_stack_settlement_attestation",
             service.address,
             {
@@ -546,9 +610,13 @@ async def claim_confidential(service: NodeService, journal: JournalStore, stacks
 
 
 async def _claim(service: NodeService, journal: JournalStore, items: list[tuple[int, int | None]], path: str, batch_size: int) -> list[Claimed]:
+    """One claim transaction per ``batch_size`` items, all of them journaled as one batch of intents (one ledger
+    read and two ledger writes per call, not per transaction: a ledger write costs ~0.1 s). Every transaction is
+    submitted; then the successful ones are noted in the store and, if the chain refused one, its error is raised."""
     chain = service.chain
     config = await chain.db_config()
-    claimed: list[Claimed] = []
+    batches: list[tuple[list[int], dict[int, tuple[int, int, int]]]] = []
+    intents: list[Intent] = []
     for start in range(0, len(items), batch_size):
         batch = items[start:start + batch_size]
         ids = [s for s, _ in batch]
@@ -582,11 +650,24 @@ async def _claim(service: NodeService, journal: JournalStore, items: list[tuple[
             intent = Intent(f"claim_funds_for_stacks:{service.node_small_id}:{key}", "claim_funds_for_stacks", service.address,
                             {"stack_small_ids": ids, "num_compute_units_per_stack_to_claim": [u for _, u in batch],
                              "node_small_id": service.node_small_id}, done=done)
-        result = await execute_intent(chain, journal, intent)
+        intents.append(intent)
+        batches.append((ids, amounts))
+    results = await execute_intents(chain, journal, intents, raise_on_failure=False) if intents else []
+    claimed: list[Claimed] = []
+    noted: dict[int, str] = {}
+    refused: BaseException | None = None
+    for (ids, amounts), result in zip(batches, results):
+        if not result.ok:
+            refused = refused or result.error or StageError(f"{result.key}: {result.status}")
+            continue
         for sid in ids:
             units, fee, refund = amounts.get(sid, (0, 0, 0))
             claimed.append(Claimed(sid, path, units, fee, refund, result.digest, result.status))
-        await asyncio.to_thread(service.store.note_claimed_many, {sid: result.digest or "" for sid in ids})
+            noted[sid] = result.digest or ""
+    if noted:
+        await asyncio.to_thread(service.store.note_claimed_many, noted)
+    if refused is not None:
+        raise refused
     return claimed
 
 

@@ -6,6 +6,7 @@ from prefect import flow
 from prefect.artifacts import acreate_markdown_artifact, acreate_table_artifact
 
 from atoma_ops import lifecycle
+from atoma_ops.protocol.constants import SecurityLevel
 from blocks import AtomaNetwork, InferenceEngine, Ledger, SuiWallet
 from tasks import ledger as ledger_tasks
 from tasks.runtime import network_or_default, open_chain
@@ -19,6 +20,7 @@ from .stages import (
     register_and_subscribe_node,
     serve_stack,
     try_settle,
+    security_level_of,
     wait_for_dispute_window,
 )
 
@@ -60,7 +62,7 @@ async def stack_lifecycle(
     if len(nodes) != len(node_prices):
         raise lifecycle.StageError(f"{len(nodes)} nodes but {len(node_prices)} prices")
 
-    await mint_usdc(buyer, mint_amount, network=network, wallet=wallet)
+    await mint_usdc(buyer, mint_amount, key, network=network, wallet=wallet, ledger=ledger)
 
     task_small_id = await create_task(
         key, model_name, security_level,
@@ -71,24 +73,26 @@ async def stack_lifecycle(
     for node, price in zip(nodes, node_prices):
         await register_and_subscribe_node(node, task_small_id, price, network=network, wallet=wallet, ledger=ledger)
 
-    stack_small_id = await buy_stack(
+    bought = await buy_stack(
         task_small_id, num_compute_units, bid_price, key=key, buyer=buyer, network=network, wallet=wallet, ledger=ledger
     )
-    serving_node = await _selected_node(network, wallet, stack_small_id, nodes)
+    stack_small_id = bought["stack_small_id"]
+    serving_node = await _node_alias(network, wallet, bought["selected_node_id"], nodes)
 
     served = await serve_stack(stack_small_id, serving_node, workload, network=network, wallet=wallet, engine=engine)
 
-    (settled,) = await try_settle([stack_small_id], serving_node, network=network, wallet=wallet, ledger=ledger)
+    settled, attestations = None, []
+    if security_level_of(security_level) != SecurityLevel.CONFIDENTIAL_COMPUTE:  # confidential: claimed directly
+        (settled,) = await try_settle([stack_small_id], serving_node, network=network, wallet=wallet, ledger=ledger)
 
-    attestations = []
-    for attester in await _attesters(network, wallet, settled["requested_attestation_nodes"], nodes):
-        attestations.append(
-            await attest(stack_small_id, attester, history_dir, network=network, wallet=wallet, ledger=ledger, engine=engine)
-        )
+        for attester in await _attesters(network, wallet, settled["requested_attestation_nodes"], nodes):
+            attestations.append(
+                await attest(stack_small_id, attester, history_dir, network=network, wallet=wallet, ledger=ledger, engine=engine)
+            )
 
-    claimable_from = settled.get("dispute_settled_at_epoch") or await _claimable_from(network, wallet, stack_small_id)
-    if claimable_from is not None:
-        await wait_for_dispute_window(stack_small_id, claimable_from, wait_timeout_s, network=network, wallet=wallet)
+        claimable_from = settled.get("dispute_settled_at_epoch") or await _claimable_from(network, wallet, stack_small_id)
+        if claimable_from is not None:
+            await wait_for_dispute_window(stack_small_id, claimable_from, wait_timeout_s, network=network, wallet=wallet)
 
     claims = await claim(serving_node, [stack_small_id], network=network, wallet=wallet, ledger=ledger)
 
@@ -109,12 +113,9 @@ async def stack_lifecycle(
     return summary
 
 
-async def _selected_node(network: AtomaNetwork, wallet: SuiWallet | None, stack_small_id: int, nodes: list[str]) -> str:
+async def _node_alias(network: AtomaNetwork, wallet: SuiWallet | None, node_small_id: int, nodes: list[str]) -> str:
     async with open_chain(network, wallet) as chain:
-        stack = await chain.get_stack(stack_small_id)
-        if stack is None:
-            raise lifecycle.StageError(f"stack {stack_small_id} is gone from the chain (already claimed)")
-        return await lifecycle.alias_of_node(chain, stack.selected_node_id, nodes)
+        return await lifecycle.alias_of_node(chain, node_small_id, nodes)
 
 
 async def _attesters(network: AtomaNetwork, wallet: SuiWallet | None, requested: list[int], nodes: list[str]) -> list[str]:
@@ -134,9 +135,12 @@ def _summary_markdown(s: dict) -> str:
     lines = [
         f"# Stack {s['stack_small_id']} (task {s['task_small_id']})",
         f"- served by **{s['serving_node']}**: {s['served']['served']} requests, {s['served']['units_used']} compute units",
-        f"- settled: {s['settled']['claimed_units']} units claimed, attesters requested "
-        f"{s['settled']['requested_attestation_nodes']}",
     ]
+    if s["settled"]:
+        lines.append(
+            f"- settled: {s['settled']['claimed_units']} units claimed, attesters requested "
+            f"{s['settled']['requested_attestation_nodes']}"
+        )
     for a in s["attestations"]:
         verdict = "disputed" if a["disputed"] else "agreed"
         lines.append(f"- attestation at position {a['position']}: {verdict} (replay equal: {a['replay'].get('equal')})")

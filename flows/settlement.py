@@ -23,8 +23,9 @@ async def settlement_run(
     ledger: Ledger | None = None,
 ) -> list[dict]:
     """For each of the wallet's nodes: try-settle every stack that is exhausted or idle past ``idle_after_s``, then
-    claim every ticket whose dispute window has passed (batched ``claim_funds``) and every ConfidentialCompute
-    stack it served (``claim_funds_for_stacks``). Leaves a table of what it did.
+    claim every ticket whose dispute window has passed (batched ``claim_funds``). ConfidentialCompute stacks that
+    are exhausted or idle are claimed directly (``claim_funds_for_stacks``, no ticket). Leaves a table of what it
+    did.
 
     Args:
         nodes: aliases or addresses of the nodes to run for (default: every key of the wallet holding a NodeBadge).
@@ -35,8 +36,8 @@ async def settlement_run(
     network = network_or_default(network)
     actions: list[dict] = []
     for node in nodes if nodes is not None else await _wallet_nodes(network, wallet):
-        candidates = await node_tasks.settle_candidates(network, node, idle_after_s, exhausted_below_units)
-        ids = [c.stack_small_id for c in candidates]
+        candidates = await node_tasks.settle_candidates(network, wallet, node, idle_after_s, exhausted_below_units)
+        ids = [c.stack_small_id for c in candidates["tickets"]]
         for start in range(0, len(ids), settle_batch_size):
             settled = await node_tasks.try_settle_stacks(network, wallet, ledger, node, ids[start:start + settle_batch_size])
             actions += [
@@ -49,8 +50,9 @@ async def settlement_run(
         claimed = []
         if plan.tickets:
             claimed += await node_tasks.claim_tickets(network, wallet, ledger, node, plan.tickets, claim_batch_size)
-        if plan.confidential:
-            claimed += await node_tasks.claim_confidential(network, wallet, ledger, node, plan.confidential, claim_batch_size)
+        confidential = [(c.stack_small_id, c.used_units) for c in candidates["confidential"]]
+        if confidential:
+            claimed += await node_tasks.claim_confidential(network, wallet, ledger, node, confidential, claim_batch_size)
         actions += [
             {"node": node, "action": f"claim ({c.path})", "stack_small_id": c.stack_small_id, "units": c.units,
              "node_fee": c.node_fee, "refund": c.refund, "status": c.status, "digest": c.digest, "note": None}

@@ -20,7 +20,7 @@ from atoma_ops.serving.workload import load_workload
 from blocks import AtomaNetwork, InferenceEngine, Ledger, SuiWallet
 from tasks import chain as chain_tasks
 from tasks import node as node_tasks
-from tasks.runtime import network_or_default, open_chain
+from tasks.runtime import network_or_default
 
 SECURITY_LEVELS = {"no_security": 0, "confidential_compute": 1, "sampling_consensus": 2}
 
@@ -39,11 +39,16 @@ def security_level_of(value: str | int | None) -> int | None:
 
 @flow(name="mint-usdc")
 async def mint_usdc(
-    recipient: str = "user", amount: int = 10_000_000, network: AtomaNetwork | None = None, wallet: SuiWallet | None = None
+    recipient: str = "user",
+    amount: int = 10_000_000,
+    key: str | None = None,
+    network: AtomaNetwork | None = None,
+    wallet: SuiWallet | None = None,
+    ledger: Ledger | None = None,
 ) -> lifecycle.MintReport:
-    """Top the recipient up to ``amount`` USDC base units (1 USDC = 1,000,000)."""
+    """Top the recipient up to ``amount`` USDC base units (1 USDC = 1,000,000); with a ``key``, once per key."""
     network = network_or_default(network)
-    report = await chain_tasks.mint_usdc(network, wallet, recipient, amount)
+    report = await chain_tasks.mint_usdc(network, wallet, ledger, recipient, amount, key)
     await acreate_markdown_artifact(
         f"**{recipient}** holds **{report.balance_after / 1e6:.6f} USDC** (minted {report.minted / 1e6:.6f}; "
         f"wanted at least {amount / 1e6:.6f}).",
@@ -123,22 +128,19 @@ async def buy_stack(
     network: AtomaNetwork | None = None,
     wallet: SuiWallet | None = None,
     ledger: Ledger | None = None,
-) -> int:
+) -> dict:
     """The buyer buys a stack of compute units at a bid price (once per ``key``); the contract picks the node."""
     network = network_or_default(network)
-    stack_small_id = await chain_tasks.buy_stack(
+    bought = await chain_tasks.buy_stack(
         network, wallet, ledger, buyer, key, task_small_id, num_compute_units, price_per_one_million_compute_units
     )
-    async with open_chain(network, wallet) as chain:
-        stack = await chain.get_stack(stack_small_id)
-    sold_to = stack.selected_node_id if stack else "? (already claimed)"
     await acreate_markdown_artifact(
-        f"Stack **{stack_small_id}**: {num_compute_units} compute units at {price_per_one_million_compute_units} per "
-        f"1M, sold to node **{sold_to}**.",
+        f"Stack **{bought.stack_small_id}**: {num_compute_units} compute units at {price_per_one_million_compute_units} "
+        f"per 1M, sold to node **{bought.selected_node_id}** (`{bought.digest}`).",
         key="buy-stack",
         description="The stack bought",
     )
-    return stack_small_id
+    return {"stack_small_id": bought.stack_small_id, "selected_node_id": bought.selected_node_id}
 
 
 @flow(name="serve-stack")

@@ -12,7 +12,10 @@ from .runtime import CHAIN_WRITE, READ, journal_for, open_chain
 
 
 @task(name="mint-usdc", **CHAIN_WRITE)
-async def mint_usdc(network: AtomaNetwork, wallet: SuiWallet | None, recipient: str, amount: int) -> lifecycle.MintReport:
+async def mint_usdc(
+    network: AtomaNetwork, wallet: SuiWallet | None, ledger: Ledger | None, recipient: str, amount: int,
+    key: str | None = None,
+) -> lifecycle.MintReport:
     """Top ``recipient`` up to ``amount`` USDC base units (localnet faucet; on Sui, says what to get from Circle).
 
     Args:
@@ -20,9 +23,10 @@ async def mint_usdc(network: AtomaNetwork, wallet: SuiWallet | None, recipient: 
         wallet: the signing wallet (None: the localnet home's).
         recipient: alias or address.
         amount: the balance wanted, in USDC base units.
+        key: top up once per key (journaled), however the balance moves afterwards.
     """
     async with open_chain(network, wallet) as chain:
-        report = await lifecycle.mint_usdc(chain, recipient, amount)
+        report = await lifecycle.mint_usdc(chain, recipient, amount, journal=journal_for(network, ledger), key=key)
     get_run_logger().info("%s holds %d USDC base units (minted %d)", recipient, report.balance_after, report.minted)
     return report
 
@@ -70,8 +74,8 @@ async def subscribe_node(
 async def buy_stack(
     network: AtomaNetwork, wallet: SuiWallet | None, ledger: Ledger | None, buyer: str, key: str,
     task_small_id: int, num_compute_units: int, price: int,
-) -> int:
-    """``acquire_new_stack_entry`` once per ``key``; returns the stack's small id."""
+) -> lifecycle.BoughtStack:
+    """``acquire_new_stack_entry`` once per ``key``; returns the stack and the node the contract sold it to."""
     async with open_chain(network, wallet) as chain:
         return await lifecycle.buy_stack(
             chain, journal_for(network, ledger), buyer, key=key, task_small_id=task_small_id,

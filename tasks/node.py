@@ -37,15 +37,18 @@ async def serve_batch(
 
 @task(name="settle-candidates", **READ)
 async def settle_candidates(
-    network: AtomaNetwork, node: str, idle_after_s: float, exhausted_below_units: int
-) -> list[lifecycle.SettleCandidate]:
-    """The node's stacks that are exhausted, idle past ``idle_after_s``, or whose settlement was interrupted."""
-
+    network: AtomaNetwork, wallet: SuiWallet | None, node: str, idle_after_s: float, exhausted_below_units: int
+) -> dict[str, list[lifecycle.SettleCandidate]]:
+    """The node's stacks that are exhausted, idle past ``idle_after_s``, or whose settlement was interrupted, split
+    by path: ``{"tickets": […], "confidential": […]}`` (ConfidentialCompute stacks are claimed without a ticket)."""
     path = NodeStore.path_for(network.home, node)
     if not path.exists():
-        return []
+        return {"tickets": [], "confidential": []}
     with NodeStore(path) as store:
-        return lifecycle.settle_candidates(store, idle_after_s=idle_after_s, exhausted_below_units=exhausted_below_units)
+        found = lifecycle.settle_candidates(store, idle_after_s=idle_after_s, exhausted_below_units=exhausted_below_units)
+    async with open_chain(network, wallet) as chain:
+        tickets, confidential = await lifecycle.split_confidential(chain, found)
+    return {"tickets": tickets, "confidential": confidential}
 
 
 @task(name="try-settle-stacks", **CHAIN_WRITE)

@@ -23,8 +23,10 @@ def engine():
             model=os.environ.get("ATOMA_OPS_TEST_OPENAI_MODEL", "HuggingFaceTB/SmolLM2-135M-Instruct"),
         )
     else:
-        from atoma_ops.serving.engines.cpu import CpuEngine
+        # the same process-wide engine the flows use (tasks.runtime.shared_engine): one 15-20 s load per session
+        from blocks import InferenceEngine
+        from tasks.runtime import shared_engine
 
-        eng = CpuEngine()
+        eng = shared_engine(InferenceEngine())
     yield eng
     eng.close()

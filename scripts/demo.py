@@ -1,0 +1,100 @@
+#!/usr/bin/env python3
+"""``make demo``: one stack's whole life as the Prefect flow ``stack-lifecycle``, on the embedded defaults.
+
+A fresh localnet with one-minute epochs (``data/demo-localnet``), Prefect's ephemeral API (its database under
+``data/prefect``), and the CPU engine. The flow mints test USDC, creates a Sampling Consensus task with the
+attestation lottery at 1000‰ (so an attestation really happens), registers and subscribes three nodes, buys a stack,
+serves the sample workload (22 requests), try-settles, lets the node the contract drew replay the stack and attest,
+waits out the dispute window, claims, and syncs the ledger.
+
+The contract draws the attester *with replacement among all eligible nodes, the stack's own node included*
+(atoma-protocol.md §4.10). The localnet's random stream is seeded: with seed 7 the stack goes to node-3 and node-2
+is drawn to attest, so a second node really replays the stack. Another seed may draw the serving node itself.
+
+    .venv/bin/python scripts/demo.py [--home DIR] [--seed N] [--epoch-s S]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def quiet_prefect(prefect_home: Path) -> None:
+    """Prefect settings for a demo: its own home under data/, no analytics, warnings only (set before import)."""
+    os.environ.setdefault("PREFECT_HOME", str(prefect_home))
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("DO_NOT_TRACK", "1")
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("PREFECT_SERVER_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("TQDM_DISABLE", "1")  # the GGUF loader's progress bar
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--home", type=Path, default=Path("data/demo-localnet"), help="localnet home (replaced)")
+    parser.add_argument("--seed", type=int, default=7, help="seed of the localnet's random stream")
+    parser.add_argument("--epoch-s", type=float, default=60.0, help="epoch length in seconds")
+    parser.add_argument("--workload", default="data/workloads/sample.jsonl")
+    opts = parser.parse_args(argv)
+    os.chdir(ROOT)
+    quiet_prefect(ROOT / "data" / "prefect")
+    sys.path.insert(0, str(ROOT))
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from atoma_ops.home import LocalnetHome
+    from blocks import AtomaNetwork
+    from flows import stack_lifecycle
+
+    console = Console()
+    localnet, _ = LocalnetHome(opts.home).init(seed=opts.seed, epoch_duration_ms=int(opts.epoch_s * 1000), force=True)
+    localnet.close()
+    console.print(f"[bold]atoma-ops demo[/]: fresh localnet in {opts.home} ({opts.epoch_s:.0f} s epochs, seed {opts.seed})")
+    console.print("Running the Prefect flow [bold]stack-lifecycle[/] (the CPU engine loads in about 20 s) …")
+    started = time.monotonic()
+    network = AtomaNetwork(home=str(opts.home), epoch_poll_s=1.0)
+    try:
+        summary = asyncio.run(stack_lifecycle(workload=opts.workload, network=network))
+    except Exception as exc:  # noqa: BLE001 - the demo's one error message
+        console.print(f"[red bold]DEMO FAILED[/]: {type(exc).__name__}: {exc}")
+        return 1
+    took = time.monotonic() - started
+
+    s = summary
+    console.print(f"\n[bold]Stack {s['stack_small_id']}[/] on task {s['task_small_id']}, sold to {s['serving_node']}")
+    console.print(f"  served   {s['served']['served']} requests, {s['served']['units_used']} compute units")
+    console.print(
+        f"  settled  {s['settled']['claimed_units']} units claimed; attesters drawn: "
+        f"{s['settled']['requested_attestation_nodes']}"
+    )
+    for a in s["attestations"]:
+        verdict = "[red]dispute[/]" if a["disputed"] else "[green]agrees[/]"
+        console.print(f"  attested position {a['position']}: replay equal {a['replay'].get('equal')}, {verdict}")
+    for c in s["claims"]:
+        console.print(f"  claimed  node fee {c['node_fee']} · buyer refund {c['refund']} (USDC base units)")
+
+    table = Table(title="Earnings per node (USDC base units, from the ledger)")
+    columns = ["node_small_id", "stacks_claimed", "units_claimed", "node_fees", "attester_credits", "total"]
+    for header in ("node", "stacks", "units", "node fees", "attester credits", "total"):
+        table.add_column(header, justify="right")
+    for row in s["earnings"]:
+        table.add_row(*(str(row.get(c, "")) for c in columns))
+    console.print(table)
+    console.print(f"Ledger: {opts.home / 'ledger.duckdb'}   (atoma-ops --home {opts.home} ledger earnings)")
+    console.print("Prefect runs: PREFECT_HOME=data/prefect .venv/bin/prefect server start   (then open the UI)")
+    console.print(f"Done in {took:.0f} s.")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,232 @@
+"""The deployments of ``prefect.yaml``, for real: a Prefect server, the ``atoma-ops`` process work pool, ``prefect
+deploy --all`` from the repository root, a worker, and two runs of ``settlement-run`` against a localnet.
+
+Everything Prefect here runs in subprocesses with their own ``PREFECT_HOME`` and an explicit ``PREFECT_API_URL``: the
+session's test harness (autouse, in-process) is not involved. The server runs without its scheduler, so the
+scheduled deployments (``ledger-sync``, ``attestation-watch``, the hourly ``settlement-run``) never start a run with
+their default parameters (the repository's own ``data/localnet``); the only runs are the two this test creates.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from contextlib import ExitStack
+from pathlib import Path
+
+import httpx
+import pytest
+
+from atoma_ops.home import LocalnetHome
+from kit import NODE, PRICE, UNITS, served_stacks
+
+ROOT = Path(__file__).resolve().parents[2]
+PREFECT = [sys.executable, "-m", "prefect"]
+TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
+N_STACKS = 3
+REQUESTS_PER_STACK = 2  # the kit's default
+UNITS_PER_REQUEST = 15  # 10 prompt + 5 completion tokens per recorded response
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _prefect_env(prefect_home: Path, api_url: str | None) -> dict[str, str]:
+    """The environment of every Prefect subprocess: ours only (no PREFECT_* of this process, no profile)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env.update(
+        PREFECT_HOME=str(prefect_home),
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        DO_NOT_TRACK="1",
+        PREFECT_UI_ENABLED="false",
+        PREFECT_LOGGING_LEVEL="INFO",
+        # runs are only ever created by this test
+        PREFECT_SERVER_SERVICES_SCHEDULER_ENABLED="false",
+        # the worker picks up a new run within a second
+        PREFECT_WORKER_QUERY_SECONDS="1",
+        PREFECT_WORKER_PREFETCH_SECONDS="1",
+        COLUMNS="200",
+    )
+    if api_url is not None:
+        env["PREFECT_API_URL"] = api_url
+    return env
+
+
+def _start(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
+    """A long-running subprocess in its own process group (so stopping it also stops what it started, such as the
+    worker's flow-run processes)."""
+    out = log.open("wb")
+    try:
+        return subprocess.Popen(args, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    finally:
+        out.close()
+
+
+def _stop(proc: subprocess.Popen, timeout: float = 10.0) -> None:
+    """SIGTERM the process group, then SIGKILL it if it has not exited after ``timeout``."""
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            pass
+    try:  # also children left behind by a leader that has exited
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    if proc.poll() is None:
+        proc.wait(5)
+
+
+def _tail(path: Path, n: int = 4000) -> str:
+    return path.read_text(errors="replace")[-n:] if path.exists() else "(no log)"
+
+
+def _cli(*args: str, env: dict[str, str], timeout: float = 120) -> str:
+    result = subprocess.run(
+        [*PREFECT, "--no-prompt", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
+    )
+    assert result.returncode == 0, f"prefect {' '.join(args)} exited {result.returncode}:\n{result.stdout}\n{result.stderr}"
+    return result.stdout
+
+
+def _wait_healthy(api: httpx.Client, server: subprocess.Popen, log: Path, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert server.poll() is None, f"the Prefect server exited ({server.returncode}):\n{_tail(log)}"
+        try:
+            if api.get("/health").status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    raise AssertionError(f"the Prefect server did not become healthy in {timeout} s:\n{_tail(log)}")
+
+
+def _run_settlement(home: Path, env: dict[str, str], api: httpx.Client, worker_log: Path, timeout: float = 120) -> dict:
+    """``prefect deployment run settlement-run/settlement-run`` against ``home``; wait for a terminal state."""
+    out = _cli(
+        "deployment", "run", "settlement-run/settlement-run",
+        "--param", f"network={json.dumps({'home': str(home)})}",
+        "--param", "idle_after_s=0",
+        env=env,
+    )
+    match = re.search(r"UUID: ([0-9a-f-]{36})", out)
+    assert match, out
+    flow_run_id = match.group(1)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        run = api.get(f"/flow_runs/{flow_run_id}").raise_for_status().json()
+        if run["state_type"] in TERMINAL:
+            break
+        time.sleep(0.5)
+    else:
+        raise AssertionError(f"flow run {flow_run_id} still {run['state_type']} after {timeout} s:\n{_tail(worker_log)}")
+    assert run["state_type"] == "COMPLETED", f"{run['state']}\n{_tail(worker_log)}"
+    return run
+
+
+async def _advance_epoch(home: Path) -> int:
+    chain = LocalnetHome(home).open()
+    try:
+        return await chain.advance_epoch()
+    finally:
+        await chain.close()
+
+
+def _chain_state(home: Path) -> dict:
+    chain = LocalnetHome(home).open()
+    try:
+        ln = chain.localnet
+        return {
+            "stacks": [s.stack_small_id for s in ln.list_stacks()],
+            "tickets": {t.stack_small_id: t for t in ln.list_tickets()},
+            "node": ln.usdc_balance(chain.wallet.resolve(NODE)),
+            "user": ln.usdc_balance(chain.wallet.resolve("user")),
+        }
+    finally:
+        asyncio.run(chain.close())
+
+
+@pytest.mark.slow
+def test_settlement_run_deployment_settles_then_claims(tmp_path):
+    home = tmp_path / "localnet"
+    prefect_home = tmp_path / "prefect-home"
+    prefect_home.mkdir()
+    port = _free_port()
+    api_url = f"http://127.0.0.1:{port}/api"
+    env = _prefect_env(prefect_home, api_url)
+    server_log, worker_log = tmp_path / "server.log", tmp_path / "worker.log"
+
+    with ExitStack() as stack:
+        server = _start(
+            [*PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+            _prefect_env(prefect_home, None), server_log,
+        )
+        stack.callback(_stop, server)
+        # the localnet is built while the server starts (migrating a fresh database takes several seconds)
+        served = served_stacks(home, N_STACKS, requests_per_stack=REQUESTS_PER_STACK)
+        before = _chain_state(home)
+        assert sorted(before["stacks"]) == sorted(served.stack_small_ids) and not before["tickets"]
+        api = stack.enter_context(httpx.Client(base_url=api_url, timeout=30))
+        _wait_healthy(api, server, server_log)
+
+        _cli("work-pool", "create", "atoma-ops", "--type", "process", env=env)
+        # the worker starts (a few seconds of imports) while the deployments are created
+        worker = _start([*PREFECT, "worker", "start", "--pool", "atoma-ops"], env, worker_log)
+        stack.callback(_stop, worker)  # stopped before the server (callbacks run last-in, first-out)
+        _cli("deploy", "--all", env=env)
+
+        # what prefect.yaml declares is what the server holds
+        deployments = {
+            d["name"]: d for d in api.post("/deployments/filter", json={}).raise_for_status().json()
+        }
+        assert set(deployments) == {"stack-lifecycle", "settlement-run", "attestation-watch", "ledger-sync"}
+        for d in deployments.values():
+            assert d["work_pool_name"] == "atoma-ops"
+            # no machine path in prefect.yaml: `prefect deploy` records the folder it ran in
+            assert d["pull_steps"] == [
+                {"prefect.deployments.steps.set_working_directory": {"directory": str(ROOT)}}
+            ]
+        schedules = {name: [s["schedule"] for s in d["schedules"]] for name, d in deployments.items()}
+        assert schedules["stack-lifecycle"] == []
+        assert schedules["settlement-run"][0]["cron"] == "0 * * * *"
+        assert schedules["attestation-watch"][0]["interval"] == 600
+        assert schedules["ledger-sync"][0]["interval"] == 300
+        for name in ("settlement-run", "attestation-watch"):
+            assert deployments[name]["global_concurrency_limit"]["limit"] == 1
+            assert deployments[name]["concurrency_options"]["collision_strategy"] == "CANCEL_NEW"
+        assert deployments["ledger-sync"]["global_concurrency_limit"] is None
+
+        # first run: every stack is idle (idle_after_s=0), so each is try-settled; nothing is claimable yet
+        first = _run_settlement(home, env, api, worker_log)
+        assert first["parameters"]["network"] == {"home": str(home)}
+        settled = _chain_state(home)
+        used = REQUESTS_PER_STACK * UNITS_PER_REQUEST
+        assert sorted(settled["tickets"]) == sorted(served.stack_small_ids)
+        assert all(t.num_claimed_compute_units == used for t in settled["tickets"].values())
+        assert sorted(settled["stacks"]) == sorted(served.stack_small_ids)
+        assert settled["node"] == before["node"] == 0
+
+        # the dispute window passes; the second run claims every ticket
+        assert asyncio.run(_advance_epoch(home)) == 1
+        _run_settlement(home, env, api, worker_log)
+
+    after = _chain_state(home)
+    fee = used * PRICE // 1_000_000  # NoSecurity: the node is paid for the units it served...
+    refund = UNITS * PRICE // 1_000_000 - fee  # ...and the user gets the rest of the stack back
+    assert (fee, refund) == (30, 970)
+    assert after["stacks"] == [] and after["tickets"] == {}
+    assert after["node"] == N_STACKS * fee
+    assert after["user"] == before["user"] + N_STACKS * refund
+    assert server.poll() is not None and worker.poll() is not None

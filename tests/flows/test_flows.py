@@ -1,0 +1,205 @@
+"""Every flow against the localnet, under the session's Prefect test harness.
+
+Money is checked by hand from atoma-protocol.md §4.9/§4.13/§4.14: at a price of 1,000,000 base units per one
+million compute units, a NoSecurity stack costs 1 base unit per compute unit; a Sampling Consensus stack costs
+1.212 per unit (charge 1200‰ + extra-nodes charge 12‰), and claiming pays the node floor(1.2 × claimed) and refunds
+the buyer floor(1.2 × unclaimed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+import kit
+from atoma_ops.home import LocalnetHome
+from atoma_ops.ledger import Ledger
+from atoma_ops.lifecycle import StageError
+from blocks import AtomaNetwork
+from flows import (
+    buy_stack,
+    claim,
+    create_task,
+    ledger_sync,
+    mint_usdc,
+    register_and_subscribe_node,
+    serve_stack,
+    settlement_run,
+    stack_lifecycle,
+    try_settle,
+    wait_for_dispute_window,
+)
+
+PRICE = 1_000_000
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def workload(tmp_path, n: int) -> str:
+    path = tmp_path / "workload.jsonl"
+    prompts = ["What is 2 + 2?", "Name a colour.", "Say hello.", "Count to three."]
+    path.write_text("".join(json.dumps({"messages": [{"role": "user", "content": prompts[i % 4]}], "max_tokens": 4}) + "\n" for i in range(n)))
+    return str(path)
+
+
+def chain_of(network: AtomaNetwork):
+    return LocalnetHome(network.home_path).open()
+
+
+def balances(network: AtomaNetwork, *aliases: str) -> dict[str, int]:
+    chain = chain_of(network)
+    try:
+        return {a: chain.localnet.usdc_balance(chain.wallet.resolve(a)) for a in aliases}
+    finally:
+        chain.localnet.close()
+
+
+def event_count(network: AtomaNetwork) -> int:
+    chain = chain_of(network)
+    try:
+        return chain.localnet.conn.execute("SELECT COUNT(*) FROM events").fetchone()[0]
+    finally:
+        chain.localnet.close()
+
+
+def conserved(network: AtomaNetwork) -> bool:
+    chain = chain_of(network)
+    try:
+        t = chain.localnet.total_usdc()
+    finally:
+        chain.localnet.close()
+    return t["minted"] == t["coins"] + t["fee_treasury"] + t["communal_treasury"] + t["collateral"]
+
+
+async def artifact_keys(*keys: str) -> set[str]:
+    async with get_client() as client:
+        found = await client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=list(keys))))
+    return {a.key for a in found}
+
+
+@pytest.mark.slow
+def test_stack_lifecycle_sampling_consensus_end_to_end(network, tmp_path):
+    """The whole lifecycle: an attester replays the stack and agrees, the node is paid, the buyer refunded, and a
+    second run with the same key changes nothing."""
+    summary = run(stack_lifecycle(workload=workload(tmp_path, 3), network=network))
+
+    units = summary["served"]["units_used"]
+    assert summary["served"]["served"] == 3 and units > 0
+    assert summary["settled"]["claimed_units"] == units
+    assert len(summary["settled"]["requested_attestation_nodes"]) == 1  # lottery at 1000‰, one extra node
+    (attestation,) = summary["attestations"]
+    assert attestation["replay"]["equal"] is True and attestation["disputed"] is False
+    node_fee, refund = units * 1200 // 1000, (100_000 - units) * 1200 // 1000
+    (claimed,) = summary["claims"]
+    assert (claimed["node_fee"], claimed["refund"]) == (node_fee, refund)
+
+    paid = 100_000 * 1212 // 1000
+    bal = balances(network, "user", summary["serving_node"])
+    assert bal["user"] == 10_000_000 - paid + refund
+    assert bal[summary["serving_node"]] == node_fee
+    assert conserved(network)
+
+    earnings = {r["node_small_id"]: r for r in summary["earnings"]}
+    attester = summary["settled"]["requested_attestation_nodes"][0]
+    assert earnings[attester]["attester_credits"] == node_fee  # node_fee / extra_nodes_count (1)
+    journal = Ledger(network.home_path / "ledger.duckdb").actions()
+    assert journal and {r["status"] for r in journal.values()} <= {"success", "already_done"}
+    assert run(artifact_keys("earnings", "stack-lifecycle", "serve-stack")) == {"earnings", "stack-lifecycle", "serve-stack"}
+
+    before = event_count(network)
+    again = run(stack_lifecycle(workload=workload(tmp_path, 3), network=network))
+    assert again["stack_small_id"] == summary["stack_small_id"] and again["claims"] == []
+    assert event_count(network) == before  # nothing executed twice
+    assert balances(network, "user")["user"] == bal["user"]
+
+
+@pytest.mark.slow
+def test_stage_flows_one_by_one_no_security(network, tmp_path):
+    mint = run(mint_usdc("user", 2_000_000, network=network))
+    assert (mint.minted, mint.balance_after) == (2_000_000, 2_000_000)
+    assert run(mint_usdc("user", 1_500_000, network=network)).minted == 0  # top-up semantics: already there
+
+    task = run(create_task("t1", security_level="no_security", network=network))
+    assert run(create_task("t1", security_level="no_security", network=network)) == task  # same key, same task
+    node_id = run(register_and_subscribe_node("node-1", task, PRICE, network=network))
+    bought = run(buy_stack(task, 50_000, PRICE, key="s1", network=network))
+    assert bought["selected_node_id"] == node_id
+    stack = bought["stack_small_id"]
+
+    served = run(serve_stack(stack, "node-1", workload(tmp_path, 2), network=network))
+    assert served["served"] == 2 and served["units_used"] > 0
+    again = run(serve_stack(stack, "node-1", workload(tmp_path, 2), network=network))
+    assert again["units_used"] == served["units_used"]  # the history already holds both: nothing served twice
+
+    (settled,) = run(try_settle([stack], "node-1", network=network))
+    assert settled["status"] == "success" and settled["claimed_units"] == served["units_used"]
+    with pytest.raises(StageError, match="not claimable yet"):
+        run(claim("node-1", [stack], network=network))
+
+    run(wait_for_dispute_window(stack, settled["dispute_settled_at_epoch"], network=network))
+    (claimed,) = run(claim("node-1", [stack], network=network))
+    units = served["units_used"]
+    assert (claimed["node_fee"], claimed["refund"]) == (units, 50_000 - units)
+    assert balances(network, "user", "node-1") == {"user": 2_000_000 - 50_000 + (50_000 - units), "node-1": units}
+    assert conserved(network)
+
+    report = run(ledger_sync(network=network))
+    assert report["events_applied"] > 0 and report["usage_rows"] == 2
+
+
+def test_settlement_run_settles_then_claims_in_one_batch(tmp_path):
+    served = kit.served_stacks(tmp_path / "ln", 5)
+    network = AtomaNetwork(home=str(served.home))
+
+    # not idle yet, not exhausted: nothing to do
+    assert [a for a in run(settlement_run(idle_after_s=3600, network=network)) if a["action"] != "wait"] == []
+
+    first = run(settlement_run(idle_after_s=0, network=network))
+    settles = [a for a in first if a["action"] == "try_settle"]
+    assert sorted(a["stack_small_id"] for a in settles) == served.stack_small_ids
+    assert {a["status"] for a in settles} == {"success"} and {a["units"] for a in settles} == {30}
+    assert {a["status"] for a in first if a["action"] == "wait"} == {"waiting"}  # window not passed
+
+    second = run(settlement_run(idle_after_s=0, network=network))
+    assert [a for a in second if a["action"] != "wait"] == []  # nothing settled twice
+
+    chain = chain_of(network)
+    run(chain.advance_epoch())
+    chain.localnet.close()
+    third = run(settlement_run(idle_after_s=0, network=network))
+    claims = [a for a in third if a["action"].startswith("claim")]
+    assert sorted(a["stack_small_id"] for a in claims) == served.stack_small_ids
+    assert len({a["digest"] for a in claims}) == 1  # one claim_funds for the batch
+    assert {(a["node_fee"], a["refund"]) for a in claims} == {(30, 970)}
+    assert balances(network, "node-1")["node-1"] == 5 * 30
+    assert conserved(network)
+    chain = chain_of(network)
+    assert chain.localnet.list_stacks() == []
+    chain.localnet.close()
+    assert run(artifact_keys("settlement-run")) == {"settlement-run"}
+
+
+def test_settlement_run_exhausted_and_confidential(tmp_path):
+    """Exhausted stacks settle without waiting for idleness; ConfidentialCompute stacks are claimed directly with
+    ``claim_funds_for_stacks`` (no ticket, no epoch wait) and stay on chain marked claimed."""
+    served = kit.served_stacks(tmp_path / "ln", 3, security_level=1)
+    network = AtomaNetwork(home=str(served.home))
+    # 30 of 1000 units used: "fewer than 971 left" makes every stack exhausted
+    actions = run(settlement_run(idle_after_s=3600, exhausted_below_units=971, network=network))
+    assert [a["action"] for a in actions] == ["claim (confidential)"] * 3
+    assert {(a["node_fee"], a["refund"]) for a in actions} == {(30, 970)}
+    chain = chain_of(network)
+    try:
+        stacks = chain.localnet.list_stacks()
+        assert len(stacks) == 3 and all(s.is_claimed for s in stacks)
+        assert chain.localnet.list_tickets() == []
+    finally:
+        chain.localnet.close()
+    assert balances(network, "node-1")["node-1"] == 90
+    assert run(settlement_run(idle_after_s=0, network=network)) == []  # claimed stacks are left alone
