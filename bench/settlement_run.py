@@ -41,6 +41,7 @@ import argparse  # noqa: E402
 import asyncio  # noqa: E402
 import cProfile  # noqa: E402
 import collections  # noqa: E402
+import inspect  # noqa: E402
 import io  # noqa: E402
 import math  # noqa: E402
 import pstats  # noqa: E402
@@ -56,8 +57,6 @@ from atoma_ops.serving.store import NodeStore  # noqa: E402
 
 GOAL = 1.5
 SEED = 7
-CLAIM_BATCH = 100  # tickets per claim_funds, both sides (the flow's claim_batch_size default)
-SETTLE_BATCH = 250  # stacks per try-settle task (the flow's settle_batch_size default)
 
 
 # ----------------------------------------------------------------------------------------------- bare loop
@@ -81,13 +80,14 @@ async def bare_settle(home: Path, stack_ids: list[int], node_small_id: int) -> i
     return len(stack_ids)
 
 
-async def bare_claim(home: Path, stack_ids: list[int], node_small_id: int) -> int:
+async def bare_claim(home: Path, stack_ids: list[int], node_small_id: int, batch: int) -> int:
+    """claim_funds for every ticket, ``batch`` tickets per transaction. Returns transactions."""
     chain = LocalnetHome(home).open()
     try:
         node = chain.wallet.resolve(NODE)
         txs = 0
-        for start in range(0, len(stack_ids), CLAIM_BATCH):
-            await chain.claim_funds(node, settled_ticket_ids=stack_ids[start:start + CLAIM_BATCH], node_small_id=node_small_id)
+        for start in range(0, len(stack_ids), batch):
+            await chain.claim_funds(node, settled_ticket_ids=stack_ids[start:start + batch], node_small_id=node_small_id)
             txs += 1
     finally:
         await chain.close()
@@ -112,11 +112,12 @@ def chain_state(home: Path) -> dict:
 
 
 # ----------------------------------------------------------------------------------------------- the flow
-def flow_run(home: Path, settlement_run: Any, network_cls: Any) -> tuple[float, list[dict], Any]:
-    """One settlement_run over ``home``: (seconds, actions, final state)."""
+def flow_run(home: Path, settlement_run: Any, network_cls: Any, batches: dict) -> tuple[float, list[dict], Any]:
+    """One settlement_run over ``home`` (``batches``: batch-size parameters, when not the flow's defaults):
+    (seconds, actions, final state)."""
 
     async def go():
-        return await settlement_run(idle_after_s=0, network=network_cls(home=str(home)), return_state=True)
+        return await settlement_run(idle_after_s=0, network=network_cls(home=str(home)), return_state=True, **batches)
 
     t0 = time.perf_counter()
     state = asyncio.run(go())
@@ -231,7 +232,7 @@ class AreaTimer:
 
 
 # ----------------------------------------------------------------------------------------------- profile
-def profile_flow(folder: Path, n: int, requests: int, settlement_run: Any, network_cls: Any, top: int = 25) -> str:
+def profile_flow(folder: Path, n: int, requests: int, settlement_run: Any, network_cls: Any, batches: dict, top: int = 25) -> str:
     """cProfile both flow runs on a third localnet. ``asyncio.to_thread`` runs inline while profiling so that store,
     ledger and chain calls made from worker threads land in the profile too (cProfile sees one thread)."""
     home = folder / "C"
@@ -245,11 +246,11 @@ def profile_flow(folder: Path, n: int, requests: int, settlement_run: Any, netwo
     asyncio.to_thread = inline  # type: ignore[assignment]
     try:
         profiler.enable()
-        t_settle, _, _ = flow_run(home, settlement_run, network_cls)
+        t_settle, _, _ = flow_run(home, settlement_run, network_cls, batches)
         profiler.disable()
         asyncio.run(advance(home))
         profiler.enable()
-        t_claim, _, _ = flow_run(home, settlement_run, network_cls)
+        t_claim, _, _ = flow_run(home, settlement_run, network_cls, batches)
         profiler.disable()
     finally:
         asyncio.to_thread = real_to_thread  # type: ignore[assignment]
@@ -300,9 +301,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--stacks", type=int, default=2000, help="served stacks to settle and claim (default 2000)")
     parser.add_argument("--requests", type=int, default=2, help="recorded requests per stack (default 2)")
+    parser.add_argument("--settle-batch", type=int, default=None,
+                        help="the flow's settle_batch_size: stacks per try-settle task (default: the flow's default)")
+    parser.add_argument("--claim-batch", type=int, default=None,
+                        help="tickets per claim_funds, both sides (default: the flow's claim_batch_size default)")
     parser.add_argument("--dir", type=Path, default=None, help="folder to run in (default: a new temp folder)")
     parser.add_argument("--profile", action="store_true",
                         help="always profile the flow on a third localnet (done anyway when the goal is missed)")
+    parser.add_argument("--no-profile", action="store_true", help="never profile, even when the goal is missed")
     args = parser.parse_args(argv)
     n = args.stacks
 
@@ -328,20 +334,28 @@ def main(argv: list[str] | None = None) -> int:
         warm_up()
         warm_s = time.perf_counter() - t0
 
+        defaults = inspect.signature(settlement_run.fn).parameters
+        settle_batch = args.settle_batch or defaults["settle_batch_size"].default
+        claim_batch = args.claim_batch or defaults["claim_batch_size"].default
+        batches = {k: v for k, v in (("settle_batch_size", args.settle_batch), ("claim_batch_size", args.claim_batch)) if v}
+
+        # Phases alternate between the two sides so that both meet the same disk.
         ids = a.stack_small_ids
         t0 = time.perf_counter()
         asyncio.run(bare_settle(folder / "A", ids, a.node_small_id))
         bare_settle_s = time.perf_counter() - t0
 
-        flow_settle_s, settle_actions, settle_state = flow_run(folder / "B", settlement_run, AtomaNetwork)
+        with AreaTimer() as settle_areas:
+            flow_settle_s, settle_actions, settle_state = flow_run(folder / "B", settlement_run, AtomaNetwork, batches)
 
         epochs = (asyncio.run(advance(folder / "A")), asyncio.run(advance(folder / "B")))
 
         t0 = time.perf_counter()
-        bare_claim_txs = asyncio.run(bare_claim(folder / "A", ids, a.node_small_id))
+        bare_claim_txs = asyncio.run(bare_claim(folder / "A", ids, a.node_small_id, claim_batch))
         bare_claim_s = time.perf_counter() - t0
 
-        flow_claim_s, claim_actions, claim_state = flow_run(folder / "B", settlement_run, AtomaNetwork)
+        with AreaTimer() as claim_areas:
+            flow_claim_s, claim_actions, claim_state = flow_run(folder / "B", settlement_run, AtomaNetwork, batches)
 
         # ------------------------------------------------------------------ same end state
         sa, sb = chain_state(folder / "A"), chain_state(folder / "B")
@@ -370,8 +384,8 @@ def main(argv: list[str] | None = None) -> int:
 
         print(f"folder:            {folder}")
         print(f"sizes:             {n} stacks sold to {NODE} (node {a.node_small_id}), {args.requests} recorded requests "
-              f"per stack; flow settle_batch_size {SETTLE_BATCH}, claim_batch_size {CLAIM_BATCH} (bare claims: "
-              f"{CLAIM_BATCH} tickets per claim_funds)")
+              f"per stack; flow settle_batch_size {settle_batch} (stacks per try-settle task), claim_batch_size "
+              f"{claim_batch} (tickets per claim_funds, both sides)")
         print(f"set-up:            two localnets built in {build_s:.1f} s; Prefect import + ephemeral API warm-up "
               f"{warm_s:.1f} s (not timed: a long-lived Prefect server is the production setting)")
         print()
@@ -386,20 +400,31 @@ def main(argv: list[str] | None = None) -> int:
         print(f"per stack:         bare {1000 * bare_total / n:.2f} ms, flow {1000 * flow_total / n:.2f} ms "
               f"(+{1000 * (flow_total - bare_total) / n:.2f} ms: node-store state, intent journal, Prefect)")
         print("epoch advance:     not timed (epochs now " + ", ".join(map(str, epochs)) + ")")
-        expected = expected_task_runs(n, SETTLE_BATCH)
-        for label, counted, state in (("settle run", tasks_settle, settle_state), ("claim run", tasks_claim, claim_state)):
+        expected = expected_task_runs(n, settle_batch)
+        for label, counted in (("settle run", tasks_settle), ("claim run", tasks_claim)):
             shown = ", ".join(f"{k} {v}" for k, v in sorted(counted.items())) if counted else "not reported by the API"
             print(f"task runs, {label}: {sum(counted.values()) if counted else '?'} ({shown}; expected "
                   f"{expected[label]})")
+        print()
+        print("where the flow's time went (wall seconds inside these calls; the rest: Prefect engine, flow code, "
+              "opening clients, thread hops):")
+        print(f"  {'settle run':>10} {'claim run':>10}  area (calls)")
+        for area in dict.fromkeys(a for a, *_ in AREAS):
+            ss, cs = settle_areas.seconds[area], claim_areas.seconds[area]
+            print(f"  {ss:>10.2f} {cs:>10.2f}  {area} ({settle_areas.calls[area]} + {claim_areas.calls[area]})")
+        rest_s = flow_settle_s - sum(settle_areas.seconds.values())
+        rest_c = flow_claim_s - sum(claim_areas.seconds.values())
+        print(f"  {rest_s:>10.2f} {rest_c:>10.2f}  the rest")
+        print()
         print(f"chain state, bare: {sa['stacks']} stacks, {sa['tickets']} tickets, USDC {sa['usdc']}")
         print(f"chain state, flow: {sb['stacks']} stacks, {sb['tickets']} tickets, USDC {sb['usdc']}")
         if problems:
             print("FAIL: " + "; ".join(problems))
             return 1
         print("same end state:    every stack claimed on both chains, USDC totals equal")
-        if args.profile or max(settle_ratio, claim_ratio, total_ratio) > GOAL:
+        if args.profile or (max(settle_ratio, claim_ratio, total_ratio) > GOAL and not args.no_profile):
             print("\n--- cProfile of the flow's two runs (on a third localnet) ---")
-            print(profile_flow(folder, n, args.requests, settlement_run, AtomaNetwork))
+            print(profile_flow(folder, n, args.requests, settlement_run, AtomaNetwork, batches))
     finally:
         shutil.rmtree(folder, ignore_errors=True)
         shutil.rmtree(_PREFECT_HOME, ignore_errors=True)
