@@ -59,7 +59,7 @@ class AtomaNetwork(Block):
             if wallet is None or wallet.is_default:
                 return home.open()
             chain = home.open()
-            return LocalnetChain(chain.localnet, wallet.load())
+            return LocalnetChain(chain.localnet, wallet.get_wallet())
         raise InvalidArgument(
             "AtomaNetwork(kind='sui') needs the Sui adapter (atoma_ops.chain.sui), which is not available in this "
             "version; use kind='localnet'"

@@ -38,7 +38,7 @@ class SuiWallet(Block):
     def is_default(self) -> bool:
         return self.client_yaml is None and self.keystore is None
 
-    def load(self) -> "Wallet":
+    def get_wallet(self) -> "Wallet":
         """The wallet (keys stay inside it; it cannot be printed or pickled)."""
         from atoma_ops.chain.errors import InvalidArgument
         from atoma_ops.wallet import Wallet

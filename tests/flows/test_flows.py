@@ -203,3 +203,39 @@ def test_settlement_run_exhausted_and_confidential(tmp_path):
         chain.localnet.close()
     assert balances(network, "node-1")["node-1"] == 90
     assert run(settlement_run(idle_after_s=0, network=network)) == []  # claimed stacks are left alone
+
+
+@pytest.mark.slow
+def test_attestation_watch_attests_once_and_fails_loudly_past_the_window(network, tmp_path):
+    """node-1 is the only subscriber, so the lottery (at 1000‰) can only draw node-1 itself to attest its own stack
+    (draws are with replacement among all eligible nodes, the stack's own included)."""
+    from flows import attestation_watch
+
+    run(mint_usdc("user", 1_000_000, network=network))
+    task = run(create_task("sc", security_level="sampling_consensus", cross_validation_probability_permille=1000, network=network))
+    run(register_and_subscribe_node("node-1", task, PRICE, network=network))
+
+    def settled_stack(key: str) -> int:
+        stack = run(buy_stack(task, 10_000, PRICE, key=key, network=network))["stack_small_id"]
+        run(serve_stack(stack, "node-1", workload(tmp_path, 2), network=network))
+        (settled,) = run(try_settle([stack], "node-1", network=network))
+        assert settled["requested_attestation_nodes"] == [1]
+        return stack
+
+    first = settled_stack("a")
+    (done,) = run(attestation_watch(nodes=["node-1"], network=network))
+    assert (done["stack_small_id"], done["status"], done["disputed"]) == (first, "success", False)
+    assert run(attestation_watch(nodes=["node-1"], network=network)) == []  # already attested: nothing to do
+
+    second = settled_stack("b")
+    chain = chain_of(network)
+    run(chain.advance_epoch(2))  # past E + 1: the window has closed
+    chain.localnet.close()
+    with pytest.raises(StageError, match="window closed"):
+        run(attestation_watch(nodes=["node-1"], network=network))
+    assert run(artifact_keys("attestation-watch-problems")) == {"attestation-watch-problems"}
+    ticket = chain_of(network)
+    try:
+        assert ticket.localnet.get_ticket(second).already_attested_nodes == []
+    finally:
+        ticket.localnet.close()
