@@ -319,6 +319,31 @@ async def execute_intent(chain: Chain, journal: JournalStore, intent: Intent) ->
     return result
 
 
+async def resolve_pending(
+    chain: Chain, journal: JournalStore, *, sender: str | None = None, kinds: Sequence[str] | None = None
+) -> list[ActionResult]:
+    """Resolve every ``pending`` row (of ``sender``, of the entry functions ``kinds``) by digest, re-sending the
+    identical bytes where the chain never saw them. Stages whose intents are rebuilt from chain state (a claim batch,
+    whose stacks vanish once claimed) call this first, so a write made just before a crash is still recorded."""
+    rows = await asyncio.to_thread(journal.actions, statuses=[PENDING])
+    out: list[ActionResult] = []
+    outcomes: list[dict] = []
+    try:
+        for key, row in sorted(rows.items()):
+            if sender is not None and row["sender"] != sender:
+                continue
+            if kinds is not None and row["kind"] not in kinds:
+                continue
+            intent = Intent(key, row["kind"], row["sender"], stack_small_id=row.get("stack_small_id"))
+            result = await _recover(chain, intent, row)
+            out.append(result)
+            outcomes.append(_outcome_row(intent, result))
+    finally:
+        if outcomes:
+            await asyncio.to_thread(journal.record_actions, outcomes)
+    return out
+
+
 async def _submit(chain: Chain, intent: Intent, p: PreparedTransaction, signature: str) -> ActionResult:
     try:
         tx = await chain.execute(p, signature)

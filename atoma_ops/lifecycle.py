@@ -18,7 +18,7 @@ from typing import Any, Sequence
 from .chain.errors import ChainError, InvalidArgument, NotFound
 from .chain.port import Chain
 from .chain.types import TxResult
-from .journal import FINISHED, ActionResult, Intent, JournalStore, execute_intent, execute_intents
+from .journal import FINISHED, ActionResult, Intent, JournalStore, execute_intent, execute_intents, resolve_pending
 from .protocol import money
 from .protocol.commitments import commit
 from .protocol.constants import U64_MAX, SecurityLevel
@@ -555,7 +555,7 @@ class Claimed:
     stack_small_id: int
     path: str  # ticket | confidential
     units: int
-    node_fee: int
+    node_fee: int | None  # None for a claim recovered after a crash (its stack is gone from chain)
     refund: int
     digest: str | None
     status: str
@@ -566,13 +566,46 @@ class ClaimPlan:
     tickets: list[int]  # claim_funds
     confidential: list[tuple[int, int]]  # claim_funds_for_stacks: (stack, units)
     waiting: list[dict]  # not yet claimable, and why
+    recovered: list[Claimed] = field(default_factory=list)  # claims a crash had left in doubt, finished now
 
 
-async def plan_claims(service: NodeService) -> ClaimPlan:
+async def recover_claims(service: NodeService, journal: JournalStore | None) -> list[Claimed]:
+    """Finish claim batches a crash left ``pending``: their stacks may be gone from chain already, so no plan would
+    rebuild them. Each is resolved by digest (or its identical bytes re-sent) and its stacks are marked claimed."""
+    if journal is None:
+        return []
+    results = await resolve_pending(
+        service.chain, journal, sender=service.address, kinds=("claim_funds", "claim_funds_for_stacks")
+    )
+    claimed: dict[int, str] = {}
+    out: list[Claimed] = []
+    for r in results:
+        if not r.ok:
+            continue
+        ids = [int(x) for x in r.key.rsplit(":", 1)[1].split(",") if x]
+        claimed.update({sid: r.digest or "" for sid in ids})
+        path = "ticket" if r.function == "claim_funds" else "confidential"
+        events = {}
+        if r.tx is not None:
+            for e in r.tx.events:
+                if e.name in ("StackSettlementTicketClaimedEvent", "ClaimedStackEvent"):
+                    events[int(e.parsed_json["stack_small_id"]["inner"])] = e.parsed_json
+        for sid in ids:
+            e = events.get(sid, {})
+            # the stacks are gone (or marked claimed): the node fee is not in the event, only in the balance change
+            out.append(Claimed(sid, path, int(e.get("num_claimed_compute_units", 0)), None,  # type: ignore[arg-type]
+                               int(e.get("user_refund_amount", 0)), r.digest, r.status))
+    if claimed:
+        await asyncio.to_thread(service.store.note_claimed_many, claimed)
+    return out
+
+
+async def plan_claims(service: NodeService, journal: JournalStore | None = None) -> ClaimPlan:
     """What this node can claim now, from the stacks its store settled (and confidential stacks it served)."""
     chain = service.chain
+    recovered = await recover_claims(service, journal)
     epoch = await chain.current_epoch()
-    plan = ClaimPlan([], [], [])
+    plan = ClaimPlan([], [], [], recovered)
     for u in await asyncio.to_thread(service.store.stacks):
         settlement = u.settlement or {}
         if settlement.get("claimed_digest"):

@@ -46,8 +46,8 @@ async def settlement_run(
                 for s in settled
             ]
 
-        plan = await node_tasks.plan_claims(network, wallet, node)
-        claimed = []
+        plan = await node_tasks.plan_claims(network, wallet, ledger, node)
+        claimed = list(plan.recovered)
         if plan.tickets:
             claimed += await node_tasks.claim_tickets(network, wallet, ledger, node, plan.tickets, claim_batch_size)
         confidential = [(c.stack_small_id, c.used_units) for c in candidates["confidential"]]

@@ -257,10 +257,10 @@ async def claim(
     """The node claims its fee for settled tickets past their window (the buyer is refunded the rest), and for its
     ConfidentialCompute stacks. ``stack_small_ids`` limits the claim to those stacks."""
     network = network_or_default(network)
-    plan = await node_tasks.plan_claims(network, wallet, node)
+    plan = await node_tasks.plan_claims(network, wallet, ledger, node)
+    claimed = [c for c in plan.recovered if stack_small_ids is None or c.stack_small_id in stack_small_ids]
     tickets = [s for s in plan.tickets if stack_small_ids is None or s in stack_small_ids]
     confidential = [c for c in plan.confidential if stack_small_ids is None or c[0] in stack_small_ids]
-    claimed = []
     if tickets:
         claimed += await node_tasks.claim_tickets(network, wallet, ledger, node, tickets, batch_size)
     if confidential:

@@ -118,10 +118,11 @@ async def find_attestation_requests(network: AtomaNetwork, wallet: SuiWallet | N
 
 
 @task(name="plan-claims", **READ)
-async def plan_claims(network: AtomaNetwork, wallet: SuiWallet | None, node: str) -> lifecycle.ClaimPlan:
-    """What the node can claim now (tickets past their window; confidential stacks served)."""
+async def plan_claims(network: AtomaNetwork, wallet: SuiWallet | None, ledger: Ledger | None, node: str) -> lifecycle.ClaimPlan:
+    """What the node can claim now (tickets past their window; confidential stacks served), after finishing any
+    claim a crash left in doubt."""
     async with open_node(network, wallet, node) as service:
-        return await lifecycle.plan_claims(service)
+        return await lifecycle.plan_claims(service, journal_for(network, ledger))
 
 
 @task(name="claim-funds", **CHAIN_WRITE)

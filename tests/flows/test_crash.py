@@ -253,15 +253,7 @@ def test_try_settle_crash_then_rerun_settles_each_stack_once(tmp_path, failpoint
     "failpoint",
     [
         AFTER_WRITE,
-        pytest.param(
-            AFTER_SUBMIT,
-            marks=pytest.mark.xfail(
-                raises=OutcomeNotRecorded,
-                strict=True,
-                reason="known bug: a claim executed before the crash is never planned again (its stacks are gone "
-                "from the chain), so the re-run never resolves its pending journal row",
-            ),
-        ),
+        AFTER_SUBMIT,
     ],
 )
 def test_claim_crash_then_rerun_claims_each_stack_once(tmp_path, failpoint):

@@ -63,8 +63,7 @@ def _prefect_env(prefect_home: Path, api_url: str | None) -> dict[str, str]:
 
 
 def _start(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
-    """A long-running subprocess in its own process group (so stopping it also stops what it started, such as the
-    worker's flow-run processes)."""
+    """A long-running subprocess, leader of its own process group (see ``_stop``)."""
     out = log.open("wb")
     try:
         return subprocess.Popen(args, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
@@ -72,20 +71,53 @@ def _start(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
         out.close()
 
 
+def _proc_stat(pid: int) -> tuple[int, int] | None:
+    """(parent pid, start time) of a live process, from /proc; None if it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return int(fields[1]), int(fields[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _descendants(pid: int) -> dict[int, int]:
+    """The live descendants of ``pid`` and their start times (from /proc; none where there is no /proc)."""
+    children: dict[int, list[tuple[int, int]]] = {}
+    for entry in Path("/proc").glob("[0-9]*"):
+        if (stat := _proc_stat(int(entry.name))) is not None:
+            children.setdefault(stat[0], []).append((int(entry.name), stat[1]))
+    out: dict[int, int] = {}
+    todo = [pid]
+    while todo:
+        for child, start in children.get(todo.pop(), []):
+            out[child] = start
+            todo.append(child)
+    return out
+
+
 def _stop(proc: subprocess.Popen, timeout: float = 10.0) -> None:
-    """SIGTERM the process group, then SIGKILL it if it has not exited after ``timeout``."""
+    """SIGTERM the process group, then SIGKILL it if it has not exited after ``timeout``; then SIGKILL whatever it
+    had started in a session of its own (the worker runs each flow run in a new session) that is still alive."""
+    started = _descendants(proc.pid)
     if proc.poll() is None:
         try:
             os.killpg(proc.pid, signal.SIGTERM)
             proc.wait(timeout)
         except subprocess.TimeoutExpired:
             pass
-    try:  # also children left behind by a leader that has exited
+    try:  # also what is left of the group once its leader has gone
         os.killpg(proc.pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
     if proc.poll() is None:
         proc.wait(5)
+    for pid, start in started.items():
+        stat = _proc_stat(pid)
+        if stat is not None and stat[1] == start:  # the same process, not a reused pid
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
 
 
 def _tail(path: Path, n: int = 4000) -> str:
@@ -96,7 +128,9 @@ def _cli(*args: str, env: dict[str, str], timeout: float = 120) -> str:
     result = subprocess.run(
         [*PREFECT, "--no-prompt", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
     )
-    assert result.returncode == 0, f"prefect {' '.join(args)} exited {result.returncode}:\n{result.stdout}\n{result.stderr}"
+    assert result.returncode == 0, (
+        f"prefect {' '.join(args)} exited {result.returncode}:\n{result.stdout}\n{result.stderr}"
+    )
     return result.stdout
 
 
@@ -131,7 +165,9 @@ def _run_settlement(home: Path, env: dict[str, str], api: httpx.Client, worker_l
             break
         time.sleep(0.5)
     else:
-        raise AssertionError(f"flow run {flow_run_id} still {run['state_type']} after {timeout} s:\n{_tail(worker_log)}")
+        raise AssertionError(
+            f"flow run {flow_run_id} still {run['state_type']} after {timeout} s:\n{_tail(worker_log)}"
+        )
     assert run["state_type"] == "COMPLETED", f"{run['state']}\n{_tail(worker_log)}"
     return run
 
