@@ -606,14 +606,22 @@ async def plan_claims(service: NodeService, journal: JournalStore | None = None)
     recovered = await recover_claims(service, journal)
     epoch = await chain.current_epoch()
     plan = ClaimPlan([], [], [], recovered)
+    tasks: dict[int, Any] = {}
     for u in await asyncio.to_thread(service.store.stacks):
         settlement = u.settlement or {}
         if settlement.get("claimed_digest"):
             continue
+        claimable_from = settlement.get("dispute_settled_at_epoch")
+        if u.state == "settled" and claimable_from is not None and epoch < claimable_from:
+            # the ticket's epoch never changes: no chain read needed to know it must wait
+            plan.waiting.append({"stack_small_id": u.stack_small_id, "why": f"claimable from epoch {claimable_from} (now {epoch})"})
+            continue
         stack = await chain.get_stack(u.stack_small_id)
         if stack is None or stack.is_claimed:
             continue  # claimed (claim_funds deletes the stack; the confidential path marks it)
-        task = await chain.get_task(stack.task_small_id)
+        if stack.task_small_id not in tasks:
+            tasks[stack.task_small_id] = await chain.get_task(stack.task_small_id)
+        task = tasks[stack.task_small_id]
         if task is not None and task.security_level == SecurityLevel.CONFIDENTIAL_COMPUTE:
             if u.state == "open" and u.num_requests and not u.in_flight:
                 plan.confidential.append((u.stack_small_id, u.used_units))
@@ -648,6 +656,7 @@ async def _claim(service: NodeService, journal: JournalStore, items: list[tuple[
     submitted; then the successful ones are noted in the store and, if the chain refused one, its error is raised."""
     chain = service.chain
     config = await chain.db_config()
+    tasks: dict[int, Any] = {}
     batches: list[tuple[list[int], dict[int, tuple[int, int, int]]]] = []
     intents: list[Intent] = []
     for start in range(0, len(items), batch_size):
@@ -658,7 +667,9 @@ async def _claim(service: NodeService, journal: JournalStore, items: list[tuple[
             stack = await chain.get_stack(sid)
             if stack is None:
                 continue
-            task = await chain.get_task(stack.task_small_id)
+            if stack.task_small_id not in tasks:
+                tasks[stack.task_small_id] = await chain.get_task(stack.task_small_id)
+            task = tasks[stack.task_small_id]
             level = task.security_level if task else 0
             if units is None:
                 ticket = await chain.get_ticket(sid)

@@ -161,26 +161,24 @@ def expected_task_runs(n: int, settle_batch: int) -> dict[str, int]:
 
 
 # ----------------------------------------------------------------------------------------------- areas
+_ENGINE, _ADAPTER = "atoma_ops.chain.localnet.engine", "atoma_ops.chain.localnet.adapter"
+_LEDGER, _STORE = "atoma_ops.ledger.api", "atoma_ops.serving.store"
+_WRITES = "chain writes: Localnet.execute (signature check, contract, COMMIT)"
+_CLIENT = "chain client: prepare + sign"
+_READS = "chain reads: stack / task / ticket / badges / epoch / config"
+_JOURNAL = "intent journal: Ledger.actions + record_actions (DuckDB units of work)"
+_STATE = "node store: stacks / state writes"
 AREAS = (
     # (area, module, class or None, function): wall time inside these calls; none of them calls another
-    ("chain writes: Localnet.execute (signature check, contract, COMMIT)", "atoma_ops.chain.localnet.engine", "Localnet", "execute"),
-    ("chain client: prepare + sign", "atoma_ops.chain.localnet.adapter", "LocalnetChain", "prepare"),
-    ("chain client: prepare + sign", "atoma_ops.chain.localnet.adapter", "LocalnetChain", "sign"),
-    ("chain reads: stack / task / ticket / badges / epoch / config", "atoma_ops.chain.localnet.adapter", "LocalnetChain", "get_stack"),
-    ("chain reads: stack / task / ticket / badges / epoch / config", "atoma_ops.chain.localnet.adapter", "LocalnetChain", "get_task"),
-    ("chain reads: stack / task / ticket / badges / epoch / config", "atoma_ops.chain.localnet.adapter", "LocalnetChain", "get_ticket"),
-    ("chain reads: stack / task / ticket / badges / epoch / config", "atoma_ops.chain.localnet.adapter", "LocalnetChain", "badges"),
-    ("chain reads: stack / task / ticket / badges / epoch / config", "atoma_ops.chain.localnet.adapter", "LocalnetChain", "current_epoch"),
-    ("chain reads: stack / task / ticket / badges / epoch / config", "atoma_ops.chain.localnet.adapter", "LocalnetChain", "db_config"),
-    ("intent journal: Ledger.actions + record_actions (DuckDB units of work)", "atoma_ops.ledger.api", "Ledger", "actions"),
-    ("intent journal: Ledger.actions + record_actions (DuckDB units of work)", "atoma_ops.ledger.api", "Ledger", "record_actions"),
-    ("node store: history reads", "atoma_ops.serving.store", "NodeStore", "history"),
-    ("node store: stacks / state writes", "atoma_ops.serving.store", "NodeStore", "stacks"),
-    ("node store: stacks / state writes", "atoma_ops.serving.store", "NodeStore", "last_served_ms"),
-    ("node store: stacks / state writes", "atoma_ops.serving.store", "NodeStore", "begin_settlements"),
-    ("node store: stacks / state writes", "atoma_ops.serving.store", "NodeStore", "finish_settlements"),
-    ("node store: stacks / state writes", "atoma_ops.serving.store", "NodeStore", "abort_settlements"),
-    ("node store: stacks / state writes", "atoma_ops.serving.store", "NodeStore", "note_claimed_many"),
+    (_WRITES, _ENGINE, "Localnet", "execute"),
+    *((_CLIENT, _ADAPTER, "LocalnetChain", f) for f in ("prepare", "sign")),
+    *((_READS, _ADAPTER, "LocalnetChain", f)
+      for f in ("get_stack", "get_task", "get_ticket", "badges", "current_epoch", "db_config")),
+    *((_JOURNAL, _LEDGER, "Ledger", f) for f in ("actions", "record_actions")),
+    ("node store: history reads", _STORE, "NodeStore", "history"),
+    *((_STATE, _STORE, "NodeStore", f)
+      for f in ("stacks", "last_served_ms", "begin_settlements", "finish_settlements", "abort_settlements",
+                "note_claimed_many")),
     ("commitments (merkle root)", "atoma_ops.lifecycle", None, "commit"),
     ("Prefect table artifact", "flows.settlement", None, "acreate_table_artifact"),
 )

@@ -76,10 +76,22 @@ class Ledger:
         return f"Ledger({str(self.path)!r})"
 
     # ------------------------------------------------------------------------------------------ connections
+    #: files this process has already migrated, by (path, inode): a task opening a fresh Ledger on the same file
+    #: skips the ~70 ms check (a file replaced since has another inode and is checked again)
+    _migrated: set[tuple[str, int]] = set()
+
     def _ensure(self) -> None:
-        if not self._schema_checked:
+        if self._schema_checked:
+            return
+        try:
+            identity = (str(self.path.resolve()), self.path.stat().st_ino)
+        except OSError:
+            identity = None
+        if identity is None or identity not in Ledger._migrated:
             ensure_schema(self.path, timeout_s=self.lock_timeout_s)
-            self._schema_checked = True
+            identity = (str(self.path.resolve()), self.path.stat().st_ino)
+            Ledger._migrated.add(identity)
+        self._schema_checked = True
 
     @contextmanager
     def writer(self) -> Iterator[duckdb.DuckDBPyConnection]:

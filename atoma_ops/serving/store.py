@@ -28,6 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
 
+import orjson
+
 from .._sqlite import connect_wal, immediate
 from ..protocol.commitments import canonical_json, canonical_request
 from ..protocol.compute_units import actual_units
@@ -524,7 +526,7 @@ def _usage(row) -> StackUsage:
         state=row[7],
         selected_node_id=row[8],
         task_small_id=row[9],
-        settlement=json.loads(row[10]) if row[10] else None,
+        settlement=orjson.loads(row[10]) if row[10] else None,
     )
 
 
