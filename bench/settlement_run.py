@@ -53,6 +53,7 @@ import shutil  # noqa: E402
 import time  # noqa: E402
 from typing import Any  # noqa: E402
 
+import kit  # noqa: E402
 from kit import NODE, served_stacks  # noqa: E402
 
 from atoma_ops.home import LocalnetHome  # noqa: E402
@@ -98,21 +99,10 @@ async def bare_claim(home: Path, stack_ids: list[int], node_small_id: int, batch
     return txs
 
 
-async def advance(home: Path) -> int:
-    chain = LocalnetHome(home).open()
-    try:
-        return await chain.advance_epoch()
-    finally:
-        await chain.close()
-
-
 def chain_state(home: Path) -> dict:
-    chain = LocalnetHome(home).open()
-    try:
+    with kit.opened(home) as chain:
         ln = chain.localnet
         return {"stacks": len(ln.list_stacks()), "tickets": len(ln.list_tickets()), "usdc": ln.total_usdc()}
-    finally:
-        asyncio.run(chain.close())
 
 
 # ----------------------------------------------------------------------------------------------- the flow
@@ -250,7 +240,7 @@ def profile_flow(folder: Path, n: int, requests: int, settlement_run: Any, netwo
         profiler.enable()
         t_settle, _, _ = flow_run(home, settlement_run, network_cls, batches)
         profiler.disable()
-        asyncio.run(advance(home))
+        kit.advance_epoch(home)
         profiler.enable()
         t_claim, _, _ = flow_run(home, settlement_run, network_cls, batches)
         profiler.disable()
@@ -354,7 +344,7 @@ def main(argv: list[str] | None = None) -> int:
         with AreaTimer() as settle_areas:
             flow_settle_s, settle_actions, settle_state = flow_run(folder / "B", settlement_run, AtomaNetwork, batches)
 
-        epochs = (asyncio.run(advance(folder / "A")), asyncio.run(advance(folder / "B")))
+        epochs = (kit.advance_epoch(folder / "A"), kit.advance_epoch(folder / "B"))
 
         t0 = time.perf_counter()
         bare_claim_txs = asyncio.run(bare_claim(folder / "A", ids, a.node_small_id, claim_batch))

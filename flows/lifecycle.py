@@ -109,7 +109,7 @@ async def stack_lifecycle(
         "claims": claims,
         "earnings": earnings,
     }
-    await acreate_markdown_artifact(_summary_markdown(summary), key="stack-lifecycle", description="The stack's life")
+    await acreate_markdown_artifact(summary_markdown(summary), key="stack-lifecycle", description="The stack's life")
     return summary
 
 
@@ -131,7 +131,8 @@ async def _claimable_from(network: AtomaNetwork, wallet: SuiWallet | None, stack
     return ticket.dispute_settled_at_epoch if ticket else None
 
 
-def _summary_markdown(s: dict) -> str:
+def summary_markdown(s: dict) -> str:
+    """The lifecycle's summary as markdown (the run's artifact; the demo prints it too)."""
     lines = [
         f"# Stack {s['stack_small_id']} (task {s['task_small_id']})",
         f"- served by **{s['serving_node']}**: {s['served']['served']} requests, {s['served']['units_used']} compute units",

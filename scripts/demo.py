@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """``make demo``: one stack's whole life as the Prefect flow ``stack-lifecycle``, on the embedded defaults.
 
-A fresh localnet with one-minute epochs (``data/demo-localnet``), Prefect's ephemeral API (its database under
+A fresh localnet with 90-second epochs (``data/demo-localnet``), Prefect's ephemeral API (its database under
 ``data/prefect``), and the CPU engine. The flow mints test USDC, creates a Sampling Consensus task with the
 attestation lottery at 1000‰ (so an attestation really happens), registers and subscribes three nodes, buys a stack,
 serves the sample workload (22 requests), try-settles, lets the node the contract drew replay the stack and attest,
@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--home", type=Path, default=Path("data/demo-localnet"), help="localnet home (replaced)")
     parser.add_argument("--seed", type=int, default=7, help="seed of the localnet's random stream")
-    parser.add_argument("--epoch-s", type=float, default=60.0, help="epoch length in seconds")
+    parser.add_argument("--epoch-s", type=float, default=90.0, help="epoch length in seconds (the replay must fit in two)")
     parser.add_argument("--workload", default="data/workloads/sample.jsonl")
     opts = parser.parse_args(argv)
     os.chdir(ROOT)
@@ -50,11 +50,13 @@ def main(argv: list[str] | None = None) -> int:
     sys.path.insert(0, str(ROOT))
 
     from rich.console import Console
+    from rich.markdown import Markdown
     from rich.table import Table
 
     from atoma_ops.home import LocalnetHome
     from blocks import AtomaNetwork
     from flows import stack_lifecycle
+    from flows.lifecycle import summary_markdown
 
     console = Console()
     localnet, _ = LocalnetHome(opts.home).init(seed=opts.seed, epoch_duration_ms=int(opts.epoch_s * 1000), force=True)
@@ -71,17 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     took = time.monotonic() - started
 
     s = summary
-    console.print(f"\n[bold]Stack {s['stack_small_id']}[/] on task {s['task_small_id']}, sold to {s['serving_node']}")
-    console.print(f"  served   {s['served']['served']} requests, {s['served']['units_used']} compute units")
-    console.print(
-        f"  settled  {s['settled']['claimed_units']} units claimed; attesters drawn: "
-        f"{s['settled']['requested_attestation_nodes']}"
-    )
-    for a in s["attestations"]:
-        verdict = "[red]dispute[/]" if a["disputed"] else "[green]agrees[/]"
-        console.print(f"  attested position {a['position']}: replay equal {a['replay'].get('equal')}, {verdict}")
-    for c in s["claims"]:
-        console.print(f"  claimed  node fee {c['node_fee']} · buyer refund {c['refund']} (USDC base units)")
+    console.print(Markdown(summary_markdown(s)))
 
     table = Table(title="Earnings per node (USDC base units, from the ledger)")
     columns = ["node_small_id", "stacks_claimed", "units_claimed", "node_fees", "attester_credits", "total"]

@@ -9,9 +9,12 @@ serving (settlement runs, deployments, crashes), and for the benchmark's thousan
 from __future__ import annotations
 
 import asyncio
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
+from atoma_ops.chain.localnet.adapter import LocalnetChain
 from atoma_ops.home import LocalnetHome
 from atoma_ops.serving.store import NodeStore, Settlement, StackFacts
 
@@ -77,3 +80,19 @@ async def served_stacks_async(
 
 def served_stacks(home: Path, n_stacks: int, **kwargs) -> Served:
     return asyncio.run(served_stacks_async(home, n_stacks, **kwargs))
+
+
+@contextmanager
+def opened(home: Path) -> Iterator[LocalnetChain]:
+    """The localnet of ``home`` (through its own wallet), closed afterwards."""
+    chain = LocalnetHome(Path(home)).open()
+    try:
+        yield chain
+    finally:
+        chain.localnet.close()
+
+
+def advance_epoch(home: Path, count: int = 1) -> int:
+    """Advance the localnet's epoch (the localnet's stand-in for a day passing); returns the new epoch."""
+    with opened(home) as chain:
+        return chain.localnet.advance_epoch(count)

@@ -9,7 +9,6 @@ their default parameters (the repository's own ``data/localnet``); the only runs
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import re
@@ -24,7 +23,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from atoma_ops.home import LocalnetHome
+import kit
 from kit import NODE, PRICE, UNITS, served_stacks
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -172,17 +171,8 @@ def _run_settlement(home: Path, env: dict[str, str], api: httpx.Client, worker_l
     return run
 
 
-async def _advance_epoch(home: Path) -> int:
-    chain = LocalnetHome(home).open()
-    try:
-        return await chain.advance_epoch()
-    finally:
-        await chain.close()
-
-
 def _chain_state(home: Path) -> dict:
-    chain = LocalnetHome(home).open()
-    try:
+    with kit.opened(home) as chain:
         ln = chain.localnet
         return {
             "stacks": [s.stack_small_id for s in ln.list_stacks()],
@@ -190,8 +180,6 @@ def _chain_state(home: Path) -> dict:
             "node": ln.usdc_balance(chain.wallet.resolve(NODE)),
             "user": ln.usdc_balance(chain.wallet.resolve("user")),
         }
-    finally:
-        asyncio.run(chain.close())
 
 
 @pytest.mark.slow
@@ -255,7 +243,7 @@ def test_settlement_run_deployment_settles_then_claims(tmp_path):
         assert settled["node"] == before["node"] == 0
 
         # the dispute window passes; the second run claims every ticket
-        assert asyncio.run(_advance_epoch(home)) == 1
+        assert kit.advance_epoch(home) == 1
         _run_settlement(home, env, api, worker_log)
 
     after = _chain_state(home)
