@@ -397,6 +397,21 @@ class Localnet:
         # Signature first, as a Sui validator does: known bytes with a forged signature are refused too.
         tx = self._parse(tx_bytes)
         self._check_signature(tx_bytes, signatures, tx["sender"])
+        return self._execute_checked(digest, tx, tx_bytes, signatures)
+
+    def execute_verified(
+        self, digest: str, sender: str, commands: list[dict], tx_bytes: bytes, signatures: list[str]
+    ) -> TxResult:
+        """Execute commands of a transaction whose bytes and signature the caller has already verified in another
+        format (the loopback Sui node: BCS ``TransactionData`` under Sui's digest). Same guarantees as
+        :meth:`execute`: a known digest returns its first effects; a failure is recorded under the digest."""
+        try:
+            sender = normalize_address(sender)
+        except ValueError:
+            raise TransactionRejected(f"{sender!r} is not an address") from None
+        return self._execute_checked(digest, {"sender": sender, "commands": commands}, tx_bytes, signatures)
+
+    def _execute_checked(self, digest: str, tx: dict, tx_bytes: bytes, signatures: list[str]) -> TxResult:
         with self._write() as conn:
             known = self._load_transaction(conn, digest)
             if known is None:
