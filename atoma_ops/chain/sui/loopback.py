@@ -1,0 +1,645 @@
+"""A loopback Sui full node: the read side of Sui's gRPC API (``sui.rpc.v2``) served from a localnet file.
+
+This is a TEST DOUBLE. No real Sui node (validator or full node) can run where this project is built and tested,
+so the Sui adapter is exercised against this server instead: pysui's own gRPC client talks to it exactly as it
+talks to a real full node, over HTTP/2 on 127.0.0.1 without TLS. The state behind it is a :class:`Localnet` chain
+file (``<home>/chain.sqlite``), read live on every request, so writes made by other processes show up at once.
+
+Served (read only; transaction execution is not part of this server yet):
+
+- ``LedgerService``: ``GetServiceInfo``, ``GetEpoch``, ``GetObject``, ``BatchGetObjects``
+- ``StateService``: ``ListOwnedObjects`` (object-type filter, paging), ``GetBalance``, ``ListBalances``
+- ``MovePackageService``: ``GetFunction`` for every ``atoma::db`` entry function (from ``atoma_ops.protocol.abi``)
+
+How localnet objects become Sui ``Object`` messages:
+
+- ``digest``: base58 of blake2b-256 over ``"ObjectDigest::" ‖ id ‖ u64-LE version``; stable per (id, version),
+  so it changes exactly when the version does (a real digest hashes the contents, which a version bump also
+  changes).
+- ``owner``: an address owner is ``ADDRESS``; the localnet's ``shared`` owner is ``SHARED`` with the
+  ``initial_shared_version`` in ``Owner.version``; the two packages are ``IMMUTABLE`` objects of type ``package``.
+- ``object_type``: the localnet's type string (``<package>::db::NodeBadge``,
+  ``0x2::coin::Coin<<usdc package>::usdc::USDC>``); type filters compare with every address padded to 32 bytes,
+  so ``0x2`` and ``0x000…002`` both match.
+- Coins carry ``balance``; coins and badges carry ``contents`` (BCS of the Move struct: ``id`` then the ``u64``
+  balance or small id); every object but the packages carries ``json`` (``{"id": …}`` plus the localnet's
+  fields, as the localnet stores them). ``previous_transaction`` and ``storage_rebate`` are not served.
+- Read masks are honoured on top-level fields (``*`` for all), with Sui's documented defaults when absent.
+- The Random object ``0x8`` exists as a shared object, as on every Sui network, so pysui can resolve it.
+
+Usage::
+
+    async with LoopbackSuiNode(home.chain_file) as node:
+        client = pysui_client_for(node.url, wallet)   # atoma_ops.chain.sui.client
+
+    with BackgroundLoopbackNode(home.chain_file) as node:   # from synchronous code
+        ...
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import datetime as _dt
+import hashlib
+import ipaddress
+import logging
+import os
+import re
+import socket
+import threading
+from typing import Any, Awaitable, Callable
+
+import base58
+import grpclib.const
+import grpclib.server
+from grpclib.exceptions import GRPCError
+
+import pysui.sui.sui_grpc.suimsgs.google.protobuf as pb
+import pysui.sui.sui_grpc.suimsgs.google.rpc as rpc_status
+import pysui.sui.sui_grpc.suimsgs.sui.rpc.v2 as sui
+
+from ...protocol import abi
+from ...wallet import normalize_address
+from .._json import loads
+from ..errors import ChainError, NotFound
+from ..localnet.engine import SHARED, Localnet
+
+log = logging.getLogger("atoma_ops.chain.sui.loopback")
+
+__all__ = [
+    "BackgroundLoopbackNode",
+    "LoopbackSuiNode",
+    "REFERENCE_GAS_PRICE",
+    "canonical_type",
+    "function_descriptor",
+    "object_digest",
+]
+
+#: Reference gas price (MIST per gas unit) of every epoch.
+REFERENCE_GAS_PRICE = 1000
+#: Sui's limits as a full node reports them in ``Epoch.protocol_config.attributes`` (long-standing Sui mainnet
+#: values). pysui reads the first ten keys at connect time into ``TransactionConstraints``;
+#: ``max_move_object_size`` is the limit the localnet contract enforces. The double has no behaviour gated on
+#: the protocol version, so it reports version 1.
+PROTOCOL_VERSION = 1
+PROTOCOL_ATTRIBUTES = {
+    "max_arguments": 512,
+    "max_input_objects": 2048,
+    "max_num_transferred_move_object_ids": 2048,
+    "max_programmable_tx_commands": 1024,
+    "max_pure_argument_size": 16 * 1024,
+    "max_tx_size_bytes": 128 * 1024,
+    "max_type_argument_depth": 16,
+    "max_type_arguments": 16,
+    "max_tx_gas": 50_000_000_000,
+    "max_publish_or_upgrade_per_ptb": 5,
+    "max_move_object_size": 250 * 1024,
+}
+#: The localnet publishes AtomaDb (its only shared object) at version 1.
+ATOMA_DB_INITIAL_SHARED_VERSION = 1
+RANDOM_INITIAL_SHARED_VERSION = 1
+RANDOM_TYPE = "0x2::random::Random"
+TX_CONTEXT_TYPE = "0x2::tx_context::TxContext"
+COIN_TYPE = "0x2::coin::Coin"
+OPTION_TYPE = "0x1::option::Option"
+ASCII_STRING_TYPE = "0x1::ascii::String"
+
+DEFAULT_PAGE_SIZE = 50
+MAX_PAGE_SIZE = 1000
+_SCAN_CHUNK = 256
+_PAGE_TOKEN_TAG = b"\x01"
+
+_OBJECT_FIELDS_DEFAULT = frozenset({"object_id", "version", "digest"})
+_OWNED_FIELDS_DEFAULT = frozenset({"object_id", "version", "object_type"})
+_EPOCH_FIELDS_DEFAULT = frozenset({"epoch"})
+_ADDRESS_IN_TYPE = re.compile(r"0[xX][0-9a-fA-F]+(?=::)")
+_STRUCT_TAG = re.compile(r"^0x[0-9a-f]{64}::[A-Za-z_][A-Za-z0-9_]*::[A-Za-z_][A-Za-z0-9_]*$")
+
+
+# --------------------------------------------------------------------------------------------------- helpers
+def canonical_type(type_str: str) -> str:
+    """A Move type with every address padded to 32 bytes (``0x2::coin::Coin<0xa::usdc::USDC>`` → long form)."""
+    return _ADDRESS_IN_TYPE.sub(lambda m: normalize_address(m.group(0)), type_str.strip())
+
+
+def object_digest(object_id: str, version: int) -> str:
+    """The double's object digest: base58 of blake2b-256 over ``"ObjectDigest::" ‖ id ‖ u64-LE version``."""
+    raw = bytes.fromhex(normalize_address(object_id)[2:])
+    material = b"ObjectDigest::" + raw + int(version).to_bytes(8, "little")
+    return base58.b58encode(hashlib.blake2b(material, digest_size=32).digest()).decode()
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _mask(read_mask: Any, default: frozenset[str]) -> frozenset[str] | None:
+    """Top-level field names of a FieldMask; None means every field (``*``)."""
+    paths = list(getattr(read_mask, "paths", None) or [])
+    if not paths:
+        return default
+    top = {p.split(".", 1)[0] for p in paths}
+    return None if "*" in top else frozenset(top)
+
+
+def _address(value: str | None, what: str) -> str:
+    if not value:
+        raise GRPCError(grpclib.const.Status.INVALID_ARGUMENT, f"missing {what}")
+    try:
+        return normalize_address(value)
+    except ValueError:
+        raise GRPCError(grpclib.const.Status.INVALID_ARGUMENT, f"invalid {what}: {value!r}") from None
+
+
+def _utc(ms: int) -> _dt.datetime:
+    return _dt.datetime.fromtimestamp(ms / 1000, tz=_dt.timezone.utc)
+
+
+# --------------------------------------------------------------------------------------------------- signatures
+_B = sui.OpenSignatureBody
+_T = sui.OpenSignatureBodyType
+_R = sui.OpenSignatureReference
+_SCALARS = {abi.U8: _T.U8, abi.U16: _T.U16, abi.U64: _T.U64, abi.BOOL: _T.BOOL}
+
+
+def _datatype(type_name: str, *params: sui.OpenSignatureBody) -> sui.OpenSignatureBody:
+    # Generics go in type_parameter_instantiation, never in type_name (pysui splits type_name on "::").
+    return _B(type=_T.DATATYPE, type_name=type_name, type_parameter_instantiation=list(params))
+
+
+def _param_signature(param_type: str, package_id: str, usdc_type: str) -> sui.OpenSignature:
+    """One ``abi`` parameter type as a Move ``OpenSignature`` (reference + body)."""
+    if param_type in _SCALARS:
+        return sui.OpenSignature(body=_B(type=_SCALARS[param_type]))
+    if param_type in (abi.OPTION_U8, abi.OPTION_U16):
+        return sui.OpenSignature(body=_datatype(OPTION_TYPE, _B(type=_SCALARS[param_type[7:-1]])))
+    if param_type == abi.OPTION_STRING:
+        # The contract's model name is std::ascii::String.
+        return sui.OpenSignature(body=_datatype(OPTION_TYPE, _datatype(ASCII_STRING_TYPE)))
+    if param_type in (abi.VECTOR_U8, abi.VECTOR_U64):
+        inner = _T.U8 if param_type == abi.VECTOR_U8 else _T.U64
+        return sui.OpenSignature(body=_B(type=_T.VECTOR, type_parameter_instantiation=[_B(type=inner)]))
+    if param_type == abi.RANDOM:
+        return sui.OpenSignature(reference=_R.IMMUTABLE, body=_datatype(RANDOM_TYPE))
+    if param_type == abi.USDC_COIN_MUT:
+        return sui.OpenSignature(reference=_R.MUTABLE, body=_datatype(COIN_TYPE, _datatype(usdc_type)))
+    kind = abi.badge_kind(param_type)
+    if kind is not None:
+        if param_type.startswith("&mut "):
+            ref: sui.OpenSignatureReference | None = _R.MUTABLE
+        elif param_type.startswith("&"):
+            ref = _R.IMMUTABLE
+        else:
+            ref = None  # by value
+        return sui.OpenSignature(reference=ref, body=_datatype(f"{package_id}::db::{kind}"))
+    raise ValueError(f"no Move signature for abi type {param_type!r}")
+
+
+def function_descriptor(function: str, package_id: str, usdc_type: str) -> sui.FunctionDescriptor:
+    """``atoma::db::<function>`` as Sui describes it: ``&mut AtomaDb``, the abi parameters, ``&mut TxContext``.
+
+    TxContext is sent as the datatype ``0x2::tx_context::TxContext`` (pysui drops the parameter by that name).
+    """
+    params = abi.ENTRY_FUNCTIONS[function]
+    signatures = [sui.OpenSignature(reference=_R.MUTABLE, body=_datatype(f"{package_id}::db::AtomaDb"))]
+    signatures += [_param_signature(p.type, package_id, usdc_type) for p in params]
+    signatures.append(sui.OpenSignature(reference=_R.MUTABLE, body=_datatype(TX_CONTEXT_TYPE)))
+    return sui.FunctionDescriptor(
+        name=function,
+        visibility=sui.FunctionDescriptorVisibility.PUBLIC,
+        is_entry=True,
+        type_parameters=[],
+        parameters=signatures,
+        returns=[],
+    )
+
+
+# --------------------------------------------------------------------------------------------------- reads
+class _Reads:
+    """Everything the double reads from the localnet, as Sui messages. Synchronous; short SQLite reads."""
+
+    def __init__(self, localnet: Localnet, chain_name: str):
+        self.net = localnet
+        self.chain_name = chain_name
+        self.usdc_type = localnet.usdc_type
+        self.usdc_type_canonical = canonical_type(localnet.usdc_type)
+        self.coin_type_canonical = canonical_type(localnet.coin_type)
+        self.badge_types = {canonical_type(localnet.type_of(k)) for k in abi.BADGE_KINDS}
+        self.functions = {
+            name: function_descriptor(name, localnet.package_id, localnet.usdc_type) for name in abi.ENTRY_FUNCTIONS
+        }
+        # Objects a real network has that the localnet's objects table does not hold.
+        self.virtual: dict[str, dict] = {
+            abi.RANDOM_OBJECT_ID: {
+                "id": abi.RANDOM_OBJECT_ID, "type": RANDOM_TYPE, "owner": SHARED,
+                "version": RANDOM_INITIAL_SHARED_VERSION, "data": {},
+                "initial_shared_version": RANDOM_INITIAL_SHARED_VERSION,
+            },
+        }
+        for pkg in (localnet.package_id, localnet.usdc_package_id):
+            self.virtual[normalize_address(pkg)] = {
+                "id": normalize_address(pkg), "type": "package", "owner": "immutable", "version": 1, "data": None,
+            }
+
+    # -- ledger
+    def checkpoint_height(self) -> int:
+        row = self.net.conn.execute("SELECT COALESCE(MAX(seq), 0) FROM transactions").fetchone()
+        return int(row[0])
+
+    def last_timestamp_ms(self) -> int | None:
+        row = self.net.conn.execute("SELECT effects FROM transactions ORDER BY seq DESC LIMIT 1").fetchone()
+        return None if row is None else int(loads(row[0]).get("timestamp_ms", 0))
+
+    def service_info(self) -> sui.GetServiceInfoResponse:
+        ts = self.last_timestamp_ms()
+        return sui.GetServiceInfoResponse(
+            chain_id=self.net.chain_id,
+            chain=self.chain_name,
+            epoch=self.net.current_epoch(),
+            checkpoint_height=self.checkpoint_height(),
+            timestamp=None if ts is None else _utc(ts),
+            lowest_available_checkpoint=0,
+            lowest_available_checkpoint_objects=0,
+            server="atoma-ops-loopback",
+        )
+
+    def epoch(self, request: sui.GetEpochRequest) -> sui.GetEpochResponse:
+        clock = self.net.clock()
+        current = clock["current_epoch"]
+        number = current if request.epoch is None else int(request.epoch)
+        if number > current:
+            raise GRPCError(grpclib.const.Status.NOT_FOUND, f"epoch {number} has not started (current {current})")
+        fields = _mask(request.read_mask, _EPOCH_FIELDS_DEFAULT)
+
+        def want(name: str) -> bool:
+            return fields is None or name in fields
+
+        out = sui.Epoch(epoch=number if want("epoch") else None)
+        if want("reference_gas_price"):
+            out.reference_gas_price = REFERENCE_GAS_PRICE
+        if want("protocol_config"):
+            config = sui.ProtocolConfig(protocol_version=PROTOCOL_VERSION)
+            # Set after construction: the constructor warns that ``attributes`` is deprecated (in favour of
+            # ``configs``), but ``attributes`` is the map pysui 1.5.1 reads its transaction constraints from.
+            config.attributes = {k: str(v) for k, v in PROTOCOL_ATTRIBUTES.items()}
+            out.protocol_config = config
+        if want("start") and number == current:
+            duration = clock["epoch_duration_ms"]
+            start = clock["epoch_start_ms"]
+            if duration > 0:  # the stored clock lags when no transaction ticked it
+                start += (current - clock["epoch"]) * duration
+            out.start = _utc(start)  # an epoch in progress has no end
+        return sui.GetEpochResponse(epoch=out)
+
+    # -- objects
+    def row(self, object_id: str) -> dict | None:
+        virtual = self.virtual.get(object_id)
+        if virtual is not None:
+            return virtual
+        return self.net.get_object(object_id)
+
+    def object_message(self, row: dict, fields: frozenset[str] | None) -> sui.Object:
+        def want(name: str) -> bool:
+            return fields is None or name in fields
+
+        obj = sui.Object()
+        object_id, version, type_ = row["id"], int(row["version"]), row["type"]
+        if want("object_id"):
+            obj.object_id = object_id
+        if want("version"):
+            obj.version = version
+        if want("digest"):
+            obj.digest = object_digest(object_id, version)
+        if want("owner"):
+            obj.owner = self.owner(row)
+        if want("object_type"):
+            obj.object_type = type_
+        data = row["data"]
+        canonical = canonical_type(type_) if type_ != "package" else type_
+        is_coin = canonical == self.coin_type_canonical
+        if want("balance") and is_coin:
+            obj.balance = int(data["balance"])
+        if want("contents"):
+            contents = self.contents(object_id, canonical, data)
+            if contents is not None:
+                obj.contents = sui.Bcs(name=type_, value=contents)
+        if want("json") and data is not None:
+            obj.json = pb.Value.from_dict({"id": object_id, **data})
+        return obj
+
+    def owner(self, row: dict) -> sui.Owner:
+        owner = row["owner"]
+        if owner == SHARED:
+            isv = row.get("initial_shared_version", ATOMA_DB_INITIAL_SHARED_VERSION)
+            return sui.Owner(kind=sui.OwnerOwnerKind.SHARED, version=isv)
+        if owner == "immutable":
+            return sui.Owner(kind=sui.OwnerOwnerKind.IMMUTABLE)
+        return sui.Owner(kind=sui.OwnerOwnerKind.ADDRESS, address=owner)
+
+    def contents(self, object_id: str, canonical: str, data: dict | None) -> bytes | None:
+        """BCS of the Move struct where the layout is known: ``Coin<T> {id, balance: Balance{value: u64}}`` and
+        the badges ``{id, small_id: {inner: u64}}`` (the manager badge has only ``id``)."""
+        uid = bytes.fromhex(object_id[2:])
+        if canonical == self.coin_type_canonical:
+            return uid + int(data["balance"]).to_bytes(8, "little")
+        if canonical in self.badge_types:
+            small = (data or {}).get("small_id")
+            return uid + (int(small["inner"]).to_bytes(8, "little") if small else b"")
+        return None
+
+    def get_object(self, request: sui.GetObjectRequest, fields: frozenset[str] | None) -> sui.Object:
+        object_id = _address(request.object_id, "object_id")
+        row = self.row(object_id)
+        if row is None:
+            raise GRPCError(grpclib.const.Status.NOT_FOUND, f"object {object_id} not found")
+        if request.version is not None and int(request.version) != int(row["version"]):
+            # The localnet keeps only the live version of each object.
+            raise GRPCError(
+                grpclib.const.Status.NOT_FOUND, f"object {object_id} version {request.version} not found"
+            )
+        return self.object_message(row, fields)
+
+    def batch_get(self, request: sui.BatchGetObjectsRequest) -> sui.BatchGetObjectsResponse:
+        fields = _mask(request.read_mask, _OBJECT_FIELDS_DEFAULT)
+        results = []
+        for item in request.requests:
+            try:
+                results.append(sui.GetObjectResult(object=self.get_object(item, fields)))
+            except GRPCError as exc:
+                results.append(sui.GetObjectResult(error=rpc_status.Status(code=exc.status.value, message=exc.message or "")))
+        return sui.BatchGetObjectsResponse(objects=results)
+
+    # -- state
+    def _type_matcher(self, object_type: str | None) -> Callable[[str], bool]:
+        if not object_type:
+            return lambda _t: True
+        wanted = canonical_type(object_type)
+        base = wanted.split("<", 1)[0]
+        if not _STRUCT_TAG.match(base) or wanted.count("<") != wanted.count(">"):
+            raise GRPCError(grpclib.const.Status.INVALID_ARGUMENT, f"invalid object_type filter {object_type!r}")
+        if "<" in wanted:
+            return lambda t: canonical_type(t) == wanted
+        return lambda t: canonical_type(t).split("<", 1)[0] == base
+
+    def list_owned(self, request: sui.ListOwnedObjectsRequest) -> sui.ListOwnedObjectsResponse:
+        owner = _address(request.owner, "owner")
+        matches = self._type_matcher(request.object_type)
+        size = DEFAULT_PAGE_SIZE if not request.page_size else min(int(request.page_size), MAX_PAGE_SIZE)
+        after = ""
+        if request.page_token:
+            token = bytes(request.page_token)
+            if len(token) != 33 or token[:1] != _PAGE_TOKEN_TAG:
+                raise GRPCError(grpclib.const.Status.INVALID_ARGUMENT, "invalid page_token")
+            after = "0x" + token[1:].hex()
+        fields = _mask(request.read_mask, _OWNED_FIELDS_DEFAULT)
+        page: list[dict] = []
+        more = False
+        cursor = after
+        while not more:
+            rows = self.net.conn.execute(
+                "SELECT id, type, owner, version, data FROM objects WHERE owner = ? AND id > ? ORDER BY id LIMIT ?",
+                (owner, cursor, _SCAN_CHUNK),
+            ).fetchall()
+            for r in rows:
+                if not matches(r[1]):
+                    continue
+                if len(page) == size:
+                    more = True
+                    break
+                page.append({"id": r[0], "type": r[1], "owner": r[2], "version": r[3], "data": loads(r[4])})
+            if len(rows) < _SCAN_CHUNK:
+                break
+            cursor = rows[-1][0]
+        token_out = _PAGE_TOKEN_TAG + bytes.fromhex(page[-1]["id"][2:]) if more else None
+        return sui.ListOwnedObjectsResponse(
+            objects=[self.object_message(r, fields) for r in page], next_page_token=token_out
+        )
+
+    def _balance(self, owner: str, coin_type: str) -> sui.Balance:
+        if canonical_type(coin_type) == self.usdc_type_canonical:
+            total = self.net.usdc_balance(owner)
+        else:
+            total = 0  # the localnet has no other coin types (no SUI either: gas is not charged)
+        return sui.Balance(coin_type=coin_type, balance=total, coin_balance=total, address_balance=0)
+
+    def get_balance(self, request: sui.GetBalanceRequest) -> sui.GetBalanceResponse:
+        owner = _address(request.owner, "owner")
+        if not request.coin_type:
+            raise GRPCError(grpclib.const.Status.INVALID_ARGUMENT, "missing coin_type")
+        if not _STRUCT_TAG.match(canonical_type(request.coin_type).split("<", 1)[0]):
+            raise GRPCError(grpclib.const.Status.INVALID_ARGUMENT, f"invalid coin_type {request.coin_type!r}")
+        return sui.GetBalanceResponse(balance=self._balance(owner, request.coin_type))
+
+    def list_balances(self, request: sui.ListBalancesRequest) -> sui.ListBalancesResponse:
+        owner = _address(request.owner, "owner")
+        balance = self._balance(owner, self.usdc_type)
+        return sui.ListBalancesResponse(balances=[balance] if balance.balance else [])
+
+    # -- packages
+    def get_function(self, request: sui.GetFunctionRequest) -> sui.GetFunctionResponse:
+        package = _address(request.package_id, "package_id")
+        if package != normalize_address(self.net.package_id):
+            raise GRPCError(grpclib.const.Status.NOT_FOUND, f"package {package} not found")
+        if request.module_name != "db":
+            raise GRPCError(grpclib.const.Status.NOT_FOUND, f"module {request.module_name!r} not found in {package}")
+        descriptor = self.functions.get(request.name or "")
+        if descriptor is None:
+            raise GRPCError(grpclib.const.Status.NOT_FOUND, f"function db::{request.name} not found")
+        return sui.GetFunctionResponse(function=descriptor)
+
+
+# --------------------------------------------------------------------------------------------------- gRPC
+_LEDGER = "/sui.rpc.v2.LedgerService/"
+_STATE = "/sui.rpc.v2.StateService/"
+_PACKAGES = "/sui.rpc.v2.MovePackageService/"
+
+
+class _Services:
+    """The RPC table grpclib serves (``__mapping__`` is grpclib's IServable protocol)."""
+
+    def __init__(self, node: "LoopbackSuiNode"):
+        self.node = node
+
+    def _routes(self) -> dict[str, tuple[Callable[[Any], Any], type, type]]:
+        reads = self.node._reads
+        assert reads is not None
+        return {
+            _LEDGER + "GetServiceInfo": (lambda m: reads.service_info(), sui.GetServiceInfoRequest, sui.GetServiceInfoResponse),
+            _LEDGER + "GetEpoch": (reads.epoch, sui.GetEpochRequest, sui.GetEpochResponse),
+            _LEDGER + "GetObject": (
+                lambda m: sui.GetObjectResponse(object=reads.get_object(m, _mask(m.read_mask, _OBJECT_FIELDS_DEFAULT))),
+                sui.GetObjectRequest,
+                sui.GetObjectResponse,
+            ),
+            _LEDGER + "BatchGetObjects": (reads.batch_get, sui.BatchGetObjectsRequest, sui.BatchGetObjectsResponse),
+            _STATE + "ListOwnedObjects": (reads.list_owned, sui.ListOwnedObjectsRequest, sui.ListOwnedObjectsResponse),
+            _STATE + "GetBalance": (reads.get_balance, sui.GetBalanceRequest, sui.GetBalanceResponse),
+            _STATE + "ListBalances": (reads.list_balances, sui.ListBalancesRequest, sui.ListBalancesResponse),
+            _PACKAGES + "GetFunction": (reads.get_function, sui.GetFunctionRequest, sui.GetFunctionResponse),
+        }
+
+    def __mapping__(self) -> dict[str, grpclib.const.Handler]:
+        return {
+            path: grpclib.const.Handler(self._unary(path, fn), grpclib.const.Cardinality.UNARY_UNARY, req, resp)
+            for path, (fn, req, resp) in self._routes().items()
+        }
+
+    def _unary(self, path: str, fn: Callable[[Any], Any]) -> Callable[[Any], Awaitable[None]]:
+        name = path.rsplit("/", 1)[-1]
+
+        async def handle(stream: Any) -> None:
+            request = await stream.recv_message()
+            self.node.calls.append(name)
+            try:
+                reply = fn(request)
+            except GRPCError:
+                raise
+            except NotFound as exc:
+                raise GRPCError(grpclib.const.Status.NOT_FOUND, str(exc)) from None
+            except ChainError as exc:
+                raise GRPCError(grpclib.const.Status.INVALID_ARGUMENT, str(exc)) from None
+            except Exception as exc:  # a bug in the double: say so to the client, keep serving
+                log.exception("%s failed", name)
+                raise GRPCError(grpclib.const.Status.INTERNAL, f"{type(exc).__name__}: {exc}") from None
+            await stream.send_message(reply)
+
+        return handle
+
+
+class LoopbackSuiNode:
+    """The loopback full node on ``host:port`` (loopback only; port 0 picks a free one), backed by a localnet.
+
+    Args:
+        localnet_path: the localnet chain file (``LocalnetHome.chain_file``).
+        host: a loopback address; anything else is refused.
+        port: the TCP port, 0 for any free one (see :attr:`url` after :meth:`start`).
+        chain_name: ``GetServiceInfo.chain``.
+    """
+
+    def __init__(self, localnet_path: str | os.PathLike, host: str = "127.0.0.1", port: int = 0, *,
+                 chain_name: str = "localnet"):
+        if not _is_loopback(host):
+            raise ValueError(f"the loopback Sui node serves on a loopback address only, not {host!r}")
+        self.localnet_path = localnet_path
+        self.host = host
+        self.port = int(port)
+        self.chain_name = chain_name
+        #: names of the latest RPCs served, oldest first (tests read this to see what a client asked for)
+        self.calls: collections.deque[str] = collections.deque(maxlen=10_000)
+        self._localnet: Localnet | None = None
+        self._reads: _Reads | None = None
+        self._server: grpclib.server.Server | None = None
+        self._sock: socket.socket | None = None
+
+    @property
+    def url(self) -> str:
+        if self._sock is None and self.port == 0:
+            raise RuntimeError("the node has no port until start()")
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    @property
+    def running(self) -> bool:
+        return self._server is not None
+
+    async def start(self) -> "LoopbackSuiNode":
+        if self._server is not None:
+            raise RuntimeError("the node is already running")
+        localnet = Localnet(self.localnet_path)
+        try:
+            family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                sock.bind((self.host, self.port))
+                self._localnet, self._reads = localnet, _Reads(localnet, self.chain_name)
+                server = grpclib.server.Server([_Services(self)])
+                await server.start(sock=sock)
+            except BaseException:
+                sock.close()
+                raise
+        except BaseException:
+            self._localnet = self._reads = None
+            localnet.close()
+            raise
+        self._sock, self._server = sock, server
+        self.port = sock.getsockname()[1]
+        return self
+
+    async def stop(self) -> None:
+        server, self._server = self._server, None
+        if server is not None:
+            server.close()
+            await server.wait_closed()
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+        if self._localnet is not None:
+            self._localnet.close()
+            self._localnet = self._reads = None
+
+    async def __aenter__(self) -> "LoopbackSuiNode":
+        return await self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+
+class BackgroundLoopbackNode:
+    """:class:`LoopbackSuiNode` on its own event loop in a daemon thread, for synchronous code::
+
+        with BackgroundLoopbackNode(home.chain_file) as node:
+            url = node.url
+    """
+
+    def __init__(self, localnet_path: str | os.PathLike, host: str = "127.0.0.1", port: int = 0, **kwargs: Any):
+        self.node = LoopbackSuiNode(localnet_path, host, port, **kwargs)
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self._run, name="loopback-sui-node", daemon=True)
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.loop.run_forever()
+
+    @property
+    def url(self) -> str:
+        return self.node.url
+
+    @property
+    def calls(self) -> collections.deque[str]:
+        return self.node.calls
+
+    def start(self, timeout: float = 20.0) -> "BackgroundLoopbackNode":
+        self.thread.start()
+        try:
+            asyncio.run_coroutine_threadsafe(self.node.start(), self.loop).result(timeout)
+        except BaseException:
+            self._halt(timeout)
+            raise
+        return self
+
+    def stop(self, timeout: float = 20.0) -> None:
+        if not self.thread.is_alive():
+            return
+        try:
+            asyncio.run_coroutine_threadsafe(self.node.stop(), self.loop).result(timeout)
+        finally:
+            self._halt(timeout)
+
+    def _halt(self, timeout: float) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout)
+        if not self.thread.is_alive():
+            self.loop.close()
+
+    def __enter__(self) -> "BackgroundLoopbackNode":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
