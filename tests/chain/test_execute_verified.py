@@ -48,3 +48,38 @@ def test_another_senders_badge_is_refused(chain):
     with pytest.raises(TransactionRejected):
         ln.execute_verified("D5", node2, [call(ln, "withdraw_fees", badge.object_id)], b"b", ["s"])
     assert ln.get_transaction("D5") is None  # refused before execution: nothing recorded
+
+
+def test_simulate_reports_effects_and_keeps_nothing(chain):
+    ln = chain.localnet
+    node = chain.wallet.resolve("node-1")
+    before = ln.state_digest()
+    simulated = ln.simulate(node, [call(ln, "register_node_entry")], digest="SuiDigest6")
+    assert simulated.ok and simulated.digest == "SuiDigest6" and simulated.sender == node
+    assert [e.name for e in simulated.events] == ["NodeRegisteredEvent"]
+    created = [c.object_id for c in simulated.object_changes if c.change == "created"]
+    assert len(created) == 1
+    assert ln.state_digest() == before
+    assert ln.badges(node) == [] and ln.get_transaction("SuiDigest6") is None
+
+    # Executing under the same digest creates exactly what the simulation showed.
+    executed = ln.execute_verified("SuiDigest6", node, [call(ln, "register_node_entry")], b"b", ["s"])
+    assert [b.object_id for b in ln.badges(node)] == created
+    assert executed.events[0].parsed_json == simulated.events[0].parsed_json
+    with pytest.raises(TransactionRejected):  # a recorded digest is not simulated again
+        ln.simulate(node, [call(ln, "register_node_entry")], digest="SuiDigest6")
+
+
+def test_simulate_returns_a_failure_and_refuses_what_execution_refuses(chain):
+    ln = chain.localnet
+    node1, node2 = chain.wallet.resolve("node-1"), chain.wallet.resolve("node-2")
+    ln.execute_verified("D7", node1, [call(ln, "register_node_entry")], b"b", ["s"])
+    badge = next(b for b in ln.badges(node1) if b.kind == "NodeBadge")
+    before = ln.state_digest()
+    failed = ln.simulate(node1, [call(ln, "subscribe_node_to_task", badge.object_id, "99", "1")])
+    assert failed.status == "failure" and failed.events == []
+    assert failed.error == {"kind": "MoveAbort", "module": "db", "code": 312012017, "name": "ETaskNotFound",
+                            "function": "subscribe_node_to_task"}
+    with pytest.raises(TransactionRejected):  # another sender's badge
+        ln.simulate(node2, [call(ln, "withdraw_fees", badge.object_id)])
+    assert ln.state_digest() == before

@@ -22,9 +22,12 @@ from pysui.sui.sui_common.txn_arg_encoder import grpc_to_raw_parameters
 from atoma_ops.chain.localnet.engine import Localnet
 from atoma_ops.chain.sui.client import pysui_client_for, pysui_config_for
 from atoma_ops.chain.sui.loopback import (
+    GAS_COIN_BALANCE,
+    GAS_COIN_TYPE,
     REFERENCE_GAS_PRICE,
     BackgroundLoopbackNode,
     LoopbackSuiNode,
+    gas_coin_id,
     object_digest,
 )
 from atoma_ops.protocol import abi
@@ -198,13 +201,14 @@ def test_owned_objects_filtered_by_type_and_paged(home):
         everything = await client.execute_for_all(command=cmd.GetObjectsOwnedByAddress(owner=admin))
         assert everything.is_ok(), everything.result_string
         assert sorted(o.object_type.rsplit("::", 1)[-1] for o in everything.result_data.objects) == (
-            ["AtomaManagerBadge"] + ["TaskBadge"] * TASKS
+            ["AtomaManagerBadge", "SUI>"] + ["TaskBadge"] * TASKS  # + the virtual gas coin, Coin<0x2::sui::SUI>
         )
 
-        # A type without parameters matches every instantiation; addresses may be short or long.
+        # A type without parameters matches every instantiation (USDC coins and the gas coin); addresses may be
+        # short or long.
         long_coin = f"{normalize_address('0x2')}::coin::Coin"
         coins = await ok(client, cmd.GetObjectsForType(owner=aliases["user"], object_type=long_coin))
-        assert len(coins.objects) == len(MINTS)
+        assert sorted(o.object_type for o in coins.objects) == sorted([ln.coin_type] * len(MINTS) + [GAS_COIN_TYPE])
         bad = await client.execute(command=cmd.GetObjectsForType(owner=admin, object_type="not a type"))
         assert not bad.is_ok()
 
@@ -221,10 +225,15 @@ def test_usdc_coins_and_balance(home):
 
         balance = (await ok(client, cmd.GetAddressCoinBalance(owner=user, coin_type=ln.usdc_type))).balance
         assert balance.balance == balance.coin_balance == sum(MINTS)
-        assert (await ok(client, cmd.GetAddressCoinBalance(owner=user))).balance.balance == 0  # no SUI
+        # SUI: the virtual gas coin, and nothing else.
+        assert (await ok(client, cmd.GetAddressCoinBalance(owner=user))).balance.balance == GAS_COIN_BALANCE
         balances = (await ok(client, cmd.GetAddressCoinBalances(owner=user))).balances
-        assert [(b.coin_type, b.balance) for b in balances] == [(ln.usdc_type, sum(MINTS))]
-        assert (await ok(client, cmd.GetGas(owner=user))).objects == []
+        assert [(b.coin_type, b.balance) for b in balances] == [
+            ("0x2::sui::SUI", GAS_COIN_BALANCE), (ln.usdc_type, sum(MINTS)),
+        ]
+        assert [(g.object_id, g.balance) for g in (await ok(client, cmd.GetGas(owner=user))).objects] == [
+            (gas_coin_id(user), GAS_COIN_BALANCE)
+        ]
         admin = wallet.aliases()["admin"]
         assert (await ok(client, cmd.GetAddressCoinBalance(owner=admin, coin_type=ln.usdc_type))).balance.balance == 0
 

@@ -435,6 +435,42 @@ class Localnet:
                     return self._finish(ctx, tx_bytes, signatures)
         return self._replay(known)
 
+    def simulate(self, sender: str, commands: list[dict], *, digest: str | None = None) -> TxResult:
+        """Run ``commands`` as ``sender`` and report what executing them would do, keeping nothing.
+
+        Everything (the clock tick, the contract's writes, the transaction and event records) happens inside a
+        savepoint that is always rolled back. A Move abort or arithmetic error is *returned* as a ``failure``
+        result, as :meth:`get_transaction` would later report it; no signature is checked. ``digest`` seeds the
+        ids of created objects (pass the transaction's digest to see the ids execution would create).
+
+        Raises:
+            TransactionRejected: what :meth:`execute_verified` refuses before execution, and a digest that is
+                already recorded.
+        """
+        try:
+            sender = normalize_address(sender)
+        except ValueError:
+            raise TransactionRejected(f"{sender!r} is not an address") from None
+        digest = digest or "simulation-" + secrets.token_hex(16)
+        tx = {"sender": sender, "commands": commands}
+        with self._write() as conn:
+            if self._load_transaction(conn, digest) is not None:
+                raise TransactionRejected(f"transaction {digest} has already been executed")
+            conn.execute("SAVEPOINT simulate")
+            try:
+                clock = self._tick(conn)
+                ctx = Ctx(self, conn, sender, digest, clock)
+                conn.execute("SAVEPOINT attempt")
+                try:
+                    self._run(ctx, commands)
+                except (MoveAbort, MoveArithmeticError, ExecutionFailure) as exc:
+                    conn.execute("ROLLBACK TO attempt")
+                    return self._record_failure(conn, digest, tx, b"", [], exc, clock)
+                return self._finish(ctx, b"", [])
+            finally:
+                conn.execute("ROLLBACK TO simulate")
+                conn.execute("RELEASE simulate")
+
     def _replay(self, result: TxResult) -> TxResult:
         if result.status != "success":
             error = abort_from_json(result.error or {})

@@ -5,10 +5,12 @@ so the Sui adapter is exercised against this server instead: pysui's own gRPC cl
 talks to a real full node, over HTTP/2 on 127.0.0.1 without TLS. The state behind it is a :class:`Localnet` chain
 file (``<home>/chain.sqlite``), read live on every request, so writes made by other processes show up at once.
 
-Served (read only; transaction execution is not part of this server yet):
+Served here (the reads; the write side, ExecuteTransaction, SimulateTransaction, GetTransaction and ListEvents,
+is :mod:`.loopback_exec`, served by the same node):
 
 - ``LedgerService``: ``GetServiceInfo``, ``GetEpoch``, ``GetObject``, ``BatchGetObjects``
-- ``StateService``: ``ListOwnedObjects`` (object-type filter, paging), ``GetBalance``, ``ListBalances``
+- ``StateService``: ``ListOwnedObjects`` (object-type filter, paging), ``GetBalance``, ``ListBalances``,
+  ``ListDynamicFields`` (AtomaDb's tables, a task's tables, a NodeBadge's subscriptions; paged)
 - ``MovePackageService``: ``GetFunction`` for every ``atoma::db`` entry function (from ``atoma_ops.protocol.abi``)
 
 How localnet objects become Sui ``Object`` messages:
@@ -24,8 +26,16 @@ How localnet objects become Sui ``Object`` messages:
 - Coins carry ``balance``; coins and badges carry ``contents`` (BCS of the Move struct: ``id`` then the ``u64``
   balance or small id); every object but the packages carries ``json`` (``{"id": …}`` plus the localnet's
   fields, as the localnet stores them). ``previous_transaction`` and ``storage_rebate`` are not served.
+- AtomaDb's ``json`` and ``contents`` are Sui's rendering of the Move struct, each table as ``{"id", "size"}``;
+  every table entry is a ``0x2::dynamic_field::Field<K, V>`` object at its derived id, owned (``OBJECT``) by the
+  table's UID, and Tasks and tickets are objects owned by their ObjectTable fields (:mod:`.loopback_tables`).
 - Read masks are honoured on top-level fields (``*`` for all), with Sui's documented defaults when absent.
 - The Random object ``0x8`` exists as a shared object, as on every Sui network, so pysui can resolve it.
+- Every address holds one virtual SUI gas coin (the localnet has no SUI and charges no gas): id
+  :func:`gas_coin_id` (blake2b-256 of ``"loopback-gas" ‖ address``), type ``0x2::coin::Coin<0x2::sui::SUI>``,
+  balance 10**12, version 1 + the transactions the address has sent (:func:`gas_coin_ref`). It is listed by
+  ListOwnedObjects, counted by GetBalance/ListBalances for ``0x2::sui::SUI`` and found by GetObject once the node
+  knows the address (a sender or object owner of the localnet, or an address asked about).
 
 Usage::
 
@@ -64,15 +74,20 @@ from ...wallet import normalize_address
 from .._json import loads
 from ..errors import ChainError, NotFound
 from ..localnet.engine import SHARED, Localnet
+from .loopback_tables import LoopbackTables
 
 log = logging.getLogger("atoma_ops.chain.sui.loopback")
 
 __all__ = [
     "BackgroundLoopbackNode",
+    "GAS_COIN_BALANCE",
+    "GAS_COIN_TYPE",
     "LoopbackSuiNode",
     "REFERENCE_GAS_PRICE",
     "canonical_type",
     "function_descriptor",
+    "gas_coin_id",
+    "gas_coin_ref",
     "object_digest",
 ]
 
@@ -128,6 +143,42 @@ def object_digest(object_id: str, version: int) -> str:
     raw = bytes.fromhex(normalize_address(object_id)[2:])
     material = b"ObjectDigest::" + raw + int(version).to_bytes(8, "little")
     return base58.b58encode(hashlib.blake2b(material, digest_size=32).digest()).decode()
+
+
+#: The virtual SUI gas coin every address holds (the localnet has no SUI and charges no gas): type, balance (MIST).
+GAS_COIN_TYPE = "0x2::coin::Coin<0x2::sui::SUI>"
+SUI_TYPE = "0x2::sui::SUI"
+GAS_COIN_BALANCE = 10**12
+
+
+def gas_coin_id(address: str) -> str:
+    """The object id of ``address``'s virtual gas coin: blake2b-256 over ``b"loopback-gas" ‖ address bytes``."""
+    raw = bytes.fromhex(normalize_address(address)[2:])
+    return "0x" + hashlib.blake2b(b"loopback-gas" + raw, digest_size=32).hexdigest()
+
+
+def _sent_count(conn: Any, address: str, before_seq: int | None = None) -> int:
+    """Transactions ``address`` has sent on the localnet (successful or failed), optionally those before a seq."""
+    if before_seq is None:
+        row = conn.execute("SELECT COUNT(*) FROM transactions WHERE sender = ?", (address,)).fetchone()
+    else:
+        row = conn.execute(
+            "SELECT COUNT(*) FROM transactions WHERE sender = ? AND seq < ?", (address, int(before_seq))
+        ).fetchone()
+    return int(row[0])
+
+
+def gas_coin_ref(localnet: Localnet, address: str) -> tuple[str, int, str]:
+    """``(object id, version, digest)`` of ``address``'s gas coin now.
+
+    The version is 1 + the number of transactions ``address`` has sent on the localnet, successful or failed
+    (the localnet records a faucet mint as sent by its recipient, so a mint bumps it too); the digest is
+    :func:`object_digest` of (id, version). A refused transaction changes nothing, as on Sui.
+    """
+    address = normalize_address(address)
+    object_id = gas_coin_id(address)
+    version = 1 + _sent_count(localnet.conn, address)
+    return object_id, version, object_digest(object_id, version)
 
 
 def _is_loopback(host: str) -> bool:
@@ -230,7 +281,11 @@ class _Reads:
         self.usdc_type = localnet.usdc_type
         self.usdc_type_canonical = canonical_type(localnet.usdc_type)
         self.coin_type_canonical = canonical_type(localnet.coin_type)
+        self.gas_type_canonical = canonical_type(GAS_COIN_TYPE)
+        self._gas_owners: dict[str, str] = {}  # gas coin id -> address, for every address seen so far
         self.badge_types = {canonical_type(localnet.type_of(k)) for k in abi.BADGE_KINDS}
+        self.db_id = normalize_address(localnet.db_id)
+        self.tables = LoopbackTables(localnet)  # AtomaDb's tables as dynamic field objects
         self.functions = {
             name: function_descriptor(name, localnet.package_id, localnet.usdc_type) for name in abi.ENTRY_FUNCTIONS
         }
@@ -302,7 +357,42 @@ class _Reads:
         virtual = self.virtual.get(object_id)
         if virtual is not None:
             return virtual
-        return self.net.get_object(object_id)
+        found = self.net.get_object(object_id)
+        if found is None:
+            # A table entry (dynamic field) or an ObjectTable child (Task, StackSettlementTicket).
+            entry = self.tables.row(object_id)
+            if entry is not None:
+                return entry
+            owner = self.gas_owner(object_id)  # last: on a miss it scans the localnet's addresses
+            return None if owner is None else self.gas_row(owner)
+        if object_id == self.db_id:
+            # AtomaDb as Sui renders it: table fields as {id, size}, u64 as strings (loopback_tables).
+            found["json"] = self.tables.db_json(found["data"])
+            found["contents"] = self.tables.db_contents(found["data"])
+        return found
+
+    def gas_row(self, address: str) -> dict:
+        """``address``'s virtual gas coin as an object row (see :func:`gas_coin_ref`)."""
+        object_id, version, _ = gas_coin_ref(self.net, address)
+        self._gas_owners[object_id] = address
+        return {
+            "id": object_id, "type": GAS_COIN_TYPE, "owner": address, "version": version,
+            "data": {"balance": str(GAS_COIN_BALANCE)},
+        }
+
+    def gas_owner(self, object_id: str) -> str | None:
+        """The address whose gas coin ``object_id`` is: among addresses already seen, else every transaction
+        sender and object owner of the localnet (a gas coin of an address the node never heard of is not found
+        until that address is asked about)."""
+        owner = self._gas_owners.get(object_id)
+        if owner is None:
+            rows = self.net.conn.execute("SELECT sender FROM transactions UNION SELECT owner FROM objects").fetchall()
+            known = set(self._gas_owners.values())
+            for (address,) in rows:
+                if address.startswith("0x") and address not in known:
+                    self._gas_owners[gas_coin_id(address)] = address
+            owner = self._gas_owners.get(object_id)
+        return owner
 
     def object_message(self, row: dict, fields: frozenset[str] | None) -> sui.Object:
         def want(name: str) -> bool:
@@ -322,14 +412,17 @@ class _Reads:
             obj.object_type = type_
         data = row["data"]
         canonical = canonical_type(type_) if type_ != "package" else type_
-        is_coin = canonical == self.coin_type_canonical
+        is_coin = canonical in (self.coin_type_canonical, self.gas_type_canonical)
         if want("balance") and is_coin:
             obj.balance = int(data["balance"])
         if want("contents"):
-            contents = self.contents(object_id, canonical, data)
+            # Rows that know their own BCS and JSON (AtomaDb, table entries) carry them; see loopback_tables.
+            contents = row["contents"] if "contents" in row else self.contents(object_id, canonical, data)
             if contents is not None:
                 obj.contents = sui.Bcs(name=type_, value=contents)
-        if want("json") and data is not None:
+        if want("json") and "json" in row:
+            obj.json = pb.Value.from_dict(row["json"])
+        elif want("json") and data is not None:
             obj.json = pb.Value.from_dict({"id": object_id, **data})
         return obj
 
@@ -340,13 +433,15 @@ class _Reads:
             return sui.Owner(kind=sui.OwnerOwnerKind.SHARED, version=isv)
         if owner == "immutable":
             return sui.Owner(kind=sui.OwnerOwnerKind.IMMUTABLE)
+        if row.get("owner_kind") == "object":  # a dynamic field (owned by its table's UID) or an ObjectTable child
+            return sui.Owner(kind=sui.OwnerOwnerKind.OBJECT, address=owner)
         return sui.Owner(kind=sui.OwnerOwnerKind.ADDRESS, address=owner)
 
     def contents(self, object_id: str, canonical: str, data: dict | None) -> bytes | None:
         """BCS of the Move struct where the layout is known: ``Coin<T> {id, balance: Balance{value: u64}}`` and
         the badges ``{id, small_id: {inner: u64}}`` (the manager badge has only ``id``)."""
         uid = bytes.fromhex(object_id[2:])
-        if canonical == self.coin_type_canonical:
+        if canonical in (self.coin_type_canonical, self.gas_type_canonical):
             return uid + int(data["balance"]).to_bytes(8, "little")
         if canonical in self.badge_types:
             small = (data or {}).get("small_id")
@@ -400,32 +495,47 @@ class _Reads:
         fields = _mask(request.read_mask, _OWNED_FIELDS_DEFAULT)
         page: list[dict] = []
         more = False
-        cursor = after
-        while not more:
-            rows = self.net.conn.execute(
-                "SELECT id, type, owner, version, data FROM objects WHERE owner = ? AND id > ? ORDER BY id LIMIT ?",
-                (owner, cursor, _SCAN_CHUNK),
-            ).fetchall()
-            for r in rows:
-                if not matches(r[1]):
-                    continue
-                if len(page) == size:
-                    more = True
-                    break
-                page.append({"id": r[0], "type": r[1], "owner": r[2], "version": r[3], "data": loads(r[4])})
-            if len(rows) < _SCAN_CHUNK:
+        for row in self._owned_rows(owner, after, matches):
+            if len(page) == size:
+                more = True
                 break
-            cursor = rows[-1][0]
+            page.append(row)
         token_out = _PAGE_TOKEN_TAG + bytes.fromhex(page[-1]["id"][2:]) if more else None
         return sui.ListOwnedObjectsResponse(
             objects=[self.object_message(r, fields) for r in page], next_page_token=token_out
         )
 
+    def _owned_rows(self, owner: str, after: str, matches: Callable[[str], bool]):
+        """``owner``'s objects with id > ``after`` that pass the type filter, in id order, with the virtual gas
+        coin merged in at its place."""
+        gas = self.gas_row(owner)
+        pending = gas if gas["id"] > after and matches(gas["type"]) else None
+        cursor = after
+        while True:
+            rows = self.net.conn.execute(
+                "SELECT id, type, owner, version, data FROM objects WHERE owner = ? AND id > ? ORDER BY id LIMIT ?",
+                (owner, cursor, _SCAN_CHUNK),
+            ).fetchall()
+            for r in rows:
+                if pending is not None and pending["id"] < r[0]:
+                    yield pending
+                    pending = None
+                if matches(r[1]):
+                    yield {"id": r[0], "type": r[1], "owner": r[2], "version": r[3], "data": loads(r[4])}
+            if len(rows) < _SCAN_CHUNK:
+                break
+            cursor = rows[-1][0]
+        if pending is not None:
+            yield pending
+
     def _balance(self, owner: str, coin_type: str) -> sui.Balance:
-        if canonical_type(coin_type) == self.usdc_type_canonical:
+        canonical = canonical_type(coin_type)
+        if canonical == self.usdc_type_canonical:
             total = self.net.usdc_balance(owner)
+        elif canonical == canonical_type(SUI_TYPE):
+            total = GAS_COIN_BALANCE  # the virtual gas coin; gas is never charged
         else:
-            total = 0  # the localnet has no other coin types (no SUI either: gas is not charged)
+            total = 0  # the localnet has no other coin types
         return sui.Balance(coin_type=coin_type, balance=total, coin_balance=total, address_balance=0)
 
     def get_balance(self, request: sui.GetBalanceRequest) -> sui.GetBalanceResponse:
@@ -438,8 +548,12 @@ class _Reads:
 
     def list_balances(self, request: sui.ListBalancesRequest) -> sui.ListBalancesResponse:
         owner = _address(request.owner, "owner")
-        balance = self._balance(owner, self.usdc_type)
-        return sui.ListBalancesResponse(balances=[balance] if balance.balance else [])
+        usdc = self._balance(owner, self.usdc_type)
+        return sui.ListBalancesResponse(balances=[self._balance(owner, SUI_TYPE)] + ([usdc] if usdc.balance else []))
+
+    def list_dynamic_fields(self, request: sui.ListDynamicFieldsRequest) -> sui.ListDynamicFieldsResponse:
+        """Entries of a table UID (AtomaDb's tables, a task's two tables) or of a NodeBadge (loopback_tables)."""
+        return self.tables.list_dynamic_fields(request, self.object_message)
 
     # -- packages
     def get_function(self, request: sui.GetFunctionRequest) -> sui.GetFunctionResponse:
@@ -481,6 +595,9 @@ class _Services:
             _STATE + "ListOwnedObjects": (reads.list_owned, sui.ListOwnedObjectsRequest, sui.ListOwnedObjectsResponse),
             _STATE + "GetBalance": (reads.get_balance, sui.GetBalanceRequest, sui.GetBalanceResponse),
             _STATE + "ListBalances": (reads.list_balances, sui.ListBalancesRequest, sui.ListBalancesResponse),
+            _STATE + "ListDynamicFields": (
+                reads.list_dynamic_fields, sui.ListDynamicFieldsRequest, sui.ListDynamicFieldsResponse
+            ),
             _PACKAGES + "GetFunction": (reads.get_function, sui.GetFunctionRequest, sui.GetFunctionResponse),
         }
 
@@ -536,6 +653,7 @@ class LoopbackSuiNode:
         self._reads: _Reads | None = None
         self._server: grpclib.server.Server | None = None
         self._sock: socket.socket | None = None
+        self._transactions: Any = None  # loopback_exec.TransactionService: the write side
 
     @property
     def url(self) -> str:
@@ -551,7 +669,10 @@ class LoopbackSuiNode:
     async def start(self) -> "LoopbackSuiNode":
         if self._server is not None:
             raise RuntimeError("the node is already running")
+        from .loopback_exec import TransactionService  # the write side; it imports this module
+
         localnet = Localnet(self.localnet_path)
+        writer: Localnet | None = None
         try:
             family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
             sock = socket.socket(family, socket.SOCK_STREAM)
@@ -559,14 +680,18 @@ class LoopbackSuiNode:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                 sock.bind((self.host, self.port))
                 self._localnet, self._reads = localnet, _Reads(localnet, self.chain_name)
-                server = grpclib.server.Server([_Services(self)])
+                writer = Localnet(self.localnet_path)  # writes get a connection of their own
+                self._transactions = TransactionService(self, localnet, writer)
+                server = grpclib.server.Server([_Services(self), self._transactions])
                 await server.start(sock=sock)
             except BaseException:
                 sock.close()
                 raise
         except BaseException:
-            self._localnet = self._reads = None
+            self._localnet = self._reads = self._transactions = None
             localnet.close()
+            if writer is not None:
+                writer.close()
             raise
         self._sock, self._server = sock, server
         self.port = sock.getsockname()[1]
@@ -580,6 +705,9 @@ class LoopbackSuiNode:
         if self._sock is not None:
             self._sock.close()
             self._sock = None
+        if self._transactions is not None:
+            self._transactions.close()
+            self._transactions = None
         if self._localnet is not None:
             self._localnet.close()
             self._localnet = self._reads = None
