@@ -32,10 +32,17 @@ class AtomaNetwork(Block):
         default="data/localnet",
         description="Folder of the localnet chain and wallet (kind localnet), the node stores and the default ledger.",
     )
-    sui_endpoint: str | None = Field(default=None, description="Sui full node URL (kind sui).")
+    sui_preset: Literal["testnet", "custom"] = Field(
+        default="testnet",
+        description="kind sui: `testnet` (the published ids, each overridable below) or `custom` (all given below).",
+    )
+    sui_endpoint: str | None = Field(default=None, description="Sui full node gRPC URL (kind sui).")
     package_id: str | None = Field(default=None, description="The Atoma package id (kind sui).")
     db_id: str | None = Field(default=None, description="The shared AtomaDb object id (kind sui).")
     usdc_coin_type: str | None = Field(default=None, description="The USDC coin type, `0x…::usdc::USDC` (kind sui).")
+    gas_budget_cap: int | None = Field(
+        default=None, gt=0, description="kind sui: the most MIST one transaction may spend (dry run × 1.5 below it)."
+    )
     epoch_poll_s: float = Field(
         default=1.0, gt=0, description="How often waiting stages poll the chain's epoch (localnet)."
     )
@@ -48,19 +55,38 @@ class AtomaNetwork(Block):
     def is_localnet(self) -> bool:
         return self.kind == "localnet"
 
+    def sui_settings(self):
+        """The Sui network settings (kind sui): the preset with this block's overrides."""
+        from atoma_ops.chain.sui.networks import sui_network
+
+        return sui_network(
+            self.sui_preset, endpoint=self.sui_endpoint, package_id=self.package_id, db_id=self.db_id,
+            usdc_coin_type=self.usdc_coin_type, gas_budget_cap=self.gas_budget_cap,
+        )
+
     def open_chain(self, wallet: "SuiWallet | None" = None) -> "Chain":
-        """The Chain port for this network, acting through ``wallet`` (default: the localnet home's wallet)."""
+        """The Chain port for the localnet, acting through ``wallet`` (default: the localnet home's wallet).
+        For any kind, prefer :meth:`connect` (a Sui client connects asynchronously)."""
         from atoma_ops.chain.errors import InvalidArgument
         from atoma_ops.chain.localnet.adapter import LocalnetChain
         from atoma_ops.home import LocalnetHome
 
+        if self.kind != "localnet":
+            raise InvalidArgument("AtomaNetwork(kind='sui'): use `await network.connect(wallet)`")
+        home = LocalnetHome(self.home_path)
+        if wallet is None or wallet.is_default:
+            return home.open()
+        chain = home.open()
+        return LocalnetChain(chain.localnet, wallet.get_wallet())
+
+    async def connect(self, wallet: "SuiWallet | None" = None) -> "Chain":
+        """The Chain port for this network: the localnet adapter, or the Sui adapter (pysui over gRPC)."""
+        from atoma_ops.chain.errors import InvalidArgument
+
         if self.kind == "localnet":
-            home = LocalnetHome(self.home_path)
-            if wallet is None or wallet.is_default:
-                return home.open()
-            chain = home.open()
-            return LocalnetChain(chain.localnet, wallet.get_wallet())
-        raise InvalidArgument(
-            "AtomaNetwork(kind='sui') needs the Sui adapter (atoma_ops.chain.sui), which is not available in this "
-            "version; use kind='localnet'"
-        )
+            return self.open_chain(wallet)
+        if wallet is None or wallet.is_default:
+            raise InvalidArgument("AtomaNetwork(kind='sui') needs a SuiWallet block (client_yaml or keystore)")
+        from atoma_ops.chain.sui.adapter import SuiChain
+
+        return await SuiChain.connect(self.sui_settings(), wallet.get_wallet(), active=wallet.address)

@@ -50,7 +50,7 @@ def journal_for(network: AtomaNetwork, ledger: Ledger | None):
 
 @asynccontextmanager
 async def open_chain(network: AtomaNetwork, wallet: SuiWallet | None) -> AsyncIterator[Any]:
-    chain = network.open_chain(wallet)
+    chain = await network.connect(wallet)
     try:
         yield chain
     finally:
@@ -62,7 +62,7 @@ async def open_node(network: AtomaNetwork, wallet: SuiWallet | None, node: str, 
     """The node ``node`` (alias or address) of ``network``, with ``engine`` loaded once per process."""
     from atoma_ops.serving.node import NodeService
 
-    chain = network.open_chain(wallet)
+    chain = await network.connect(wallet)
     service = await NodeService.open(network.home, node, shared_engine(engine) if engine else None, chain=chain)
     service._owns_chain = True
     try:

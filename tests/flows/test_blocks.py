@@ -76,7 +76,13 @@ def test_network_and_engine_blocks_validate_their_fields(tmp_path):
         InferenceEngine(kind="gpu")
     with pytest.raises(ValidationError):
         InferenceEngine(batch_size=0)
-    with pytest.raises(InvalidArgument, match="Sui adapter"):
+    with pytest.raises(InvalidArgument, match="connect"):
         AtomaNetwork(kind="sui", home=str(tmp_path)).open_chain()
+    with pytest.raises(InvalidArgument, match="needs a SuiWallet"):
+        asyncio.run(AtomaNetwork(kind="sui", home=str(tmp_path)).connect())
+    with pytest.raises(InvalidArgument, match="needs package_id"):
+        AtomaNetwork(kind="sui", sui_preset="custom", sui_endpoint="http://127.0.0.1:1").sui_settings()
+    testnet = AtomaNetwork(kind="sui", db_id="0x2e0da18aabf472ec674ce500eace0a1e298df1ad62235318ff0d87d6a8bcd075").sui_settings()
+    assert testnet.db_id.startswith("0x2e0da18a") and testnet.package_id.startswith("0x8903298b")
     assert Ledger().open(str(tmp_path)).path == tmp_path / "ledger.duckdb"
     assert Ledger(path=str(tmp_path / "x.duckdb")).open().path == tmp_path / "x.duckdb"
