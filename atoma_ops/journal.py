@@ -260,6 +260,25 @@ async def execute_intents(
             continue
         fresh.append((intent, args))
 
+    # On a chain whose transactions pin object versions (Sui: the gas coin, owned badges), a second transaction of
+    # the same sender cannot be built until the first has run: sign, journal and submit one at a time there.
+    groups = [[f] for f in fresh] if getattr(chain, "sequential_writes", False) else [fresh]
+    for group in groups:
+        await _sign_journal_submit(chain, journal, group, results, outcomes)
+    if outcomes:  # preflight and recovery outcomes when nothing was left to sign
+        await asyncio.to_thread(journal.record_actions, outcomes)
+
+    ordered = [results[k] for k in keys]
+    failures = {r.key: r.error for r in ordered if r.status == FAILED and r.error is not None}
+    if failures and raise_on_failure:
+        raise ActionFailed(failures, ordered)
+    return ordered
+
+
+async def _sign_journal_submit(
+    chain: Chain, journal: JournalStore, fresh: list[tuple[Intent, dict]], results: dict, outcomes: list[dict]
+) -> None:
+    """Prepare and sign ``fresh``, journal them as ``pending`` in one write, submit them, record the outcomes."""
     prepared: list[tuple[Intent, dict, PreparedTransaction, str]] = []
     for intent, args in fresh:
         try:
@@ -302,12 +321,7 @@ async def execute_intents(
     finally:
         if outcomes:
             await asyncio.to_thread(journal.record_actions, outcomes)
-
-    ordered = [results[k] for k in keys]
-    failures = {r.key: r.error for r in ordered if r.status == FAILED and r.error is not None}
-    if failures and raise_on_failure:
-        raise ActionFailed(failures, ordered)
-    return ordered
+            del outcomes[:]  # recorded; the caller's final write must not repeat them
 
 
 async def execute_intent(chain: Chain, journal: JournalStore, intent: Intent) -> ActionResult:

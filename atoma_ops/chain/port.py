@@ -29,6 +29,10 @@ from .types import (
 class Chain(ABC):
     """Async access to one deployment of the Atoma contract, acting through one wallet."""
 
+    #: True when a transaction pins object versions another of the same sender would use (Sui's gas coin): the
+    #: intent journal then prepares, signs and submits writes one at a time instead of as one batch
+    sequential_writes: bool = False
+
     # ------------------------------------------------------------------ reads
     @abstractmethod
     async def current_epoch(self) -> int: ...

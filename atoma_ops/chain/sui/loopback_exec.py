@@ -193,6 +193,7 @@ def _changed_object(change: ObjectChange) -> sui.ChangedObject:
     out = sui.ChangedObject(object_id=change.object_id, object_type=change.type)
     if change.change == "deleted":
         out.input_state, out.output_state, out.id_operation = _In.EXISTS, _Out.DOES_NOT_EXIST, _Op.DELETED
+        out.input_owner = _owner(change.owner)  # who held it before, as Sui reports for a deleted object
         return out
     out.input_state = _In.DOES_NOT_EXIST if change.change == "created" else _In.EXISTS
     out.id_operation = _Op.CREATED if change.change == "created" else _Op.NONE
