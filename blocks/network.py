@@ -44,7 +44,7 @@ class AtomaNetwork(Block):
         default=None, gt=0, description="kind sui: the most MIST one transaction may spend (dry run × 1.5 below it)."
     )
     epoch_poll_s: float = Field(
-        default=1.0, gt=0, description="How often waiting stages poll the chain's epoch (localnet)."
+        default=1.0, gt=0, description="How often waiting stages poll the chain's epoch (seconds)."
     )
 
     @property

@@ -41,6 +41,7 @@ async def stack_lifecycle(
     admin: str = "admin",
     history_dir: str | None = None,
     wait_timeout_s: float = 900.0,
+    wait_and_claim: bool = True,
     network: AtomaNetwork | None = None,
     wallet: SuiWallet | None = None,
     ledger: Ledger | None = None,
@@ -56,6 +57,8 @@ async def stack_lifecycle(
         nodes, node_prices: the nodes to register and their asking prices (per one million compute units).
         bid_price, num_compute_units: the buyer's stack.
         cross_validation_probability_permille: the admin's attestation lottery (1000 = always attest).
+        wait_and_claim: wait out the dispute window and claim. False stops after the attestations and leaves the
+            claim to the scheduled ``settlement-run`` (on Sui an epoch lasts about a day: do not hold a worker).
     """
     network = network_or_default(network)
     engine = engine or InferenceEngine()
@@ -90,11 +93,14 @@ async def stack_lifecycle(
                 await attest(stack_small_id, attester, history_dir, network=network, wallet=wallet, ledger=ledger, engine=engine)
             )
 
-        claimable_from = settled.get("dispute_settled_at_epoch") or await _claimable_from(network, wallet, stack_small_id)
-        if claimable_from is not None:
-            await wait_for_dispute_window(stack_small_id, claimable_from, wait_timeout_s, network=network, wallet=wallet)
+        if wait_and_claim:
+            claimable_from = settled.get("dispute_settled_at_epoch") or await _claimable_from(network, wallet, stack_small_id)
+            if claimable_from is not None:
+                await wait_for_dispute_window(stack_small_id, claimable_from, wait_timeout_s, network=network, wallet=wallet)
 
-    claims = await claim(serving_node, [stack_small_id], network=network, wallet=wallet, ledger=ledger)
+    claims = []
+    if wait_and_claim or settled is None:  # confidential stacks need no window: claimed at once
+        claims = await claim(serving_node, [stack_small_id], network=network, wallet=wallet, ledger=ledger)
 
     await ledger_tasks.sync_ledger(network, wallet, ledger)
     earnings = ledger_tasks.earnings_table(network, ledger)
@@ -107,6 +113,7 @@ async def stack_lifecycle(
         "settled": settled,
         "attestations": attestations,
         "claims": claims,
+        "claim_deferred": not wait_and_claim and settled is not None,
         "earnings": earnings,
     }
     await acreate_markdown_artifact(summary_markdown(summary), key="stack-lifecycle", description="The stack's life")
@@ -147,4 +154,6 @@ def summary_markdown(s: dict) -> str:
         lines.append(f"- attestation at position {a['position']}: {verdict} (replay equal: {a['replay'].get('equal')})")
     for c in s["claims"]:
         lines.append(f"- claimed: node fee {c['node_fee']}, buyer refund {c['refund']} (`{c['digest']}`)")
+    if s.get("claim_deferred"):
+        lines.append("- claim left to the scheduled settlement-run (once the dispute window has passed)")
     return "\n".join(lines)
