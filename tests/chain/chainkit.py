@@ -1,8 +1,19 @@
-"""Helpers for the entry-function tests: a synchronous facade over the async ``LocalnetChain``.
+"""Helpers for the entry-function tests: a synchronous facade over a Chain port adapter.
 
 ``Net`` forwards every coroutine method of the port (``net.acquire_new_stack_entry("user", ...)``) through one event
 loop, and adds small builders (``net.task()``, ``net.node()``, ``net.buy()``) plus ``net.fails(...)``, which asserts
 the abort *and* that ``Localnet.state_digest()`` did not change.
+
+Two paths, the same expectations (tests/chain/conftest.py parametrises ``net`` over both):
+
+- ``Net(chain, draws)``: ``chain`` is the in-process ``LocalnetChain``.
+- ``Net.over_loopback(chain, draws, home)``: the port calls go through ``SuiChain`` (pysui, gRPC) to a
+  ``LoopbackSuiNode`` serving the same localnet file on 127.0.0.1, in Net's own event loop. The test-only hooks
+  with no Sui equivalent (:data:`HOOKS`: faucet, epochs, the seeded rng) still go to the ``LocalnetChain``.
+
+The helpers ``usdc()``, ``cfg()``, ``badge()``, ``digest()`` (the state digest ``fails()`` compares) and
+``conserved()`` read the localnet file directly (``net.ln``), on both paths, so they also work from inside another
+event loop; the port's reads (``net.get_stack(...)``, ``net.subscriptions(...)``, …) go through the adapter.
 """
 
 from __future__ import annotations
@@ -46,23 +57,78 @@ _ENTRY = {
 }
 
 
+#: LocalnetChain methods with no Sui equivalent: always run on the localnet, whichever path is under test.
+HOOKS = frozenset({"faucet_mint", "advance_epoch", "seed_rng"})
+
+
+def network_for(node, ln) -> Any:
+    """The ``SuiNetwork`` of a loopback node serving the localnet ``ln``."""
+    from atoma_ops.chain.sui.networks import SuiNetwork
+
+    return SuiNetwork(name="loopback", endpoint=node.url, package_id=ln.package_id, db_id=ln.db_id,
+                      usdc_coin_type=ln.usdc_type)
+
+
 class Net:
-    def __init__(self, chain, draws):
+    """The facade. ``path`` names the path under test: ``localnet`` or ``sui`` (pysui → loopback node → localnet).
+
+    Args:
+        chain: the adapter under test.
+        draws: the scripted rng (tests/conftest.py ``Draws``).
+        hooks: the ``LocalnetChain`` that runs :data:`HOOKS` and whose localnet the helpers read; ``chain`` itself
+            when it is one.
+    """
+
+    path = "localnet"
+
+    def __init__(self, chain, draws, *, hooks=None, loop: asyncio.AbstractEventLoop | None = None):
         self.chain = chain
-        self.ln = chain.localnet
+        self.hooks = chain if hooks is None else hooks
+        self.ln = self.hooks.localnet
         self.draws = draws
         self.addr = chain.wallet.aliases()
-        self.loop = asyncio.new_event_loop()
+        self.loop = asyncio.new_event_loop() if loop is None else loop
+        self.loopback = None  # the LoopbackSuiNode on the sui path
+
+    @classmethod
+    def over_loopback(cls, hooks, draws, home) -> "Net":
+        """A Net whose port calls go through ``SuiChain`` to a loopback node serving ``home``'s chain file, whose
+        executions and simulations draw from ``draws``."""
+        from atoma_ops.chain.sui.adapter import SuiChain
+        from atoma_ops.chain.sui.loopback import LoopbackSuiNode
+
+        loop = asyncio.new_event_loop()
+        node = LoopbackSuiNode(home.chain_file, rng=draws)
+        try:
+            loop.run_until_complete(node.start())
+            try:
+                chain = loop.run_until_complete(SuiChain.connect(network_for(node, hooks.localnet), hooks.wallet))
+            except BaseException:
+                loop.run_until_complete(node.stop())
+                raise
+        except BaseException:
+            loop.close()
+            raise
+        net = cls(chain, draws, hooks=hooks, loop=loop)
+        net.path, net.loopback = "sui", node
+        return net
 
     def close(self) -> None:
-        self.loop.run_until_complete(self.loop.shutdown_default_executor())
-        self.loop.close()
+        try:
+            if self.loopback is not None:
+                try:
+                    self.run(self.chain.close())  # the client's channel first, then the server
+                finally:
+                    self.run(self.loopback.stop())
+        finally:
+            self.loop.run_until_complete(self.loop.shutdown_default_executor())
+            self.loop.close()
 
     def run(self, coro):
         return self.loop.run_until_complete(coro)
 
     def __getattr__(self, name: str) -> Any:
-        attr = getattr(self.chain, name)
+        attr = getattr(self.hooks if name in HOOKS else self.chain, name)
         if inspect.iscoroutinefunction(attr):
             return lambda *a, **k: self.run(attr(*a, **k))
         return attr
@@ -76,7 +142,7 @@ class Net:
 
         ``expected``: an ``atoma::db`` constant name, a ``(module, code)`` framework abort, or an exception class.
         """
-        before = self.digest()
+        before, recorded = self.digest(), self.tx_count()
         fn = getattr(self, function)
         if isinstance(expected, type):
             with pytest.raises(expected) as info:
@@ -96,7 +162,15 @@ class Net:
             else:
                 assert (exc.module, exc.code) == tuple(expected), str(exc)
         assert self.digest() == before, f"{function} failed but changed the chain state"
+        if self.path == "sui":
+            # Sui's dry run catches every failure before anything is signed: no digest, nothing recorded.
+            assert getattr(info.value, "digest", None) is None, info.value
+            assert self.tx_count() == recorded, f"{function} failed on Sui but a transaction was recorded"
         return info.value
+
+    def tx_count(self) -> int:
+        """Transactions the localnet has recorded, failed ones included."""
+        return self.ln.conn.execute("SELECT COUNT(*) FROM transactions").fetchone()[0]
 
     def conserved(self) -> dict:
         t = self.ln.total_usdc()
@@ -178,6 +252,7 @@ class Net:
 
 __all__ = [
     "CONFIDENTIAL",
+    "RealNet",
     "InvalidArgument",
     "L32",
     "MoveAbort",
@@ -188,8 +263,10 @@ __all__ = [
     "SAMPLING",
     "TransactionRejected",
     "USDC",
+    "HOOKS",
     "h",
     "honest_commitment",
+    "network_for",
     "transfer",
     "sid",
 ]
@@ -200,3 +277,75 @@ def transfer(net: Net, sender: str, object_id: str, recipient: str):
     tx = net.ln.build_transaction(net.addr[sender], [{"kind": "TransferObjects", "recipient": net.addr[recipient],
                                                       "objects": [object_id]}])
     return net.ln.execute(tx, [net.chain.wallet.sign(net.addr[sender], tx)])
+
+
+class RealNet:
+    """The port alone, as a real Sui network allows it (tests/chain/test_real_network.py).
+
+    One sender plays every role (a real keystore holds one funded address with the AtomaManagerBadge): the wallet's
+    active address on a network, ``admin`` on the localnet paths. No hooks, no scripted randomness, no state digest.
+    ``fails()`` checks the abort's module, code, name and function and that the sender's badges and USDC coins
+    (ids, versions, balances) did not change; on the localnet paths it also does everything ``Net.fails`` does.
+    """
+
+    def __init__(self, path: str, chain, sender: str, run, *, net: Net | None = None, close=None):
+        self.path, self.chain, self.sender = path, chain, sender
+        self._run, self._net, self._close = run, net, close
+
+    @classmethod
+    def on_localnet(cls, net: Net, usdc: int = 10 * USDC) -> "RealNet":
+        """Over a localnet path: ``admin`` is funded first (an operator does that with the faucets)."""
+        net.mint("admin", usdc)
+        return cls(net.path, net.chain, net.addr["admin"], net.run, net=net, close=net.close)
+
+    @classmethod
+    def on_network(cls, settings: dict[str, str], client_yaml: str) -> "RealNet":
+        """Over a real Sui network: ``settings`` are ``SuiNetwork`` fields, ``client_yaml`` the funded keystore."""
+        from atoma_ops.chain.sui.adapter import SuiChain
+        from atoma_ops.chain.sui.networks import SuiNetwork
+        from atoma_ops.wallet import Wallet
+
+        wallet = Wallet.load(client_yaml)
+        loop = asyncio.new_event_loop()
+        try:
+            chain = loop.run_until_complete(SuiChain.connect(SuiNetwork(name="sui-network", **settings), wallet))
+        except BaseException:
+            loop.close()
+            raise
+
+        def close() -> None:
+            try:
+                loop.run_until_complete(chain.close())
+            finally:
+                loop.run_until_complete(loop.shutdown_default_executor())
+                loop.close()
+
+        return cls("sui-network", chain, wallet.resolve(None), loop.run_until_complete, close=close)
+
+    def close(self) -> None:
+        if self._close is not None:
+            self._close()
+
+    def call(self, function: str, **args: Any):
+        """An entry function of the port, sent by :attr:`sender`."""
+        return self._run(getattr(self.chain, function)(self.sender, **args))
+
+    def read(self, function: str, *args: Any) -> Any:
+        return self._run(getattr(self.chain, function)(*args))
+
+    def snapshot(self) -> tuple:
+        return self.read("badges", self.sender), self.read("usdc_coins", self.sender)
+
+    def fails(self, expected: str, function: str, **args: Any) -> MoveAbort:
+        """``function`` aborts with the ``atoma::db`` constant ``expected`` and changes nothing of the sender's."""
+        before = self.snapshot()
+        if self._net is not None:
+            exc = self._net.fails(expected, function, self.sender, **args)
+        else:
+            with pytest.raises(MoveAbort) as info:
+                self.call(function, **args)
+            exc = info.value
+            assert (exc.module, exc.code, exc.name, exc.function) == ("db", code_of(expected), expected, function), exc
+            assert exc.digest is None, "Sui's dry run should have caught the abort before submission"
+        assert self.snapshot() == before, f"{function} failed but changed the sender's objects"
+        return exc

@@ -553,7 +553,9 @@ def test_stack_badge_is_informational_refunds_follow_stack_owner(net):
     assert net.badge("node-2", "StackBadge").small_id == s
 
 
-def test_usdc_coin_transfer_is_conserved(net):
+def test_usdc_coin_transfer_is_conserved(localnet_net):
+    """The localnet's own TransferObjects transaction (its JSON format; no entry function, no port call)."""
+    net = localnet_net
     net.mint("user", 700)
     coin = net.ln.usdc_coins(net.addr["user"])[0].object_id
     r = transfer(net, "user", coin, "node-3")

@@ -24,8 +24,15 @@ from atoma_ops.chain.sui.loopback import (
     gas_coin_ref,
     object_digest,
 )
-from atoma_ops.chain.sui.loopback_exec import COMPUTATION_COST, STORAGE_COST, event_cursor, parse_event_cursor
+from atoma_ops.chain.sui.loopback_exec import (
+    COMPUTATION_COST,
+    STORAGE_COST,
+    ReplayedDraws,
+    event_cursor,
+    parse_event_cursor,
+)
 from atoma_ops.chain.sui.txbuild import GasConfig, OwnedRef, SharedRef, move_call_transaction, transaction_digest
+from atoma_ops.chain.types import TxResult
 from atoma_ops.protocol import abi
 from atoma_ops.protocol.aborts import code_of
 from atoma_ops.wallet import normalize_address
@@ -381,3 +388,21 @@ def test_list_events_pages_across_transactions(localnet_home):
         assert ranged[-1].watermark.cursor == event_cursor(second, 2**32 - 1)
 
     serve(localnet_home, body)
+
+
+def test_replayed_draws_give_an_execution_what_its_simulation_drew():
+    source = iter(range(100))
+    draws = ReplayedDraws(lambda: next(source))
+    ok = TxResult(digest="d", status="success", sender="0x1", epoch=0, timestamp_ms=0)
+    failed = TxResult(digest="d", status="failure", sender="0x1", epoch=0, timestamp_ms=0)
+    seen: list[list[int]] = []
+
+    def simulation(count: int, result: TxResult):
+        return lambda: (seen.append([draws() for _ in range(count)]), result)[1]
+
+    assert draws.simulate(simulation(2, ok)) is ok
+    assert draws.simulate(simulation(3, ok)) is ok  # simulated again: the same draws, then one more
+    assert [draws(), draws()] == [0, 1]  # the execution gets them again, in order
+    assert draws.simulate(simulation(2, failed)) is failed  # 2 (kept from before), 3 (new): spent, not replayed
+    assert [draws(), draws()] == [4, 5]
+    assert seen == [[0, 1], [0, 1, 2], [2, 3]]

@@ -126,6 +126,12 @@ def test_parsers_are_strict_about_sui_json_shapes():
 
 # ------------------------------------------------------------------------------------------------ against the node
 @pytest.fixture
+def net(localnet_net):
+    """State is made through the localnet adapter only: what is compared here is the node's reads of it."""
+    return localnet_net
+
+
+@pytest.fixture
 def world(net):
     """Every kind of table entry, including deleted ones. Returns the small ids involved."""
     net.mint("user", 100 * USDC)

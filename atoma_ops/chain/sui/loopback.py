@@ -637,16 +637,21 @@ class LoopbackSuiNode:
         host: a loopback address; anything else is refused.
         port: the TCP port, 0 for any free one (see :attr:`url` after :meth:`start`).
         chain_name: ``GetServiceInfo.chain``.
+        rng: optional scripted randomness (tests), a callable returning u64 draws: the connection that executes
+            and simulates transactions is opened with it (``Localnet(path, rng=...)``), through
+            :class:`~.loopback_exec.ReplayedDraws` so that a simulation and the execution that follows it see the
+            same draws.
     """
 
     def __init__(self, localnet_path: str | os.PathLike, host: str = "127.0.0.1", port: int = 0, *,
-                 chain_name: str = "localnet"):
+                 chain_name: str = "localnet", rng: Callable[[], int] | None = None):
         if not _is_loopback(host):
             raise ValueError(f"the loopback Sui node serves on a loopback address only, not {host!r}")
         self.localnet_path = localnet_path
         self.host = host
         self.port = int(port)
         self.chain_name = chain_name
+        self.rng = rng
         #: names of the latest RPCs served, oldest first (tests read this to see what a client asked for)
         self.calls: collections.deque[str] = collections.deque(maxlen=10_000)
         self._localnet: Localnet | None = None
@@ -669,18 +674,21 @@ class LoopbackSuiNode:
     async def start(self) -> "LoopbackSuiNode":
         if self._server is not None:
             raise RuntimeError("the node is already running")
-        from .loopback_exec import TransactionService  # the write side; it imports this module
+        from .loopback_exec import ReplayedDraws, TransactionService  # the write side; it imports this module
 
         localnet = Localnet(self.localnet_path)
         writer: Localnet | None = None
         try:
             family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
-            sock = socket.socket(family, socket.SOCK_STREAM)
+            # IPPROTO_TCP explicitly: asyncio and grpclib turn Nagle off (TCP_NODELAY) only on sockets whose proto
+            # says TCP, and accepted connections inherit it; with proto 0 every answer waited ~40 ms for an ACK.
+            sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
             try:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                 sock.bind((self.host, self.port))
                 self._localnet, self._reads = localnet, _Reads(localnet, self.chain_name)
-                writer = Localnet(self.localnet_path)  # writes get a connection of their own
+                # writes get a connection of their own
+                writer = Localnet(self.localnet_path, rng=None if self.rng is None else ReplayedDraws(self.rng))
                 self._transactions = TransactionService(self, localnet, writer)
                 server = grpclib.server.Server([_Services(self), self._transactions])
                 await server.start(sock=sock)

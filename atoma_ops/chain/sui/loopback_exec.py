@@ -48,6 +48,11 @@ The same bytes again return the first execution's effects (a recorded failure to
 before that, as a validator does. ``SimulateTransaction`` applies the same decoding and checks but needs no
 signature and keeps nothing (:meth:`Localnet.simulate`); ``do_gas_selection`` and ``checks`` are ignored.
 
+With scripted randomness (``LoopbackSuiNode(..., rng=...)``, tests), the writer's draws go through
+:class:`ReplayedDraws`: a simulation draws what its execution would, and the execution that follows gets the same
+draws again instead of new ones (without scripted randomness, the localnet's persisted seeded stream does this by
+itself: the simulation's draws are rolled back with everything else).
+
 ``ListEvents`` serves the localnet's events (all emitted by the Atoma package) in ledger order. The opaque cursor
 (``Watermark.cursor``, ``QueryOptions.after``/``before``) is :func:`event_cursor`: ``0x02 ‖ u64-BE checkpoint
 (the transaction's ordinal) ‖ u32-BE event index``. A frame per event carries the event and a watermark at it;
@@ -64,6 +69,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import collections
 import hashlib
 import logging
 from typing import Any, Awaitable, Callable
@@ -111,6 +117,7 @@ log = logging.getLogger("atoma_ops.chain.sui.loopback")
 
 __all__ = [
     "COMPUTATION_COST",
+    "ReplayedDraws",
     "STORAGE_COST",
     "TransactionService",
     "event_cursor",
@@ -371,6 +378,43 @@ def recorded_transaction(net: Localnet, digest: str, fields: frozenset[str] | No
 
 
 # --------------------------------------------------------------------------------------------------- writes
+class ReplayedDraws:
+    """Scripted randomness (a callable returning u64 draws) for the node's writer, replayed from simulation to
+    execution.
+
+    A client simulates a call, then executes it: a test scripts one set of draws for the call, not two. The draws a
+    successful simulation takes are kept and handed out again, in order, before any new draw, so the execution
+    sees exactly what the simulation saw. A simulation that fails stands for a failed execution, which the client
+    will not submit: its draws are spent, as the localnet spends the draws of a call that aborts.
+    """
+
+    def __init__(self, rng: Callable[[], int]):
+        self.rng = rng
+        self.kept: collections.deque[int] = collections.deque()
+        self._simulating: int | None = None  # draws taken by the running simulation
+
+    def __call__(self) -> int:
+        if self._simulating is None:
+            return self.kept.popleft() if self.kept else self.rng()
+        index, self._simulating = self._simulating, self._simulating + 1
+        if index == len(self.kept):
+            self.kept.append(self.rng())
+        return self.kept[index]
+
+    def simulate(self, run: Callable[[], TxResult]) -> TxResult:
+        """``run()`` (a simulation) with its draws kept for the next execution if it succeeds, spent if not."""
+        self._simulating, succeeded = 0, False
+        try:
+            result = run()
+            succeeded = result.ok
+            return result
+        finally:
+            taken, self._simulating = self._simulating, None
+            if not succeeded:
+                for _ in range(taken):
+                    self.kept.popleft()
+
+
 class _Writer:
     """Decodes, checks and runs transactions on its own Localnet connection (worker threads, one at a time)."""
 
@@ -490,7 +534,11 @@ class _Writer:
         tx = self.decode(tx_bytes)
         commands = self.commands_for(tx)
         gas_version = gas_coin_ref(self.net, tx.sender)[1]
-        result = self.net.simulate(tx.sender, commands, digest=transaction_digest(tx_bytes))
+
+        def run() -> TxResult:
+            return self.net.simulate(tx.sender, commands, digest=transaction_digest(tx_bytes))
+
+        result = self.net.rng.simulate(run) if isinstance(self.net.rng, ReplayedDraws) else run()
         return _executed(self.net, result, fields=fields, gas_input_version=gas_version, tx_bytes=tx_bytes)
 
 
