@@ -52,7 +52,6 @@ import asyncio
 import collections
 import datetime as _dt
 import hashlib
-import ipaddress
 import logging
 import os
 import re
@@ -74,6 +73,7 @@ from ...wallet import normalize_address
 from .._json import loads
 from ..errors import ChainError, NotFound
 from ..localnet.engine import SHARED, Localnet
+from .client import _is_loopback
 from .loopback_tables import LoopbackTables
 
 log = logging.getLogger("atoma_ops.chain.sui.loopback")
@@ -181,13 +181,6 @@ def gas_coin_ref(localnet: Localnet, address: str) -> tuple[str, int, str]:
     return object_id, version, object_digest(object_id, version)
 
 
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _mask(read_mask: Any, default: frozenset[str]) -> frozenset[str] | None:

@@ -71,6 +71,7 @@ from typing import Any
 
 from ..errors import ChainError, NotFound
 from ..types import DbConfig, Node, Stack, Subscription, Task, Ticket
+from .txbuild import _uleb128
 
 __all__ = [
     "AtomaTables",
@@ -130,16 +131,6 @@ _PRIMITIVE_TAGS = {
 _VECTOR_TAG, _STRUCT_TAG = 6, 7
 
 
-def _uleb128(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte = n & 0x7F
-        n >>= 7
-        if n:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
 
 
 def _address_bytes(text: str) -> bytes:
