@@ -23,7 +23,7 @@ from .protocol import money
 from .protocol.commitments import commit
 from .protocol.constants import U64_MAX, SecurityLevel
 from .serving.history import StackHistory, import_jsonl
-from .serving.metering import NothingToCommit, ServingError, StackSettling
+from .serving.metering import StackSettling
 from .serving.node import NodeService
 from .serving.replay import ReplayReport, replay
 from .serving.store import NodeStore
@@ -307,7 +307,8 @@ async def try_settle_stacks(service: NodeService, journal: JournalStore, stack_s
         if isinstance(state, Exception):
             out[sid] = Settled(sid, "skipped", 0, 0, None, error=str(state))
         elif state == "settled":  # settled by an earlier run: report what it recorded
-            doc = (store.usage(sid).settlement or {}) if store.usage(sid) else {}
+            usage = store.usage(sid)
+            doc = (usage.settlement if usage else None) or {}
             out[sid] = Settled(
                 sid, "already_done", doc.get("num_claimed_compute_units", 0), doc.get("num_requests", 0),
                 doc.get("digest"), list(doc.get("requested_attestation_nodes", [])),

@@ -189,7 +189,7 @@ async def try_settle(
     """The node commits to each stack's history (Merkle root) and claims the units it served."""
     network = network_or_default(network)
     settled = await node_tasks.try_settle_stacks(network, wallet, ledger, node, stack_small_ids)
-    rows = node_tasks.rows(settled)
+    rows = lifecycle.as_rows(settled)
     await acreate_table_artifact(rows, key="try-settle", description="Settlement tickets opened")
     failed = [r for r in rows if r["status"] == "failed"]
     if failed:
@@ -242,7 +242,7 @@ async def attest(
         key=f"attest-{stack_small_id}",
         description="Attestation",
     )
-    return {**node_tasks.rows([attested])[0], "replay": {k: report.get(k) for k in ("equal", "first_divergence")}}
+    return {**lifecycle.as_rows([attested])[0], "replay": {k: report.get(k) for k in ("equal", "first_divergence")}}
 
 
 @flow(name="claim")
@@ -265,7 +265,7 @@ async def claim(
         claimed += await node_tasks.claim_tickets(network, wallet, ledger, node, tickets, batch_size)
     if confidential:
         claimed += await node_tasks.claim_confidential(network, wallet, ledger, node, confidential, batch_size)
-    rows = node_tasks.rows(claimed)
+    rows = lifecycle.as_rows(claimed)
     await acreate_table_artifact(
         rows or [{"stack_small_id": None, "status": "nothing claimable"}], key="claim", description="Claims"
     )

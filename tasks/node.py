@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from dataclasses import asdict
 from typing import Any
 
 from prefect import task
@@ -145,11 +144,7 @@ async def claim_confidential(
         return await lifecycle.claim_confidential(service, journal_for(network, ledger), stacks, batch_size=batch_size)
 
 
-def rows(items: list[Any]) -> list[dict]:
-    return [asdict(i) for i in items]
-
-
 __all__ = [
     "attest_stack", "claim_confidential", "claim_tickets", "find_attestation_requests", "plan_claims",
-    "replay_stack", "rows", "serve_batch", "settle_candidates", "try_settle_stacks",
+    "replay_stack", "serve_batch", "settle_candidates", "try_settle_stacks",
 ]

@@ -8,7 +8,7 @@ found among the sender's objects when not given, as the Atoma CLI does.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any, Sequence
+from typing import Any, Sequence, TypeVar
 
 from .types import (
     Badge,
@@ -24,6 +24,36 @@ from .types import (
     Ticket,
     TxResult,
 )
+
+
+#: the argument that picks one badge among several of a kind (as the Atoma CLI's ``--node-small-id``)
+BADGE_HINTS = {"NodeBadge": "node_small_id", "TaskBadge": "task_small_id"}
+
+_Ref = TypeVar("_Ref")
+
+
+def select_badge(owned: Sequence[tuple[Badge, _Ref]], kind: str, hint: Any, label: str) -> _Ref:
+    """The one badge of ``kind`` among ``owned`` (badge, reference) pairs, narrowed by a small-id ``hint``.
+
+    Raises:
+        InvalidArgument: none, or several and no hint to choose.
+    """
+    from . import codec
+    from ..protocol import abi
+    from .errors import InvalidArgument
+
+    owned = [o for o in owned if o[0].kind == kind]
+    if hint is not None:
+        hint = codec.check_value(BADGE_HINTS.get(kind, "small_id"), abi.U64, hint)
+        owned = [o for o in owned if o[0].small_id == hint]
+        if not owned:
+            raise InvalidArgument(f"{label} owns no {kind} with small id {hint}")
+    if not owned:
+        raise InvalidArgument(f"{label} owns no {kind}")
+    if len(owned) > 1:
+        ids = ", ".join(str(o[0].small_id) for o in owned)
+        raise InvalidArgument(f"{label} owns several {kind}s (small ids {ids}); say which")
+    return owned[0][1]
 
 
 class Chain(ABC):

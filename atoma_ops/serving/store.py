@@ -434,10 +434,6 @@ class NodeStore:
                 [(sid,) for sid in stack_small_ids],
             )
 
-    def histories(self, stack_small_ids: Sequence[int]) -> dict[int, StackHistory]:
-        """:meth:`history` of many stacks."""
-        return {sid: self.history(sid) for sid in stack_small_ids}
-
     def note_claimed_many(self, digests: dict[int, str]) -> None:
         """Remember that stacks were claimed (in their settlement records), so settlement runs skip them."""
         with self._tx() as c:
@@ -448,9 +444,6 @@ class NodeStore:
                 doc = json.loads(row[0]) if row[0] else {}
                 doc["claimed_digest"] = digest
                 c.execute("UPDATE stacks SET settlement = ? WHERE stack_small_id = ?", (json.dumps(doc), sid))
-
-    def note_claimed(self, stack_small_id: int, digest: str) -> None:
-        self.note_claimed_many({stack_small_id: digest})
 
     # ------------------------------------------------------------------ reads
     def usage(self, stack_small_id: int) -> StackUsage | None:

@@ -9,7 +9,7 @@ from ...protocol import abi
 from ...wallet import Wallet, normalize_address
 from .. import codec
 from ..errors import InvalidArgument
-from ..port import Chain
+from ..port import BADGE_HINTS, Chain, select_badge
 from ..types import (
     Badge,
     Coin,
@@ -27,9 +27,6 @@ from ..types import (
 from .engine import Localnet, tx_digest
 
 # Hints that pick a badge among the sender's objects; not Move parameters.
-_BADGE_HINTS = {"NodeBadge": "node_small_id", "TaskBadge": "task_small_id"}
-
-
 class LocalnetChain(Chain):
     """Chain port adapter for a :class:`Localnet`, signing with a :class:`Wallet`.
 
@@ -92,19 +89,8 @@ class LocalnetChain(Chain):
                 return normalize_address(str(explicit))
             except ValueError:
                 raise InvalidArgument(f"{explicit!r} is not an object id") from None
-        owned = [b for b in self.localnet.badges(sender) if b.kind == kind]
         label = self.wallet.alias_of(sender) or sender
-        if hint is not None:
-            hint = codec.check_value(_BADGE_HINTS.get(kind, "small_id"), abi.U64, hint)
-            owned = [b for b in owned if b.small_id == hint]
-            if not owned:
-                raise InvalidArgument(f"{label} owns no {kind} with small id {hint}")
-        if not owned:
-            raise InvalidArgument(f"{label} owns no {kind}")
-        if len(owned) > 1:
-            ids = ", ".join(str(b.small_id) for b in owned)
-            raise InvalidArgument(f"{label} owns several {kind}s (small ids {ids}); say which")
-        return owned[0].object_id
+        return select_badge([(b, b.object_id) for b in self.localnet.badges(sender)], kind, hint, label)
 
     async def prepare(self, sender: str, function: str, args: dict[str, Any]) -> PreparedTransaction:
         params = abi.ENTRY_FUNCTIONS.get(function)
@@ -136,7 +122,7 @@ class LocalnetChain(Chain):
                     raise InvalidArgument(f"{value!r} is not an object id") from None
             elif param.is_object:
                 kind = abi.badge_kind(param.type)
-                hint_name = _BADGE_HINTS.get(kind)
+                hint_name = BADGE_HINTS.get(kind)
                 hint = args.pop(hint_name, None) if hint_name and hint_name not in names else None
                 arguments.append(self._find_badge(sender, kind, value, hint))
             else:

@@ -77,8 +77,7 @@ from ..errors import (
     TransactionRejected,
     abort_from_json,
 )
-from ..localnet.adapter import _BADGE_HINTS
-from ..port import Chain
+from ..port import BADGE_HINTS, Chain, select_badge
 from ..types import (
     Badge,
     ChainEvent,
@@ -640,19 +639,8 @@ class SuiChain(Chain):
     async def _find_badge(self, sender: str, kind: str, explicit: Any, hint: Any) -> OwnedRef:
         if explicit is not None:
             return await self._object_ref(explicit)
-        owned = await self._badges(sender, [kind])
         label = self.wallet.alias_of(sender) or sender
-        if hint is not None:
-            hint = codec.check_value(_BADGE_HINTS.get(kind, "small_id"), abi.U64, hint)
-            owned = [b for b in owned if b[0].small_id == hint]
-            if not owned:
-                raise InvalidArgument(f"{label} owns no {kind} with small id {hint}")
-        if not owned:
-            raise InvalidArgument(f"{label} owns no {kind}")
-        if len(owned) > 1:
-            ids = ", ".join(str(b[0].small_id) for b in owned)
-            raise InvalidArgument(f"{label} owns several {kind}s (small ids {ids}); say which")
-        return owned[0][1]
+        return select_badge(await self._badges(sender, [kind]), kind, hint, label)
 
     async def _resolve(self, sender: str, function: str, args: dict[str, Any]) -> tuple[dict, dict, list, bool]:
         """The pure arguments, object references, coins to merge and whether Random is taken, as the localnet
@@ -682,7 +670,7 @@ class SuiChain(Chain):
                     objects[param.name] = await self._object_ref(value)
             elif param.is_object:
                 kind = abi.badge_kind(param.type)
-                hint_name = _BADGE_HINTS.get(kind)
+                hint_name = BADGE_HINTS.get(kind)
                 hint = args.pop(hint_name, None) if hint_name and hint_name not in names else None
                 objects[param.name] = await self._find_badge(sender, kind, value, hint)
             else:
