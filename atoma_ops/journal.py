@@ -48,6 +48,7 @@ from .chain.types import PreparedTransaction, TxResult
 log = logging.getLogger("atoma_ops.journal")
 
 FAILPOINTS_ENV = "ATOMA_OPS_FAILPOINTS"
+FAILPOINT_TRACE_ENV = "ATOMA_OPS_FAILPOINT_TRACE"
 
 # journal statuses
 PENDING = "pending"  # signed and journaled; submitted or not, the outcome is unknown
@@ -57,12 +58,32 @@ FAILED = "failed"  # the chain refused it (terminal)
 FINISHED = (SUCCESS, ALREADY_DONE)
 
 
+_failpoint_hits: dict[str, int] = {}
+
+
 def failpoint(name: str) -> None:
-    """Die here (SIGKILL, no cleanup, like a power cut) when ``name`` is listed in ``$ATOMA_OPS_FAILPOINTS``."""
+    """Die here (SIGKILL, no cleanup, like a power cut) when ``$ATOMA_OPS_FAILPOINTS`` arms ``name``.
+
+    The variable is a comma-separated list of ``point[@n]``: ``point`` arms ``name`` itself and every name below it
+    (``journal:after-write`` arms ``journal:after-write:claim_funds``), ``@n`` its n-th hit in this process (default
+    the first). With ``$ATOMA_OPS_FAILPOINT_TRACE`` set to a file, every hit is appended to it, one name a line: the
+    reliability harness takes its list of crash points from a traced run.
+    """
+    trace = os.environ.get(FAILPOINT_TRACE_ENV)
+    if trace:
+        with open(trace, "a") as f:
+            f.write(name + "\n")
     armed = os.environ.get(FAILPOINTS_ENV)
-    if armed and name in {p.strip() for p in armed.split(",")}:
-        log.warning("failpoint %s: killing process %d", name, os.getpid())
-        os.kill(os.getpid(), signal.SIGKILL)
+    if not armed:
+        return
+    for spec in (p.strip() for p in armed.split(",")):
+        point, _, nth = spec.partition("@")
+        if name != point and not name.startswith(point + ":"):
+            continue
+        _failpoint_hits[spec] = hits = _failpoint_hits.get(spec, 0) + 1
+        if hits == (int(nth) if nth else 1):
+            log.warning("failpoint %s: killing process %d", name, os.getpid())
+            os.kill(os.getpid(), signal.SIGKILL)
 
 
 # ----------------------------------------------------------------------------------------------- error taxonomy
@@ -289,35 +310,40 @@ async def _sign_journal_submit(
             continue
         prepared.append((intent, args, p, chain.sign(p)))
 
-    failpoint("journal:before-write")
-    if prepared:
-        await asyncio.to_thread(
-            journal.record_actions,
-            [
-                {
-                    "idempotency_key": intent.key,
-                    "kind": intent.function,
-                    "status": PENDING,
-                    "stack_small_id": intent.stack_small_id,
-                    "sender": p.sender,
-                    "args": _jsonable_args(args),
-                    "signed_tx_bytes": p.tx_bytes,
-                    "signature": sig,
-                    "digest": p.digest,
-                    "attempt": True,
-                }
-                for intent, args, p, sig in prepared
-            ],
-        )
-    failpoint("journal:after-write")
+    if not prepared:
+        return
+    # named by entry function: "journal:after-write:claim_funds"
+    where = ":" + "+".join(sorted({intent.function for intent, *_ in prepared}))
+    failpoint("journal:before-write" + where)
+    await asyncio.to_thread(
+        journal.record_actions,
+        [
+            {
+                "idempotency_key": intent.key,
+                "kind": intent.function,
+                "status": PENDING,
+                "stack_small_id": intent.stack_small_id,
+                "sender": p.sender,
+                "args": _jsonable_args(args),
+                "signed_tx_bytes": p.tx_bytes,
+                "signature": sig,
+                "digest": p.digest,
+                "attempt": True,
+            }
+            for intent, args, p, sig in prepared
+        ],
+    )
+    failpoint("journal:after-write" + where)
 
     try:
-        for intent, args, p, sig in prepared:
+        for i, (intent, args, p, sig) in enumerate(prepared):
+            if i:  # some of the batch submitted, the rest not
+                failpoint("journal:between-submits" + where)
             result = await _submit(chain, intent, p, sig)
             result.args = args
             results[intent.key] = result
             outcomes.append(_outcome_row(intent, result))
-        failpoint("journal:after-submit")
+        failpoint("journal:after-submit" + where)
     finally:
         if outcomes:
             await asyncio.to_thread(journal.record_actions, outcomes)

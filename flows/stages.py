@@ -20,7 +20,7 @@ from atoma_ops.serving.workload import load_workload
 from blocks import AtomaNetwork, InferenceEngine, Ledger, SuiWallet
 from tasks import chain as chain_tasks
 from tasks import node as node_tasks
-from tasks.runtime import network_or_default
+from tasks.runtime import STEP_HOOKS, network_or_default
 
 SECURITY_LEVELS = {"no_security": 0, "confidential_compute": 1, "sampling_consensus": 2}
 
@@ -37,7 +37,7 @@ def security_level_of(value: str | int | None) -> int | None:
         raise lifecycle.StageError(f"unknown security level {value!r} (one of {', '.join(SECURITY_LEVELS)})") from None
 
 
-@flow(name="mint-usdc")
+@flow(name="mint-usdc", **STEP_HOOKS)
 async def mint_usdc(
     recipient: str = "user",
     amount: int = 10_000_000,
@@ -58,7 +58,7 @@ async def mint_usdc(
     return report
 
 
-@flow(name="create-task")
+@flow(name="create-task", **STEP_HOOKS)
 async def create_task(
     key: str = "default",
     model_name: str = "HuggingFaceTB/SmolLM2-135M-Instruct",
@@ -96,7 +96,7 @@ async def create_task(
     return task_small_id
 
 
-@flow(name="register-and-subscribe-node")
+@flow(name="register-and-subscribe-node", **STEP_HOOKS)
 async def register_and_subscribe_node(
     node: str,
     task_small_id: int,
@@ -118,7 +118,7 @@ async def register_and_subscribe_node(
     return node_small_id
 
 
-@flow(name="buy-stack")
+@flow(name="buy-stack", **STEP_HOOKS)
 async def buy_stack(
     task_small_id: int,
     num_compute_units: int,
@@ -143,7 +143,7 @@ async def buy_stack(
     return {"stack_small_id": bought.stack_small_id, "selected_node_id": bought.selected_node_id}
 
 
-@flow(name="serve-stack")
+@flow(name="serve-stack", **STEP_HOOKS)
 async def serve_stack(
     stack_small_id: int,
     node: str,
@@ -178,7 +178,7 @@ async def serve_stack(
     return summary
 
 
-@flow(name="try-settle")
+@flow(name="try-settle", **STEP_HOOKS)
 async def try_settle(
     stack_small_ids: list[int],
     node: str,
@@ -197,7 +197,7 @@ async def try_settle(
     return rows
 
 
-@flow(name="wait-for-dispute-window")
+@flow(name="wait-for-dispute-window", **STEP_HOOKS)
 async def wait_for_dispute_window(
     stack_small_id: int,
     claimable_from_epoch: int,
@@ -217,7 +217,7 @@ async def wait_for_dispute_window(
     return epoch
 
 
-@flow(name="attest")
+@flow(name="attest", **STEP_HOOKS)
 async def attest(
     stack_small_id: int,
     node: str,
@@ -245,7 +245,7 @@ async def attest(
     return {**lifecycle.as_rows([attested])[0], "replay": {k: report.get(k) for k in ("equal", "first_divergence")}}
 
 
-@flow(name="claim")
+@flow(name="claim", **STEP_HOOKS)
 async def claim(
     node: str,
     stack_small_ids: list[int] | None = None,

@@ -12,7 +12,7 @@ from atoma_ops import lifecycle
 from atoma_ops.serving.store import NodeStore
 from blocks import AtomaNetwork, InferenceEngine, Ledger, SuiWallet
 
-from .runtime import CHAIN_WRITE, READ, journal_for, open_chain, open_node, shared_engine
+from .runtime import CHAIN_WRITE, READ, STEP_HOOKS, journal_for, open_chain, open_node, shared_engine
 
 
 @task(name="serve-batch", **READ)
@@ -70,6 +70,7 @@ def _replay_key(context: Any, parameters: dict) -> str:
     retry_delay_seconds=2,
     cache_key_fn=_replay_key,
     persist_result=True,
+    **STEP_HOOKS,
 )
 async def replay_stack(
     network: AtomaNetwork, engine: InferenceEngine, stack_small_id: int, history_root: str,

@@ -9,7 +9,7 @@ from typing import Any, AsyncIterator
 from prefect.cache_policies import NO_CACHE
 from prefect.tasks import exponential_backoff
 
-from atoma_ops.journal import classify, ErrorClass
+from atoma_ops.journal import classify, ErrorClass, failpoint
 
 from blocks import AtomaNetwork, InferenceEngine, Ledger, SuiWallet
 
@@ -28,6 +28,17 @@ def retry_if_not_terminal(task: Any, task_run: Any, state: Any) -> bool:
     return classify(exc) is not ErrorClass.TERMINAL
 
 
+def _step_boundary(event: str):
+    def hook(step: Any, run: Any, state: Any) -> None:
+        failpoint(f"step:{step.name}:{event}")
+
+    return hook
+
+
+#: hooks of every task and stage flow: a step boundary the reliability harness can crash at
+#: (``$ATOMA_OPS_FAILPOINTS=step:claim-funds:start``, see ``atoma_ops.journal.failpoint``)
+STEP_HOOKS = dict(on_running=[_step_boundary("start")], on_completion=[_step_boundary("done")])
+
 #: options of every chain-writing task
 CHAIN_WRITE = dict(
     retries=4,
@@ -35,9 +46,12 @@ CHAIN_WRITE = dict(
     retry_jitter_factor=0.5,
     retry_condition_fn=retry_if_not_terminal,
     cache_policy=NO_CACHE,
+    **STEP_HOOKS,
 )
 #: options of reads and local work
-READ = dict(retries=2, retry_delay_seconds=1, retry_condition_fn=retry_if_not_terminal, cache_policy=NO_CACHE)
+READ = dict(
+    retries=2, retry_delay_seconds=1, retry_condition_fn=retry_if_not_terminal, cache_policy=NO_CACHE, **STEP_HOOKS
+)
 
 
 def network_or_default(network: AtomaNetwork | None) -> AtomaNetwork:

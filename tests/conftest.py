@@ -1,12 +1,38 @@
-"""Shared fixtures: a fresh localnet home in ``tmp_path`` (init is ~15 ms: five keys and one SQLite file)."""
+"""Shared fixtures: a fresh localnet home in ``tmp_path`` (init is ~15 ms: five keys and one SQLite file), and the
+session's one Prefect test harness (a real ephemeral API on a temporary SQLite database), which the folders that run
+flows (``flows/``, ``reliability/``) turn on.
+
+``PREFECT_HOME`` is a fresh temporary folder for the session (set before Prefect is imported): Prefect keeps cached
+task results under ``$PREFECT_HOME/storage``, which would otherwise leak between test runs.
+"""
 
 from __future__ import annotations
 
+import atexit
+import os
+import shutil
+import tempfile
 from collections import deque
 
-import pytest
+_PREFECT_HOME = tempfile.mkdtemp(prefix="atoma-ops-prefect-")
+atexit.register(shutil.rmtree, _PREFECT_HOME, True)
+os.environ["PREFECT_HOME"] = _PREFECT_HOME
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 
-from atoma_ops.home import LocalnetHome
+import pytest  # noqa: E402
+
+from atoma_ops.home import LocalnetHome  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def prefect_api():
+    """The session's Prefect API (started once, ~10 s)."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
 
 
 class Draws:

@@ -28,6 +28,7 @@ from typing import Any, Sequence
 
 from ..chain.errors import ChainError, InvalidArgument
 from ..chain.port import Chain
+from ..journal import failpoint
 from ..protocol.commitments import Commitment, commit
 from .engines import ENGINE_KINDS
 from .engines.base import SMOLLM2_MODEL, Engine, EngineError
@@ -346,6 +347,7 @@ class NodeService:
         results = await asyncio.to_thread(
             self.store.reserve, [(facts[o.stack_small_id], o.estimate.reserved) for o in wanted]  # type: ignore[index,union-attr]
         )
+        failpoint("serve:after-reserve")  # units reserved, nothing served: a crash must not leak them
         running: list[tuple[Outcome, Reservation]] = []
         for o, r in zip(wanted, results):
             if isinstance(r, Reservation):
@@ -365,6 +367,7 @@ class NodeService:
             o.error = err
         if failed:
             await asyncio.to_thread(self.store.release, [r for _, r, _ in failed])
+        failpoint("serve:after-engine")  # answers computed, not recorded: nothing charged, served again
         if served:
             try:
                 settled = await asyncio.to_thread(
@@ -376,6 +379,7 @@ class NodeService:
                 for o, _, _ in served:
                     o.error = StoreFailure(f"the request was not recorded ({exc}); nothing charged")
                 return outcomes
+            failpoint("serve:after-record")  # charged and in the history, not answered: not served again
             for (o, _, resp), s in zip(served, settled):
                 o.response = resp
                 o.units = s.entry.units
