@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 # Some pip configurations list index folders that do not exist; their warnings drown real output.
 QUIET_PIP := 2> >(grep -v "^WARNING: Location" >&2)
 
-.PHONY: demo test bench clean-data test-vllm
+.PHONY: demo test bench reliability clean-data test-vllm
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,6 +29,16 @@ bench: $(STAMP)
 	$(BIN)/python bench/serving.py
 	$(BIN)/python bench/ledger.py
 	$(BIN)/python bench/settlement_run.py
+
+# The reliability harness (docs/reliability.md): crash injection, the bad-input table, concurrent load, security.
+# Every part runs even if another fails (the leading '-'); the report says which passed and fails the target if any
+# did not. About 45 minutes on 2 cores, most of it the crash campaign.
+reliability: $(STAMP)
+	-$(BIN)/python -m reliability.crash
+	-$(BIN)/python -m reliability.bad_inputs
+	-$(BIN)/python bench/load.py
+	-$(BIN)/python -m reliability.security
+	$(BIN)/python -m reliability.report
 
 clean-data:
 	rm -rf data/localnet data/demo-localnet

@@ -360,11 +360,14 @@ async def execute_intent(chain: Chain, journal: JournalStore, intent: Intent) ->
 
 
 async def resolve_pending(
-    chain: Chain, journal: JournalStore, *, sender: str | None = None, kinds: Sequence[str] | None = None
+    chain: Chain, journal: JournalStore, *, sender: str | None = None, kinds: Sequence[str] | None = None,
+    keys: Sequence[str] | None = None, resend: bool = True,
 ) -> list[ActionResult]:
-    """Resolve every ``pending`` row (of ``sender``, of the entry functions ``kinds``) by digest, re-sending the
-    identical bytes where the chain never saw them. Stages whose intents are rebuilt from chain state (a claim batch,
-    whose stacks vanish once claimed) call this first, so a write made just before a crash is still recorded."""
+    """Resolve every ``pending`` row (of ``sender``, of the entry functions ``kinds``, among ``keys``) by digest,
+    re-sending the identical bytes where the chain never saw them. Stages whose intents are rebuilt from chain state
+    (a claim batch, whose stacks vanish once claimed) call this first, so a write made just before a crash is still
+    recorded. ``resend=False`` is for a stage that found its effect already on chain: bytes the chain never saw are
+    recorded as ``already_done`` and never sent (they would do it twice)."""
     rows = await asyncio.to_thread(journal.actions, statuses=[PENDING])
     out: list[ActionResult] = []
     outcomes: list[dict] = []
@@ -372,10 +375,10 @@ async def resolve_pending(
         for key, row in sorted(rows.items()):
             if sender is not None and row["sender"] != sender:
                 continue
-            if kinds is not None and row["kind"] not in kinds:
+            if (kinds is not None and row["kind"] not in kinds) or (keys is not None and key not in keys):
                 continue
             intent = Intent(key, row["kind"], row["sender"], stack_small_id=row.get("stack_small_id"))
-            result = await _recover(chain, intent, row)
+            result = await _recover(chain, intent, row, resend=resend)
             out.append(result)
             outcomes.append(_outcome_row(intent, result))
     finally:
@@ -398,8 +401,9 @@ async def _submit(chain: Chain, intent: Intent, p: PreparedTransaction, signatur
     return ActionResult(intent.key, intent.function, SUCCESS, tx.digest, tx)
 
 
-async def _recover(chain: Chain, intent: Intent, row: dict) -> ActionResult:
-    """Resolve a ``pending`` row: look its digest up; if the chain never saw it, submit the identical bytes."""
+async def _recover(chain: Chain, intent: Intent, row: dict, *, resend: bool = True) -> ActionResult:
+    """Resolve a ``pending`` row: look its digest up; if the chain never saw it, submit the identical bytes (or,
+    without ``resend``, record it as done by other means)."""
     digest = row["digest"]
     try:
         tx = await chain.get_transaction(digest)
@@ -415,6 +419,9 @@ async def _recover(chain: Chain, intent: Intent, row: dict) -> ActionResult:
         error.digest = digest
         status = ALREADY_DONE if intent.done is not None and await intent.done() else FAILED
         return ActionResult(intent.key, intent.function, status, digest, error=error, recovered=True)
+    if not resend:
+        log.info("journal: %s never reached the chain and its effect is there: not sent", intent.key)
+        return ActionResult(intent.key, intent.function, ALREADY_DONE, digest, recovered=True)
     log.info("journal: %s never reached the chain; submitting the identical bytes again", intent.key)
     prepared = PreparedTransaction(
         tx_bytes=row["signed_tx_bytes"], digest=digest, sender=row["sender"], function=row["kind"]

@@ -15,13 +15,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+from .chain import codec
 from .chain.errors import ChainError, InvalidArgument, NotFound
 from .chain.port import Chain
 from .chain.types import TxResult
 from .journal import (
     FINISHED, ActionResult, Intent, JournalStore, execute_intent, execute_intents, failpoint, resolve_pending,
 )
-from .protocol import money
+from .protocol import abi, money
 from .protocol.commitments import commit
 from .protocol.constants import U64_MAX, SecurityLevel
 from .serving.history import StackHistory, import_jsonl
@@ -37,6 +38,15 @@ class StageError(ChainError):
     """A stage cannot go on: what is missing and what to do about it."""
 
     kind = "StageError"
+
+
+def checked_args(function: str, args: dict) -> dict:
+    """``args`` if each fits its Move type, else :class:`InvalidArgument` (a negative or overflowing amount, a
+    non-ASCII model name). Stages check before journaling, so a bad argument leaves no row in the ledger."""
+    for param in abi.ENTRY_FUNCTIONS[function]:
+        if not param.is_object and param.name in args:
+            codec.check_value(param.name, param.type, args[param.name])
+    return args
 
 
 def small_id_in(tx: TxResult, event: str, field_name: str) -> int:
@@ -125,13 +135,13 @@ async def create_task(
     is_public: bool = True,
 ) -> int:
     """Create a task (admin) once per ``key``; returns its small id (the same on every re-run)."""
-    args = {
+    args = checked_args("create_task_entry", {
         "role": role,
         "model_name": model_name,
         "security_level": security_level,
         "minimum_reputation_score": minimum_reputation_score,
         "is_public": is_public,
-    }
+    })
     result = await execute_intent(chain, journal, Intent(f"create_task_entry:{key}", "create_task_entry", admin, args))
     return small_id_in(await _tx_of(chain, result), "TaskRegisteredEvent", "task_small_id")
 
@@ -146,8 +156,12 @@ async def set_cross_validation(
         ("set_cross_validation_probability_permille", probability_permille, config.cross_validation_probability_permille),
         ("set_cross_validation_extra_nodes_count", extra_nodes_count, config.cross_validation_extra_nodes_count),
     ):
-        if value is None or value == current:
+        if value is None:
             continue
+        if value == current:  # in place; a write a crash left pending is recorded, never re-sent
+            await resolve_pending(chain, journal, keys=[f"{setter}:{value}"], resend=False)
+            continue
+        checked_args(setter, {"value": value})
 
         async def already(setter_=setter, value_=value) -> bool:
             return getattr(await chain.db_config(), setter_.removeprefix("set_")) == value_
@@ -173,7 +187,8 @@ async def register_node(chain: Chain, journal: JournalStore, node: str) -> int:
     """Register ``node`` (alias or address) unless it already holds a NodeBadge; returns its small id."""
     address = chain.wallet.resolve(node)  # type: ignore[attr-defined]
     ids = await node_small_ids(chain, address)
-    if ids:
+    if ids:  # a registration a crash left pending is recorded, not left pending for ever
+        await resolve_pending(chain, journal, keys=[f"register_node_entry:{address}"], resend=False)
         return ids[0]
 
     async def registered() -> bool:
@@ -186,6 +201,7 @@ async def register_node(chain: Chain, journal: JournalStore, node: str) -> int:
 async def subscribe_node(chain: Chain, journal: JournalStore, node: str, *, task_small_id: int, price: int) -> int:
     """Subscribe the node to the task at ``price`` per one million compute units; a subscription at another price
     is updated. Returns the node's small id."""
+    checked_args("subscribe_node_to_task", {"task_small_id": task_small_id, "price_per_one_million_compute_units": price})
     address = chain.wallet.resolve(node)  # type: ignore[attr-defined]
     node_id = await register_node(chain, journal, address)
 
@@ -200,6 +216,10 @@ async def subscribe_node(chain: Chain, journal: JournalStore, node: str, *, task
 
     existing = await current_price()
     if existing == price:
+        await resolve_pending(
+            chain, journal, keys=[f"{f}:{task_small_id}:{node_id}:{price}" for f in ("subscribe_node_to_task", "update_node_subscription")],
+            resend=False,
+        )
         return node_id
     function = "subscribe_node_to_task" if existing is None else "update_node_subscription"
     args = {"task_small_id": task_small_id, "price_per_one_million_compute_units": price, "node_small_id": node_id}
@@ -222,7 +242,7 @@ async def buy_stack(
     chain: Chain, journal: JournalStore, buyer: str, *, key: str, task_small_id: int, num_compute_units: int, price: int
 ) -> BoughtStack:
     """Buy one stack per ``key`` (a re-run returns the stack bought the first time, even once it is claimed)."""
-    args = {"task_small_id": task_small_id, "num_compute_units": num_compute_units, "price": price}
+    args = checked_args("acquire_new_stack_entry", {"task_small_id": task_small_id, "num_compute_units": num_compute_units, "price": price})
     result = await execute_intent(
         chain, journal, Intent(f"acquire_new_stack_entry:{key}", "acquire_new_stack_entry", buyer, args)
     )

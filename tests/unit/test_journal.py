@@ -362,6 +362,53 @@ def test_register_node_twice_gives_one_badge(chain, ledger):
     assert chain.localnet.db_config().next_node_small_id == a + 1
 
 
+def test_register_node_records_a_registration_a_crash_left_pending(chain, ledger):
+    """Found by the crash harness: the node holds its badge, so the stage returned early and left the row that
+    registered it ``pending`` for ever. It is now looked up by digest and recorded."""
+    address = chain.wallet.resolve("node-1")
+    intent = Intent(f"register_node_entry:{address}", "register_node_entry", address)
+    p, sig = run(journal_pending(chain, ledger, intent))
+    run(chain.execute(p, sig))  # executed; the crash came before the outcome was recorded
+    tx0 = n_transactions(chain)
+
+    run(lifecycle.register_node(chain, ledger, "node-1"))
+    row = ledger.actions([intent.key])[intent.key]
+    assert row["status"] == "success" and row["digest"] == p.digest and row["attempts"] == 1
+    assert n_transactions(chain) == tx0 and len(node_badges(chain, "node-1")) == 1
+
+
+def test_register_node_never_resends_a_pending_registration_once_registered(chain, ledger):
+    """A pending registration the chain never saw, while the node got its badge another way (the CLI): resending
+    the bytes would register it twice, so the row is closed as ``already_done`` and nothing is sent."""
+    address = chain.wallet.resolve("node-1")
+    intent = Intent(f"register_node_entry:{address}", "register_node_entry", address)
+    p, _ = run(journal_pending(chain, ledger, intent))
+    run(chain.register_node_entry("node-1"))  # registered outside the journal
+    tx0 = n_transactions(chain)
+
+    run(lifecycle.register_node(chain, ledger, "node-1"))
+    row = ledger.actions([intent.key])[intent.key]
+    assert row["status"] == "already_done" and row["attempts"] == 1
+    assert chain.localnet.get_transaction(p.digest) is None
+    assert n_transactions(chain) == tx0 and len(node_badges(chain, "node-1")) == 1
+
+
+def test_subscribe_node_records_a_subscription_a_crash_left_pending(chain, ledger):
+    task = run(lifecycle.create_task(chain, ledger, "admin", key="t", model_name="m", security_level=0))
+    node_id = run(lifecycle.register_node(chain, ledger, "node-1"))
+    key = f"subscribe_node_to_task:{task}:{node_id}:900"
+    intent = subscribe(key, "node-1", task, 900)
+    intent.args["node_small_id"] = node_id
+    p, sig = run(journal_pending(chain, ledger, intent))
+    run(chain.execute(p, sig))
+    tx0 = n_transactions(chain)
+
+    assert run(lifecycle.subscribe_node(chain, ledger, "node-1", task_small_id=task, price=900)) == node_id
+    row = ledger.actions([key])[key]
+    assert row["status"] == "success" and row["digest"] == p.digest
+    assert n_transactions(chain) == tx0
+
+
 def test_subscribe_node_at_a_new_price_updates_the_subscription(chain, ledger):
     task_id = run(lifecycle.create_task(chain, ledger, "admin", key="t"))
     node_id = run(lifecycle.subscribe_node(chain, ledger, "node-1", task_small_id=task_id, price=100))
