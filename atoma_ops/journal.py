@@ -276,8 +276,8 @@ async def execute_intents(
         except Exception as exc:
             if classify(exc) is not ErrorClass.TERMINAL:
                 raise
+            # never signed, so nothing to journal: a refused bad input leaves the ledger as it was
             results[intent.key] = ActionResult(intent.key, intent.function, FAILED, error=exc)  # type: ignore[arg-type]
-            outcomes.append(_outcome_row(intent, results[intent.key]))
             continue
         fresh.append((intent, args))
 
@@ -304,9 +304,8 @@ async def _sign_journal_submit(
     for intent, args in fresh:
         try:
             p = await chain.prepare(intent.sender, intent.function, args)
-        except ChainError as exc:
+        except ChainError as exc:  # refused before signing (Sui's dry run): nothing to journal
             results[intent.key] = ActionResult(intent.key, intent.function, FAILED, error=exc, args=args)
-            outcomes.append(_outcome_row(intent, results[intent.key]))
             continue
         prepared.append((intent, args, p, chain.sign(p)))
 

@@ -62,8 +62,15 @@ async def stack_lifecycle(
     """
     network = network_or_default(network)
     engine = engine or InferenceEngine()
+    # every parameter checked before the first write: a bad one must not leave USDC minted or a node registered
     if len(nodes) != len(node_prices):
         raise lifecycle.StageError(f"{len(nodes)} nodes but {len(node_prices)} prices")
+    security_level_of(security_level)
+    for price in node_prices:
+        lifecycle.checked_args("subscribe_node_to_task", {"price_per_one_million_compute_units": price})
+    lifecycle.checked_args("acquire_new_stack_entry", {"num_compute_units": num_compute_units, "price": bid_price})
+    if cross_validation_probability_permille is not None:
+        lifecycle.checked_args("set_cross_validation_probability_permille", {"value": cross_validation_probability_permille})
 
     await mint_usdc(buyer, mint_amount, key, network=network, wallet=wallet, ledger=ledger)
 

@@ -107,6 +107,10 @@ async def register_and_subscribe_node(
 ) -> int:
     """Register the node (if it has no NodeBadge yet) and subscribe it to the task at its asking price."""
     network = network_or_default(network)
+    lifecycle.checked_args(  # a bad price must not leave a new node registered
+        "subscribe_node_to_task",
+        {"task_small_id": task_small_id, "price_per_one_million_compute_units": price_per_one_million_compute_units},
+    )
     await chain_tasks.register_node(network, wallet, ledger, node)
     node_small_id = await chain_tasks.subscribe_node(network, wallet, ledger, node, task_small_id, price_per_one_million_compute_units)
     await acreate_markdown_artifact(

@@ -32,25 +32,29 @@ class StateDigests:
         return [k for k, v in self.as_dict().items() if other.as_dict()[k] != v]
 
 
-def _sqlite_digest(path: Path, h) -> None:
+def _sqlite_digest(path: Path, h, where: dict[str, str] | None = None) -> None:
     con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     try:
         tables = [r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table' ORDER BY name")]
         for table in tables:
             h.update(f"\x00table {table}\x00".encode())
-            for row in con.execute(f'SELECT * FROM "{table}" ORDER BY 1'):
+            condition = f" WHERE {where[table]}" if where and table in where else ""
+            for row in con.execute(f'SELECT * FROM "{table}"{condition} ORDER BY 1'):
                 h.update(repr(row).encode())
     finally:
         con.close()
 
 
 def chain_digest(home: Path) -> str:
-    """Every table of the localnet's SQLite file (objects, events, transactions, clock, rng)."""
+    """Every table of the localnet's SQLite file (objects, events, successful transactions, clock, rng).
+
+    A transaction the contract refused is recorded, as Sui records it, under its digest, and changes nothing else:
+    it is left out, so a refused call shows as no change while any effect of it would not."""
     path = Path(home) / CHAIN_FILE
     if not path.exists():
         return ABSENT
     h = hashlib.blake2b(digest_size=16)
-    _sqlite_digest(path, h)
+    _sqlite_digest(path, h, where={"transactions": "status = 'success'"})
     return h.hexdigest()
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import random
 import re
+import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -39,12 +40,16 @@ class LedgerNotFound(LedgerError):
 
 def _is_lock_error(exc: BaseException) -> bool:
     text = str(exc).lower()
-    return "could not set lock" in text or "conflicting lock" in text
+    # the last: another unit of work of this same process holds the file read-write while we open it read-only,
+    # or the other way round (concurrent flows in one worker); it is released as soon as that unit ends
+    return "could not set lock" in text or "conflicting lock" in text or "with a different configuration" in text
 
 
 def _holder(exc: BaseException) -> str:
     match = re.search(r"conflicting lock is held in (.+?) \(pid (\d+)\)", str(exc), re.IGNORECASE)
-    return f"pid {match.group(2)} ({match.group(1)})" if match else "another process"
+    if match:
+        return f"pid {match.group(2)} ({match.group(1)})"
+    return "another unit of work of this process" if "different configuration" in str(exc) else "another process"
 
 
 def connect(
@@ -68,9 +73,12 @@ def connect(
         attempts += 1
         try:
             return duckdb.connect(str(path), read_only=read_only)
-        except duckdb.IOException as exc:
-            if not _is_lock_error(exc):
+        except (duckdb.IOException, duckdb.ConnectionException) as exc:
+            if isinstance(exc, duckdb.ConnectionException) and not _is_lock_error(exc):
                 raise
+            if not _is_lock_error(exc):
+                # not a lock: a path that is a directory, a file that is no DuckDB database, no permission
+                raise LedgerError(f"cannot open the ledger {path}: {exc}") from None
             waited = time.monotonic() - start
             if waited >= timeout_s:
                 raise LedgerBusy(
@@ -82,16 +90,33 @@ def connect(
             delay = min(delay * 2, max_delay_s)
 
 
+_file_locks: dict[str, threading.RLock] = {}
+_file_locks_guard = threading.Lock()
+
+
+def _file_lock(path: Path) -> threading.RLock:
+    key = os.path.abspath(path)
+    with _file_locks_guard:
+        return _file_locks.setdefault(key, threading.RLock())
+
+
 @contextmanager
 def unit_of_work(
     path: str | os.PathLike, *, read_only: bool = False, timeout_s: float = DEFAULT_LOCK_TIMEOUT_S
 ) -> Iterator[duckdb.DuckDBPyConnection]:
-    """A connection for one unit of work, closed on exit (which releases the file lock)."""
-    con = connect(path, read_only=read_only, timeout_s=timeout_s)
-    try:
-        yield con
-    finally:
-        con.close()
+    """A connection for one unit of work, closed on exit (which releases the file lock).
+
+    Units of work on one file are serialised within the process too: concurrent flows in one worker otherwise
+    share DuckDB's per-process database instance, and opening it read-only while another thread holds it
+    read-write fails ("different configuration"), as does a ``register``ed DataFrame scan while another thread is
+    re-creating the instance (``pandas_scan does not exist``); both were seen with 8 concurrent flows.
+    """
+    with _file_lock(Path(path)):
+        con = connect(path, read_only=read_only, timeout_s=timeout_s)
+        try:
+            yield con
+        finally:
+            con.close()
 
 
 def ensure_schema(path: str | os.PathLike, *, timeout_s: float = DEFAULT_LOCK_TIMEOUT_S) -> None:

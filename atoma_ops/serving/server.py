@@ -22,9 +22,11 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from ..protocol.constants import U64_MAX
 from .metering import BadRequest, MissingStack, ServingError
 from .node import NodeService, Outcome
 
@@ -109,6 +111,12 @@ def create_app(service: NodeService, *, max_batch: int = 8) -> FastAPI:
         type_ = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "invalid_request_error")
         return error_response(exc.status_code, type_, str(exc.detail))
 
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        # FastAPI's own answer (422, {"detail": …}) would break the one error shape every client relies on
+        where = "; ".join(f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg')}" for e in exc.errors())
+        return error_response(400, "invalid_request_error", where or "invalid request")
+
     @app.exception_handler(ServingError)
     async def serving_error(request: Request, exc: ServingError) -> JSONResponse:
         return _from_error(exc)
@@ -132,10 +140,10 @@ def create_app(service: NodeService, *, max_batch: int = 8) -> FastAPI:
             raise MissingStack(f"the {STACK_HEADER} header names the stack to serve this request on")
         try:
             stack = int(header.strip())
-            if stack < 0:
+            if not 0 <= stack <= U64_MAX:
                 raise ValueError
         except ValueError:
-            raise MissingStack(f"{STACK_HEADER} must be a stack small id (a non-negative integer), got {header!r}") from None
+            raise MissingStack(f"{STACK_HEADER} must be a stack small id (an integer 0..2^64-1), got {header!r}") from None
         outcome = await batcher.submit(stack, body)
         if outcome.error is not None:
             return _from_error(outcome.error)
@@ -166,6 +174,8 @@ def create_app(service: NodeService, *, max_batch: int = 8) -> FastAPI:
 
     @app.get("/v1/stacks/{stack_small_id}/usage")
     async def stack_usage(stack_small_id: int) -> JSONResponse:
+        if not 0 <= stack_small_id <= U64_MAX:  # no stack has such an id (and SQLite cannot bind it)
+            return error_response(404, "stack_not_found", f"stack {stack_small_id} does not exist")
         usage = await asyncio.to_thread(service.store.usage, stack_small_id)
         if usage is None:
             stack = await service.chain.get_stack(stack_small_id)

@@ -485,6 +485,6 @@ def test_a_refusing_preflight_fails_only_its_own_intent(chain, ledger):
     assert [r.status for r in results] == ["success", "failed"]
     assert isinstance(results[1].error, StackSettling)
     rows = ledger.actions(["register:node-1", "register:node-2"])
-    assert rows["register:node-2"]["status"] == "failed" and rows["register:node-2"]["signed_tx_bytes"] is None
-    assert rows["register:node-2"]["last_error_code"] == "StackSettling"
+    assert rows["register:node-1"]["status"] == "success"
+    assert "register:node-2" not in rows  # refused before signing: nothing to journal, the ledger unchanged
     assert len(chain.localnet.badges(chain.wallet.resolve("node-2"))) == 0
