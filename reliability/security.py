@@ -441,16 +441,14 @@ def plant_controls(work: Path) -> tuple[Path, dict[str, str]]:
                                   "store.sqlite": "sqlite", "ledger.duckdb": "duckdb"}
 
 
-def plant_prefect(keystore: Path) -> tuple[str, str]:
-    """Run a real flow under a temporary Prefect API that logs and publishes the throwaway key; returns the path of
-    that API's database (SQLite) and the flow run id."""
+def run_planted_flow(keystore: Path) -> str:
+    """Run a real flow, under the current Prefect API, that logs and publishes the throwaway key; returns the flow
+    run id."""
     import logging
 
     from prefect import flow, get_run_logger
     from prefect.artifacts import create_markdown_artifact
     from prefect.context import get_run_context
-    from prefect.settings import PREFECT_SERVER_DATABASE_CONNECTION_URL
-    from prefect.testing.utilities import prefect_test_harness
 
     entry = json.loads(keystore.read_text())[0]
 
@@ -465,8 +463,17 @@ def plant_prefect(keystore: Path) -> tuple[str, str]:
         create_markdown_artifact(markdown=f"`{entry}`", key="planted-key")
         return str(get_run_context().flow_run.id)
 
+    return planted()
+
+
+def plant_prefect(keystore: Path) -> tuple[str, str]:
+    """:func:`run_planted_flow` under a temporary Prefect API; returns the path of that API's database (SQLite) and
+    the flow run id."""
+    from prefect.settings import PREFECT_SERVER_DATABASE_CONNECTION_URL
+    from prefect.testing.utilities import prefect_test_harness
+
     with prefect_test_harness(server_startup_timeout=120):
-        run_id = planted()
+        run_id = run_planted_flow(keystore)
         url = PREFECT_SERVER_DATABASE_CONNECTION_URL.value()
     return url.split(":///", 1)[1], run_id
 

@@ -13,9 +13,6 @@ import pickle
 from pathlib import Path
 
 import pytest
-from prefect import flow, get_run_logger
-from prefect.artifacts import create_markdown_artifact
-from prefect.context import get_run_context
 from prefect.settings import PREFECT_SERVER_DATABASE_CONNECTION_URL
 
 from atoma_ops.home import LocalnetHome
@@ -23,7 +20,7 @@ from atoma_ops.wallet import Wallet
 from blocks import AtomaNetwork
 from flows import stack_lifecycle
 from reliability.keyscan import KeyScanner, load_keys
-from reliability.security import plant_controls
+from reliability.security import plant_controls, run_planted_flow
 
 
 def harness_db() -> Path:
@@ -72,20 +69,7 @@ def forms_public(entry: str) -> bytes:
 
 def test_positive_controls_in_files_sqlite_duckdb_and_the_prefect_api(tmp_path):
     keystore, places = plant_controls(tmp_path)
-    entry = json.loads(keystore.read_text())[0]
-
-    @flow(name="keyscan-planted")
-    def planted() -> str:
-        runs = logging.getLogger("prefect.flow_runs")
-        runs.propagate = False  # to the API only
-        try:
-            get_run_logger().warning("key %s", entry)
-        finally:
-            runs.propagate = True
-        create_markdown_artifact(markdown=f"`{entry}`", key="keyscan-planted")
-        return str(get_run_context().flow_run.id)
-
-    run_id = planted()
+    run_id = run_planted_flow(keystore)  # under the session's harness
     scanner = KeyScanner.for_roots([tmp_path])
     assert scanner.skip == {keystore.resolve()}
     scanner.scan_tree(tmp_path, base=tmp_path)
