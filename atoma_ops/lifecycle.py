@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import weakref
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -194,8 +195,19 @@ async def register_node(chain: Chain, journal: JournalStore, node: str) -> int:
     async def registered() -> bool:
         return bool(await node_small_ids(chain, address))
 
-    await execute_intent(chain, journal, Intent(f"register_node_entry:{address}", "register_node_entry", address, done=registered))
+    # each register_node_entry mints another NodeBadge: callers of one process that all saw no badge yet (concurrent
+    # lifecycles registering the same nodes) take turns, so the later ones find the badge in their preflight
+    async with _registering(address):
+        await execute_intent(chain, journal, Intent(f"register_node_entry:{address}", "register_node_entry", address, done=registered))
     return (await node_small_ids(chain, address))[0]
+
+
+_register_locks: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, asyncio.Lock]]" = weakref.WeakKeyDictionary()
+
+
+def _registering(address: str) -> asyncio.Lock:
+    """This event loop's lock for registering ``address``."""
+    return _register_locks.setdefault(asyncio.get_running_loop(), {}).setdefault(address, asyncio.Lock())
 
 
 async def subscribe_node(chain: Chain, journal: JournalStore, node: str, *, task_small_id: int, price: int) -> int:
