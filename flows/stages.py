@@ -195,7 +195,8 @@ async def try_settle(
     settled = await node_tasks.try_settle_stacks(network, wallet, ledger, node, stack_small_ids)
     rows = lifecycle.as_rows(settled)
     await acreate_table_artifact(rows, key="try-settle", description="Settlement tickets opened")
-    failed = [r for r in rows if r["status"] == "failed"]
+    # skipped: not a stack this node serves (another node's, unknown) or one with requests in flight
+    failed = [r for r in rows if r["status"] in ("failed", "skipped")]
     if failed:
         raise lifecycle.StageError(f"try-settle refused for {len(failed)} stack(s): {failed[0]['error']}")
     return rows
