@@ -407,7 +407,7 @@ def localnet_init(
     epoch_duration_ms: int = typer.Option(
         0, "--epoch-duration-ms", metavar="MS", help="Advance epochs by wall clock; 0 = only by `localnet advance-epoch`."
     ),
-    force: bool = typer.Option(False, "--force", help="Replace an existing localnet and wallet in the home."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing localnet, its wallet, ledger and node stores in the home."),
 ) -> None:
     """Publish a fresh localnet and write a wallet (admin, user, node-1..3) in the home."""
 

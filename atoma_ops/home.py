@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,15 +53,18 @@ class LocalnetHome:
             raise InvalidArgument("the aliases must include 'admin'")
         if seed < 0 or epoch_duration_ms < 0:
             raise InvalidArgument("--seed and --epoch-duration-ms must be >= 0")
-        leftovers = [
-            p
-            for p in (self.chain_file, self.client_yaml, self.path / KEYSTORE_FILE, self.path / ALIASES_FILE)
-            if p.exists()
-        ]
+        from .ledger.store import LEDGER_FILE
+        from .serving.store import NODES_DIR
+
+        # the ledger (its journal names the old chain's transactions) and the node stores go with the old chain:
+        # kept, a re-run would take the old chain's finished writes for done on the new one
+        owned = (self.chain_file, self.client_yaml, self.path / KEYSTORE_FILE, self.path / ALIASES_FILE,
+                 self.path / LEDGER_FILE, self.path / (LEDGER_FILE + ".wal"), self.path / NODES_DIR)
+        leftovers = [p for p in owned if p.exists()]
         if leftovers and not force:
             raise InvalidArgument(f"a localnet already exists in {self.path} (use --force to replace it)")
         for p in leftovers:
-            p.unlink()
+            shutil.rmtree(p) if p.is_dir() else p.unlink()
         for suffix in ("-wal", "-shm"):
             Path(str(self.chain_file) + suffix).unlink(missing_ok=True)
         wallet = Wallet.create(self.path, list(aliases), env_alias="atoma-localnet")

@@ -36,6 +36,7 @@ from ..protocol.compute_units import actual_units
 from .history import HistoryEntry, StackHistory
 from .metering import InsufficientUnits, NothingToCommit, ServingError, StackBusy, StackSettling
 
+NODES_DIR = "nodes"
 STORE_FILE = "serving.sqlite"
 
 SCHEMA = """
@@ -208,7 +209,7 @@ class NodeStore:
     @staticmethod
     def path_for(home: str | os.PathLike, node: str) -> Path:
         """``<home>/nodes/<node>/serving.sqlite``."""
-        return Path(home) / "nodes" / node / STORE_FILE
+        return Path(home) / NODES_DIR / node / STORE_FILE
 
     def close(self) -> None:
         with self._lock:

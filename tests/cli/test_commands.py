@@ -166,6 +166,29 @@ def test_init_twice_refuses_without_force(tmp_path):
     assert c.ok("localnet", "status")["clock"]["epoch_duration_ms"] == 3_600_000
 
 
+def test_init_force_replaces_the_old_chains_ledger_and_node_stores(tmp_path):
+    """Found by `make reliability`: a second `make demo` failed, because the fresh chain met the old chain's ledger,
+    whose journal held the old chain's finished writes (a task "created", on a chain where it does not exist)."""
+    home = tmp_path / "home"
+    c = Cli(home)
+    c.ok("localnet", "init")
+    c.ok("ledger", "sync")
+    (home / "nodes" / "node-1").mkdir(parents=True)
+    (home / "nodes" / "node-1" / "serving.sqlite").write_bytes(b"old")
+    assert (home / "ledger.duckdb").exists()
+
+    c.ok("localnet", "init", "--force")
+    assert not (home / "ledger.duckdb").exists() and not (home / "nodes").exists()
+
+    (home / "chain.sqlite").unlink()  # a home left with only a ledger is still not replaced without --force
+    (home / "client.yaml").unlink()
+    (home / "sui.keystore").unlink()
+    (home / "sui.aliases").unlink()
+    (home / "ledger.duckdb").write_bytes(b"")
+    assert c.fail("localnet", "init")["kind"] == "InvalidArgument"
+    assert (home / "ledger.duckdb").exists()
+
+
 def test_keystore_is_private_after_init(cli):
     mode = stat.S_IMODE(os.stat(cli.home / "sui.keystore").st_mode)
     assert mode == 0o600
