@@ -604,6 +604,7 @@ class ClaimPlan:
     confidential: list[tuple[int, int]]  # claim_funds_for_stacks: (stack, units)
     waiting: list[dict]  # not yet claimable, and why
     recovered: list[Claimed] = field(default_factory=list)  # claims a crash had left in doubt, finished now
+    claimed: list[int] = field(default_factory=list)  # stacks of this node claimed before: nothing left to do
 
 
 async def recover_claims(service: NodeService, journal: JournalStore | None) -> list[Claimed]:
@@ -647,6 +648,7 @@ async def plan_claims(service: NodeService, journal: JournalStore | None = None)
     for u in await asyncio.to_thread(service.store.stacks):
         settlement = u.settlement or {}
         if settlement.get("claimed_digest"):
+            plan.claimed.append(u.stack_small_id)
             continue
         claimable_from = settlement.get("dispute_settled_at_epoch")
         if u.state == "settled" and claimable_from is not None and epoch < claimable_from:
@@ -654,8 +656,9 @@ async def plan_claims(service: NodeService, journal: JournalStore | None = None)
             plan.waiting.append({"stack_small_id": u.stack_small_id, "why": f"claimable from epoch {claimable_from} (now {epoch})"})
             continue
         stack = await chain.get_stack(u.stack_small_id)
-        if stack is None or stack.is_claimed:
-            continue  # claimed (claim_funds deletes the stack; the confidential path marks it)
+        if stack is None or stack.is_claimed:  # claim_funds deletes the stack; the confidential path marks it
+            plan.claimed.append(u.stack_small_id)
+            continue
         if stack.task_small_id not in tasks:
             tasks[stack.task_small_id] = await chain.get_task(stack.task_small_id)
         task = tasks[stack.task_small_id]

@@ -274,9 +274,14 @@ async def claim(
     await acreate_table_artifact(
         rows or [{"stack_small_id": None, "status": "nothing claimable"}], key="claim", description="Claims"
     )
-    if stack_small_ids is not None:
-        missing = sorted(set(stack_small_ids) - {r["stack_small_id"] for r in rows})
+    if stack_small_ids is not None:  # stacks asked for and not claimed, now or before (a re-run), are an error
+        missing = sorted(set(stack_small_ids) - {r["stack_small_id"] for r in rows} - set(plan.claimed))
         waiting = {w["stack_small_id"]: w["why"] for w in plan.waiting}
-        if missing and any(m in waiting for m in missing):
+        if any(m in waiting for m in missing):
             raise lifecycle.StageError(f"not claimable yet: {[(m, waiting[m]) for m in missing if m in waiting]}")
+        if missing:
+            raise lifecycle.StageError(
+                f"{node} cannot claim stack(s) {missing}: not stacks it served and settled "
+                "(another node's, unknown, or not try-settled yet)"
+            )
     return rows
