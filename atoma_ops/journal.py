@@ -367,14 +367,14 @@ async def resolve_pending(
     (a claim batch, whose stacks vanish once claimed) call this first, so a write made just before a crash is still
     recorded. ``resend=False`` is for a stage that found its effect already on chain: bytes the chain never saw are
     recorded as ``already_done`` and never sent (they would do it twice)."""
-    rows = await asyncio.to_thread(journal.actions, statuses=[PENDING])
+    rows = await asyncio.to_thread(journal.actions, list(keys) if keys is not None else None, statuses=[PENDING])
     out: list[ActionResult] = []
     outcomes: list[dict] = []
     try:
         for key, row in sorted(rows.items()):
             if sender is not None and row["sender"] != sender:
                 continue
-            if (kinds is not None and row["kind"] not in kinds) or (keys is not None and key not in keys):
+            if kinds is not None and row["kind"] not in kinds:
                 continue
             intent = Intent(key, row["kind"], row["sender"], stack_small_id=row.get("stack_small_id"))
             result = await _recover(chain, intent, row, resend=resend)

@@ -438,9 +438,9 @@ class PrefectServer:
         env = {**os.environ, "PREFECT_HOME": str(self.home), "PREFECT_UI_ENABLED": "false",
                "PREFECT_SERVER_LOGGING_LEVEL": "WARNING", "PREFECT_API_URL": ""}
         self.proc = subprocess.Popen(
+            # --no-services: ad-hoc runs need no scheduler or other loops (they cost CPU)
             [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(self.port),
-             "--no-services"] if _has_no_services() else
-            [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(self.port)],
+             "--no-services"],
             env=env, stdout=subprocess.DEVNULL, stderr=open(self.home / "server.log", "w"), start_new_session=True,
         )
         deadline = time.monotonic() + timeout_s
@@ -462,12 +462,6 @@ class PrefectServer:
                 self.proc.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)
-
-
-def _has_no_services() -> bool:
-    """``--no-services``: the scheduler and other loops are not needed by ad-hoc runs (and cost CPU)."""
-    out = subprocess.run([sys.executable, "-m", "prefect", "server", "start", "--help"], capture_output=True, text=True)
-    return "--no-services" in out.stdout
 
 
 # ----------------------------------------------------------------------------------------------- campaign

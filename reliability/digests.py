@@ -78,13 +78,12 @@ def history_digest(home: Path) -> str:
     return h.hexdigest()
 
 
-def ledger_digest(home: Path) -> str:
-    """Every table of the ledger's DuckDB file (opened read-only for the one read)."""
-    path = Path(home) / LEDGER_FILE
-    if not path.exists():
-        return ABSENT
+def ledger_file_digest(path: Path, skip_columns: dict[str, set[str]] | None = None) -> str:
+    """Every table of a ledger's DuckDB file (opened read-only for the one read), without ``skip_columns``
+    (table -> column names: a sync's wall-clock time, say, when two ledgers built from the same events must match)."""
     import duckdb
 
+    skip_columns = skip_columns or {}
     h = hashlib.blake2b(digest_size=16)
     con = duckdb.connect(str(path), read_only=True)
     try:
@@ -92,12 +91,23 @@ def ledger_digest(home: Path) -> str:
             "SELECT table_name FROM information_schema.tables WHERE table_type = 'BASE TABLE' ORDER BY table_name"
         ).fetchall()]
         for table in tables:
-            h.update(f"\x00table {table}\x00".encode())
-            for row in con.execute(f'SELECT * FROM "{table}" ORDER BY ALL').fetchall():
+            columns = [r[0] for r in con.execute(
+                "SELECT column_name FROM information_schema.columns WHERE table_name = ? ORDER BY ordinal_position",
+                [table],
+            ).fetchall() if r[0] not in skip_columns.get(table, set())]
+            h.update(f"\x00table {table} {columns}\x00".encode())
+            quoted = ", ".join(f'"{c}"' for c in columns)
+            for row in con.execute(f'SELECT {quoted} FROM "{table}" ORDER BY ALL').fetchall():
                 h.update(repr(row).encode())
     finally:
         con.close()
     return h.hexdigest()
+
+
+def ledger_digest(home: Path) -> str:
+    """Every table of the home's ledger."""
+    path = Path(home) / LEDGER_FILE
+    return ledger_file_digest(path) if path.exists() else ABSENT
 
 
 def state_digests(home: str | Path) -> StateDigests:

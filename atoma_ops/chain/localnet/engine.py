@@ -87,6 +87,18 @@ def tx_digest(tx_bytes: bytes) -> str:
     return base58.b58encode(hashlib.blake2b(b"TransactionData::" + tx_bytes, digest_size=32).digest()).decode()
 
 
+def check_signature(tx_bytes: bytes, signatures: list[str], sender: str) -> None:
+    """One signature, valid over ``tx_bytes``, by ``sender``'s key; else :class:`TransactionRejected`."""
+    if len(signatures) != 1:
+        raise TransactionRejected(f"expected exactly one signature (the sender's), got {len(signatures)}")
+    try:
+        signer = verify_signature(tx_bytes, signatures[0])
+    except InvalidSignatureError as exc:
+        raise TransactionRejected(f"invalid signature: {exc}") from None
+    if signer != sender:
+        raise TransactionRejected(f"signed by {signer}, but the transaction's sender is {sender}")
+
+
 def now_ms() -> int:
     return int(time.time() * 1000)
 
@@ -396,7 +408,7 @@ class Localnet:
         digest = tx_digest(tx_bytes)
         # Signature first, as a Sui validator does: known bytes with a forged signature are refused too.
         tx = self._parse(tx_bytes)
-        self._check_signature(tx_bytes, signatures, tx["sender"])
+        check_signature(tx_bytes, signatures, tx["sender"])
         return self._execute_checked(digest, tx, tx_bytes, signatures)
 
     def execute_verified(
@@ -493,15 +505,6 @@ class Localnet:
         tx["sender"] = sender
         return tx
 
-    def _check_signature(self, tx_bytes: bytes, signatures: list[str], sender: str) -> None:
-        if len(signatures) != 1:
-            raise TransactionRejected(f"expected exactly one signature, got {len(signatures)}")
-        try:
-            signer = verify_signature(tx_bytes, signatures[0])
-        except InvalidSignatureError as exc:
-            raise TransactionRejected(f"invalid signature: {exc}") from None
-        if signer != sender:
-            raise TransactionRejected(f"signed by {signer}, but the transaction's sender is {sender}")
 
     def _owned_input(self, ctx: Ctx, object_id: Any, expected_type: str | None) -> dict:
         try:

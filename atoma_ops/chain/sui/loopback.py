@@ -74,7 +74,7 @@ from .._json import loads
 from ..errors import ChainError, NotFound
 from ..localnet.engine import SHARED, Localnet
 from .client import _is_loopback
-from .loopback_tables import LoopbackTables
+from .loopback_tables import LoopbackTables, page_request
 
 log = logging.getLogger("atoma_ops.chain.sui.loopback")
 
@@ -120,8 +120,6 @@ COIN_TYPE = "0x2::coin::Coin"
 OPTION_TYPE = "0x1::option::Option"
 ASCII_STRING_TYPE = "0x1::ascii::String"
 
-DEFAULT_PAGE_SIZE = 50
-MAX_PAGE_SIZE = 1000
 _SCAN_CHUNK = 256
 _PAGE_TOKEN_TAG = b"\x01"
 
@@ -478,13 +476,7 @@ class _Reads:
     def list_owned(self, request: sui.ListOwnedObjectsRequest) -> sui.ListOwnedObjectsResponse:
         owner = _address(request.owner, "owner")
         matches = self._type_matcher(request.object_type)
-        size = DEFAULT_PAGE_SIZE if not request.page_size else min(int(request.page_size), MAX_PAGE_SIZE)
-        after = ""
-        if request.page_token:
-            token = bytes(request.page_token)
-            if len(token) != 33 or token[:1] != _PAGE_TOKEN_TAG:
-                raise GRPCError(grpclib.const.Status.INVALID_ARGUMENT, "invalid page_token")
-            after = "0x" + token[1:].hex()
+        size, after = page_request(request, _PAGE_TOKEN_TAG)
         fields = _mask(request.read_mask, _OWNED_FIELDS_DEFAULT)
         page: list[dict] = []
         more = False

@@ -83,7 +83,7 @@ import pysui.sui.sui_grpc.suimsgs.google.protobuf as pb
 import pysui.sui.sui_grpc.suimsgs.sui.rpc.v2 as sui
 
 from ...protocol import abi
-from ...wallet import InvalidSignatureError, normalize_address, verify_signature
+from ...wallet import normalize_address
 from .. import codec
 from .._json import loads
 from ..errors import (
@@ -95,7 +95,7 @@ from ..errors import (
     TransactionRejected,
     abort_from_json,
 )
-from ..localnet.engine import SHARED, Localnet
+from ..localnet.engine import SHARED, Localnet, check_signature
 from ..types import ObjectChange, TxResult
 from .loopback import (
     ATOMA_DB_INITIAL_SHARED_VERSION,
@@ -506,14 +506,10 @@ class _Writer:
 
     def execute(self, tx_bytes: bytes, signatures: list[str], fields: frozenset[str] | None) -> sui.ExecutedTransaction:
         tx = self.decode(tx_bytes)
-        if len(signatures) != 1:
-            raise _refuse(f"expected exactly one signature (the sender's), got {len(signatures)}")
         try:
-            signer = verify_signature(tx_bytes, signatures[0])
-        except InvalidSignatureError as exc:
-            raise _refuse(f"invalid signature: {exc}") from None
-        if signer != tx.sender:
-            raise _refuse(f"signed by {signer}, but the transaction's sender is {tx.sender}")
+            check_signature(tx_bytes, signatures, tx.sender)
+        except TransactionRejected as exc:
+            raise _refuse(str(exc)) from None
         digest = transaction_digest(tx_bytes)
         if self.net.get_transaction(digest) is None:
             try:

@@ -60,9 +60,21 @@ _UID_DOMAIN = b"atoma-ops/loopback/uid"
 DB_TABLES = ("nodes", "models", "tasks", "stacks", "stack_settlement_tickets")
 # AtomaDb tables the localnet keeps as kv rows under the same name (``models`` is always empty there).
 _KV_TABLES = frozenset({"nodes", "tasks", "stacks", "stack_settlement_tickets"})
-_DEFAULT_PAGE = 50
-_MAX_PAGE = 1000
+DEFAULT_PAGE_SIZE = 50
+MAX_PAGE_SIZE = 1000
 _TOKEN_TAG = b"\x02"
+
+
+def page_request(request: Any, tag: bytes) -> tuple[int, str]:
+    """A list request's page size (default 50, at most 1000) and the object id its ``page_token`` resumes after
+    ("" for the first page). Tokens are ``tag`` (one byte per list kind) + the last id's 32 bytes."""
+    size = DEFAULT_PAGE_SIZE if not request.page_size else min(int(request.page_size), MAX_PAGE_SIZE)
+    if not request.page_token:
+        return size, ""
+    token = bytes(request.page_token)
+    if len(token) != 33 or token[:1] != tag:
+        raise GRPCError(grpclib.const.Status.INVALID_ARGUMENT, "invalid page_token")
+    return size, "0x" + token[1:].hex()
 _FIELDS_DEFAULT = frozenset({"parent", "field_id"})
 
 
@@ -553,13 +565,7 @@ class LoopbackTables:
             parent = normalize_address(request.parent)
         except ValueError:
             raise GRPCError(grpclib.const.Status.INVALID_ARGUMENT, f"invalid parent: {request.parent!r}") from None
-        size = _DEFAULT_PAGE if not request.page_size else min(int(request.page_size), _MAX_PAGE)
-        after = ""
-        if request.page_token:
-            token = bytes(request.page_token)
-            if len(token) != 33 or token[:1] != _TOKEN_TAG:
-                raise GRPCError(grpclib.const.Status.INVALID_ARGUMENT, "invalid page_token")
-            after = "0x" + token[1:].hex()
+        size, after = page_request(request, _TOKEN_TAG)
         paths = list(getattr(request.read_mask, "paths", None) or [])
         top = {p.split(".", 1)[0] for p in paths} if paths else set(_FIELDS_DEFAULT)
         every = "*" in top
