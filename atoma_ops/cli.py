@@ -1291,10 +1291,12 @@ def _with_node(
     action: Callable[[Any], Awaitable[Any]],
     engine: Optional[Callable[[], Any]] = None,
     precheck: bool = False,
+    max_pending: Optional[int] = None,
+    fast_loop: bool = False,
 ) -> Any:
     """Open the localnet home and the node's service (its store under <home>/nodes/<alias>/), load the engine if
     asked (after the cheap checks; ``precheck``: the stack must be servable by this node), run ``action(service)``,
-    close everything."""
+    close everything. ``max_pending``: the requests the service takes in progress at once (past it: 429)."""
     import asyncio
 
     from .home import LocalnetHome, resolve_home
@@ -1307,6 +1309,8 @@ def _with_node(
         try:
             who = node or state.address or await _node_for_stack(chain, stack_small_id)
             service = await NodeService.open(home, who, None, node_small_id=node_small_id, chain=chain)
+            if max_pending is not None:
+                service.max_pending = max_pending
             if precheck and stack_small_id is not None:
                 await service.check_stack(stack_small_id)
             if engine is not None:
@@ -1319,6 +1323,14 @@ def _with_node(
                 service.engine.close()
             await chain.close()
 
+    if fast_loop:  # the HTTP server: uvloop (what uvicorn picks for itself), the relay of every token is cheaper
+        try:
+            import uvloop
+        except ImportError:
+            pass
+        else:
+            with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+                return runner.run(main())
     return asyncio.run(main())
 
 
@@ -1354,12 +1366,17 @@ def node_serve(
     host: str = typer.Option("127.0.0.1", "--host", metavar="ADDR"),
     openai_base_url: Optional[str] = BASE_URL_OPT,
     model: Optional[str] = MODEL_OPT,
-    max_batch: int = typer.Option(8, "--max-batch", metavar="N", help="Requests gathered into one engine batch."),
+    max_pending: int = typer.Option(
+        256, "--max-pending", metavar="N",
+        help="Requests in progress at once (admitted, not yet recorded); past it the node answers 429 with Retry-After.",
+    ),
     node_small_id: Optional[int] = NODE_SMALL_ID_PICK_OPT,
 ) -> None:
     """Serve OpenAI-compatible chat completions for the node's stacks (header X-Stack-Small-Id) until Ctrl-C."""
 
     def produce(state: State) -> tuple[Any, Render]:
+        if max_pending < 1:
+            raise CliInputError("--max-pending must be >= 1")
         load = _engine_loader(state, engine, openai_base_url, model)
 
         async def action(service: Any) -> dict:
@@ -1370,16 +1387,17 @@ def node_serve(
             _note(
                 state,
                 f"node {service.node_small_id} ({service.alias}) serving on http://{host}:{port} with the "
-                f"{engine} engine ({getattr(service.engine, 'model', '?')}); store {service.store.path}",
+                f"{engine} engine ({getattr(service.engine, 'model', '?')}), at most {service.max_pending} requests in "
+                f"progress; store {service.store.path}",
             )
-            config = uvicorn.Config(create_app(service, max_batch=max_batch), host=host, port=port, log_level="info")
+            config = uvicorn.Config(create_app(service), host=host, port=port, log_level="info")
             server = uvicorn.Server(config)
             await server.serve()
             if not server.started:
                 raise OSError(f"could not listen on {host}:{port}")
             return {"node_small_id": service.node_small_id, "host": host, "port": port, "stopped": True}
 
-        doc = _with_node(state, node, None, node_small_id, action, engine=load)
+        doc = _with_node(state, node, None, node_small_id, action, engine=load, max_pending=max_pending, fast_loop=True)
         return doc, lambda con: con.print("server stopped")
 
     _serving_run(ctx, produce)
@@ -1425,69 +1443,137 @@ def stack_serve(
     engine: str = ENGINE_OPT,
     openai_base_url: Optional[str] = BASE_URL_OPT,
     model: Optional[str] = MODEL_OPT,
-    batch_size: int = typer.Option(8, "--batch-size", metavar="N", help="Requests per engine batch."),
+    concurrency: Optional[int] = typer.Option(
+        None, "--concurrency", metavar="N", help="Requests in progress at once on the engine (default 8)."
+    ),
+    batch_size: Optional[int] = typer.Option(
+        None, "--batch-size", metavar="N", hidden=True, help="Deprecated alias of --concurrency."
+    ),
     node_small_id: Optional[int] = NODE_SMALL_ID_PICK_OPT,
 ) -> None:
-    """Run a workload of chat requests on a stack (metered, recorded); print the units used and left."""
+    """Run a workload of chat requests on a stack (metered, recorded), CONCURRENCY at once; print the units used
+    and left. Resumable: each line is recorded under an id of the workload's content, so a re-run (after a kill,
+    a refusal or a finished run) serves only the lines not yet served or refused, and never charges twice."""
 
     def produce(state: State) -> tuple[Any, Render]:
-        import time
-
         from .serving.workload import load_workload
 
         requests = load_workload(workload)
-        if batch_size < 1:
-            raise CliInputError("--batch-size must be >= 1")
+        if batch_size is not None:
+            _note(state, "--batch-size is deprecated (nothing is batched any more): use --concurrency")
+        width = concurrency if concurrency is not None else batch_size if batch_size is not None else 8
+        if width < 1:
+            raise CliInputError("--concurrency must be >= 1")
         load = _engine_loader(state, engine, openai_base_url, model)
 
         async def action(service: Any) -> dict:
-            t0 = time.perf_counter()
-            outcomes = []
-            for start in range(0, len(requests), batch_size):
-                batch = await service.serve(stack, requests[start : start + batch_size])
-                for o in batch:
-                    o.index += start
-                outcomes += batch
-            wall = time.perf_counter() - t0
-            usage = service.store.usage(stack)
-            served = [o for o in outcomes if o.ok]
-            return {
-                "stack_small_id": stack,
-                "node_small_id": service.node_small_id,
-                "requests": len(outcomes),
-                "served": len(served),
-                "refused": len(outcomes) - len(served),
-                "units_charged": sum(o.units for o in served),
-                "completion_tokens": sum((o.response or {}).get("usage", {}).get("completion_tokens", 0) for o in served),
-                "wall_s": round(wall, 3),
-                "usage": usage.to_json() if usage else None,
-                "outcomes": [o.to_json() for o in outcomes],
-            }
+            return await _serve_workload(state, service, stack, requests, width)
 
         doc = _with_node(state, node, stack, node_small_id, action, engine=load, precheck=True)
-
-        def render(con: "Console") -> None:
-            con.print(
-                f"[green]✓[/] stack {stack} on node {doc['node_small_id']}: {doc['served']} of {doc['requests']} "
-                f"request(s) served, {doc['refused']} refused, {doc['units_charged']} compute units charged "
-                f"({doc['completion_tokens']} completion tokens in {doc['wall_s']} s)"
-            )
-            for o in doc["outcomes"]:
-                if o["ok"]:
-                    text = (o["content"] or "").replace("\n", " ")
-                    text = text if len(text) <= 60 else text[:57] + "…"
-                    con.print(
-                        f"  {o['index']:>3} → #{o['history_index']:<3} {o['units']:>5} units "
-                        f"(reserved {o['estimate']['reserved']})  {_esc(text)}"
-                    )
-                else:
-                    con.print(f"  {o['index']:>3} [red]refused[/]: {_esc(o['error']['message'])}")
-            if doc["usage"]:
-                _usage_lines(con, doc["usage"])
-
-        return doc, render
+        return doc, lambda con: _render_served(con, doc)
 
     _serving_run(ctx, produce)
+
+
+async def _serve_workload(state: State, service: Any, stack: int, requests: list, concurrency: int) -> dict:
+    """``lifecycle.serve_workload`` with a transient progress bar on stderr (not under --json); the JSON document
+    of ``stack serve``."""
+    import time
+    from contextlib import nullcontext
+
+    from .lifecycle import serve_workload
+
+    progress: Any = None
+    if not state.json:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        progress = Progress(
+            TextColumn("[dim]stack {task.fields[stack]}[/]"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("{task.fields[counts]}"), TimeElapsedColumn(),
+            console=_console(stderr=True), transient=True,
+        )
+    counts = {"served": 0, "refused": 0, "failed": 0, "skipped": 0}
+    bar = None
+
+    def tick(what: str) -> None:
+        counts[what] += 1
+        if progress is not None and bar is not None:
+            text = f"{counts['served']} served, {counts['refused']} refused"
+            if counts["failed"]:
+                text += f", {counts['failed']} failed"
+            if counts["skipped"]:
+                text += f", {counts['skipped']} done before"
+            progress.update(bar, advance=1, counts=text)
+
+    def landed(o: Any) -> None:
+        tick("served" if o.ok else "refused" if o.error.final else "failed")
+
+    t0 = time.perf_counter()
+    with progress if progress is not None else nullcontext():
+        if progress is not None:
+            bar = progress.add_task("serve", total=len(requests), stack=stack, counts="")
+        report, outcomes = await serve_workload(
+            service, stack, requests, concurrency=concurrency,
+            on_skipped=lambda i, seen: tick("skipped"), on_outcome=landed,
+        )
+    wall = time.perf_counter() - t0
+    usage = service.store.usage(stack)
+    return {
+        "stack_small_id": stack,
+        "node_small_id": service.node_small_id,
+        "workload_id": report.workload_id,
+        "requests": len(requests),
+        "concurrency": concurrency,
+        "served": report.served,
+        "refused": len(report.refused),
+        "failed": len(report.failed),
+        "already_served": report.already_served,
+        "already_refused": report.already_refused,
+        "units_charged": report.units_charged,
+        "completion_tokens": report.completion_tokens,
+        "wall_s": round(wall, 3),
+        "usage": usage.to_json() if usage else None,
+        "outcomes": [_outcome_doc(o) for o in outcomes],
+    }
+
+
+def _outcome_doc(o: Any) -> dict:
+    doc = o.to_json()
+    if not o.ok:
+        doc["retry"] = not o.error.final  # failed, not refused: nothing recorded, a re-run serves it again
+    return doc
+
+
+_SERVED_LINES = 50  # outcomes listed by a human ``stack serve``; --json has them all
+
+
+def _render_served(con: "Console", doc: dict) -> None:
+    skipped = doc["already_served"] + doc["already_refused"]
+    line = (
+        f"[green]✓[/] stack {doc['stack_small_id']} on node {doc['node_small_id']}: {doc['served']} of "
+        f"{doc['requests']} request(s) served, {doc['refused']} refused"
+    )
+    if doc["failed"]:
+        line += f", [red]{doc['failed']} failed[/] (not charged; a re-run serves them)"
+    if skipped:
+        line += f", {skipped} done before ({doc['already_served']} served, {doc['already_refused']} refused)"
+    con.print(
+        f"{line}; {doc['units_charged']} compute units charged ({doc['completion_tokens']} completion tokens in "
+        f"{doc['wall_s']} s)"
+    )
+    shown = doc["outcomes"][:_SERVED_LINES]
+    for o in shown:
+        if o["ok"]:
+            text = (o["content"] or "").replace("\n", " ")
+            text = text if len(text) <= 60 else text[:57] + "…"
+            reserved = f"(reserved {o['estimate']['reserved']})" if o.get("estimate") else "(served before)"
+            con.print(f"  {o['index']:>3} → #{o['history_index']:<3} {o['units']:>5} units {reserved}  {_esc(text)}")
+        else:
+            con.print(f"  {o['index']:>3} [red]{'failed' if o.get('retry') else 'refused'}[/]: {_esc(o['error']['message'])}")
+    if len(doc["outcomes"]) > len(shown):
+        con.print(f"  … and {len(doc['outcomes']) - len(shown)} more (--json lists every one)")
+    if doc["usage"]:
+        _usage_lines(con, doc["usage"])
 
 
 @stack_app.command("usage")

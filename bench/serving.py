@@ -1,25 +1,25 @@
-"""Metered serving throughput against the bare engine, on the same batch, in one run.
+"""The node's own ceiling: a concurrency sweep, node vs bare engine, side by side in one run.
 
-    .venv/bin/python bench/serving.py                      # CPU engine, 12 sample requests, 3 rounds
-    .venv/bin/python bench/serving.py --requests 22 --max-tokens 24 --rounds 3 --http
-    .venv/bin/python bench/serving.py --engine openai --openai-base-url http://127.0.0.1:8001/v1
+    .venv/bin/python bench/serving.py                                  # (a) stand-in + (b) CPU engine
+    .venv/bin/python bench/serving.py --only standin --concurrency 1,8,64,256
+    .venv/bin/python bench/serving.py --vllm-url http://127.0.0.1:8001/v1 --vllm-model M   # (c) a real vllm serve
 
-Each round runs every request of the batch (the first N requests of data/workloads/sample.jsonl, output budgets
-capped at --max-tokens) twice, back to back, in alternating order — so that load from other processes hits both
-sides alike (on a shared 2-core box it swings throughput 2-5x within a minute):
+For each concurrency C, C clients each send ``--rounds`` streamed chat requests one after another (the official
+OpenAI wire format, SSE, parsed by httpx), first straight to the engine ("bare"), then through the node ("node":
+admission, the reservation, the relay, the charge and the history append), alternating which goes first from one C
+to the next. Printed per C: requests/s, p50/p99 time to first token (first content chunk), and the ratios.
 
-1. **bare**: ``engine.chat([request])``;
-2. **metered**: ``NodeService.serve(stack, [request])`` on a fresh localnet — validation, the §9 estimate and the
-   templated-prompt bound, the chain checks (stack, ticket), one ``BEGIN IMMEDIATE`` reservation transaction, the
-   engine, one settle + history-append transaction (``synchronous=FULL``). A batch of one is the worst case for
-   metering: a larger batch shares the chain reads and the two store transactions.
-3. with ``--http``: the bare engine on the whole batch, then the same batch through the node's HTTP server on
-   loopback, all requests sent at once by concurrent clients (gathered into engine batches).
+- **(a) stand-in**: ``atoma_ops.testing.openai_standin`` in its own process — NOT a model: a fixed per-request
+  latency (``--latency``, 0.5 s) and unlimited concurrency, so it measures the node's own ceiling, never an
+  engine's. The node is the real ``atoma-ops node serve --engine openai`` in its own process, in front of it. Goals:
+  node/bare >= 0.9x requests/s at every C, and p50 first-token overhead <= 5 ms.
+- **(b) the CPU engine** (SmolLM2 on CPU torch): bare = ``engine.stream`` in this process; node = the HTTP server
+  around the same loaded engine in a thread of this process. Lower concurrencies only (``--cpu-concurrency``).
+- **(c) ``vllm serve``** (e.g. from ``make test-vllm``'s environment) when ``--vllm-url`` is given: bare = straight
+  to it, node = ``atoma-ops node serve --engine openai`` in front of it.
 
-A warm-up pass of the bare engine runs first (not counted). It prints completion tokens/s for each (medians over
-the rounds), the ratio metered/bare (the median of the per-round ratios of total times, goal >= 0.9), the metering
-overhead outside the engine in ms per request, and checks that every metered response equals the bare one
-(deterministic fields). Exit status 1 when the ratio is below the goal.
+The machine is shared (2 cores here): the client, the node and the engine compete for them, as they would on one
+host; the stand-in's own process costs CPU too. Figures are medians of one run; nothing is asserted.
 """
 
 from __future__ import annotations
@@ -27,188 +27,231 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
+import socket
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+import httpx
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from atoma_ops.home import LocalnetHome  # noqa: E402
-from atoma_ops.protocol.commitments import deterministic_response  # noqa: E402
-from atoma_ops.serving.engines.base import Engine  # noqa: E402
-from atoma_ops.serving.node import NodeService, load_engine  # noqa: E402
-from atoma_ops.serving.workload import SAMPLE, load_workload  # noqa: E402
+from atoma_ops.testing.openai_standin import STANDIN_MODEL  # noqa: E402
 
-GOAL = 0.9
+PRICE = 1_000_000
+GOAL_RATIO = 0.9
+GOAL_TTFT_MS = 5.0
+QUESTIONS = ["What is the capital of France?", "Name three primary colors.", "Why is the sky blue?",
+             "Give me a word that rhymes with cat.", "What is two plus two?", "Say hello in Spanish."]
 
 
-class Timed(Engine):
-    """Counts the time spent inside the wrapped engine's ``chat``."""
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
-    def __init__(self, inner: Engine):
-        self.inner, self.kind, self.model = inner, inner.kind, inner.model
-        self.seconds = 0.0
 
-    def chat(self, requests):
-        t0 = time.perf_counter()
+def wait_http(url: str, proc: subprocess.Popen | None, timeout: float = 180.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise SystemExit(f"{url}: the process exited with {proc.returncode}")
         try:
-            return self.inner.chat(requests)
-        finally:
-            self.seconds += time.perf_counter() - t0
-
-    def count_tokens(self, text):
-        return self.inner.count_tokens(text)
-
-    def prompt_tokens(self, request):
-        return self.inner.prompt_tokens(request)
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise SystemExit(f"{url} did not come up in {timeout:.0f} s")
 
 
-def completion_tokens(responses) -> int:
-    return sum(r["usage"]["completion_tokens"] for r in responses)
-
-
-async def setup(home_dir: Path, units: int):
+async def setup(home_dir: Path, model: str, units: int) -> tuple[LocalnetHome, int]:
+    """A localnet with node-1 subscribed to a task of ``model`` and one stack of ``units`` sold to it."""
     home = LocalnetHome(home_dir)
     localnet, _ = home.init(seed=1)
     localnet.close()
     chain = home.open()
-    await chain.faucet_mint(chain.wallet.resolve("user"), 1_000_000_000)
-    tx = await chain.create_task_entry("admin", role=0, model_name="bench", security_level=0)
-    task = int(tx.event("TaskRegisteredEvent").parsed_json["task_small_id"]["inner"])
-    await chain.register_node_entry("node-1")
-    await chain.subscribe_node_to_task("node-1", task_small_id=task, price_per_one_million_compute_units=1_000_000)
-    return home, chain, task
+    try:
+        await chain.faucet_mint(chain.wallet.resolve("user"), units * PRICE // 1_000_000 + 1_000_000)
+        tx = await chain.create_task_entry("admin", role=0, model_name=model, security_level=0)
+        task = int(tx.event("TaskRegisteredEvent").parsed_json["task_small_id"]["inner"])
+        await chain.register_node_entry("node-1")
+        await chain.subscribe_node_to_task("node-1", task_small_id=task, price_per_one_million_compute_units=PRICE)
+        tx = await chain.acquire_new_stack_entry("user", task_small_id=task, num_compute_units=units, price=PRICE)
+        stack = int(tx.event("StackCreatedEvent").parsed_json["stack_small_id"]["inner"])
+    finally:
+        await chain.close()
+    return home, stack
 
 
-async def buy(chain, task: int, units: int) -> int:
-    tx = await chain.acquire_new_stack_entry("user", task_small_id=task, num_compute_units=units, price=1_000_000)
-    return int(tx.event("StackCreatedEvent").parsed_json["stack_small_id"]["inner"])
+# ------------------------------------------------------------------------------------------------ the client
+async def one(client: httpx.AsyncClient, url: str, body: dict, headers: dict) -> tuple[float, float]:
+    """One streamed request: (seconds to the first content chunk, seconds to the end)."""
+    t0 = time.perf_counter()
+    first = None
+    async with client.stream("POST", url, json=body, headers=headers) as r:
+        if r.status_code != 200:
+            raise RuntimeError(f"{url}: HTTP {r.status_code}: {(await r.aread())[:300]!r}")
+        async for line in r.aiter_lines():
+            if first is None and line.startswith("data: ") and '"content":"' in line and '"content":""' not in line:
+                first = time.perf_counter() - t0
+            # read on to the end of the body (past [DONE]): the connection then goes back to the pool
+    end = time.perf_counter() - t0
+    return (first if first is not None else end), end
+
+
+async def sweep_point(url: str, model: str, concurrency: int, rounds: int, max_tokens: int,
+                      headers: dict | None = None) -> dict:
+    # pools of at most 16 connections: httpx scans every connection of a pool on each request, which at hundreds of
+    # connections in one pool makes the client, not the server, the bottleneck (measured: 18 vs 8.5 ms CPU each)
+    pools = [httpx.AsyncClient(timeout=600, limits=httpx.Limits(max_connections=16, max_keepalive_connections=16))
+             for _ in range((concurrency + 15) // 16)]
+
+    nonce = os.urandom(3).hex()
+
+    async def worker(w: int) -> list[tuple[float, float]]:
+        out = []
+        for r in range(rounds):
+            body = {"model": model, "stream": True, "max_tokens": max_tokens,
+                    # a different text each time: nothing is served from the node's token-count cache
+                    "messages": [{"role": "user", "content": f"{QUESTIONS[(w + r) % len(QUESTIONS)]} (#{nonce}.{w}.{r})"}]}
+            out.append(await one(pools[w // 16], url, body, headers or {}))
+        return out
+
+    try:
+        t0 = time.perf_counter()
+        results = await asyncio.gather(*(worker(w) for w in range(concurrency)))
+        wall = time.perf_counter() - t0
+    finally:
+        for pool in pools:
+            await pool.aclose()
+    ttft = sorted(t for rs in results for t, _ in rs)
+    n = len(ttft)
+    return {"requests": n, "wall_s": wall, "rps": n / wall, "ttft_p50_ms": 1000 * statistics.median(ttft),
+            "ttft_p99_ms": 1000 * ttft[min(n - 1, int(0.99 * n))]}
+
+
+def compare(name: str, bare_url: str, node_url: str, model: str, levels: list[int], rounds: int, max_tokens: int,
+            stack: int) -> list[dict]:
+    print(f"\n## {name}")
+    print(f"{'clients':>7} | {'bare req/s':>10} {'node req/s':>10} {'ratio':>6} | {'bare p50':>8} {'node p50':>8} "
+          f"{'+p50 ms':>7} | {'bare p99':>8} {'node p99':>8}   (first token, ms)")
+    rows = []
+    for i, c in enumerate(levels):
+        pair = {}
+        order = ("bare", "node") if i % 2 == 0 else ("node", "bare")
+        for side in order:
+            url = (bare_url if side == "bare" else node_url) + "/chat/completions"
+            headers = {"X-Stack-Small-Id": str(stack)} if side == "node" else None
+            pair[side] = asyncio.run(sweep_point(url, model, c, rounds, max_tokens, headers))
+        b, n = pair["bare"], pair["node"]
+        row = {"engine": name, "clients": c, "bare": b, "node": n, "ratio": n["rps"] / b["rps"],
+               "ttft_overhead_p50_ms": n["ttft_p50_ms"] - b["ttft_p50_ms"]}
+        rows.append(row)
+        print(f"{c:>7} | {b['rps']:>10.1f} {n['rps']:>10.1f} {row['ratio']:>6.2f} | {b['ttft_p50_ms']:>8.1f} "
+              f"{n['ttft_p50_ms']:>8.1f} {row['ttft_overhead_p50_ms']:>7.1f} | {b['ttft_p99_ms']:>8.1f} "
+              f"{n['ttft_p99_ms']:>8.1f}")
+    return rows
+
+
+def node_process(home: Path, base_url: str, model: str, port: int, log: Path) -> subprocess.Popen:
+    cmd = [str(REPO / ".venv" / "bin" / "atoma-ops"), "--home", str(home), "node", "serve", "--node", "node-1",
+           "--engine", "openai", "--openai-base-url", base_url, "--model", model, "--port", str(port),
+           "--max-pending", "4096"]
+    return subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, cwd=REPO)
+
+
+def run_openai(name: str, bare_url: str, model: str, tmp: Path, levels: list[int], rounds: int,
+               max_tokens: int) -> list[dict]:
+    home, stack = asyncio.run(setup(tmp / f"home-{name}", model, 1_000_000))
+    port = free_port()
+    proc = node_process(home.path, bare_url, model, port, tmp / f"node-{name}.log")
+    try:
+        wait_http(f"http://127.0.0.1:{port}/health", proc)
+        return compare(name, bare_url, f"http://127.0.0.1:{port}/v1", model, levels, rounds, max_tokens, stack)
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+def run_cpu(tmp: Path, levels: list[int], rounds: int, max_tokens: int) -> list[dict]:
+    from atoma_ops.serving.engines.base import SMOLLM2_MODEL
+    from atoma_ops.serving.node import NodeService, load_engine
+    from atoma_ops.serving.server import BackgroundServer, create_app
+    from atoma_ops.testing.openai_standin import OpenAIServer
+
+    t0 = time.perf_counter()
+    engine = load_engine("cpu")
+    print(f"\nCPU engine loaded in {time.perf_counter() - t0:.1f} s")
+    home, stack = asyncio.run(setup(tmp / "home-cpu", SMOLLM2_MODEL, 1_000_000))
+    service = asyncio.run(NodeService.open(home.path, "node-1", engine, max_pending=4096))
+    bare = OpenAIServer(engine).start()  # the same engine behind a bare OpenAI front, in this process too
+    node = BackgroundServer(create_app(service)).start()
+    try:
+        asyncio.run(sweep_point(bare.base_url + "/chat/completions", SMOLLM2_MODEL, 2, 1, max_tokens))  # warm-up
+        return compare("cpu", bare.base_url, node.url + "/v1", SMOLLM2_MODEL, levels, rounds, max_tokens, stack)
+    finally:
+        node.stop()
+        bare.stop()
+        engine.close()
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--requests", type=int, default=12)
-    ap.add_argument("--max-tokens", type=int, default=16, help="cap on each request's output budget")
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--engine", default="cpu")
-    ap.add_argument("--openai-base-url")
-    ap.add_argument("--model")
-    ap.add_argument("--http", action="store_true", help="also measure through the HTTP server")
+    ap.add_argument("--only", choices=("standin", "cpu", "vllm"), help="run one part")
+    ap.add_argument("--concurrency", default="1,8,64,256", help="client counts for the stand-in and vLLM")
+    ap.add_argument("--cpu-concurrency", default="1,8", help="client counts for the CPU engine")
+    ap.add_argument("--rounds", type=int, default=4, help="requests per client, one after another")
+    ap.add_argument("--cpu-rounds", type=int, default=2)
+    ap.add_argument("--latency", type=float, default=0.5, help="the stand-in's per-request latency (s)")
+    ap.add_argument("--max-tokens", type=int, default=16)
+    ap.add_argument("--vllm-url", help="a running vllm serve's /v1 URL")
+    ap.add_argument("--vllm-model", help="the model name it serves")
+    ap.add_argument("--json", dest="json_out", help="also write the figures to this file")
     args = ap.parse_args()
-
-    batch = []
-    for r in load_workload(SAMPLE)[: args.requests]:
-        r = dict(r)
-        for key in ("max_completion_tokens", "max_tokens"):
-            if r.get(key) is not None:
-                r[key] = min(r[key], args.max_tokens)
-        if r.get("max_completion_tokens") is None:
-            r["max_tokens"] = min(r.get("max_tokens") or args.max_tokens, args.max_tokens)
-        batch.append(r)
-
-    t0 = time.perf_counter()
-    engine = Timed(load_engine(args.engine, model=args.model, base_url=args.openai_base_url))
-    load_s = time.perf_counter() - t0
-    loop = asyncio.new_event_loop()
-    tmp = tempfile.TemporaryDirectory(prefix="bench-serving-")
-    home, chain, task = loop.run_until_complete(setup(Path(tmp.name) / "home", 1_000_000))
-    service = loop.run_until_complete(NodeService.open(home.path, "node-1", engine, chain=chain))
-    server = None
-    if args.http:
-        from atoma_ops.serving.server import BackgroundServer, create_app
-
-        # its own service (and chain connection) in the server thread, same store
-        http_service = loop.run_until_complete(NodeService.open(home.path, "node-1", engine))
-        server = BackgroundServer(create_app(http_service, max_batch=len(batch))).start()
-
-    print(f"engine {engine.kind} ({engine.model}) loaded in {load_s:.1f} s; batch of {len(batch)} requests, "
-          f"output budgets <= {args.max_tokens}; {args.rounds} round(s)")
-    t = time.perf_counter()
-    reference = [deterministic_response(r) for r in engine.inner.chat(batch)]  # warm-up pass, not timed
-    print(f"  warm-up  {time.perf_counter() - t:6.2f} s (not counted)")
-    rates: dict[str, list[float]] = {"bare": [], "metered": [], "http": []}
-    ratios: list[float] = []
-    http_ratios: list[float] = []
-    overhead_ms: list[float] = []
-    mismatches = 0
-    for rnd in range(args.rounds):
-        # paired: each request runs bare and metered back to back (order alternating), so load drift from other
-        # processes hits both sides alike; metered = the whole pipeline for a batch of one (the worst case: a larger
-        # batch shares the chain reads and the two store transactions)
-        stack = loop.run_until_complete(buy(chain, task, 1_000_000))
-        secs = {"bare": 0.0, "metered": 0.0}
-        engine.seconds = 0.0
-        tokens = 0
-        for i, request in enumerate(batch):
-            for mode in (("bare", "metered") if (i + rnd) % 2 == 0 else ("metered", "bare")):
-                t = time.perf_counter()
-                if mode == "bare":
-                    (response,) = engine.inner.chat([request])
-                else:
-                    (outcome,) = loop.run_until_complete(service.serve(stack, [request]))
-                    if not outcome.ok:
-                        raise SystemExit(f"metered serving refused a request: {outcome.error}")
-                    response = outcome.response
-                secs[mode] += time.perf_counter() - t
-                mismatches += deterministic_response(response) != reference[i]
-            tokens += response["usage"]["completion_tokens"]
-        overhead_ms.append((secs["metered"] - engine.seconds) * 1000 / len(batch))
-        for mode in secs:
-            rates[mode].append(tokens / secs[mode])
-        ratios.append(secs["bare"] / secs["metered"])
-        print(f"  round {rnd + 1}  bare {tokens} tokens in {secs['bare']:6.2f} s = {tokens / secs['bare']:6.2f} tok/s;"
-              f"  metered {secs['metered']:6.2f} s = {tokens / secs['metered']:6.2f} tok/s;  ratio {ratios[-1]:.3f}")
-        if server is not None:
-            import httpx
-
-            stack = loop.run_until_complete(buy(chain, task, 1_000_000))
-
-            def post(r):
-                with httpx.Client(timeout=600) as c:
-                    resp = c.post(server.url + "/v1/chat/completions", json=r, headers={"X-Stack-Small-Id": str(stack)})
-                    resp.raise_for_status()
-                    return resp.json()
-
-            t = time.perf_counter()
-            engine.inner.chat(batch)
-            bare_wall = time.perf_counter() - t
-            t = time.perf_counter()
-            with ThreadPoolExecutor(len(batch)) as pool:
-                responses = list(pool.map(post, batch))
-            wall = time.perf_counter() - t
-            mismatches += sum(deterministic_response(r) != ref for r, ref in zip(responses, reference))
-            rates["http"].append(completion_tokens(responses) / wall)
-            http_ratios.append(bare_wall / wall)
-            print(f"           bare batch {bare_wall:6.2f} s;  HTTP, {len(batch)} concurrent clients {wall:6.2f} s = "
-                  f"{completion_tokens(responses) / wall:6.2f} tok/s;  ratio {http_ratios[-1]:.3f}")
-
-    bare = statistics.median(rates["bare"])
-    metered = statistics.median(rates["metered"])
-    ratio = statistics.median(ratios)
-    prompt = sum(engine.prompt_tokens(r) or 0 for r in batch)
-    print()
-    print(f"sizes: {len(batch)} requests, {prompt} templated prompt tokens, {tokens} completion tokens per pass")
-    print(f"bare engine      {bare:8.2f} completion tok/s (median)")
-    print(f"metered serving  {metered:8.2f} completion tok/s (median)")
-    print(f"ratio metered/bare {ratio:.3f} (median over rounds; goal >= {GOAL}) {'OK' if ratio >= GOAL else 'BELOW GOAL'}")
-    print(f"metering overhead outside the engine: {statistics.median(overhead_ms):.2f} ms per request (median)")
-    if rates["http"]:
-        print(f"HTTP serving     {statistics.median(rates['http']):8.2f} completion tok/s (median)   "
-              f"ratio {statistics.median(http_ratios):.3f} (vs the bare engine on the whole batch)")
-    print(f"responses identical to the bare engine's: {'yes' if mismatches == 0 else f'NO ({mismatches} differ)'}")
-    if server is not None:
-        server.stop()
-        loop.run_until_complete(http_service.close())
-    loop.run_until_complete(service.close())
-    loop.run_until_complete(chain.close())
-    tmp.cleanup()
-    print(json.dumps({"bare_tok_s": round(bare, 3), "metered_tok_s": round(metered, 3), "ratio": round(ratio, 4)}))
-    return 0 if ratio >= GOAL else 1
+    levels = [int(c) for c in args.concurrency.split(",")]
+    rows: list[dict] = []
+    with tempfile.TemporaryDirectory(prefix="bench-serving-") as tmp_name:
+        tmp = Path(tmp_name)
+        if args.only in (None, "standin"):
+            port = free_port()
+            log = (tmp / "standin.log").open("w")
+            standin = subprocess.Popen(
+                [sys.executable, "-m", "atoma_ops.testing.openai_standin", "--port", str(port),
+                 "--latency", str(args.latency)], stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
+            )
+            try:
+                wait_http(f"http://127.0.0.1:{port}/health", standin)
+                print(f"stand-in (a fixed {args.latency} s per request, unlimited concurrency; NOT a model) on :{port}")
+                rows += run_openai("standin", f"http://127.0.0.1:{port}/v1", STANDIN_MODEL, tmp, levels, args.rounds,
+                                   args.max_tokens)
+            finally:
+                standin.terminate()
+                standin.wait(30)
+        if args.only in (None, "cpu"):
+            rows += run_cpu(tmp, [int(c) for c in args.cpu_concurrency.split(",")], args.cpu_rounds, args.max_tokens)
+        if args.vllm_url and args.only in (None, "vllm"):
+            rows += run_openai("vllm", args.vllm_url.rstrip("/"), args.vllm_model or "", tmp, levels, args.rounds,
+                               args.max_tokens)
+        elif args.only in (None, "vllm"):
+            print("\n## vllm: skipped (no --vllm-url; `make test-vllm` builds the environment that runs one)")
+    standin_rows = [r for r in rows if r["engine"] == "standin"]
+    if standin_rows:
+        worst = min(r["ratio"] for r in standin_rows)
+        ttft = statistics.median(r["ttft_overhead_p50_ms"] for r in standin_rows)
+        print(f"\nstand-in: worst node/bare ratio {worst:.2f} (goal >= {GOAL_RATIO}); median p50 first-token overhead "
+              f"{ttft:.1f} ms (goal <= {GOAL_TTFT_MS})")
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps(rows, indent=1))
+    return 0
 
 
 if __name__ == "__main__":
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     sys.exit(main())

@@ -26,7 +26,13 @@ class InferenceEngine(Block):
     )
     model: str | None = Field(default=None, description="Model name (HuggingFace style); default SmolLM2-135M-Instruct.")
     base_url: str | None = Field(default=None, description="`openai` kind: the server's base URL, e.g. http://127.0.0.1:8000.")
-    batch_size: int = Field(default=8, ge=1, le=256, description="Requests per serving or replay batch (one task each).")
+    # The name predates per-request serving; kept so saved blocks still load. Serving has no batches any more: it
+    # is how many requests of a workload are in progress at once on the engine (a serve-stack task serves a window of
+    # 4 × this); a replay still runs its history this many requests at a time.
+    batch_size: int = Field(
+        default=8, ge=1, le=256,
+        description="Serving concurrency: requests of a workload in progress at once on the engine (also the replay batch).",
+    )
 
     def cache_key(self) -> tuple:
         return (self.kind, self.model, self.base_url)

@@ -1,7 +1,7 @@
 """One flow per lifecycle stage. Each reads top to bottom like the stage it runs and leaves an artifact in the UI.
 
-Every stage is safe to run again: chain writes go through the intent journal, serving resumes where the stack's
-durable history ends, and a stage whose effect is already on chain returns what is there.
+Every stage is safe to run again: chain writes go through the intent journal, serving skips the workload's lines
+the stack already served or refused, and a stage whose effect is already on chain returns what is there.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from prefect.artifacts import (
 )
 
 from atoma_ops import lifecycle
+from atoma_ops.chain.errors import InvalidArgument
 from atoma_ops.protocol.constants import SecurityLevel
 from atoma_ops.serving.workload import load_workload
 from blocks import AtomaNetwork, InferenceEngine, Ledger, SuiWallet
@@ -155,30 +156,56 @@ async def serve_stack(
     network: AtomaNetwork | None = None,
     wallet: SuiWallet | None = None,
     engine: InferenceEngine | None = None,
+    window: int | None = None,
 ) -> dict:
-    """The selected node serves the workload on the stack, one task per batch, with a progress bar in the UI."""
+    """The selected node serves the workload on the stack: one task per window of ``window`` requests (default
+    4 × the engine's concurrency, ``engine.batch_size``), each serving its window ``batch_size`` at once, with a
+    progress bar in the UI. Re-runnable: lines served or refused before (same workload, same stack) are skipped.
+
+    Returns the whole workload's counts: ``served`` / ``refused`` in all (``served_now`` / ``refused_now`` by this
+    run, ``already_served`` / ``already_refused`` skipped), ``failed`` (not charged; served by a re-run)."""
+    if window is not None and window < 1:
+        raise InvalidArgument(f"window must be at least 1 request, not {window}")
     network = network_or_default(network)
     engine = engine or InferenceEngine()
     requests = load_workload(workload)
+    key = lifecycle.workload_id(requests)
+    window = window or 4 * engine.batch_size
     progress = await acreate_progress_artifact(0.0, key=f"serve-stack-{stack_small_id}", description="Requests served")
-    served, refused, report = 0, [], None
-    for start in range(0, len(requests), engine.batch_size):
-        stop = min(start + engine.batch_size, len(requests))
-        report = await node_tasks.serve_batch(network, wallet, engine, node, stack_small_id, requests, start, stop)
-        served += report.served + report.already_served
+    totals = dict(served_now=0, refused_now=0, already_served=0, already_refused=0, failed=0, units_charged=0)
+    refused, failed, report = [], [], None
+    for start in range(0, len(requests), window):
+        stop = min(start + window, len(requests))
+        report = await node_tasks.serve_batch(
+            network, wallet, engine, node, stack_small_id, requests, start, stop, workload_id=key
+        )
+        totals["served_now"] += report.served
+        totals["refused_now"] += len(report.refused)
+        totals["already_served"] += report.already_served
+        totals["already_refused"] += report.already_refused
+        totals["failed"] += len(report.failed)
+        totals["units_charged"] += report.units_charged
         refused += report.refused
+        failed += report.failed
         await aupdate_progress_artifact(progress, 100.0 * stop / len(requests))
     summary = {
         "stack_small_id": stack_small_id,
+        "workload_id": key,
         "requests": len(requests),
-        "served": served,
-        "refused": len(refused),
+        "served": totals["served_now"] + totals["already_served"],
+        "refused": totals["refused_now"] + totals["already_refused"],
+        **totals,
         "units_used": report.units_used if report else 0,
         "units_left": report.units_left if report else 0,
     }
-    await acreate_table_artifact([summary], key="serve-stack", description="What serving charged")
+    await acreate_table_artifact(
+        [summary], key="serve-stack",
+        description="What serving charged: served / refused this run, skipped (served or refused by an earlier run), failed",
+    )
     if refused:
-        await acreate_table_artifact(refused, key="serve-stack-refused", description="Requests refused (nothing charged)")
+        await acreate_table_artifact(refused, key="serve-stack-refused", description="Requests refused this run (nothing charged, recorded: a re-run skips them)")
+    if failed:
+        await acreate_table_artifact(failed, key="serve-stack-failed", description="Requests that failed (nothing charged, not recorded: a re-run serves them)")
     return summary
 
 

@@ -9,8 +9,9 @@ failpoint it passes is traced (``atoma_ops.journal.failpoint``):
   ``journal:between-submits:<fn>``: part of a batch submitted; ``journal:after-submit:<fn>``: executed on chain,
   outcome not recorded;
 - ``faucet:after-mint``: the faucet minted, the journal does not know yet;
-- ``serve:after-reserve`` / ``serve:after-engine`` / ``serve:after-record``: a serving batch with its compute units
-  reserved, its answers computed, its answers charged and in the history but not returned.
+- ``serve:after-reserve`` / ``serve:after-engine`` / ``serve:after-record``: one served request (a workload line of
+  the serve-stack flow, served concurrently with the others) with its compute units reserved, its answer computed,
+  its answer charged and in the history but not returned; the n-th pass is the n-th request to get there.
 
 The n-th pass of a name is one crash point. For each point, in a fresh copy of the scenario's starting state: run
 with the point armed (the process must die by SIGKILL), on every other case crash the recovery run too at the
@@ -21,7 +22,8 @@ run's, exactly:
 - the same events per stack (each stack settled and claimed exactly once) and no ticket left unclaimed;
 - the same USDC minted (no second faucet mint) and balances, every minted unit accounted for (coins + treasuries
   + collateral);
-- the same served histories (no request served twice), the same journal keys, none left ``pending``;
+- the same served histories (no request served twice, none recorded as refused that the clean run served), the
+  same journal keys, none left ``pending``;
 - the ledger synced and reconciled against the chain without drift.
 
 Processes: one parent imports everything (and loads the CPU engine once, single-threaded), then ``fork``s a
@@ -212,9 +214,10 @@ def facts(home: Path) -> dict:
         with NodeStore(store_path) as store:
             for u in store.stacks():
                 h = store.history(u.stack_small_id)
+                seen = store.request_ids(u.stack_small_id)
                 histories[f"{store_path.parent.name}:{u.stack_small_id}"] = {
                     "requests": len(h), "units": h.units, "root": (h.root or b"").hex(), "state": u.state,
-                    "in_flight": u.in_flight,
+                    "in_flight": u.in_flight, "refused": sum(1 for v in seen.values() if v == "refused"),
                 }
     rows = Ledger(home / "ledger.duckdb").actions()
     usdc = out.pop("usdc")
@@ -237,7 +240,7 @@ CHECKS: dict[str, tuple[str, Callable[[dict, dict], bool]]] = {
     "usdc_conserved": ("the same USDC minted and balances; every minted unit in a coin, treasury or collateral",
                        lambda f, ref: f["usdc_accounted"] and f["minted"] == ref["minted"]
                        and f["balances"] == ref["balances"]),
-    "histories": ("the same served histories (requests, units, root), nothing in flight",
+    "histories": ("the same served histories (requests, units, root, refusals recorded), nothing in flight",
                   lambda f, ref: f["histories"] == ref["histories"]),
     "journal": ("the same journal keys; none pending", lambda f, ref: f["journal_keys"] == ref["journal_keys"]
                 and not f["journal_pending"]),
@@ -510,8 +513,8 @@ def markdown(results: dict) -> str:
         "tracing the clean run: every Prefect task's and stage flow's start and end (`step:*`), every chain write",
         "signed but not journaled (`journal:before-write`), journaled but not submitted (`journal:after-write`), part",
         "of a batch submitted (`journal:between-submits`), executed but its outcome not recorded",
-        "(`journal:after-submit`), a faucet mint not yet journaled (`faucet:after-mint`), and a serving batch with",
-        "its units reserved, its answers computed, or its answers recorded but not returned (`serve:*`).",
+        "(`journal:after-submit`), a faucet mint not yet journaled (`faucet:after-mint`), and a served request with",
+        "its units reserved, its answer computed, or its answer recorded but not returned (`serve:*`).",
         "",
         f"**{results['crashes']} crashes injected** in {results['cases']} cases: "
         f"{results['passed']} converged, {results['cases'] - results['passed']} did not. "

@@ -359,13 +359,17 @@ async def http_load(
     stacks: int = 4,
     max_tokens: int = 2,
     served_fraction: float = 0.3,
-    max_batch: int = 8,
+    max_pending: int | None = None,
     seed: int = 13,
     engine: Any = None,
 ) -> LoadResult:
     """``requests`` chat requests sent at once (httpx.AsyncClient, every one in flight together) to node-1's HTTP
     server over ``stacks`` NoSecurity stacks whose units cover about ``served_fraction`` of them, so the rest must
     be refused. Then try-settle every stack, let the window pass, claim, and check the invariants.
+
+    Every request is admitted (or refused) as it arrives and runs on the engine on its own: no batches.
+    ``max_pending`` is the node's bound on requests in progress (default: ``requests``, so every one is admitted or
+    refused on its units); below ``requests`` the excess must be answered 429 with ``Retry-After``, charging nothing.
     """
     import httpx
 
@@ -404,7 +408,8 @@ async def http_load(
             stack_ids.append(lifecycle.small_id_in(tx, "StackCreatedEvent", "stack_small_id"))
 
         service = await NodeService.open(home, "node-1", engine)  # its own chain connection, as a node server has
-        server = BackgroundServer(create_app(service, max_batch=max_batch)).start()
+        service.max_pending = pending_limit = max_pending or requests
+        server = BackgroundServer(create_app(service)).start()
         outcomes: list[dict] = [{} for _ in range(requests)]
         try:
             limits = httpx.Limits(max_connections=requests, max_keepalive_connections=0)
@@ -424,18 +429,28 @@ async def http_load(
                 t0 = time.perf_counter()
                 await asyncio.gather(*(send(i) for i in range(requests)))
                 wall = time.perf_counter() - t0
+                metrics = (await client.get("/metrics")).text
         finally:
             server.stop()
 
         result = LoadResult(
             "concurrent HTTP",
-            sizes={"requests": requests, "stacks": stacks, "max_tokens": max_tokens, "max_batch": max_batch,
+            sizes={"requests": requests, "stacks": stacks, "max_tokens": max_tokens, "max_pending": pending_limit,
                    "units_per_stack": units, "served_fraction_target": served_fraction},
             figures={},
         )
         result.raw = {"home": home, "bodies": bodies, "outcomes": outcomes, "stack_ids": stack_ids, "units": units}
         result.figures.update(http_figures(outcomes, wall), load_average=load_average)
         check_http_outcomes(result, service.store, bodies, outcomes, stack_ids, units)
+        if pending_limit >= requests:
+            result.check("nothing answered 429 while the node took every request", result.figures["overloaded"] == 0,
+                         f"{result.figures['overloaded']} overloaded with max_pending {pending_limit} ≥ {requests}")
+        counted = request_counts(metrics)
+        got = {"served": result.figures["served"], "refused": result.figures["refused"],
+               "overloaded": result.figures["overloaded"]}
+        result.check("GET /metrics counts every request by how it ended, as the clients saw it",
+                     {k: counted.get(k, 0) for k in got} == got and sum(counted.values()) == requests,
+                     f"metrics {dict(counted)} vs clients {got}")
 
         # the chain's view: try-settle every stack, pass the window, claim; tickets and money must agree
         journal = Ledger(home / "ledger.duckdb")
@@ -481,6 +496,7 @@ def http_figures(outcomes: list[dict], wall: float) -> dict:
         requests_per_s=round(len(outcomes) / wall, 1),
         served=len(ok),
         refused=len(refused),
+        overloaded=sum(1 for o in outcomes if o.get("status") == 429),
         served_per_s=round(len(ok) / wall, 2),
         p50_ms=round(percentile(latencies, 50) * 1000, 1),
         p99_ms=round(percentile(latencies, 99) * 1000, 1),
@@ -489,19 +505,39 @@ def http_figures(outcomes: list[dict], wall: float) -> dict:
     )
 
 
+def request_counts(metrics_text: str) -> Counter:
+    """``atoma_chat_completions_num_requests_total`` of a ``GET /metrics`` body, summed by ``outcome``."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    counts: Counter = Counter()
+    for family in text_string_to_metric_families(metrics_text):
+        if family.name == "atoma_chat_completions_num_requests":
+            for sample in family.samples:
+                if sample.name.endswith("_total"):
+                    counts[sample.labels.get("outcome", "?")] += int(sample.value)
+    return counts
+
+
 def check_http_outcomes(result: LoadResult, store, bodies: list[dict], outcomes: list[dict], stack_ids: list[int],
                         units: list[int]) -> None:
-    """The burst's invariants, from what the clients got (``outcomes``) against the node's store (``store``)."""
+    """The burst's invariants, from what the clients got (``outcomes``) against the node's store (``store``).
+    Answers are 200 (served), 402 (the stack's units are taken) or 429 (past the node's ``max_pending``)."""
     ok = [i for i, o in enumerate(outcomes) if o.get("status") == 200]
     refused = [i for i, o in enumerate(outcomes) if o.get("status") == 402]
-    other = [i for i, o in enumerate(outcomes) if o.get("status") not in (200, 402)]
+    overloaded = [i for i, o in enumerate(outcomes) if o.get("status") == 429]
+    other = [i for i, o in enumerate(outcomes) if o.get("status") not in (200, 402, 429)]
     errors = Counter(str(outcomes[i].get("status") or outcomes[i].get("error", "?"))[:80] for i in other)
-    result.check("counts add up: 200s + refusals = requests, no 5xx, no connection error",
-                 len(ok) + len(refused) == len(outcomes) and not other and ok and refused,
-                 f"{len(ok)} served + {len(refused)} refused of {len(outcomes)}; other: {dict(errors)}")
+    result.check("counts add up: 200s + 402s + 429s = requests, no 5xx, no connection error",
+                 len(ok) + len(refused) + len(overloaded) == len(outcomes) and not other and ok and (refused or overloaded),
+                 f"{len(ok)} served + {len(refused)} refused + {len(overloaded)} overloaded of {len(outcomes)}; "
+                 f"other: {dict(errors)}")
     wrong = [i for i in refused if outcomes[i]["body"].get("error", {}).get("type") != "insufficient_compute_units"]
     result.check("every refusal is 402 insufficient_compute_units", not wrong,
                  f"{len(wrong)} other refusal(s)" + (f", e.g. {outcomes[wrong[0]]['body']}" if wrong else ""))
+    busy = [i for i in overloaded if outcomes[i]["body"].get("error", {}).get("type") != "overloaded"
+            or not outcomes[i]["headers"].get("retry-after")]
+    result.check("every 429 is overloaded with a Retry-After", not busy,
+                 f"{len(busy)} without, e.g. {outcomes[busy[0]]}" if busy else f"{len(overloaded)} overloaded")
 
     lost, over, charged_lost, leaked = [], [], [], []
     for sid, n in zip(stack_ids, units):
@@ -520,14 +556,16 @@ def check_http_outcomes(result: LoadResult, store, bodies: list[dict], outcomes:
                     or e.units != int(outcomes[i]["headers"]["x-compute-units"]):
                 charged_lost.append(f"request {i} (stack {sid})")
         recorded = {e.payload_hash for e in history.entries}
-        leaked += [f"request {i}" for i in refused if outcomes[i]["stack"] == sid and payload_hash(bodies[i]) in recorded]
+        leaked += [f"request {i}" for i in refused + overloaded
+                   if outcomes[i]["stack"] == sid and payload_hash(bodies[i]) in recorded]
     result.check("no lost update: store usage = sum of the 200s' charges = history", not lost, "; ".join(lost[:3]) or
                  f"{len(stack_ids)} stacks")
     result.check("no stack over-served; every reservation released", not over, "; ".join(over[:3]) or
                  f"used ≤ units on {len(stack_ids)} stacks, 0 reserved")
     result.check("every 200 is in the durable history with matching hashes and units", not charged_lost,
                  f"{len(charged_lost)} missing/mismatched: {charged_lost[:3]}" if charged_lost else f"{len(ok)} responses")
-    result.check("no refused request recorded or charged", not leaked, f"{leaked[:3]}" if leaked else f"{len(refused)} refusals")
+    result.check("no refused request recorded or charged", not leaked,
+                 f"{leaked[:3]}" if leaked else f"{len(refused) + len(overloaded)} refusals")
 
 
 # ----------------------------------------------------------------------------------------------- report
@@ -569,7 +607,7 @@ def markdown(results: Sequence[LoadResult]) -> str:
             p50, p99 = f"{f['flow_p50_s']} s per flow", f"{f['flow_p99_s']} s per flow"
         else:
             sizes = (f"{s['requests']} requests at once, {s['stacks']} stacks of {', '.join(map(str, s['units_per_stack']))} "
-                     f"units, max_tokens {s['max_tokens']}, engine batches ≤ {s['max_batch']}")
+                     f"units, max_tokens {s['max_tokens']}, at most {s['max_pending']} requests in progress")
             tput = (f"{f['requests_per_s']} requests/s ({f['served']} served, {f['refused']} refused in {f['wall_s']} s; "
                     f"{f['served_per_s']} inferences/s)")
             p50, p99 = f"{f['p50_ms']} ms per request", f"{f['p99_ms']} ms per request"

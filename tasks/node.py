@@ -18,19 +18,33 @@ from .runtime import CHAIN_WRITE, READ, STEP_HOOKS, journal_for, open_chain, ope
 @task(name="serve-batch", **READ)
 async def serve_batch(
     network: AtomaNetwork, wallet: SuiWallet | None, engine: InferenceEngine, node: str, stack_small_id: int,
-    workload: list[dict], start: int, stop: int,
+    workload: list[dict], start: int, stop: int, workload_id: str | None = None, concurrency: int | None = None,
 ) -> lifecycle.ServeReport:
-    """Serve ``workload[start:stop]`` on the stack as one engine batch; requests already in the stack's durable
-    history are skipped, so a retry or a re-run resumes where serving stopped.
+    """Serve the window ``workload[start:stop]`` on the stack, ``concurrency`` requests at once on the engine
+    (default ``engine.batch_size``). Lines the stack already served or refused under the workload's request ids are
+    skipped, so a retry or a re-run resumes where serving stopped and never charges twice.
 
     Args:
         node: the serving node's alias or address (the stack's selected node).
         workload: every request of the stack, in serving order.
+        workload_id: ``lifecycle.workload_id(workload)``, computed once by the flow (else here).
     """
     async with open_node(network, wallet, node, engine) as service:
-        report = await lifecycle.serve_batch(service, stack_small_id, workload, start, stop)
+        report = await lifecycle.serve_batch(
+            service, stack_small_id, workload, start, stop,
+            concurrency=concurrency or engine.batch_size, workload_key=workload_id,
+        )
+    log = get_run_logger()
+    log.info(
+        "stack %d, requests %d-%d: %d served, %d refused, %d failed, %d served before, %d refused before; "
+        "%d units charged, %d left", stack_small_id, start, stop - 1, report.served, len(report.refused),
+        len(report.failed), report.already_served, report.already_refused, report.units_charged, report.units_left,
+    )
     if report.refused:
-        get_run_logger().warning("stack %d: %d request(s) refused: %s", stack_small_id, len(report.refused), report.refused[:3])
+        log.warning("stack %d: %d request(s) refused: %s", stack_small_id, len(report.refused), report.refused[:3])
+    if report.failed:
+        log.warning("stack %d: %d request(s) failed (a re-run serves them): %s", stack_small_id, len(report.failed),
+                    report.failed[:3])
     return report
 
 

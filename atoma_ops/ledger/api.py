@@ -43,6 +43,7 @@ EXPORTED = (
     "earnings_by_node", "earnings_by_task", "earnings_by_epoch", "earnings_by_epoch_node", "refunds_by_buyer",
     "stack_utilisation", "open_tickets", "attestation_status", "claim_accounting", "sampling_consensus_payouts",
     "usdc_checks", "usdc_mismatches", "usdc_flow", "credit_withdrawals", "node_credit_balances",
+    "request_latency",
 )
 
 
@@ -142,8 +143,9 @@ class Ledger:
         Table, a polars DataFrame). Returns the rows inserted.
 
         Columns: ``stack_small_id``, ``request_index`` (required; the key), ``prompt_tokens``,
-        ``completion_tokens``, ``estimated_units``, ``actual_units``, ``latency_ms``, ``payload_hash``,
-        ``response_hash`` (32 bytes, or 64 hex characters), ``served_at_ms``; missing optional columns are NULL.
+        ``completion_tokens``, ``estimated_units``, ``actual_units``, ``latency_ms`` (arrival to finish),
+        ``payload_hash``, ``response_hash`` (32 bytes, or 64 hex characters), ``served_at_ms``, ``ttft_ms``
+        (arrival to first token); missing optional columns are NULL.
         Rows whose ``(stack_small_id, request_index)`` is already present are skipped, so a retried batch is
         harmless.
         """
@@ -275,6 +277,11 @@ class Ledger:
     def stacks(self) -> pd.DataFrame:
         """Stack utilisation: units bought, served (usage rows), claimed, status."""
         return self._view("stack_utilisation")
+
+    def latency(self) -> pd.DataFrame:
+        """Per node and task: requests, those with recorded times, p50/p99/mean latency and time to first token
+        (ms, from the usage rows' ``latency_ms`` and ``ttft_ms``)."""
+        return self._view("request_latency")
 
     def tickets(self, *, include_claimed: bool = False) -> pd.DataFrame:
         """Open tickets with the epoch each becomes claimable and the last epoch attestations are accepted."""

@@ -506,9 +506,58 @@ FROM paid, fees, refunds, credited, withdrawn, observed, open_liab, disputed
 LEFT JOIN chain ON true;
 """
 
+
+M0003_USAGE_TIMES = """
+-- per-request times from the node store (history.arrived_ms / first_token_ms / served_at_ms, epoch ms):
+-- latency_ms = served_at_ms - arrived_ms (already a column, NULL until node stores recorded arrivals),
+-- ttft_ms = first_token_ms - arrived_ms (time to first token). NULL for requests served before they were recorded.
+ALTER TABLE usage ADD COLUMN ttft_ms DOUBLE;
+
+-- stack utilisation: units bought, served (usage rows), claimed; mean latency and time to first token
+CREATE OR REPLACE VIEW stack_utilisation AS
+WITH u AS (SELECT stack_small_id, count(*)::BIGINT AS requests, sum(estimated_units)::BIGINT AS units_estimated,
+                  sum(actual_units)::BIGINT AS units_served, sum(prompt_tokens)::BIGINT AS prompt_tokens,
+                  sum(completion_tokens)::BIGINT AS completion_tokens, avg(latency_ms) AS avg_latency_ms,
+                  avg(ttft_ms) AS avg_ttft_ms
+           FROM usage GROUP BY stack_small_id)
+SELECT s.stack_small_id, s.task_small_id, s.selected_node_id, s.owner_address, s.security_level,
+       s.num_compute_units AS units_bought,
+       COALESCE(u.requests, 0)::BIGINT AS requests,
+       COALESCE(u.units_estimated, 0)::BIGINT AS units_estimated,
+       COALESCE(u.units_served, 0)::BIGINT AS units_served,
+       COALESCE(t.num_claimed_compute_units, s.num_claimed_compute_units) AS units_claimed,
+       COALESCE(u.units_served, 0)::DOUBLE / s.num_compute_units AS served_ratio,
+       COALESCE(t.num_claimed_compute_units, s.num_claimed_compute_units)::DOUBLE / s.num_compute_units AS claimed_ratio,
+       (COALESCE(t.num_claimed_compute_units, s.num_claimed_compute_units) - COALESCE(u.units_served, 0))::BIGINT
+           AS claimed_minus_served,
+       u.prompt_tokens, u.completion_tokens, u.avg_latency_ms, u.avg_ttft_ms,
+       CASE WHEN s.is_claimed THEN 'claimed' WHEN s.is_in_dispute THEN 'in_dispute'
+            WHEN s.in_settle_period THEN 'settling' ELSE 'open' END AS status
+FROM stacks s LEFT JOIN u USING (stack_small_id)
+LEFT JOIN stack_settlement_tickets t USING (stack_small_id)
+ORDER BY s.stack_small_id;
+
+-- request latency per node and task: percentiles over the usage rows that carry times (requests_timed)
+CREATE OR REPLACE VIEW request_latency AS
+SELECT s.selected_node_id AS node_small_id, s.task_small_id,
+       count(*)::BIGINT AS requests,
+       count(u.latency_ms)::BIGINT AS requests_timed,
+       quantile_cont(u.latency_ms, 0.5) AS latency_p50_ms,
+       quantile_cont(u.latency_ms, 0.99) AS latency_p99_ms,
+       avg(u.latency_ms) AS latency_avg_ms,
+       quantile_cont(u.ttft_ms, 0.5) AS ttft_p50_ms,
+       quantile_cont(u.ttft_ms, 0.99) AS ttft_p99_ms,
+       avg(u.ttft_ms) AS ttft_avg_ms,
+       sum(u.completion_tokens)::BIGINT AS completion_tokens
+FROM usage u LEFT JOIN stacks s USING (stack_small_id)
+GROUP BY s.selected_node_id, s.task_small_id
+ORDER BY s.selected_node_id, s.task_small_id;
+"""
+
 MIGRATIONS: list[tuple[int, str, str]] = [
     (1, "core tables: events, cursor, chain mirror, usage, chain_actions", M0001_CORE),
     (2, "analyst views", M0002_VIEWS),
+    (3, "usage.ttft_ms; latency and time to first token in stack_utilisation and request_latency", M0003_USAGE_TIMES),
 ]
 
 LATEST_VERSION = MIGRATIONS[-1][0]

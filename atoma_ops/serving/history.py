@@ -3,11 +3,19 @@
 The node appends to it in its store (store.py) in the same SQLite transaction that settles the request's usage.
 Attesters get it as one JSONL file per stack (``export_jsonl`` / ``import_jsonl``):
 
-- line 1, the header: ``{"format": "atoma-ops/stack-history", "version": 1, "stack_small_id", "node_small_id",
+- line 1, the header: ``{"format": "atoma-ops/stack-history", "version": 2, "stack_small_id", "node_small_id",
   "task_small_id", "model", "num_requests", "units", "root"}``;
 - then one line per request, in serving order: ``{"index", "request", "response", "units", "usage_units",
-  "reserved_units", "payload_hash", "response_hash", "leaf", "served_at_ms"}`` (hashes as ``0x`` hex; ``request``
-  is the request object whose canonical JSON is the hashed payload; ``response`` the full response as returned).
+  "reserved_units", "payload_hash", "response_hash", "leaf", "served_at_ms", "request_id", "seed", "arrived_ms",
+  "first_token_ms"}`` (hashes as ``0x`` hex; ``request`` is the request object whose canonical JSON is the hashed
+  payload; ``response`` the full response as returned).
+
+Version 2 added the last four fields, what a replay and the ledger need beyond the hashes: ``seed`` (the seed the
+node drew for a sampled request that named none, so a replay samples the same tokens), ``request_id`` (a client's
+idempotency key, so a resumed workload skips what was served), and ``arrived_ms`` / ``first_token_ms`` beside
+``served_at_ms`` (when the request finished), for latency and time to first token. Version 1 files still import:
+their absent fields are None. A response whose client dropped the stream has ``finish_reason`` "abort"
+(``FINISH_ABORTED``) and the completion tokens actually produced; a replay is bounded by that count.
 
 Import recomputes every hash and the root and refuses the file at the first mismatch.
 """
@@ -28,9 +36,12 @@ from ..protocol.commitments import (
     request_leaf,
     response_hash,
 )
+from .engines.base import FINISH_ABORTED
 
 FORMAT = "atoma-ops/stack-history"
-VERSION = 1
+VERSION = 2
+#: header versions import_jsonl reads (1: before request_id / seed / arrived_ms / first_token_ms)
+SUPPORTED_VERSIONS = (1, 2)
 
 
 class HistoryError(ValueError):
@@ -68,15 +79,23 @@ class HistoryEntry:
     payload_hash: bytes
     response_hash: bytes
     leaf: bytes
-    served_at_ms: int = 0
+    served_at_ms: int = 0  # when the request finished (epoch ms)
+    request_id: str | None = None  # the client's idempotency key (e.g. a workload line's id)
+    seed: int | None = None  # the seed the node drew for a sampled request without one (replays reuse it)
+    arrived_ms: int | None = None  # when the request arrived (epoch ms)
+    first_token_ms: int | None = None  # when its first token was produced (epoch ms)
 
     @classmethod
     def build(
         cls, index: int, request: dict, response: dict, *, units: int, usage_units: int, reserved_units: int,
-        served_at_ms: int = 0,
+        served_at_ms: int = 0, request_id: str | None = None, seed: int | None = None, arrived_ms: int | None = None,
+        first_token_ms: int | None = None,
     ) -> "HistoryEntry":
         p, r = payload_hash(request), response_hash(response)
-        return cls(index, request, response, units, usage_units, reserved_units, p, r, request_leaf(p, r), served_at_ms)
+        return cls(
+            index, request, response, units, usage_units, reserved_units, p, r, request_leaf(p, r), served_at_ms,
+            request_id=request_id, seed=seed, arrived_ms=arrived_ms, first_token_ms=first_token_ms,
+        )
 
     @property
     def request_bytes(self) -> bytes:
@@ -89,6 +108,23 @@ class HistoryEntry:
     @property
     def content(self) -> str | None:
         return response_content(self.response)
+
+    @property
+    def finish_reason(self) -> str | None:
+        try:
+            return self.response["choices"][0].get("finish_reason")
+        except (KeyError, IndexError, TypeError, AttributeError):
+            return None
+
+    @property
+    def aborted(self) -> bool:
+        """The client dropped the stream: the response holds what was produced until then (replays stop there)."""
+        return self.finish_reason == FINISH_ABORTED
+
+    @property
+    def completion_tokens(self) -> int | None:
+        value = (self.response.get("usage") or {}).get("completion_tokens")
+        return value if isinstance(value, int) and not isinstance(value, bool) else None
 
     def problems(self) -> list[str]:
         """What does not verify in this entry (empty when its hashes are consistent)."""
@@ -114,6 +150,10 @@ class HistoryEntry:
             "response_hash": _hex(self.response_hash),
             "leaf": _hex(self.leaf),
             "served_at_ms": self.served_at_ms,
+            "request_id": self.request_id,
+            "seed": self.seed,
+            "arrived_ms": self.arrived_ms,
+            "first_token_ms": self.first_token_ms,
         }
 
     @classmethod
@@ -130,11 +170,32 @@ class HistoryEntry:
                 response_hash=_unhex(d["response_hash"], "response_hash"),
                 leaf=_unhex(d["leaf"], "leaf"),
                 served_at_ms=int(d.get("served_at_ms", 0)),
+                request_id=_optional_str(d.get("request_id"), "request_id"),
+                seed=_optional_int(d.get("seed"), "seed"),
+                arrived_ms=_optional_int(d.get("arrived_ms"), "arrived_ms"),
+                first_token_ms=_optional_int(d.get("first_token_ms"), "first_token_ms"),
             )
         except (KeyError, TypeError, ValueError) as exc:
             if isinstance(exc, HistoryError):
                 raise
             raise HistoryError(f"malformed history record: {exc!r}") from None
+
+
+def _optional_int(value: object, what: str) -> int | None:
+    # absent in version 1 files; an integer otherwise (a float or a string would be a different file, not a typo)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise HistoryError(f"{what} must be an integer or null, got {value!r}")
+    return value
+
+
+def _optional_str(value: object, what: str) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise HistoryError(f"{what} must be a string or null, got {value!r}")
+    return value
 
 
 def response_content(response: dict) -> str | None:
@@ -239,7 +300,7 @@ def import_jsonl(path: str | os.PathLike, *, expect_stack: int | None = None) ->
         raise HistoryError(f"{path}: the header is not JSON ({exc})") from None
     if not isinstance(header, dict) or header.get("format") != FORMAT:
         raise HistoryError(f"{path} is not a stack history (format must be {FORMAT!r})")
-    if header.get("version") != VERSION:
+    if header.get("version") not in SUPPORTED_VERSIONS:
         raise HistoryError(f"{path}: unsupported history version {header.get('version')!r}")
     stack = int(header["stack_small_id"])
     if expect_stack is not None and stack != expect_stack:

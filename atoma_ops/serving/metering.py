@@ -22,11 +22,14 @@ reservation plus the stack's free units (never past the stack's units) and recor
 
 from __future__ import annotations
 
+import math
+import secrets
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 from ..protocol.compute_units import chat_estimate, max_output_tokens
-from .engines.base import Engine, EngineError
+from .engines.base import Engine, EngineError, Sampling
 
 #: fixed allowance for chat-template tokens when the engine cannot count the templated prompt
 TEMPLATE_MARGIN = 64
@@ -49,6 +52,11 @@ class ServingError(Exception):
     @property
     def kind(self) -> str:  # the CLI's error "kind"
         return type(self).__name__
+
+    @property
+    def final(self) -> bool:
+        """Sending the same request again cannot succeed (every 4xx but 429 and 499): clients should not retry."""
+        return 400 <= self.status < 500 and self.status not in (429, 499)
 
     def to_json(self) -> dict:
         return {"type": self.type, "message": str(self), **self.fields}
@@ -81,6 +89,11 @@ class StackClaimed(ServingError):
 class InsufficientUnits(ServingError):
     status, type = 402, "insufficient_compute_units"
 
+    @property
+    def final(self) -> bool:
+        """Not final while requests in flight hold reservations on the stack: when they end, it may fit."""
+        return not self.fields.get("reserved_in_flight")
+
 
 class StackBusy(ServingError):
     """try-settle while requests are in flight on the stack."""
@@ -100,34 +113,140 @@ class EngineFailure(ServingError):
     status, type = 502, "engine_error"
 
 
+class Overloaded(ServingError):
+    """The node has as many requests in progress as it takes (``max_pending``): retry after ``retry_after_s``."""
+
+    status, type = 429, "overloaded"
+
+
 # --------------------------------------------------------------------------------------------------- requests
+#: parameters this node honours (``user`` is recorded with the request, as OpenAI does, and changes nothing)
+HONOURED = frozenset({
+    "messages", "model", "max_tokens", "max_completion_tokens", "temperature", "top_p", "seed", "stop", "n",
+    "stream", "stream_options", "user",
+})
+#: parameters accepted only at their neutral value (what OpenAI does when they are left out)
+NEUTRAL = {
+    "frequency_penalty": (0, 0.0),
+    "presence_penalty": (0, 0.0),
+    "logprobs": (False,),
+    "top_logprobs": (0,),
+    "logit_bias": ({},),
+    "tool_choice": ("none",),
+    "parallel_tool_calls": (True, False),
+    "store": (False,),
+}
+#: response formats the node serves (plain text); json_object / json_schema would need constrained decoding
+TEXT_FORMAT = {"type": "text"}
+MAX_STOP_SEQUENCES = 4
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+U32_MAX = 2**32 - 1
+
+
+def _number(request: dict, key: str, low: float, high: float, *, low_open: bool = False) -> float | None:
+    value = request.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise BadRequest(f"'{key}' must be a finite number, got {value!r}", param=key)
+    if value < low or value > high or (low_open and value == low):
+        span = f"({low}, {high}]" if low_open else f"[{low}, {high}]"
+        raise BadRequest(f"'{key}' must be in {span}, got {value!r}", param=key)
+    return float(value)
+
+
 def validate_request(request: Any) -> dict:
-    """Check the parts of an OpenAI chat request that metering and the engines rely on.
+    """Check a chat request against what this node honours (OpenAI's ``/v1/chat/completions`` parameters).
+
+    Every parameter is honoured or refused by name: an unknown one, or one this node cannot honour (``tools``,
+    ``response_format`` other than text, ``logprobs``, penalties, ``n > 1``), is a 400 naming it, before anything
+    is reserved. Non-finite or out-of-range numbers never reach an engine.
 
     Raises:
-        BadRequest: not an object, no messages, a non-positive or non-integer output budget, streaming, n != 1.
+        BadRequest: the first problem found; ``fields["param"]`` names the parameter, as OpenAI's errors do.
     """
     if not isinstance(request, dict):
         raise BadRequest("the request body must be a JSON object")
     messages = request.get("messages")
     if not isinstance(messages, list) or not messages:
-        raise BadRequest("'messages' must be a non-empty list")
+        raise BadRequest("'messages' must be a non-empty list", param="messages")
     for i, message in enumerate(messages):
         if not isinstance(message, dict) or not isinstance(message.get("role"), str):
-            raise BadRequest(f"messages[{i}] must be an object with a string 'role'")
+            raise BadRequest(f"messages[{i}] must be an object with a string 'role'", param="messages")
         content = message.get("content")
         if content is not None and not isinstance(content, (str, list)):
-            raise BadRequest(f"messages[{i}].content must be a string or a list of parts")
+            raise BadRequest(f"messages[{i}].content must be a string or a list of parts", param="messages")
+    for key in request:
+        if not isinstance(key, str) or (key not in HONOURED and key not in NEUTRAL and key != "response_format"):
+            if key in ("tools", "functions", "function_call"):
+                raise BadRequest(f"'{key}' is not supported by this node (no tool calling)", param=key)
+            raise BadRequest(f"unknown or unsupported parameter {key!r}", param=str(key))
+    for key, neutral in NEUTRAL.items():
+        value = request.get(key)
+        if value is not None and not any(value == n and type(value) is type(n) for n in neutral):
+            if not (isinstance(value, float) and value == 0.0 and 0 in neutral):
+                raise BadRequest(f"'{key}' = {value!r} is not supported by this node", param=key)
+    fmt = request.get("response_format")
+    if fmt is not None and fmt != TEXT_FORMAT:
+        raise BadRequest("'response_format' must be {\"type\": \"text\"}: this node has no JSON mode", param="response_format")
+    model = request.get("model")
+    if model is not None and not isinstance(model, str):
+        raise BadRequest("'model' must be a string", param="model")
     for key in ("max_completion_tokens", "max_tokens"):
         value = request.get(key)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-            raise BadRequest(f"'{key}' must be a positive integer, got {value!r}")
-    if request.get("stream"):
-        raise BadRequest("streaming is not supported by this node ('stream' must be false)")
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= U32_MAX):
+            raise BadRequest(f"'{key}' must be an integer in [1, {U32_MAX}], got {value!r}", param=key)
+    _number(request, "temperature", 0.0, 2.0)
+    _number(request, "top_p", 0.0, 1.0, low_open=True)
+    seed = request.get("seed")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not INT64_MIN <= seed <= INT64_MAX):
+        raise BadRequest(f"'seed' must be a 64-bit integer, got {seed!r}", param="seed")
+    stop = request.get("stop")
+    if stop is not None:
+        stops = [stop] if isinstance(stop, str) else stop
+        if (
+            not isinstance(stops, list)
+            or len(stops) > MAX_STOP_SEQUENCES
+            or not all(isinstance(s, str) and s for s in stops)
+        ):
+            raise BadRequest(f"'stop' must be a non-empty string or a list of at most {MAX_STOP_SEQUENCES} of them",
+                             param="stop")
     n = request.get("n")
-    if n is not None and n != 1:
-        raise BadRequest("only n = 1 is supported")
+    if n is not None and (isinstance(n, bool) or n != 1):
+        raise BadRequest("only n = 1 is supported", param="n")
+    stream = request.get("stream")
+    if stream is not None and not isinstance(stream, bool):
+        raise BadRequest("'stream' must be true or false", param="stream")
+    options = request.get("stream_options")
+    if options is not None:
+        if not stream:
+            raise BadRequest("'stream_options' is only allowed with 'stream': true", param="stream_options")
+        if not isinstance(options, dict) or any(k not in ("include_usage", "continuous_usage_stats") for k in options) or not all(
+            isinstance(v, bool) for v in options.values()
+        ):
+            raise BadRequest("'stream_options' takes only boolean 'include_usage'", param="stream_options")
+    user = request.get("user")
+    if user is not None and not isinstance(user, str):
+        raise BadRequest("'user' must be a string", param="user")
     return request
+
+
+def sampling_of(request: dict, *, default_seed: int | None = None, max_tokens: int | None = None) -> Sampling:
+    """The decoding settings of a validated request: greedy unless ``temperature > 0``; sampling without a
+    ``seed`` uses ``default_seed`` (the node passes a fresh random one and records it; replays pass the recorded
+    one). ``max_tokens`` overrides the request's output budget (a replay of a stream its client dropped)."""
+    temperature = float(request.get("temperature") or 0.0)
+    seed = request.get("seed")
+    if temperature > 0 and seed is None:
+        seed = default_seed if default_seed is not None else secrets.randbits(63)
+    stop = request.get("stop")
+    return Sampling(
+        max_tokens=max_tokens if max_tokens is not None else max_output_tokens(request),
+        temperature=temperature,
+        top_p=float(request.get("top_p") if request.get("top_p") is not None else 1.0),
+        seed=int(seed) if temperature > 0 else None,
+        stop=tuple([stop] if isinstance(stop, str) else (stop or ())),
+    )
 
 
 @dataclass(frozen=True)
@@ -152,6 +271,18 @@ class Estimate:
         }
 
 
+_POOL: ThreadPoolExecutor | None = None
+
+
+def _pool() -> ThreadPoolExecutor:
+    """Threads for remote tokenizer calls, made on first use (none exist in a process that never estimates on a
+    remote engine: the crash harness forks only thread-free processes)."""
+    global _POOL
+    if _POOL is None:
+        _POOL = ThreadPoolExecutor(max_workers=16, thread_name_prefix="tokenize")
+    return _POOL
+
+
 def estimate(request: dict, engine: Engine) -> Estimate:
     """The reservation for one (validated) chat request on ``engine``.
 
@@ -159,9 +290,18 @@ def estimate(request: dict, engine: Engine) -> Estimate:
         BadRequest: the engine cannot render the request (its chat template rejects the messages).
     """
     try:
-        atoma = chat_estimate(request, engine.count_tokens)
+        if getattr(engine, "remote_tokenizer", False):
+            # two round trips to a remote tokenizer (the contents, the templated prompt): at once, not one after the
+            # other (the first-token time of every request pays for them)
+            templated_future = _pool().submit(engine.prompt_tokens, request)
+            try:
+                atoma = chat_estimate(request, engine.count_tokens)
+            finally:
+                templated = templated_future.result()
+        else:
+            atoma = chat_estimate(request, engine.count_tokens)
+            templated = engine.prompt_tokens(request)
         budget = max_output_tokens(request)
-        templated = engine.prompt_tokens(request)
     except EngineError as exc:
         raise BadRequest(str(exc)) from None
     except (TypeError, AttributeError, ValueError) as exc:

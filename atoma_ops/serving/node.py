@@ -1,19 +1,16 @@
-"""The serving node: meter, run and record chat requests on stacks; commit, try-settle and attest.
+"""The serving node: admit, run and record chat requests on stacks; commit, try-settle and attest.
 
 ``NodeService`` ties together one node identity (an address and its NodeBadge small id), the Chain port (stack
 facts, tickets, settlement and attestation calls), the node's durable store (usage, reservations, history) and an
-inference engine. Serving a batch:
+inference engine. Each request takes one path (serve.py): admission (validate, check the stack on chain, check the
+model, estimate, reserve — every refusal decided here, before inference), the engine's stream, then the charge and
+the history append in one store transaction. Requests never wait for one another: the engine batches them as it
+likes, and the store coalesces concurrent writes.
 
-1. validate each request and compute its reservation (metering.estimate);
-2. check each stack on chain: it exists, it was sold to this node, it is not claimed, it has no settlement ticket;
-3. reserve every estimate against its stack in one store transaction (refusals charge nothing);
-4. run the engine on the reserved requests (in a worker thread: engines block);
-5. settle each to its actual usage and append it to the stack history, in serving order, in one store transaction,
-   before any response is handed back; a failure releases every reservation of the batch.
-
-The chain checks run before the reservation, so a ticket opened by *another* tool in between could let one more
-request in; this node's own ``try_settle`` closes the stack in the store first (no new reservations) and refuses
-while requests are in flight, so its commitment always covers everything it charged.
+The chain checks run before the reservation (and are cached for ``chain_check_ttl_s``), so a ticket opened by
+*another* tool in between could let a request in; this node's own ``try_settle`` closes the stack in the store first
+(no new reservations) and refuses while requests are in flight, so its commitment always covers everything it
+charged. ``max_pending`` bounds the requests in progress: past it, admission answers 429.
 """
 
 from __future__ import annotations
@@ -21,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import sqlite3
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -31,12 +28,13 @@ from ..chain.port import Chain
 from ..journal import failpoint
 from ..protocol.commitments import Commitment, commit
 from .engines import ENGINE_KINDS
-from .engines.base import SMOLLM2_MODEL, Engine, EngineError
-from .history import StackHistory
+from .engines.base import SMOLLM2_MODEL, Engine
+from .history import HistoryEntry, StackHistory
 from .metering import (
+    BadRequest,
     EngineFailure,
-    Estimate,
     NotAttester,
+    Overloaded,
     NothingToCommit,
     ServingError,
     StackClaimed,
@@ -44,56 +42,16 @@ from .metering import (
     StackNotServedHere,
     StackSettling,
     estimate,
+    sampling_of,
     validate_request,
 )
+from .metrics import NodeMetrics
 from .replay import ReplayReport, replay
-from .store import NodeStore, Reservation, Settlement, StackFacts
+from .serve import Admission, GroupCommit, Outcome, RequestRun, StoreFailure, now_ms, serve_all  # noqa: F401 (re-exported)
+from .store import NodeStore, Reservation, StackFacts
 
 log = logging.getLogger("atoma_ops.serving")
 
-
-
-class StoreFailure(ServingError):
-    status, type = 500, "history_write_failed"
-
-
-@dataclass
-class Outcome:
-    """What became of one request of a batch: a response (charged and recorded) or an error (nothing charged)."""
-
-    index: int
-    stack_small_id: int | None
-    request: Any
-    estimate: Estimate | None = None
-    response: dict | None = None
-    error: ServingError | None = None
-    units: int = 0
-    history_index: int | None = None
-    units_left: int | None = None
-
-    @property
-    def ok(self) -> bool:
-        return self.error is None
-
-    def to_json(self) -> dict:
-        doc: dict = {"index": self.index, "stack_small_id": self.stack_small_id, "ok": self.ok}
-        if self.estimate is not None:
-            doc["estimate"] = self.estimate.to_json()
-        if self.ok:
-            usage = (self.response or {}).get("usage", {})
-            choice = ((self.response or {}).get("choices") or [{}])[0]
-            doc.update(
-                units=self.units,
-                history_index=self.history_index,
-                units_left=self.units_left,
-                prompt_tokens=usage.get("prompt_tokens"),
-                completion_tokens=usage.get("completion_tokens"),
-                finish_reason=choice.get("finish_reason"),
-                content=(choice.get("message") or {}).get("content"),
-            )
-        else:
-            doc["error"] = self.error.to_json()  # type: ignore[union-attr]
-        return doc
 
 
 @dataclass(frozen=True)
@@ -211,6 +169,8 @@ class NodeService:
         node_small_id: int,
         alias: str | None = None,
         owns_chain: bool = False,
+        max_pending: int = 256,
+        chain_check_ttl_s: float = 0.0,
     ):
         self.chain = chain
         self.store = store
@@ -219,7 +179,21 @@ class NodeService:
         self.node_small_id = node_small_id
         self.alias = alias
         self._owns_chain = owns_chain
+        self.max_pending = max(1, int(max_pending))
+        self.chain_check_ttl_s = chain_check_ttl_s
+        self.pending = 0  # admitted requests not yet recorded or released
+        self.tasks: set[asyncio.Task] = set()
+        self.metrics = NodeMetrics()
+        self._facts: dict[int, tuple[StackFacts, str | None, float]] = {}
+        self.reserver = GroupCommit(store.reserve, on_orphan=self._release_orphan)
+        self.settler = GroupCommit(store.settle)
+        self.releaser = GroupCommit(lambda rs: [store.release(rs)] * len(rs))
         store.bind_node(node_small_id, address)
+
+    def _release_orphan(self, reservation: Any) -> None:
+        """A reservation made for a request whose caller went away during admission."""
+        if isinstance(reservation, Reservation):
+            self.store.release([reservation])
 
     @classmethod
     async def open(
@@ -231,6 +205,7 @@ class NodeService:
         node_small_id: int | None = None,
         chain: Chain | None = None,
         store_path: str | os.PathLike | None = None,
+        max_pending: int = 256,
         **chain_kwargs: Any,
     ) -> "NodeService":
         """The node ``node`` (wallet alias or address) of the localnet home ``home``; its store is
@@ -248,7 +223,8 @@ class NodeService:
             small_id = await node_badge_id(chain, address, node_small_id)
             store = NodeStore(store_path or NodeStore.path_for(home, alias))
             try:
-                service = cls(chain, store, engine, address=address, node_small_id=small_id, alias=alias, owns_chain=owns)
+                service = cls(chain, store, engine, address=address, node_small_id=small_id, alias=alias, owns_chain=owns,
+                              max_pending=max_pending)
             except Exception:
                 store.close()
                 raise
@@ -296,141 +272,164 @@ class NodeService:
             )
         return StackFacts.of(stack)
 
-    # ------------------------------------------------------------------ serving
+    # ------------------------------------------------------------------ serving (serve.py: one request, one path)
     def _require_engine(self) -> Engine:
         if self.engine is None:
             raise EngineFailure("this node has no inference engine")
         return self.engine
 
-    def _prepare(self, jobs: Sequence[tuple[int | None, Any]]) -> list[Outcome]:
-        engine = self._require_engine()
-        out = []
-        for i, (stack, request) in enumerate(jobs):
-            o = Outcome(i, stack, request)
-            try:
-                validate_request(request)
-                o.estimate = estimate(request, engine)
-            except ServingError as exc:
-                o.error = exc
-            out.append(o)
-        return out
+    @property
+    def overloaded(self) -> bool:
+        return self.pending >= self.max_pending
 
-    async def serve(self, stack_small_id: int, requests: Sequence[dict]) -> list[Outcome]:
-        """Serve a batch of chat requests on one stack. Outcomes come back in order; refused or failed requests
-        carry their error and cost nothing."""
-        return await self.serve_jobs([(stack_small_id, r) for r in requests])
+    async def stack_facts(self, stack_small_id: int) -> tuple[StackFacts, str | None]:
+        """The stack's facts and its task's model if this node may serve it now, else the refusal. The immutable
+        facts are read from the chain once; whether it is claimed or in settlement is re-read at most every
+        ``chain_check_ttl_s`` (this node's own try-settle closes the stack in the store first, whatever the cache)."""
+        now = time.monotonic()
+        cached = self._facts.get(stack_small_id)
+        if cached is not None and now - cached[2] < self.chain_check_ttl_s:
+            return cached[0], cached[1]
+        facts = await self.check_stack(stack_small_id)
+        model = cached[1] if cached is not None else None
+        if cached is None:
+            task = await self.chain.get_task(facts.task_small_id)
+            model = task.model_name if task is not None else None
+        self._facts[stack_small_id] = (facts, model, now)
+        return facts, model
 
-    async def serve_one(self, stack_small_id: int, request: dict) -> Outcome:
-        """Serve one request; raise its ServingError when refused."""
-        (outcome,) = await self.serve_jobs([(stack_small_id, request)])
+    def check_model(self, request: dict, task_model: str | None) -> None:
+        """``model`` (optional, as the node knows the stack's task) must name the model this node serves for the
+        stack's task: the task's model name, or the engine's own name for it."""
+        asked = request.get("model")
+        if asked is None:
+            return
+        served = {m for m in (task_model, getattr(self.engine, "model", None)) if m}
+        if asked not in served:
+            raise BadRequest(
+                f"model {asked!r} is not served for this stack; this node serves {' or '.join(sorted(map(repr, served)))}",
+                param="model",
+            )
+
+    async def admit(
+        self, stack_small_id: int, request: Any, *, request_id: str | None = None, arrived_ms: int | None = None
+    ) -> Admission | Outcome:
+        """Decide on a request before any inference: validate it, check the stack and the model, estimate it and
+        reserve the estimate. Returns the Admission (its reservation held until the run ends), or, for a request
+        id this stack already served, the recorded Outcome (nothing charged again).
+
+        Raises:
+            ServingError: the refusal (nothing reserved). With a request id, a final refusal is remembered.
+        """
+        arrived = arrived_ms if arrived_ms is not None else now_ms()
+        slot = False  # this admission's place among the requests in progress, handed to its run on success
+        try:
+            if self.overloaded:
+                raise Overloaded(
+                    f"the node has {self.pending} requests in progress (limit {self.max_pending}); retry shortly",
+                    retry_after_s=1,
+                )
+            self.pending += 1
+            slot = True
+            engine = self._require_engine()
+            validate_request(request)
+            if request_id is not None:
+                if not isinstance(request_id, str) or not 0 < len(request_id) <= 256:
+                    raise BadRequest("a request id is a string of 1 to 256 characters", param="request_id")
+                seen = await asyncio.to_thread(self.store.find_request, stack_small_id, request_id)
+                if isinstance(seen, HistoryEntry):
+                    return self._recorded(stack_small_id, request, seen)
+            facts, task_model = await self.stack_facts(stack_small_id)
+            self.check_model(request, task_model)
+            est = await asyncio.to_thread(estimate, request, engine)
+            context = engine.max_context
+            if context is not None and est.templated_prompt is not None and est.templated_prompt >= context:
+                raise BadRequest(
+                    f"the prompt ({est.templated_prompt} tokens) leaves no room in the model's {context}-token context",
+                    param="messages",
+                )
+            drawn = None
+            sampling = sampling_of(request)
+            if sampling.seed is not None and request.get("seed") is None:
+                drawn = sampling.seed
+            reservation = await self.reserver.submit((facts, est.reserved))
+            if isinstance(reservation, ServingError):
+                raise reservation
+            failpoint("serve:after-reserve")  # units reserved, nothing served: a crash must not leak them
+            self.metrics.units_reserved.labels(engine.model).inc(est.reserved)
+            admission = Admission(stack_small_id, request, est, sampling, reservation, arrived, request_id, drawn)
+            slot = False  # the run started with start(admission) frees it
+            return admission
+        except ServingError as exc:
+            self.metrics.ended(getattr(self.engine, "model", "") or "", "overloaded" if isinstance(exc, Overloaded) else "refused")
+            if request_id is not None and isinstance(request_id, str) and exc.final:
+                await asyncio.to_thread(self.store.record_refusal, stack_small_id, request_id, exc.type, str(exc))
+            raise
+        finally:
+            if slot:
+                self.pending -= 1
+
+    def _recorded(self, stack_small_id: int, request: dict, entry: HistoryEntry) -> Outcome:
+        usage = self.store.usage(stack_small_id)
+        self.metrics.ended(getattr(self.engine, "model", "") or "", "duplicate")
+        return Outcome(
+            0, stack_small_id, request, response=entry.response, units=entry.units, history_index=entry.index,
+            units_left=usage.units_left if usage else None, request_id=entry.request_id, arrived_ms=entry.arrived_ms,
+            first_token_ms=entry.first_token_ms, finished_ms=entry.served_at_ms, duplicate=True,
+        )
+
+    def start(self, admission: Admission) -> RequestRun:
+        """Put an admitted request on the engine (from inside the event loop that will consume it). Every
+        Admission must be started: it holds a reservation and a place among the requests in progress."""
+        return RequestRun(self, admission)
+
+    async def release(self, reservation: Reservation) -> None:
+        await self.releaser.submit(reservation)
+
+    async def serve_one(self, stack_small_id: int, request: dict, *, request_id: str | None = None) -> Outcome:
+        """Serve one request to its end; raise its ServingError when refused or failed."""
+        admission = await self.admit(stack_small_id, request, request_id=request_id)
+        outcome = admission if isinstance(admission, Outcome) else await self.start(admission).result()
         if outcome.error is not None:
             raise outcome.error
         return outcome
 
-    async def serve_jobs(self, jobs: Sequence[tuple[int | None, Any]]) -> list[Outcome]:
-        """Serve ``(stack small id, request)`` pairs as one engine batch (stacks may differ)."""
-        outcomes = await asyncio.to_thread(self._prepare, jobs)
-        # chain checks, once per stack
-        facts: dict[int, StackFacts | ServingError] = {}
-        for o in outcomes:
-            if o.ok and o.stack_small_id not in facts:
-                try:
-                    facts[o.stack_small_id] = await self.check_stack(o.stack_small_id)  # type: ignore[arg-type]
-                except ServingError as exc:
-                    facts[o.stack_small_id] = exc  # type: ignore[index]
-        for o in outcomes:
-            if o.ok and isinstance(facts[o.stack_small_id], ServingError):  # type: ignore[index]
-                o.error = facts[o.stack_small_id]  # type: ignore[index,assignment]
-        wanted = [o for o in outcomes if o.ok]
-        if not wanted:
-            return outcomes
-        results = await asyncio.to_thread(
-            self.store.reserve, [(facts[o.stack_small_id], o.estimate.reserved) for o in wanted]  # type: ignore[index,union-attr]
+    async def serve(
+        self,
+        stack_small_id: int,
+        requests: Sequence[dict],
+        *,
+        concurrency: int = 8,
+        request_ids: Sequence[str | None] | None = None,
+        on_outcome: Any = None,
+    ) -> list[Outcome]:
+        """Serve requests on one stack, ``concurrency`` at once on the engine, recorded in the list's order.
+        Outcomes come back in order; refused or failed requests carry their error and cost nothing."""
+        return await serve_all(
+            self, stack_small_id, requests, concurrency=concurrency, request_ids=request_ids, on_outcome=on_outcome
         )
-        failpoint("serve:after-reserve")  # units reserved, nothing served: a crash must not leak them
-        running: list[tuple[Outcome, Reservation]] = []
-        for o, r in zip(wanted, results):
-            if isinstance(r, Reservation):
-                running.append((o, r))
-            else:
-                o.error = r  # type: ignore[assignment]
-        if not running:
-            return outcomes
-        try:
-            responses = await self._run_engine([o.request for o, _ in running])
-        except BaseException:
-            await asyncio.to_thread(self.store.release, [r for _, r in running])
-            raise
-        served = [(o, r, resp) for (o, r), resp in zip(running, responses) if isinstance(resp, dict)]
-        failed = [(o, r, resp) for (o, r), resp in zip(running, responses) if not isinstance(resp, dict)]
-        for o, _, err in failed:
-            o.error = err
-        if failed:
-            await asyncio.to_thread(self.store.release, [r for _, r, _ in failed])
-        failpoint("serve:after-engine")  # answers computed, not recorded: nothing charged, served again
-        if served:
-            try:
-                settled = await asyncio.to_thread(
-                    self.store.settle, [Settlement(r, o.request, resp) for o, r, resp in served]
-                )
-            except sqlite3.Error as exc:
-                log.error("settling a batch failed, releasing it: %s", exc)
-                await asyncio.to_thread(self.store.release, [r for _, r, _ in served])
-                for o, _, _ in served:
-                    o.error = StoreFailure(f"the request was not recorded ({exc}); nothing charged")
-                return outcomes
-            failpoint("serve:after-record")  # charged and in the history, not answered: not served again
-            for (o, _, resp), s in zip(served, settled):
-                o.response = resp
-                o.units = s.entry.units
-                o.history_index = s.entry.index
-                o.units_left = s.units_left
-        return outcomes
 
-    async def _run_engine(self, requests: list[dict]) -> list[dict | ServingError]:
-        """The engine on the batch; if the batch fails and has several requests, each is retried alone so one bad
-        request does not sink the others."""
-        engine = self._require_engine()
-        try:
-            responses = await asyncio.to_thread(engine.chat, requests)
-            return [self._check_response(r) for r in responses] if len(responses) == len(requests) else [
-                EngineFailure(f"the engine returned {len(responses)} responses for {len(requests)} requests")
-            ] * len(requests)
-        except EngineError as exc:
-            if len(requests) == 1:
-                return [EngineFailure(f"the engine could not serve the request: {exc} (nothing charged)")]
-        except Exception as exc:  # a bug in an engine must not take the node down with reservations held
-            log.exception("engine failure")
-            if len(requests) == 1:
-                return [EngineFailure(f"the engine failed: {exc!r} (nothing charged)")]
-        out: list[dict | ServingError] = []
-        for request in requests:
-            out.extend(await self._run_engine([request]))
-        return out
-
-    @staticmethod
-    def _check_response(response: Any) -> dict | ServingError:
-        usage = response.get("usage") if isinstance(response, dict) else None
-        if not isinstance(usage, dict) or not isinstance(usage.get("prompt_tokens"), int) or not isinstance(
-            usage.get("completion_tokens"), int
-        ):
-            return EngineFailure("the engine's response carries no token usage (nothing charged)")
-        return response
+    async def drain(self) -> None:
+        """Wait for every request in progress to be recorded or released (a server shutting down)."""
+        while self.tasks:
+            await asyncio.gather(*list(self.tasks), return_exceptions=True)
 
     # ------------------------------------------------------------------ commitments and settlement
     def history(self, stack_small_id: int) -> StackHistory:
         return self.store.history(stack_small_id)
 
     async def commitment(self, stack_small_id: int) -> CommitInfo:
-        """The commitment (position 0) of the stack's history as recorded so far, and the units to claim."""
-        history = await asyncio.to_thread(self.store.history, stack_small_id)
-        if not history.entries:
+        """The commitment (position 0) of the stack's history as recorded so far, and the units to claim: from the
+        frontier the store folds each leaf into as it is recorded, so O(log N) whatever the history's length."""
+        kept = await asyncio.to_thread(self.store.frontier, stack_small_id)
+        if kept is None:
             raise NothingToCommit(
                 f"stack {stack_small_id} has no served requests on this node: nothing to commit",
                 stack_small_id=stack_small_id,
             )
+        num_requests, units, frontier = kept
         extra = (await self.chain.db_config()).cross_validation_extra_nodes_count
-        return CommitInfo(stack_small_id, commit(history.leaves, extra, 0), history.units, len(history), extra)
+        return CommitInfo(stack_small_id, frontier.commit(extra, 0), units, num_requests, extra)
 
     async def try_settle(self, stack_small_id: int) -> SettleResult:
         """Close the stack to new requests, commit to its history and call ``try_settle_stack`` with

@@ -1,21 +1,37 @@
 """Deterministic replay: re-run a stack's history through an engine and recompute every response hash and ``R``.
 
-The stored requests are sent as they are (same model, same ``max_tokens``, ``temperature``, ``seed`` …): the
-decoding is whatever the buyer asked for, and the engine must be deterministic for it (greedy, or seeded sampling;
-batch-invariant kernels on GPUs). An attester commits to the replayed root, not to the stored one: a node that
-recorded (or committed to) responses its model does not produce is caught by the contract's proof check.
+Each stored request is replayed with the decoding the node used to serve it (``metering.sampling_of``): the
+request's own settings (``max_tokens``, ``temperature``, ``top_p``, ``seed``, ``stop``), the seed the node drew and
+recorded for a sampled request that named none (``HistoryEntry.seed``; histories from before seeds were recorded
+sampled unseeded requests with seed 0), and, for a stream its client dropped (``finish_reason`` "abort"), an output
+budget of the completion tokens the node recorded: an honest node's aborted stream is then reproduced token for
+token, and its replayed response is marked "abort" before hashing, as the node recorded it. The engine must be
+deterministic for this (greedy, or seeded sampling; batch-invariant kernels on GPUs).
+
+All of a stack's requests are submitted to the engine at once, at most ``batch_size`` in flight (the engine batches
+them: vLLM's continuous batching, the CPU engine's scheduler), and the report keeps serving order. An attester
+commits to the replayed root, not to the stored one: a node that recorded (or committed to) responses its model
+does not produce is caught by the contract's proof check.
 """
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import time
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Any, Coroutine, TypeVar
 
 from ..protocol.commitments import merkle_root, payload_hash, request_leaf, response_hash
-from ..protocol.compute_units import actual_units
-from .engines.base import Engine
-from .history import StackHistory, response_content
+from ..protocol.compute_units import actual_units, max_output_tokens
+from .engines.base import FINISH_ABORTED, Engine, EngineError, Sampling, completion
+from .history import HistoryEntry, StackHistory, response_content
+from .metering import sampling_of
+
+#: the seed a sampled request without one was served with before the node drew and recorded one per request
+LEGACY_UNSEEDED_SEED = 0
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -84,27 +100,91 @@ def _usage(response: dict) -> dict:
     return {"prompt_tokens": u.get("prompt_tokens"), "completion_tokens": u.get("completion_tokens")}
 
 
-def replay_requests(engine: Engine, requests: Sequence[dict], batch_size: int = 16) -> list[dict]:
-    """Run ``requests`` through ``engine`` in batches, in order."""
-    out: list[dict] = []
-    for start in range(0, len(requests), max(1, batch_size)):
-        out.extend(engine.chat(list(requests[start : start + batch_size])))
-    return out
+def replay_sampling(entry: HistoryEntry) -> Sampling:
+    """The decoding a stored request is replayed with: the request's settings, the recorded seed, and for an
+    aborted stream the recorded completion length as the output budget (at least 1: an abort before the first
+    token is replayed for one token to learn the prompt's length, and that token is dropped; at most the request's
+    own budget).
+
+    Raises:
+        EngineError: the stored request has decoding settings no engine could run (a history from elsewhere).
+    """
+    budget = None
+    seed = entry.seed if entry.seed is not None else LEGACY_UNSEEDED_SEED
+    try:
+        if entry.aborted:
+            produced = entry.completion_tokens
+            if produced is None or produced < 0:
+                raise EngineError(f"request {entry.index}: an aborted response without its completion token count")
+            # never past the request's own budget: a record of more tokens than the buyer allowed must diverge
+            budget = min(max(produced, 1), max_output_tokens(entry.request))
+        return sampling_of(entry.request, default_seed=seed, max_tokens=budget)
+    except (TypeError, ValueError) as exc:
+        raise EngineError(f"request {entry.index}: its decoding settings cannot be replayed ({exc})") from None
 
 
-def replay(history: StackHistory, engine: Engine, *, batch_size: int = 16) -> ReplayReport:
+def _as_recorded(entry: HistoryEntry, response: dict, model: str) -> dict:
+    """The replayed response in the form the node recorded it: an aborted stream is marked "abort" (the node
+    recorded what was produced when the client left, whatever the engine would have said next)."""
+    if not entry.aborted:
+        return response
+    usage = response.get("usage") or {}
+    if entry.completion_tokens == 0:
+        # nothing was produced before the client left: keep the prompt's length, drop the probe token
+        return completion(model, "", FINISH_ABORTED, int(usage.get("prompt_tokens") or 0), 0)
+    choices = [{**c, "finish_reason": FINISH_ABORTED} for c in response.get("choices") or []]
+    return {**response, "choices": choices}
+
+
+async def replay_responses(engine: Engine, entries: list[HistoryEntry], batch_size: int = 16) -> list[dict]:
+    """Run every entry's request through ``engine`` concurrently, at most ``batch_size`` at once; the responses
+    come back in the entries' order, as the node recorded them (see :func:`replay_sampling`).
+
+    Raises:
+        EngineError: the engine could not serve a stored request (the other replays are cancelled).
+    """
+    limit = asyncio.Semaphore(max(1, batch_size))
+    samplings = [replay_sampling(e) for e in entries]  # refuse a history that cannot be replayed before running any
+
+    async def one(entry: HistoryEntry, sampling: Sampling) -> dict:
+        async with limit:
+            response = await engine.complete(entry.request, sampling)
+        return _as_recorded(entry, response, engine.model)
+
+    tasks = [asyncio.ensure_future(one(e, s)) for e, s in zip(entries, samplings)]
+    try:
+        return list(await asyncio.gather(*tasks))
+    except BaseException:
+        for t in tasks:  # one request failed: free the engine of the others at once
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
+
+
+def _run(coro: Coroutine[Any, Any, T]) -> T:
+    """Run a coroutine to its end from synchronous code; from inside a running event loop (where asyncio.run is
+    refused), on a worker thread with its own loop."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="replay") as pool:
+        return pool.submit(asyncio.run, coro).result()
+
+
+async def areplay(history: StackHistory, engine: Engine, *, batch_size: int = 16) -> ReplayReport:
     """Replay a (verified) history through ``engine``; compare every response hash and the root.
 
     Raises:
         EngineError: the engine could not serve a stored request.
     """
     t0 = time.perf_counter()
-    requests = history.requests
-    responses = replay_requests(engine, requests, batch_size)
+    entries = list(history.entries)
+    responses = await replay_responses(engine, entries, batch_size) if entries else []
     leaves: list[bytes] = []
     diverging: list[int] = []
     first: Divergence | None = None
-    for entry, response in zip(history.entries, responses):
+    for entry, response in zip(entries, responses):
         r_hash = response_hash(response)
         leaves.append(request_leaf(payload_hash(entry.request), r_hash))
         if r_hash != entry.response_hash:
@@ -133,3 +213,12 @@ def replay(history: StackHistory, engine: Engine, *, batch_size: int = 16) -> Re
         history_units=history.units,
         wall_s=time.perf_counter() - t0,
     )
+
+
+def replay(history: StackHistory, engine: Engine, *, batch_size: int = 16) -> ReplayReport:
+    """:func:`areplay` from synchronous code (the node's attest runs it in a worker thread).
+
+    Raises:
+        EngineError: the engine could not serve a stored request.
+    """
+    return _run(areplay(history, engine, batch_size=batch_size))

@@ -31,7 +31,7 @@ from typing import Iterator, Sequence
 import orjson
 
 from .._sqlite import connect_wal, immediate
-from ..protocol.commitments import canonical_json, canonical_request
+from ..protocol.commitments import MerkleFrontier, canonical_json, canonical_request
 from ..protocol.compute_units import actual_units
 from .history import HistoryEntry, StackHistory
 from .metering import InsufficientUnits, NothingToCommit, ServingError, StackBusy, StackSettling
@@ -78,7 +78,32 @@ CREATE TABLE IF NOT EXISTS history (
     served_at_ms INTEGER NOT NULL,
     PRIMARY KEY (stack_small_id, idx)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS refusals (
+    stack_small_id INTEGER NOT NULL,
+    request_id TEXT NOT NULL,
+    type TEXT NOT NULL,
+    message TEXT NOT NULL,
+    at_ms INTEGER NOT NULL,
+    PRIMARY KEY (stack_small_id, request_id)
+) WITHOUT ROWID;
 """
+
+#: columns added after the first release, with their declarations (a store from before gets them on open)
+ADDED_COLUMNS = {
+    "history": {
+        "request_id": "TEXT",  # the client's idempotency key (X-Request-Id, a workload line), if any
+        "seed": "INTEGER",  # the seed drawn for a sampled request that named none (a replay reuses it)
+        "arrived_ms": "INTEGER",  # when the request arrived (served_at_ms: when it finished)
+        "first_token_ms": "INTEGER",  # when its first token was produced
+    },
+    "stacks": {
+        "frontier": "BLOB",  # MerkleFrontier of the history's leaves, folded as each is stored
+    },
+}
+INDEXES = (
+    "CREATE UNIQUE INDEX IF NOT EXISTS history_request_id ON history (stack_small_id, request_id) "
+    "WHERE request_id IS NOT NULL",
+)
 
 
 def _process_start(pid: int) -> str:
@@ -177,6 +202,11 @@ class Settlement:
     reservation: Reservation
     request: dict
     response: dict
+    request_id: str | None = None
+    seed: int | None = None
+    arrived_ms: int | None = None
+    first_token_ms: int | None = None
+    finished_ms: int | None = None
 
 
 @dataclass(frozen=True)
@@ -184,6 +214,7 @@ class Settled:
     entry: HistoryEntry
     stack_small_id: int
     units_left: int
+    duplicate: bool = False  # the request id was already in the history: nothing charged, the first entry returned
 
 
 class NodeStore:
@@ -204,6 +235,13 @@ class NodeStore:
             for statement in SCHEMA.split(";"):
                 if statement.strip():
                     c.execute(statement)
+            for table, columns in ADDED_COLUMNS.items():
+                have = {row[1] for row in c.execute(f"PRAGMA table_info({table})")}
+                for name, decl in columns.items():
+                    if name not in have:
+                        c.execute(f"ALTER TABLE {table} ADD COLUMN {name} {decl}")
+            for statement in INDEXES:
+                c.execute(statement)
         self.holder = f"{os.getpid()}:{_process_start(os.getpid())}"
 
     @staticmethod
@@ -222,9 +260,19 @@ class NodeStore:
         self.close()
 
     @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        with self._lock, immediate(self.conn) as conn:
-            yield conn
+    def _tx(self, durable: bool = True) -> Iterator[sqlite3.Connection]:
+        """One write transaction. ``durable=False`` commits without waiting for the disk (WAL with
+        ``synchronous=NORMAL``: safe against a crash of the process, not of the machine), for writes a lost commit
+        cannot hurt: a reservation that vanishes with a power cut held nothing that was charged."""
+        with self._lock:
+            if not durable:
+                self.conn.execute("PRAGMA synchronous=NORMAL")
+            try:
+                with immediate(self.conn) as conn:
+                    yield conn
+            finally:
+                if not durable:
+                    self.conn.execute("PRAGMA synchronous=FULL")
 
     # ------------------------------------------------------------------ identity
     def bind_node(self, node_small_id: int, address: str) -> None:
@@ -254,7 +302,7 @@ class NodeStore:
         refusal (InsufficientUnits / StackSettling) and nothing is reserved for it."""
         now = int(time.time() * 1000)
         out: list[Reservation | Exception] = []
-        with self._tx() as c:
+        with self._tx(durable=False) as c:
             for facts, units in items:
                 c.execute(
                     "INSERT OR IGNORE INTO stacks (stack_small_id, num_compute_units, selected_node_id, task_small_id, "
@@ -300,7 +348,7 @@ class NodeStore:
         """Give reservations back whole (the requests failed: nothing is charged)."""
         if not reservations:
             return
-        with self._tx() as c:
+        with self._tx(durable=False) as c:
             for r in reservations:
                 self._drop_reservation(c, r)
 
@@ -330,40 +378,102 @@ class NodeStore:
             for s in settlements:
                 sid = s.reservation.stack_small_id
                 self._drop_reservation(c, s.reservation)
-                num, used, reserved, count = c.execute(
-                    "SELECT num_compute_units, used_units, reserved_units, num_requests FROM stacks WHERE stack_small_id = ?",
+                num, used, reserved, count, frontier = c.execute(
+                    "SELECT num_compute_units, used_units, reserved_units, num_requests, frontier FROM stacks "
+                    "WHERE stack_small_id = ?",
                     (sid,),
                 ).fetchone()
+                if s.request_id is not None:
+                    first = self._entry_by_request_id(c, sid, s.request_id)
+                    if first is not None:
+                        out.append(Settled(first, sid, num - used - reserved, duplicate=True))
+                        continue
                 usage_units = actual_units(s.response.get("usage") or {})
                 charged = min(usage_units, num - used - reserved)
                 overrun = usage_units - charged
+                finished = s.finished_ms if s.finished_ms is not None else now
                 entry = HistoryEntry.build(
                     count, s.request, s.response, units=charged, usage_units=usage_units,
-                    reserved_units=s.reservation.units, served_at_ms=now,
+                    reserved_units=s.reservation.units, served_at_ms=finished, request_id=s.request_id, seed=s.seed,
+                    arrived_ms=s.arrived_ms, first_token_ms=s.first_token_ms,
                 )
+                folded = (MerkleFrontier.from_bytes(frontier) if frontier else self._frontier_of(c, sid)).fold(entry.leaf)
                 c.execute(
-                    "INSERT INTO history VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    f"INSERT INTO history ({HISTORY_COLUMNS}) VALUES ({', '.join('?' * HISTORY_ARITY)})",
                     (
-                        sid,
-                        entry.index,
-                        canonical_request(s.request),
-                        canonical_json(s.response),
-                        entry.units,
-                        entry.usage_units,
-                        entry.reserved_units,
-                        entry.payload_hash,
-                        entry.response_hash,
-                        entry.leaf,
-                        now,
+                        sid, entry.index, canonical_request(s.request), canonical_json(s.response), entry.units,
+                        entry.usage_units, entry.reserved_units, entry.payload_hash, entry.response_hash, entry.leaf,
+                        finished, s.request_id, s.seed, s.arrived_ms, s.first_token_ms,
                     ),
                 )
                 c.execute(
                     "UPDATE stacks SET used_units = used_units + ?, num_requests = num_requests + 1, "
-                    "overrun_units = overrun_units + ? WHERE stack_small_id = ?",
-                    (charged, overrun, sid),
+                    "overrun_units = overrun_units + ?, frontier = ? WHERE stack_small_id = ?",
+                    (charged, overrun, folded.to_bytes(), sid),
                 )
                 out.append(Settled(entry, sid, num - used - charged - reserved))
         return out
+
+    @staticmethod
+    def _frontier_of(c: sqlite3.Connection, sid: int) -> MerkleFrontier:
+        """The frontier of a history stored before frontiers were kept (folded once from its leaves)."""
+        rows = c.execute("SELECT leaf FROM history WHERE stack_small_id = ? ORDER BY idx", (sid,))
+        return MerkleFrontier.from_leaves(bytes(leaf) for (leaf,) in rows)
+
+    def _entry_by_request_id(self, c: sqlite3.Connection, sid: int, request_id: str) -> HistoryEntry | None:
+        row = c.execute(
+            f"SELECT {ENTRY_COLUMNS} FROM history WHERE stack_small_id = ? AND request_id = ?", (sid, request_id)
+        ).fetchone()
+        return None if row is None else _entry(row)
+
+    # ------------------------------------------------------------------ idempotency keys
+    def find_request(self, stack_small_id: int, request_id: str) -> HistoryEntry | dict | None:
+        """What became of a request id on a stack: its history entry (served), its refusal record
+        (``{"type", "message", "at_ms"}``), or None (never seen)."""
+        with self._lock:
+            entry = self._entry_by_request_id(self.conn, stack_small_id, request_id)
+            if entry is not None:
+                return entry
+            row = self.conn.execute(
+                "SELECT type, message, at_ms FROM refusals WHERE stack_small_id = ? AND request_id = ?",
+                (stack_small_id, request_id),
+            ).fetchone()
+        return None if row is None else {"type": row[0], "message": row[1], "at_ms": row[2]}
+
+    def record_refusal(self, stack_small_id: int, request_id: str, type_: str, message: str) -> None:
+        """Remember that a request id was refused (the first refusal stands), so a workload re-run skips it."""
+        with self._tx(durable=False) as c:
+            c.execute(
+                "INSERT OR IGNORE INTO refusals VALUES (?, ?, ?, ?, ?)",
+                (stack_small_id, request_id, type_, message, int(time.time() * 1000)),
+            )
+
+    def request_ids(self, stack_small_id: int, prefix: str = "") -> dict[str, str]:
+        """Every request id seen on a stack (starting with ``prefix``): ``"served"`` or ``"refused"``."""
+        with self._lock:
+            served = self.conn.execute(
+                "SELECT request_id FROM history WHERE stack_small_id = ? AND substr(request_id, 1, ?) = ?",
+                (stack_small_id, len(prefix), prefix),
+            ).fetchall()
+            refused = self.conn.execute(
+                "SELECT request_id FROM refusals WHERE stack_small_id = ? AND substr(request_id, 1, ?) = ?",
+                (stack_small_id, len(prefix), prefix),
+            ).fetchall()
+        out = {r: "refused" for (r,) in refused}
+        out.update({r: "served" for (r,) in served})
+        return out
+
+    def frontier(self, stack_small_id: int) -> tuple[int, int, MerkleFrontier] | None:
+        """``(num_requests, used_units, frontier)`` of a stack's history, or None when never served: what a
+        commitment needs, in O(log N) instead of reading every leaf."""
+        with self._lock:
+            row = self.conn.execute(
+                "SELECT num_requests, used_units, frontier FROM stacks WHERE stack_small_id = ?", (stack_small_id,)
+            ).fetchone()
+            if row is None or row[0] == 0:
+                return None
+            frontier = MerkleFrontier.from_bytes(row[2]) if row[2] else self._frontier_of(self.conn, stack_small_id)
+        return int(row[0]), int(row[1]), frontier
 
     def recover(self) -> int:
         """Release reservations whose process is gone; returns how many."""
@@ -476,28 +586,12 @@ class NodeStore:
         """The stack's history in serving order (empty if never served here)."""
         with self._lock:
             rows = self.conn.execute(
-                "SELECT idx, request, response, units, usage_units, reserved_units, payload_hash, response_hash, leaf, "
-                "served_at_ms FROM history WHERE stack_small_id = ? ORDER BY idx",
-                (stack_small_id,),
+                f"SELECT {ENTRY_COLUMNS} FROM history WHERE stack_small_id = ? ORDER BY idx", (stack_small_id,)
             ).fetchall()
             stack = self.conn.execute(
                 "SELECT task_small_id, selected_node_id FROM stacks WHERE stack_small_id = ?", (stack_small_id,)
             ).fetchone()
-        entries = [
-            HistoryEntry(
-                index=r[0],
-                request=json.loads(r[1]),
-                response=json.loads(r[2]),
-                units=r[3],
-                usage_units=r[4],
-                reserved_units=r[5],
-                payload_hash=bytes(r[6]),
-                response_hash=bytes(r[7]),
-                leaf=bytes(r[8]),
-                served_at_ms=r[9],
-            )
-            for r in rows
-        ]
+        entries = [_entry(r) for r in rows]
         model = entries[0].response.get("model") if entries else None
         return StackHistory(
             stack_small_id,
@@ -506,6 +600,36 @@ class NodeStore:
             task_small_id=stack[0] if stack else None,
             model=model,
         )
+
+
+HISTORY_COLUMNS = (
+    "stack_small_id, idx, request, response, units, usage_units, reserved_units, payload_hash, response_hash, leaf, "
+    "served_at_ms, request_id, seed, arrived_ms, first_token_ms"
+)
+HISTORY_ARITY = 15
+ENTRY_COLUMNS = (
+    "idx, request, response, units, usage_units, reserved_units, payload_hash, response_hash, leaf, served_at_ms, "
+    "request_id, seed, arrived_ms, first_token_ms"
+)
+
+
+def _entry(r) -> HistoryEntry:
+    return HistoryEntry(
+        index=r[0],
+        request=json.loads(r[1]),
+        response=json.loads(r[2]),
+        units=r[3],
+        usage_units=r[4],
+        reserved_units=r[5],
+        payload_hash=bytes(r[6]),
+        response_hash=bytes(r[7]),
+        leaf=bytes(r[8]),
+        served_at_ms=r[9],
+        request_id=r[10],
+        seed=r[11],
+        arrived_ms=r[12],
+        first_token_ms=r[13],
+    )
 
 
 def _usage(row) -> StackUsage:
@@ -527,10 +651,11 @@ def _usage(row) -> StackUsage:
 def insufficient(stack_small_id: int, num: int, used: int, reserved: int, estimate: int) -> InsufficientUnits:
     left = num - used - reserved
     in_flight = f", {reserved} reserved by requests in flight" if reserved else ""
+    fields = {"stack_small_id": stack_small_id, "units_left": left, "estimate": estimate}
+    if reserved:
+        fields["reserved_in_flight"] = reserved  # units that come back when those requests end: not final
     return InsufficientUnits(
         f"stack {stack_small_id} cannot cover this request: {left} compute units left of {num} ({used} used"
         f"{in_flight}); the request's estimate is {estimate} (nothing charged)",
-        stack_small_id=stack_small_id,
-        units_left=left,
-        estimate=estimate,
+        **fields,
     )

@@ -1,4 +1,4 @@
-"""Crash tests of ``settlement_run``: the flow process is killed (SIGKILL, via ``$ATOMA_OPS_FAILPOINTS``) after
+"""Crash tests of ``settlement_run`` (and, at the end, of ``serve-stack`` killed mid-workload): the flow process is killed (SIGKILL, via ``$ATOMA_OPS_FAILPOINTS``) after
 the intent journal is written and before anything is submitted (``journal:after-write``), or after the chain
 executed the writes and before their outcome is recorded (``journal:after-submit``); then the run is started again
 without the failpoint. Both the try-settle stage and the claim stage are crashed.
@@ -32,11 +32,13 @@ from atoma_ops.home import LocalnetHome
 from atoma_ops.journal import FAILPOINTS_ENV, PENDING, SUCCESS
 from atoma_ops.ledger import Ledger
 from atoma_ops.serving.store import NodeStore
-from blocks import AtomaNetwork
+from blocks import AtomaNetwork, InferenceEngine
 from flows.settlement import settlement_run
+from flows.stages import serve_stack
 from kit import NODE, served_stacks
 
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "tests" / "serving"))  # test_kit's stub engine
 N_STACKS = 3
 AFTER_WRITE = "journal:after-write"
 AFTER_SUBMIT = "journal:after-submit"
@@ -303,3 +305,77 @@ async def _assert_no_stacks_or_tickets_left(chain) -> None:
     """claim_funds deletes every claimed stack and its ticket."""
     assert chain.localnet.list_stacks() == []
     assert chain.localnet.list_tickets() == []
+
+
+# ----------------------------------------------------------------------------------------------- serve-stack
+# The child: one serve-stack run (stub engine, concurrency 2, windows of 4) over argv[1], stack argv[2], workload argv[3].
+SERVE_CHILD = """
+import asyncio, json, sys
+sys.path.insert(0, {serving!r})
+from test_kit import stub_engine
+from blocks import AtomaNetwork, InferenceEngine
+from flows import serve_stack
+from tasks.runtime import _engines
+engine = InferenceEngine(kind="openai", model="stub", base_url="http://stub.invalid", batch_size=2)
+_engines[engine.cache_key()] = stub_engine()
+summary = asyncio.run(serve_stack(int(sys.argv[2]), "node-1", sys.argv[3], network=AtomaNetwork(home=sys.argv[1]),
+                                  engine=engine, window=4))
+print("SUMMARY " + json.dumps(summary))
+""".format(serving=str(ROOT / "tests" / "serving"))
+
+
+def test_serve_stack_killed_mid_workload_then_rerun_serves_only_the_rest(tmp_path):
+    """serve-stack killed after its third recorded request (``serve:after-record@3``); the re-run serves only what
+    the history lacks, and the stack is charged exactly what an uninterrupted run charges another stack."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowFilter, FlowFilterName
+
+    from atoma_ops.lifecycle import workload_id
+
+    home = tmp_path / "localnet"
+    clean, crashed = served_stacks(home, 2, requests_per_stack=0, units=10_000).stack_small_ids
+    lines = [{"messages": [{"role": "user", "content": f"line {i} " + "word " * i}], "max_tokens": 2 + i % 3} for i in range(10)]
+    path = tmp_path / "workload.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in lines))
+
+    engine = InferenceEngine(kind="openai", model="stub", base_url="http://stub.invalid", batch_size=2)
+
+    def serve(stack: int) -> dict:  # in this process, with the child's engine and windows
+        from tasks.runtime import _engines
+        from test_kit import stub_engine
+
+        _engines[engine.cache_key()] = stub_engine()
+        try:
+            return asyncio.run(serve_stack(stack, NODE, str(path), network=AtomaNetwork(home=str(home)), engine=engine, window=4))
+        finally:
+            _engines.pop(engine.cache_key(), None)
+
+    reference_summary = serve(clean)
+    assert (reference_summary["served_now"], reference_summary["refused"]) == (10, 0)
+
+    env = dict(os.environ, PREFECT_API_URL=str(prefect.settings.PREFECT_API_URL.value()))
+    env[FAILPOINTS_ENV] = "serve:after-record@3"
+    killed = subprocess.run([sys.executable, "-c", SERVE_CHILD, str(home), str(crashed), str(path)], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-4000:]
+    assert "SUMMARY " not in killed.stdout and "failpoint serve:after-record" in killed.stderr
+
+    async def states() -> list[str]:
+        async with get_client() as client:
+            runs = await client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=["serve-stack"])))
+        return sorted(r.state_type.value for r in runs if r.parameters.get("stack_small_id") == crashed
+                      and str(home) in json.dumps(r.parameters, default=str))
+
+    assert asyncio.run(states()) == ["RUNNING"]  # the killed run never finished
+    with NodeStore(NodeStore.path_for(home, NODE)) as store:
+        done = len(store.history(crashed))
+    assert 3 <= done < 10
+
+    summary = serve(crashed)
+    assert (summary["served"], summary["served_now"], summary["already_served"], summary["refused"]) == (10, 10 - done, done, 0)
+    assert summary["units_used"] == reference_summary["units_used"] > 0
+    with NodeStore(NodeStore.path_for(home, NODE)) as store:
+        u, history = store.usage(crashed), store.history(crashed)
+        assert (u.used_units, u.num_requests, u.reserved_units, u.in_flight) == (reference_summary["units_used"], 10, 0, 0)
+        assert [e.request_id for e in history.entries] == [f"{workload_id(lines)}-{i}" for i in range(10)]
+        assert history.root == store.history(clean).root

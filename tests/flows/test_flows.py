@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
+from pathlib import Path
 
 import pytest
 from prefect.client.orchestration import get_client
@@ -19,7 +21,8 @@ import kit
 from atoma_ops.home import LocalnetHome
 from atoma_ops.ledger import Ledger
 from atoma_ops.lifecycle import StageError
-from blocks import AtomaNetwork
+from atoma_ops.serving.store import NodeStore
+from blocks import AtomaNetwork, InferenceEngine
 from flows import (
     buy_stack,
     claim,
@@ -35,6 +38,7 @@ from flows import (
 )
 
 PRICE = 1_000_000
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "serving"))  # test_kit's stub engine
 
 
 def run(coro):
@@ -136,6 +140,7 @@ def test_stage_flows_one_by_one_no_security(network, tmp_path):
     assert served["served"] == 2 and served["units_used"] > 0
     again = run(serve_stack(stack, "node-1", workload(tmp_path, 2), network=network))
     assert again["units_used"] == served["units_used"]  # the history already holds both: nothing served twice
+    assert (again["served"], again["served_now"], again["already_served"], again["units_charged"]) == (2, 0, 2, 0)
 
     (settled,) = run(try_settle([stack], "node-1", network=network))
     assert settled["status"] == "success" and settled["claimed_units"] == served["units_used"]
@@ -151,6 +156,59 @@ def test_stage_flows_one_by_one_no_security(network, tmp_path):
 
     report = run(ledger_sync(network=network))
     assert report["events_applied"] > 0 and report["usage_rows"] == 2
+
+
+# An engine block whose engine is the serving tests' stub (deterministic, instant): put in the process's engine cache
+# (tasks.runtime.shared_engine) under the block's key, so the serve-stack flow's tasks use it without loading a model.
+STUB = InferenceEngine(kind="openai", model="stub", base_url="http://stub.invalid", batch_size=3)
+
+
+@pytest.fixture
+def stub_engine_block():
+    from tasks.runtime import _engines
+    from test_kit import stub_engine
+
+    _engines[STUB.cache_key()] = stub_engine()
+    yield STUB
+    _engines.pop(STUB.cache_key(), None)
+
+
+async def latest_artifact(key: str):
+    from prefect.client.schemas.sorting import ArtifactSort
+
+    async with get_client() as client:
+        (found,) = await client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])), sort=ArtifactSort.CREATED_DESC, limit=1
+        )
+    return found
+
+
+def test_serve_stack_reruns_after_a_refusal_without_serving_or_charging_twice(tmp_path, stub_engine_block):
+    """A workload with a refused line (a model the node does not serve) served one task per window of 2: the
+    refusal is recorded, and the re-run skips every line, charges nothing and says so in its artifacts."""
+    served = kit.served_stacks(tmp_path / "ln", 1, requests_per_stack=0, units=10_000)
+    network, (stack,) = AtomaNetwork(home=str(served.home)), served.stack_small_ids
+    lines = [{"messages": [{"role": "user", "content": f"line {i}"}], "max_tokens": 4} for i in range(5)]
+    lines[1]["model"] = "gpt-4o"
+    path = tmp_path / "workload.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in lines))
+
+    first = run(serve_stack(stack, "node-1", str(path), network=network, engine=stub_engine_block, window=2))
+    assert (first["requests"], first["served"], first["refused"], first["failed"]) == (5, 4, 1, 0)
+    assert (first["served_now"], first["refused_now"], first["already_served"], first["already_refused"]) == (4, 1, 0, 0)
+    assert first["units_used"] == first["units_charged"] > 0 and first["units_left"] == 10_000 - first["units_used"]
+    refused = json.loads(run(latest_artifact("serve-stack-refused")).data)
+    assert [(r["index"], r["type"]) for r in refused] == [(1, "invalid_request_error")]
+
+    again = run(serve_stack(stack, "node-1", str(path), network=network, engine=stub_engine_block, window=2))
+    assert (again["served"], again["refused"], again["served_now"], again["refused_now"]) == (4, 1, 0, 0)
+    assert (again["already_served"], again["already_refused"], again["units_charged"]) == (4, 1, 0)
+    assert again["units_used"] == first["units_used"] and again["workload_id"] == first["workload_id"]
+    (table,) = json.loads(run(latest_artifact("serve-stack")).data)
+    assert (table["already_served"], table["already_refused"], table["served_now"]) == (4, 1, 0)
+    assert run(latest_artifact(f"serve-stack-{stack}")).data == 100.0
+    with NodeStore(NodeStore.path_for(served.home, "node-1")) as store:
+        assert store.usage(stack).num_requests == 4
 
 
 def test_settlement_run_settles_then_claims_in_one_batch(tmp_path):

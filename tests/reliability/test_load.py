@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import copy
 
+import pytest
+
 from atoma_ops.serving.store import NodeStore
 from reliability.load import LoadResult, check_http_outcomes, flow_load, http_load
 
@@ -54,6 +56,51 @@ def test_concurrent_requests_never_lose_an_update_nor_over_serve(tmp_path):
     broken = {c.name for c in again.failed()}
     assert "every 200 is in the durable history with matching hashes and units" in broken
     assert "no lost update: store usage = sum of the 200s' charges = history" in broken
+
+
+def test_past_max_pending_the_node_answers_429_and_charges_nothing(tmp_path):
+    """The same burst on the stub engine with ``max_pending`` 12 for 48 requests (units for half of them): the
+    engine holds every request for 2 s after the first, so the rest arrive while the node is full and must be
+    answered 429 with Retry-After, nothing recorded; /metrics agrees with what the clients got."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "serving"))
+    from test_kit import stub_engine
+
+    class Held(type(stub_engine())):
+        """Every stream waits until ``hold_s`` after the first one started: the node stays full meanwhile."""
+
+        def __init__(self, hold_s: float):
+            super().__init__()
+            self.hold_s, self.open = hold_s, None
+
+        async def stream(self, request, sampling):
+            if self.open is None:
+                self.open = asyncio.Event()
+                asyncio.get_running_loop().call_later(self.hold_s, self.open.set)
+            await asyncio.wait_for(self.open.wait(), 60)
+            async for delta in super().stream(request, sampling):
+                yield delta
+
+    result = asyncio.run(http_load(tmp_path, requests=48, stacks=2, max_tokens=2, served_fraction=0.5, max_pending=12,
+                                   engine=Held(2.0)))
+    assert result.ok, failures(result)
+    f = result.figures
+    assert f["served"] + f["refused"] + f["overloaded"] == 48 and f["overloaded"] > 0 and f["served"] > 0
+    assert result.sizes["max_pending"] == 12
+    assert any(c.name.startswith("GET /metrics") and c.ok for c in result.checks)
+
+    # the 429 checks catch what they guard: a 429 without Retry-After, a 429 whose request was charged
+    raw = result.raw
+    tampered = copy.deepcopy(raw["outcomes"])
+    next(o for o in tampered if o["status"] == 429)["headers"].pop("retry-after")
+    next(o for o in tampered if o["status"] == 200)["status"] = 429  # a request in the history, answered 429
+    again = LoadResult("tampered", {}, {})
+    with NodeStore(NodeStore.path_for(raw["home"], "node-1")) as store:
+        check_http_outcomes(again, store, raw["bodies"], tampered, raw["stack_ids"], raw["units"])
+    broken = {c.name for c in again.failed()}
+    assert {"every 429 is overloaded with a Retry-After", "no refused request recorded or charged"} <= broken
 
 
 def test_concurrent_registrations_of_one_node_mint_one_badge(localnet_home):

@@ -15,7 +15,14 @@ import sys
 
 import pytest
 
-from atoma_ops.protocol.commitments import canonical_json, commit, payload_hash, request_leaf, response_hash
+from atoma_ops.protocol.commitments import (
+    MerkleFrontier,
+    canonical_json,
+    commit,
+    payload_hash,
+    request_leaf,
+    response_hash,
+)
 from atoma_ops.serving.history import export_jsonl, import_jsonl
 from atoma_ops.serving.replay import replay
 
@@ -83,6 +90,12 @@ def test_forged_history_is_reported_at_the_right_index_and_disputed(engine, net,
     node1.store.conn.execute(
         "UPDATE history SET response = ?, response_hash = ?, leaf = ? WHERE stack_small_id = ? AND idx = 2",
         (canonical_json(forged), r, request_leaf(p, r), s),
+    )
+    # ... and the frontier its store keeps beside the stack (what try-settle commits to), so its commitment is
+    # over the forged history it will export
+    forged_leaves = [e.leaf for e in node1.history(s).entries]
+    node1.store.conn.execute(
+        "UPDATE stacks SET frontier = ? WHERE stack_small_id = ?", (MerkleFrontier.from_leaves(forged_leaves).to_bytes(), s)
     )
     file = export_jsonl(node1.history(s), tmp_path / "forged.jsonl")
     net.draws.push(0, 1)

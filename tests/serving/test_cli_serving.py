@@ -19,21 +19,21 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "cli"))
 from clikit import Cli, event, sid  # noqa: E402
 
+from atoma_ops.cli import app  # noqa: E402
+
 sys.path.insert(0, os.path.dirname(__file__))
-from test_kit import ask  # noqa: E402
+from test_kit import REPO, STUB_ENGINE_SRC, ask, stub_engine  # noqa: E402
 
 SCRIPT = Path(sys.executable).parent / "atoma-ops"
 
 
-@pytest.fixture
-def cli(tmp_path, engine, monkeypatch) -> Cli:
+def _market(home: Path, model: str) -> Cli:
     """A home with a SamplingConsensus task (attestation forced), node-1 and node-2 subscribed, a 100 000-unit
-    stack bought by the user; ``load_engine`` returns the session engine."""
-    monkeypatch.setattr("atoma_ops.serving.node.load_engine", lambda kind="cpu", **kw: engine)
-    c = Cli(tmp_path / "home")
+    stack bought by the user."""
+    c = Cli(home)
     c.aliases = c.ok("localnet", "init", "--seed", "1")["aliases"]
     c.ok("usdc", "mint", "--amount", "10000000", "--to", "user")
-    c.ok("db", "create-task-entry", "--role", "0", "--model-name", engine.model, "--security-level", "2")
+    c.ok("db", "create-task-entry", "--role", "0", "--model-name", model, "--security-level", "2")
     for alias in ("node-1", "node-2"):
         c.ok("db", "register-node", address=alias)
         c.ok("db", "subscribe-node-to-task", "--task-small-id", "1", "--price-per-one-million-compute-units", "1000000",
@@ -45,9 +45,23 @@ def cli(tmp_path, engine, monkeypatch) -> Cli:
     return c
 
 
-def workload(tmp_path, n: int = 2) -> str:
-    p = tmp_path / "w.jsonl"
-    p.write_text("# a comment\n\n" + "".join(json.dumps(ask(i, 3)) + "\n" for i in range(n)))
+@pytest.fixture
+def cli(tmp_path, engine, monkeypatch) -> Cli:
+    """``_market``, and ``load_engine`` returns the session engine."""
+    monkeypatch.setattr("atoma_ops.serving.node.load_engine", lambda kind="cpu", **kw: engine)
+    return _market(tmp_path / "home", engine.model)
+
+
+@pytest.fixture
+def stub_cli(tmp_path, monkeypatch) -> Cli:
+    """``_market``, and ``load_engine`` returns the stub engine (for what does not depend on the model)."""
+    monkeypatch.setattr("atoma_ops.serving.node.load_engine", lambda kind="cpu", **kw: stub_engine())
+    return _market(tmp_path / "home", "HuggingFaceTB/SmolLM2-135M-Instruct")
+
+
+def workload(tmp_path, n: int = 2, first: int = 0, name: str = "w.jsonl") -> str:
+    p = tmp_path / name
+    p.write_text("# a comment\n\n" + "".join(json.dumps(ask(i, 3)) + "\n" for i in range(first, first + n)))
     return str(p)
 
 
@@ -58,8 +72,13 @@ def test_stack_lifecycle_through_the_cli(cli, tmp_path):
     assert (served["node_small_id"], served["served"], served["refused"]) == (cli.selected, 2, 0)
     assert served["usage"]["used_units"] == served["units_charged"] == sum(o["units"] for o in served["outcomes"])
     assert served["usage"]["units_left"] == 100_000 - served["units_charged"]
+    assert (served["already_served"], served["already_refused"], served["failed"]) == (0, 0, 0)
+    # the same workload again: every line was served, nothing is served or charged twice
     human = cli.human("stack", "serve", "--stack", "1", "--workload", w, "--node", node)
-    assert "2 of 2 request(s) served" in human.stdout and "left of 100000" in human.stdout
+    assert "0 of 2 request(s) served" in human.stdout and "2 done before (2 served, 0 refused)" in human.stdout
+    assert f"{served['usage']['units_left']} left of 100000" in human.stdout
+    human = cli.human("stack", "serve", "--stack", "1", "--workload", workload(tmp_path, 2, 2, "w2.jsonl"), "--node", node)
+    assert "2 of 2 request(s) served" in human.stdout and "done before" not in human.stdout
 
     usage = cli.ok("stack", "usage", "--stack", "1")
     assert usage["num_requests"] == 4 and usage["state"] == "open"
@@ -131,6 +150,86 @@ def test_cli_serving_errors(cli, tmp_path):
     assert cli.fail("stack", "commit", "--stack", "1")["kind"] == "NothingToCommit"
 
 
+def test_stack_serve_is_resumable_and_shows_what_it_skipped(stub_cli, tmp_path):
+    """A refused line (a model the node does not serve) is recorded: the re-run neither fails nor charges again,
+    and says what was done before; --batch-size is still taken (deprecated) and means --concurrency."""
+    p = tmp_path / "refusing.jsonl"
+    p.write_text("".join(json.dumps(r) + "\n" for r in [ask(0, 3), ask(1, 3, model="gpt-4o"), ask(2, 3), ask(3, 3)]))
+    first = stub_cli.ok("stack", "serve", "--stack", "1", "--workload", str(p), "--concurrency", "3")
+    assert (first["served"], first["refused"], first["failed"], first["already_served"], first["already_refused"]) == (3, 1, 0, 0, 0)
+    assert first["concurrency"] == 3 and first["workload_id"].startswith("wl-")
+    assert [o["index"] for o in first["outcomes"]] == [0, 1, 2, 3]
+    refused = first["outcomes"][1]
+    assert not refused["ok"] and refused["error"]["type"] == "invalid_request_error" and refused["retry"] is False
+    assert first["usage"]["used_units"] == first["units_charged"] == sum(o.get("units", 0) for o in first["outcomes"]) > 0
+
+    human = stub_cli.human("stack", "serve", "--stack", "1", "--workload", str(p))
+    assert "0 of 4 request(s) served, 0 refused, 4 done before (3 served, 1 refused); 0 compute units charged" in human.stdout
+    again = stub_cli.ok("stack", "serve", "--stack", "1", "--workload", str(p), "--batch-size", "2")
+    assert (again["served"], again["refused"], again["already_served"], again["already_refused"]) == (0, 0, 3, 1)
+    assert (again["concurrency"], again["units_charged"], again["outcomes"]) == (2, 0, [])
+    assert again["usage"]["used_units"] == first["units_charged"] and again["usage"]["num_requests"] == 3
+    assert "deprecated" in stub_cli.human("stack", "serve", "--stack", "1", "--workload", str(p), "--batch-size", "2").stderr
+    assert stub_cli.fail("stack", "serve", "--stack", "1", "--workload", str(p), "--concurrency", "0")["kind"] == "InvalidArgument"
+    assert "--concurrency" in stub_cli.invoke("stack", "serve", "--help").stdout
+    node_help = stub_cli.invoke("node", "serve", "--help").stdout
+    assert "--max-pending" in node_help and "--max-batch" not in node_help
+    assert stub_cli.fail("node", "serve", "--node", "node-1", "--max-pending", "0")["kind"] == "InvalidArgument"
+
+
+def test_stack_serve_shows_a_progress_bar_on_a_terminal_only(stub_cli, tmp_path):
+    w = workload(tmp_path, 3)
+    bar = stub_cli.runner.invoke(app, ["--home", str(stub_cli.home), "stack", "serve", "--stack", "1", "--workload", w],
+                                 env={"ATOMA_OPS_HOME": None, "TTY_COMPATIBLE": "1", "TTY_INTERACTIVE": "1"})
+    assert bar.exit_code == 0, bar.stderr
+    assert "3/3" in bar.stderr and "3 served, 0 refused" in bar.stderr  # the bar's last state, before it is erased
+    assert "3 of 3 request(s) served" in bar.stdout and "3/3" not in bar.stdout
+    quiet = stub_cli.runner.invoke(app, ["--home", str(stub_cli.home), "--json", "stack", "serve", "--stack", "1",
+                                         "--workload", w], env={"ATOMA_OPS_HOME": None, "TTY_COMPATIBLE": "1"})
+    assert quiet.exit_code == 0 and quiet.stderr == "" and json.loads(quiet.stdout)["already_served"] == 3
+
+
+# ``atoma-ops`` in a child process, the stub engine patched in for ``load_engine``.
+CLI_SCRIPT = STUB_ENGINE_SRC + """
+import sys
+import atoma_ops.serving.node as node
+node.load_engine = lambda kind="cpu", **kw: StubEngine()
+from atoma_ops.cli import app
+app(sys.argv[1:], prog_name="atoma-ops")
+"""
+
+
+def test_stack_serve_killed_mid_workload_resumes_and_charges_what_a_clean_run_does(stub_cli, tmp_path):
+    """The issue's case: ``stack serve`` killed (SIGKILL after the third recorded request) and run again serves
+    only the rest: the stack is charged what an uninterrupted run charges another stack, not more."""
+    from atoma_ops.journal import FAILPOINTS_ENV
+
+    w = workload(tmp_path, 10)
+    tx = stub_cli.ok("db", "acquire-new-stack-entry", "--task-small-id", "1", "--num-compute-units", "100000", "--price",
+                     "1000000", address="user")
+    clean = sid(event(tx, "StackCreatedEvent")["stack_small_id"])
+    reference = stub_cli.ok("stack", "serve", "--stack", str(clean), "--workload", w)
+    assert reference["served"] == 10
+
+    env = {k: v for k, v in os.environ.items() if k != "ATOMA_OPS_HOME"}
+    env.update(PYTHONPATH=str(REPO), **{FAILPOINTS_ENV: "serve:after-record@3"})
+    killed = subprocess.run(
+        [sys.executable, "-c", CLI_SCRIPT, "--home", str(stub_cli.home), "--json", "stack", "serve", "--stack", "1",
+         "--workload", w, "--concurrency", "2"], env=env, capture_output=True, text=True, timeout=120,
+    )
+    assert killed.returncode == -signal.SIGKILL and killed.stdout == "", killed.stderr[-3000:]
+    done = stub_cli.ok("stack", "usage", "--stack", "1")["num_requests"]
+    assert 3 <= done < 10
+
+    resumed = stub_cli.ok("stack", "serve", "--stack", "1", "--workload", w, "--concurrency", "2")
+    assert (resumed["served"], resumed["already_served"], resumed["refused"]) == (10 - done, done, 0)
+    assert [o["index"] for o in resumed["outcomes"]] == list(range(done, 10))
+    usage = resumed["usage"]
+    assert (usage["used_units"], usage["num_requests"], usage["reserved_units"], usage["in_flight"]) == (
+        reference["units_charged"], 10, 0, 0)
+    assert stub_cli.ok("stack", "commit", "--stack", "1")["root"] == stub_cli.ok("stack", "commit", "--stack", str(clean))["root"]
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -153,7 +252,7 @@ def test_node_serve_console_script(tmp_path):
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if k != "ATOMA_OPS_HOME"}
     proc = subprocess.Popen(
-        [str(SCRIPT), "--home", str(c.home), "node", "serve", "--node", "node-1", "--port", str(port)],
+        [str(SCRIPT), "--home", str(c.home), "node", "serve", "--node", "node-1", "--port", str(port), "--max-pending", "4"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
     )
     url = f"http://127.0.0.1:{port}"
@@ -178,6 +277,6 @@ def test_node_serve_console_script(tmp_path):
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=30)
     assert proc.returncode in (0, 130), err  # uvicorn re-raises the SIGINT after a clean shutdown: 128 + 2
-    assert "serving on http://127.0.0.1" in err
+    assert "serving on http://127.0.0.1" in err and "at most 4 requests in progress" in err
     history = c.ok("stack", "history", "--stack", "1")
     assert history["num_requests"] == 1 and history["units"] == units

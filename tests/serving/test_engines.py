@@ -1,6 +1,7 @@
 """The engines: the session engine's contract (CPU by default; `make test-vllm` runs it against `vllm serve`), the
-OpenAI HTTP engine against a real loopback OpenAI-compatible server backed by that engine, the vLLM engine's pure
-helpers, the factory, and — only inside `make test-vllm`'s own environment — ``vllm.LLM`` in process.
+OpenAI HTTP engine against a real loopback OpenAI-compatible server backed by that engine (its failure handling is
+in test_openai_engine.py, against the stand-in), the vLLM engine's pure helpers, the factory, and — only inside
+`make test-vllm`'s own environment — vLLM's async engine in process.
 
 Generation on this machine's CPU costs ~0.2 s a token, so every request keeps ``max_tokens`` small and greedy
 results are computed once per module.
@@ -8,30 +9,22 @@ results are computed once per module.
 
 from __future__ import annotations
 
-import logging
 import os
-import socket
-import threading
-import time
-from collections import deque
 from types import SimpleNamespace
 
 import httpx
 import pytest
-import uvicorn
-from fastapi import Body, FastAPI, Header
-from fastapi.responses import JSONResponse
 
 from atoma_ops.serving.engines import ENGINE_KINDS, make_engine
-from atoma_ops.serving.engines.base import Engine, EngineError
+from atoma_ops.serving.engines.base import FINISH_ABORTED, Delta, EngineError, Sampling
 from atoma_ops.serving.engines.openai_http import (
     OpenAIHttpEngine,
-    request_body,
     server_error_message,
     validate_chat_request,
     validate_chat_response,
 )
-from atoma_ops.serving.engines.vllm import request_output_to_completion, sampling_options
+from atoma_ops.serving.engines.vllm import chat_messages, request_output_delta, sampling_options
+from atoma_ops.testing.openai_standin import OpenAIServer
 
 
 def ask(content: str, **options) -> dict:
@@ -160,128 +153,21 @@ def test_one_malformed_request_fails_the_batch(engine):
 
 
 # --------------------------------------------------------------------------------------------------------------
-# A real OpenAI-compatible server on loopback, backed by the session engine
+# A real OpenAI-compatible server on loopback in front of the session engine (atoma_ops.testing.openai_standin's
+# OpenAIServer); the HTTP engine's failure handling is tested against the stand-in in test_openai_engine.py
 # --------------------------------------------------------------------------------------------------------------
-
-
-def openai_error(status: int, message: str, kind: str = "BadRequestError", param: str | None = None) -> JSONResponse:
-    """An error body as vLLM and OpenAI send it."""
-    return JSONResponse({"error": {"message": message, "type": kind, "param": param, "code": status}}, status)
-
-
-class EngineOpenAIServer:
-    """A real OpenAI-compatible HTTP server (FastAPI + uvicorn on 127.0.0.1, a free port) that serves an Engine:
-    ``POST /v1/chat/completions``, vLLM's ``POST /tokenize`` (unless ``tokenize=False``) and ``GET /health``.
-
-    Like vLLM it answers 404 for a model it does not serve and 400 for a request the engine rejects. For the
-    failure tests it can be told to fail its next chat requests (``fail_next``: an HTTP status, or "no-usage" /
-    "no-choices" for a 200 that leaves that part out). It records what it received.
-    """
-
-    def __init__(self, engine: Engine, *, tokenize: bool = True):
-        self.engine = engine
-        self.bodies: list[dict] = []
-        self.authorizations: list[str | None] = []
-        self.in_flight = 0
-        self.peak_in_flight = 0
-        self.faults: deque = deque()
-        self._lock = threading.Lock()
-        self.app = app = FastAPI()
-
-        @app.get("/health")
-        def health() -> dict:
-            return {}
-
-        @app.post("/v1/chat/completions")
-        def chat(body: dict = Body(...), authorization: str | None = Header(None)):
-            with self._lock:
-                self.bodies.append(body)
-                self.authorizations.append(authorization)
-                fault = self.faults.popleft() if self.faults else None
-                self.in_flight += 1
-                self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
-            try:
-                if isinstance(fault, int):
-                    return openai_error(fault, f"injected fault {fault}", "InternalServerError")
-                if body.get("model") != engine.model:
-                    return openai_error(404, f"The model `{body.get('model')}` does not exist.", "NotFoundError")
-                try:
-                    response = engine.chat([body])[0]
-                except EngineError as exc:
-                    return openai_error(400, str(exc))
-                if fault == "no-usage":
-                    response.pop("usage")
-                elif fault == "no-choices":
-                    response["choices"] = []
-                return response
-            finally:
-                with self._lock:
-                    self.in_flight -= 1
-
-        if tokenize:
-
-            @app.post("/tokenize")
-            def tokenize_(body: dict = Body(...)):
-                if body.get("model") != engine.model:
-                    return openai_error(404, f"The model `{body.get('model')}` does not exist.", "NotFoundError")
-                try:
-                    if "messages" in body:
-                        count = engine.prompt_tokens({"messages": body["messages"]})
-                    else:
-                        count = engine.count_tokens(body["prompt"])
-                except EngineError as exc:
-                    return openai_error(400, str(exc))
-                return {"count": count, "max_model_len": 8192}
-
-    def __enter__(self) -> "EngineOpenAIServer":
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.bind(("127.0.0.1", 0))
-        self.port = sock.getsockname()[1]
-        self.base_url = f"http://127.0.0.1:{self.port}/v1"
-        self._server = uvicorn.Server(uvicorn.Config(self.app, log_level="warning", lifespan="off"))
-        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [sock]}, daemon=True)
-        self._thread.start()
-        deadline = time.monotonic() + 10
-        while not self._server.started:
-            if time.monotonic() > deadline or not self._thread.is_alive():
-                raise RuntimeError("the loopback OpenAI server did not start")
-            time.sleep(0.01)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._server.should_exit = True
-        self._thread.join(timeout=10)
-
-    def client(self, **options) -> OpenAIHttpEngine:
-        options.setdefault("backoff", 0.01)
-        return OpenAIHttpEngine(self.base_url, options.pop("model", self.engine.model), **options)
 
 
 @pytest.fixture(scope="module")
 def openai_server(engine):
-    with EngineOpenAIServer(engine) as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def server_without_tokenize(engine):
-    with EngineOpenAIServer(engine, tokenize=False) as server:
+    with OpenAIServer(engine) as server:
         yield server
 
 
 @pytest.fixture
 def server(openai_server):
-    openai_server.faults.clear()
-    openai_server.bodies.clear()
-    openai_server.authorizations.clear()
-    openai_server.peak_in_flight = 0
+    openai_server.reset()
     return openai_server
-
-
-def free_port_with_nothing_listening() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 # Distinct prompts with distinct budgets: completion times differ, so responses arrive out of order.
@@ -300,25 +186,42 @@ def test_http_engine_matches_the_engine_in_order_under_bounded_concurrency(engin
     assert [text_of(r) for r in served] == [text_of(r) for r in direct]
     assert [tokens_of(r) for r in served] == [tokens_of(r) for r in direct]
     assert [r["choices"][0]["finish_reason"] for r in served] == [r["choices"][0]["finish_reason"] for r in direct]
-    assert len(server.bodies) == len(BATCH)
-    assert 2 <= server.peak_in_flight <= 3
+    assert server.requests == server.completed == len(BATCH)
+    assert 1 <= server.max_in_flight <= 3
 
 
-def test_http_engine_forces_model_and_no_stream(engine, server, greedy):
-    request = {key: value for key, value in SHORT_ANSWER.items() if key != "temperature"}  # greedy by default
+def test_http_engine_streams_what_the_engine_produces(engine, server, greedy):
+    """Streamed over SSE (the model's own name sent, whatever the request says), folded back: the same text and
+    exactly the engine's usage."""
+    import asyncio
+
+    from atoma_ops.serving.engines.base import Generation
+    from atoma_ops.serving.metering import sampling_of
+
+    request = {**SHORT_ANSWER, "model": "someone-else"}
+
+    async def run() -> Generation:
+        gen = Generation()
+        async for delta in http.stream(request, sampling_of(SHORT_ANSWER)):
+            gen.add(delta)
+        return gen
+
     with server.client() as http:
-        response = http.chat([{**request, "model": "someone-else", "stream": True, "stream_options": {}}])[0]
-    assert response["model"] == engine.model
-    assert text_of(response) == text_of(greedy)
+        gen = asyncio.run(run())
+    assert gen.content == text_of(greedy)
+    assert (gen.prompt_tokens, gen.completion_tokens) == tokens_of(greedy)
+    assert gen.finish_reason == greedy["choices"][0]["finish_reason"]
     (body,) = server.bodies
-    assert body["model"] == engine.model and body["stream"] is False and "stream_options" not in body
-    assert body["temperature"] == 0
+    assert body["model"] == engine.model and body["stream"] is True
+    assert body["stream_options"]["include_usage"] is True
 
 
 def test_http_engine_is_usable_after_close(engine, server, greedy):
     """Code handed a shared engine may close it (harmless for the CPU engine): the next call reconnects."""
     http = server.client()
     http.close()
+    http.close()
+    assert text_of(http.chat([SHORT_ANSWER])[0]) == text_of(greedy)
     http.close()
     assert text_of(http.chat([SHORT_ANSWER])[0]) == text_of(greedy)
     http.close()
@@ -330,88 +233,23 @@ def test_http_engine_tokens_via_tokenize(engine, server):
         assert http.prompt_tokens(SHORT_ANSWER) == engine.prompt_tokens(SHORT_ANSWER)
 
 
-def test_http_engine_tokens_without_tokenize(engine, server_without_tokenize):
+def test_http_engine_tokens_without_tokenize(engine):
     from atoma_ops.serving.engines.cpu import smollm2_gguf_path
 
-    with server_without_tokenize.client() as http:
-        assert http.prompt_tokens(SHORT_ANSWER) is None
-        with pytest.raises(EngineError, match="tokenize.*tokenizer_gguf"):
-            http.count_tokens(STORY)
-    with server_without_tokenize.client(tokenizer_gguf=smollm2_gguf_path()) as http:
-        assert http.count_tokens(STORY) == engine.count_tokens(STORY)
-
-
-def test_http_engine_4xx_is_not_retried(server):
-    with server.client(model="no-such-model", retries=3) as http:
-        with pytest.raises(EngineError, match=r"HTTP 404 .*The model `no-such-model` does not exist"):
-            http.chat([SHORT_ANSWER])
-        with pytest.raises(EngineError, match="HTTP 404"):  # vLLM's unknown-model 404 is an error, not "no route"
-            http.count_tokens("hi")
-    assert len(server.bodies) == 1
+    with OpenAIServer(engine, tokenize=False) as server:
+        with server.client() as http:
+            assert http.prompt_tokens(SHORT_ANSWER) is None
+            with pytest.raises(EngineError, match="tokenize.*tokenizer_gguf"):
+                http.count_tokens(STORY)
+        with server.client(tokenizer_gguf=smollm2_gguf_path()) as http:
+            assert http.count_tokens(STORY) == engine.count_tokens(STORY)
 
 
 def test_http_engine_maps_the_engines_400(server):
     with server.client(retries=3) as http:
         with pytest.raises(EngineError, match="HTTP 400"):
             http.chat([{"messages": [{"role": "user", "content": 5}]}])
-    assert len(server.bodies) == 1
-
-
-def test_http_engine_retries_5xx_then_succeeds(engine, server, greedy):
-    server.faults.extend([503, 500])
-    with server.client(retries=2) as http:
-        response = http.chat([SHORT_ANSWER])[0]
-    assert text_of(response) == text_of(greedy)
-    assert len(server.bodies) == 3
-
-
-def test_http_engine_5xx_retries_are_bounded(server):
-    server.faults.extend([500, 500, 500, 500])
-    with server.client(retries=2) as http:
-        with pytest.raises(EngineError, match="HTTP 500 .*injected fault 500"):
-            http.chat([SHORT_ANSWER])
-    assert len(server.bodies) == 3
-
-
-@pytest.mark.parametrize("fault, message", [("no-usage", "no usage"), ("no-choices", "no choices")])
-def test_http_engine_rejects_responses_it_cannot_meter(server, fault, message):
-    server.faults.append(fault)
-    with server.client() as http:
-        with pytest.raises(EngineError, match=message):
-            http.chat([SHORT_ANSWER])
-
-
-def test_http_engine_connection_refused():
-    port = free_port_with_nothing_listening()
-    with OpenAIHttpEngine(f"http://127.0.0.1:{port}/v1", "m", retries=2, backoff=0.01) as http:
-        with pytest.raises(EngineError, match=r"cannot reach .*after 3 attempt"):
-            http.chat([SHORT_ANSWER])
-        with pytest.raises(EngineError, match="cannot reach"):
-            http.count_tokens("hi")
-
-
-def test_http_engine_sends_the_api_key_and_never_shows_it(server, caplog):
-    secret = "sk-test-0123456789-secret"
-    server.faults.append(503)
-    with caplog.at_level(logging.DEBUG):
-        with server.client(api_key=secret) as http:
-            http.chat([{**SHORT_ANSWER, "max_tokens": 1}])
-            with pytest.raises(EngineError) as failure:
-                http.chat([{"messages": [{"role": "user", "content": 5}]}])
-            shown = repr(http) + str(http) + str(failure.value)
-    assert server.authorizations[-1] == f"Bearer {secret}"
-    assert secret not in shown
-    assert secret not in caplog.text
-    assert "retrying" in caplog.text
-
-
-def test_http_engine_empty_batch_and_client_side_validation():
-    with OpenAIHttpEngine("http://127.0.0.1:9/v1", "m") as http:  # nothing is sent for these
-        assert http.chat([]) == []
-        with pytest.raises(EngineError, match="non-empty 'messages'"):
-            http.chat([{"messages": []}])
-        with pytest.raises(EngineError, match="n=1"):
-            http.chat([{**SHORT_ANSWER, "n": 2}])
+    assert server.requests == 1
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -430,14 +268,6 @@ def test_server_error_message_shapes():
     assert server_error_message(_response(502, text="bad gateway from proxy")) == "bad gateway from proxy"
     assert server_error_message(_response(503)) == "Service Unavailable"
     assert len(server_error_message(_response(500, text="x" * 5000))) == 500
-
-
-def test_request_body_shares_the_engines_decoding_defaults():
-    plain = request_body({"messages": [], "model": "x", "stream": True, "stream_options": {"include_usage": True}}, "m")
-    assert plain == {"messages": [], "model": "m", "stream": False, "temperature": 0}  # OpenAI's default is 1.0
-    assert request_body({"messages": [], "temperature": 0.7}, "m")["seed"] == 0
-    assert request_body({"messages": [], "temperature": 0.7, "seed": 5}, "m")["seed"] == 5
-    assert "seed" not in request_body({"messages": [], "temperature": 0}, "m")
 
 
 def test_validate_chat_response():
@@ -465,41 +295,47 @@ def test_validate_chat_request():
 
 
 def test_vllm_sampling_options():
-    greedy = sampling_options(ask("hi"), prompt_tokens=30, max_model_len=16384)
-    assert greedy == {"max_tokens": 8192, "temperature": 0.0}  # §9 default budget, greedy
-    assert sampling_options(ask("hi"), 30, 2048)["max_tokens"] == 2048 - 30  # capped by the context
-    assert sampling_options(ask("hi", max_tokens=7), 30, 2048)["max_tokens"] == 7
-    assert sampling_options(ask("hi", max_tokens=7, max_completion_tokens=5), 30, 2048)["max_tokens"] == 5
-    seeded = sampling_options(story(42), 30, 2048)
+    greedy = sampling_options(Sampling(max_tokens=8192), prompt_tokens=30, max_model_len=16384)
+    assert greedy == {"max_tokens": 8192, "temperature": 0.0}  # greedy: no top_p, no seed
+    assert sampling_options(Sampling(max_tokens=8192), 30, 2048)["max_tokens"] == 2048 - 30  # capped by the context
+    assert sampling_options(Sampling(max_tokens=7), 30, 2048)["max_tokens"] == 7
+    seeded = sampling_options(Sampling(max_tokens=3, temperature=1.0, seed=42), 30, 2048)
     assert seeded == {"max_tokens": 3, "temperature": 1.0, "top_p": 1.0, "seed": 42}
-    options = sampling_options({**ask("hi"), "stop": "\n", "presence_penalty": 0.5, "top_p": 0.9}, 30, 2048)
-    assert options["stop"] == ["\n"] and options["presence_penalty"] == 0.5 and "top_p" not in options
-    assert sampling_options({**ask("hi"), "temperature": 0.5}, 30, 2048)["seed"] == 0  # as the CPU engine
+    options = sampling_options(Sampling(max_tokens=3, temperature=0.5, top_p=0.9, seed=-7, stop=("\n", "END")), 30, 2048)
+    assert options == {"max_tokens": 3, "temperature": 0.5, "top_p": 0.9, "seed": -7, "stop": ["\n", "END"]}
     with pytest.raises(EngineError, match="no room"):
-        sampling_options(ask("hi"), 2048, 2048)
+        sampling_options(Sampling(max_tokens=5), 2048, 2048)
 
 
-def test_vllm_request_output_mapping():
-    output = SimpleNamespace(
-        prompt_token_ids=list(range(37)),
-        outputs=[SimpleNamespace(text="The capital of France is Paris.", token_ids=list(range(8)), finish_reason="stop")],
-    )
-    response = request_output_to_completion("HuggingFaceTB/SmolLM2-135M-Instruct", output)
-    assert response["object"] == "chat.completion"
-    assert response["model"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
-    assert response["choices"][0] == {
-        "index": 0,
-        "message": {"role": "assistant", "content": "The capital of France is Paris."},
-        "finish_reason": "stop",
-    }
-    assert response["usage"] == {"prompt_tokens": 37, "completion_tokens": 8, "total_tokens": 45}
-    cut = SimpleNamespace(prompt_token_ids=[1, 2], outputs=[SimpleNamespace(text="ab", token_ids=[5, 6, 7],
-                                                                           finish_reason="length")])
-    assert request_output_to_completion("m", cut)["choices"][0]["finish_reason"] == "length"
-    for broken in [SimpleNamespace(prompt_token_ids=[1], outputs=[]), SimpleNamespace(prompt_token_ids=None,
-                                                                                     outputs=cut.outputs)]:
-        with pytest.raises(EngineError):
-            request_output_to_completion("m", broken)
+def test_vllm_request_output_delta():
+    def output(text, token_ids, finish_reason=None, prompt=(1, 2, 3), finished=None):
+        return SimpleNamespace(
+            prompt_token_ids=None if prompt is None else list(prompt),
+            finished=finish_reason is not None if finished is None else finished,
+            outputs=[SimpleNamespace(text=text, token_ids=list(token_ids), finish_reason=finish_reason)],
+        )
+
+    assert request_output_delta(output("The", [5]), first=True) == Delta("The", 1, 3, None)
+    assert request_output_delta(output(" capital of", [6, 7]), first=False) == Delta(" capital of", 2, None, None)
+    assert request_output_delta(output("", [8]), first=False) == Delta("", 1, None, None)
+    assert request_output_delta(output(".", [9, 2], "stop"), first=False) == Delta(".", 2, None, "stop")
+    assert request_output_delta(output("x", [1], "length"), first=False).finish_reason == "length"
+    assert request_output_delta(output("", [], "abort"), first=False).finish_reason == FINISH_ABORTED
+    assert request_output_delta(output("", [], None, finished=True), first=False).finish_reason == "length"
+    with pytest.raises(EngineError, match="finish reason 'error'"):
+        request_output_delta(output("", [], "error"), first=False)
+    with pytest.raises(EngineError, match="no completion"):
+        request_output_delta(SimpleNamespace(prompt_token_ids=[1], outputs=[], finished=False), first=True)
+    with pytest.raises(EngineError, match="prompt token ids"):
+        request_output_delta(output("a", [1], prompt=None), first=True)
+    assert request_output_delta(output("a", [1], prompt=None), first=False).tokens == 1  # only the first needs them
+
+
+def test_vllm_chat_messages_join_text_parts():
+    parts = {"messages": [{"role": "system", "content": "Be brief."},
+                          {"role": "user", "content": [{"type": "text", "text": "Say"}, {"type": "image_url"},
+                                                       {"type": "text", "text": "hi"}]}]}
+    assert chat_messages(parts) == [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Say\nhi"}]
 
 
 def test_make_engine():
@@ -532,6 +368,9 @@ def test_vllm_engine_in_process():
     model_dir = os.environ.get("ATOMA_OPS_TEST_VLLM_MODEL")
     if not model_dir:
         pytest.skip("set ATOMA_OPS_TEST_VLLM_MODEL to a model folder (make test-vllm does)")
+    import asyncio
+
+    from atoma_ops.serving.engines.base import Generation
     from atoma_ops.serving.engines.vllm import VllmEngine
 
     served_name = os.environ.get("ATOMA_OPS_TEST_OPENAI_MODEL", "HuggingFaceTB/SmolLM2-135M-Instruct")
@@ -539,8 +378,8 @@ def test_vllm_engine_in_process():
                         enforce_eager=True, seed=0)
     try:
         batch = [SHORT_ANSWER, ask("Write a haiku about the sea.", max_tokens=3), story(1), story(1), story(2)]
-        first = engine.chat(batch)
-        again = engine.chat(batch[:2])
+        first = engine.chat(batch)  # concurrent requests, one asyncio.run (one event loop) per call
+        again = engine.chat(batch[:2])  # another event loop
         assert [text_of(r) for r in again] == [text_of(r) for r in first[:2]]
         short, cut, s1, s1_again, s2 = first
         assert short["choices"][0]["finish_reason"] == "stop"
@@ -550,6 +389,32 @@ def test_vllm_engine_in_process():
         assert engine.count_tokens("Hello world, how are you?") > 0
         with pytest.raises(EngineError):
             engine.chat([{"messages": []}])
+
+        long_request = ask("Write a long story about a lighthouse keeper.")
+
+        async def streamed():
+            """One request streamed token by token; another closed after two deltas, which vLLM aborts."""
+            gen = Generation()
+            deltas = []
+            async for delta in engine.stream(long_request, Sampling(max_tokens=12)):
+                deltas.append(delta)
+                gen.add(delta)
+            dropped = engine.stream(long_request, Sampling(max_tokens=1500))
+            head = [await dropped.__anext__(), await dropped.__anext__()]
+            running = engine.unfinished_requests()
+            await dropped.aclose()
+            for _ in range(1500):  # the abort reaches vLLM's engine at once; 1500 tokens would take a minute here
+                if engine.unfinished_requests() == 0:
+                    break
+                await asyncio.sleep(0.01)
+            return deltas, gen, head, running
+
+        deltas, gen, head, running = asyncio.run(streamed())
+        assert running == 1 and engine.unfinished_requests() == 0
+        assert len(deltas) > 1 and gen.completion_tokens == 12 and gen.finish_reason == "length"
+        assert deltas[0].prompt_tokens == engine.prompt_tokens(long_request)
+        assert all(d.finish_reason is None for d in deltas[:-1] + head)
+        assert text_of(engine.chat([SHORT_ANSWER])[0]) == text_of(short)  # the aborted one left nothing behind
         base_url = os.environ.get("ATOMA_OPS_TEST_OPENAI_BASE_URL")
         if base_url:  # in process and `vllm serve` give the same greedy answers
             with OpenAIHttpEngine(base_url, served_name) as http:
@@ -571,5 +436,5 @@ def test_cpu_engine_accepts_content_parts_and_refuses_a_zero_budget(engine):
     joined = {"messages": [{"role": "user", "content": "Say\nhi"}], "max_tokens": 4}
     assert engine.prompt_tokens(parts) == engine.prompt_tokens(joined)
     assert engine.chat([parts])[0]["choices"][0]["message"]["content"] == engine.chat([joined])[0]["choices"][0]["message"]["content"]
-    with pytest.raises(EngineError, match="at least 1"):
+    with pytest.raises(ValueError, match="positive"):  # a zero budget never reaches the engine: Sampling refuses it
         engine.chat([{"messages": [{"role": "user", "content": "hi"}], "max_tokens": 0}])

@@ -59,16 +59,17 @@ def ask(i: int | str, max_tokens: int = 8, **extra) -> dict:
 # A deterministic engine with a "chat template" of its own (10 tokens + 4 per message on top of the words), in source
 # form so subprocess scripts can define it too.
 STUB_ENGINE_SRC = '''
-import time as _time
-from atoma_ops.serving.engines.base import Engine, completion
-from atoma_ops.protocol.compute_units import max_output_tokens, message_texts
+import asyncio as _asyncio
+from atoma_ops.serving.engines.base import Delta, Engine
+from atoma_ops.protocol.compute_units import message_texts
 
 class StubEngine(Engine):
     kind = "stub"
     model = "stub"
 
-    def __init__(self, delay=0.0, completion_tokens=3, under_report=False):
+    def __init__(self, delay=0.0, completion_tokens=3, under_report=False, token_delay=0.0):
         self.delay, self.completion_tokens, self.under_report = delay, completion_tokens, under_report
+        self.token_delay = token_delay
 
     def count_tokens(self, text):
         return len(text.split())
@@ -79,16 +80,17 @@ class StubEngine(Engine):
         words = sum(self.count_tokens(t) for m in request["messages"] for t in message_texts(m))
         return 10 + 4 * len(request["messages"]) + words
 
-    def chat(self, requests):
-        out = []
-        for r in requests:
-            _time.sleep(self.delay)
-            n = min(self.completion_tokens, max_output_tokens(r))
-            words = sum(self.count_tokens(t) for m in r["messages"] for t in message_texts(m))
-            prompt = 10 + 4 * len(r["messages"]) + words + (10_000 if self.under_report else 0)
-            text = " ".join(["echo"] * n)
-            out.append(completion(self.model, text, "length", prompt, n))
-        return out
+    async def stream(self, request, sampling):
+        if self.delay:
+            await _asyncio.sleep(self.delay)
+        n = min(self.completion_tokens, sampling.max_tokens)
+        words = sum(self.count_tokens(t) for m in request["messages"] for t in message_texts(m))
+        prompt = 10 + 4 * len(request["messages"]) + words + (10_000 if self.under_report else 0)
+        yield Delta(prompt_tokens=prompt)
+        for i in range(n):
+            if self.token_delay:
+                await _asyncio.sleep(self.token_delay)
+            yield Delta("echo" if i == 0 else " echo", 1, finish_reason="length" if i == n - 1 else None)
 '''
 
 

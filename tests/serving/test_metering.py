@@ -17,7 +17,7 @@ import threading
 import pytest
 
 from atoma_ops.protocol.compute_units import DEFAULT_MAX_TOKENS
-from atoma_ops.serving.engines.base import completion
+from atoma_ops.serving.engines.base import Sampling, completion
 from atoma_ops.serving.metering import (
     TEMPLATE_MARGIN,
     TEMPLATE_MARGIN_PER_MESSAGE,
@@ -27,6 +27,7 @@ from atoma_ops.serving.metering import (
     StackBusy,
     StackSettling,
     estimate,
+    sampling_of,
     validate_request,
 )
 from atoma_ops.serving.store import NodeStore, Reservation, Settlement, StackFacts
@@ -115,13 +116,67 @@ def test_margin_when_the_engine_cannot_count_the_templated_prompt():
         {"messages": [{"role": "user", "content": "x"}], "max_tokens": -3},
         {"messages": [{"role": "user", "content": "x"}], "max_completion_tokens": "8"},
         {"messages": [{"role": "user", "content": "x"}], "max_tokens": True},
-        {"messages": [{"role": "user", "content": "x"}], "stream": True},
+        {"messages": [{"role": "user", "content": "x"}], "stream": "yes"},
+        {"messages": [{"role": "user", "content": "x"}], "stream_options": {"include_usage": True}},
         {"messages": [{"role": "user", "content": "x"}], "n": 2},
+        {"messages": [{"role": "user", "content": "x"}], "temperature": float("nan")},
+        {"messages": [{"role": "user", "content": "x"}], "temperature": float("inf")},
+        {"messages": [{"role": "user", "content": "x"}], "temperature": -0.1},
+        {"messages": [{"role": "user", "content": "x"}], "top_p": 0},
+        {"messages": [{"role": "user", "content": "x"}], "seed": 2**63},
+        {"messages": [{"role": "user", "content": "x"}], "seed": 1.5},
+        {"messages": [{"role": "user", "content": "x"}], "stop": ""},
+        {"messages": [{"role": "user", "content": "x"}], "stop": ["a", "b", "c", "d", "e"]},
+        {"messages": [{"role": "user", "content": "x"}], "tools": []},
+        {"messages": [{"role": "user", "content": "x"}], "response_format": {"type": "json_object"}},
+        {"messages": [{"role": "user", "content": "x"}], "logprobs": True},
+        {"messages": [{"role": "user", "content": "x"}], "presence_penalty": 0.5},
+        {"messages": [{"role": "user", "content": "x"}], "frobnicate": 1},
+        {"messages": [{"role": "user", "content": "x"}], "model": 7},
+        {"messages": [{"role": "user", "content": "x"}], "user": 7},
     ],
 )
 def test_bad_requests(body):
     with pytest.raises(BadRequest):
         validate_request(body)
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {"stream": True, "stream_options": {"include_usage": True}},
+        {"stream": False},
+        {"temperature": 0, "top_p": 1, "seed": -5, "stop": "\n", "n": 1, "user": "u-1"},
+        {"temperature": 2.0, "top_p": 0.5, "seed": 2**63 - 1, "stop": ["a", "b", "c", "d"]},
+        {"presence_penalty": 0, "frequency_penalty": 0.0, "logprobs": False, "tool_choice": "none",
+         "response_format": {"type": "text"}, "logit_bias": {}},
+        {"max_completion_tokens": 5, "max_tokens": 2**32 - 1, "model": "anything-checked-later"},
+    ],
+)
+def test_honoured_parameters_pass(extra):
+    body = {"messages": [{"role": "user", "content": "x"}], **extra}
+    assert validate_request(body) is body
+
+
+@pytest.mark.parametrize(
+    "extra,expected",
+    [
+        ({}, Sampling(max_tokens=8192)),
+        ({"max_tokens": 9, "temperature": 0, "seed": 3}, Sampling(max_tokens=9)),  # greedy: no seed
+        ({"max_tokens": 9, "temperature": 0.7, "seed": 3, "top_p": 0.9, "stop": "x"},
+         Sampling(max_tokens=9, temperature=0.7, top_p=0.9, seed=3, stop=("x",))),
+        ({"max_completion_tokens": 4, "max_tokens": 9, "temperature": 1}, Sampling(max_tokens=4, temperature=1.0, seed=11)),
+    ],
+)
+def test_sampling_of(extra, expected):
+    body = {"messages": [{"role": "user", "content": "x"}], **extra}
+    assert sampling_of(validate_request(body), default_seed=11) == expected
+
+
+def test_unseeded_sampling_draws_a_fresh_seed():
+    body = {"messages": [{"role": "user", "content": "x"}], "temperature": 1.0}
+    seeds = {sampling_of(body).seed for _ in range(8)}
+    assert None not in seeds and len(seeds) == 8
 
 
 # ====================================================================== the store
@@ -134,7 +189,8 @@ def test_reserve_settle_release_arithmetic(tmp_path):
         # 100 - 0 used - 90 reserved = 10 left < 11
         (refused,) = store.reserve([(facts(units=100), 11)])
         assert isinstance(refused, InsufficientUnits)
-        assert refused.fields == {"stack_small_id": 1, "units_left": 10, "estimate": 11}
+        assert refused.fields == {"stack_small_id": 1, "units_left": 10, "estimate": 11, "reserved_in_flight": 90}
+        assert not refused.final  # the 90 units held by requests in flight come back: it may fit then
         assert "stack 1" in str(refused) and "10 compute units left" in str(refused) and "estimate is 11" in str(refused)
         # settle r1 to its actual usage 30 (< 40 reserved): the 10 unused come back
         (s1,) = store.settle([Settlement(r1, req("a"), response(20, 10))])

@@ -307,3 +307,135 @@ def test_nan_in_a_request_is_refused():
 
     with pytest.raises(ValueError):
         payload_hash({"messages": [], "temperature": float("nan")})
+
+
+# ====================================================================== the frontier (commitment kept as you go)
+# eight distinct leaves; every expected root below is written out by hand from the level-by-level rule
+# (pair left to right, an unpaired last node promoted unchanged), not derived from the frontier's own recurrence
+L0, L1, L2, L3, L4, L5, L6, L7 = (H(b"leaf %d" % i) for i in range(8))
+H01, H23, H45, H67 = H(L0 + L1), H(L2 + L3), H(L4 + L5), H(L6 + L7)
+H0123 = H(H01 + H23)
+HAND_ROOTS = {
+    1: L0,                                  # one leaf is its own root
+    2: H01,
+    3: H(H01 + L2),                         # [H01, l2] -> l2 promoted at level 1
+    4: H0123,
+    5: H(H0123 + L4),                       # [H01, H23, l4] -> [H0123, l4] -> root
+    6: H(H0123 + H45),
+    7: H(H0123 + H(H45 + L6)),              # [H01, H23, H45, l6] -> [H0123, H(H45 ‖ l6)]
+    8: H(H0123 + H(H45 + H67)),
+}
+# the frontier after N leaves: (height, root of the perfect subtree), biggest first — one per set bit of N
+HAND_FRONTIERS = {
+    1: [(0, L0)],
+    2: [(1, H01)],
+    3: [(1, H01), (0, L2)],
+    4: [(2, H0123)],
+    5: [(2, H0123), (0, L4)],
+    6: [(2, H0123), (1, H45)],
+    7: [(2, H0123), (1, H45), (0, L6)],
+    8: [(3, H(H0123 + H(H45 + H67)))],
+}
+EIGHT = [L0, L1, L2, L3, L4, L5, L6, L7]
+
+
+@pytest.mark.parametrize("n", range(1, 9))
+def test_frontier_root_equals_the_hand_computed_root(n):
+    frontier = cm.MerkleFrontier()
+    for leaf in EIGHT[:n]:
+        frontier = frontier.fold(leaf)
+    assert frontier.count == len(frontier) == n
+    assert frontier.subtrees() == HAND_FRONTIERS[n]
+    assert frontier.root() == HAND_ROOTS[n] == cm.merkle_root(EIGHT[:n])
+
+
+def test_hand_roots_agree_with_the_existing_five_leaf_vector():
+    # the same rule as test_root_of_five_leaves, with other leaves: a typo in the table above would show here
+    assert cm.merkle_root(EIGHT[:5]) == HAND_ROOTS[5]
+    assert HAND_ROOTS[7] != H(H0123 + H(H45 + H(L6 + L6)))  # promotion, not duplication
+
+
+def test_frontier_of_every_prefix_up_to_300_leaves_equals_merkle_root():
+    leaves = [H(b"prefix %d" % i) for i in range(300)]
+    frontier = cm.MerkleFrontier()
+    for n, leaf in enumerate(leaves, start=1):
+        frontier = frontier.fold(leaf)
+        assert frontier.root() == cm.merkle_root(leaves[:n]), n
+        assert len(frontier.nodes) == bin(n).count("1")  # O(log N) hashes kept, never more
+    assert cm.MerkleFrontier.from_leaves(leaves) == frontier
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 5, 8, 13, 64, 255, 256, 257])
+@pytest.mark.parametrize("extra, position", [(0, 0), (1, 0), (1, 1), (2, 2)])
+def test_frontier_commit_equals_commit_over_the_leaves(n, extra, position):
+    leaves = [H(b"c %d" % i) for i in range(n)]
+    assert cm.MerkleFrontier.from_leaves(leaves).commit(extra, position) == cm.commit(leaves, extra, position)
+
+
+def test_fold_leaves_the_old_frontier_unchanged():
+    one = cm.MerkleFrontier().fold(L0)
+    two = one.fold(L1)
+    assert one.subtrees() == [(0, L0)] and one.count == 1  # a rolled-back store transaction keeps the old one
+    assert two.subtrees() == [(1, H01)]
+    assert one != two and one == cm.MerkleFrontier(1, [L0]) and hash(one) == hash(cm.MerkleFrontier(1, [L0]))
+
+
+def test_frontier_bytes_by_hand():
+    assert cm.MerkleFrontier().to_bytes() == b"\x00" * 8
+    five = cm.MerkleFrontier.from_leaves(EIGHT[:5])
+    assert five.to_bytes() == b"\x00\x00\x00\x00\x00\x00\x00\x05" + H0123 + L4  # N big-endian, then biggest first
+    assert len(cm.MerkleFrontier.from_leaves(EIGHT[:7]).to_bytes()) == 8 + 3 * 32
+    assert cm.MerkleFrontier.from_bytes(five.to_bytes()) == five
+    assert cm.MerkleFrontier.from_bytes(bytearray(five.to_bytes())).root() == HAND_ROOTS[5]
+
+
+def test_a_persisted_frontier_resumes_where_it_stopped():
+    """The node store's pattern: read the frontier beside the stack, fold the new leaf, write it back."""
+    stored = cm.MerkleFrontier().to_bytes()
+    for leaf in EIGHT:
+        stored = cm.MerkleFrontier.from_bytes(stored).fold(leaf).to_bytes()
+    assert cm.MerkleFrontier.from_bytes(stored).root() == HAND_ROOTS[8]
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b"", b"\x00" * 7, b"\x00" * 7 + b"\x01",  # one leaf but no node
+     b"\x00" * 7 + b"\x01" + b"\x00" * 31, b"\x00" * 7 + b"\x01" + b"\x00" * 64, b"\x00" * 8 + b"\x00" * 32],
+    ids=["empty", "short", "missing-node", "short-node", "extra-node", "nodes-for-zero"],
+)
+def test_malformed_frontier_bytes_are_refused(data):
+    with pytest.raises(ValueError):
+        cm.MerkleFrontier.from_bytes(data)
+
+
+def test_frontier_refuses_bad_parts_and_empty_roots():
+    with pytest.raises(ValueError):
+        cm.MerkleFrontier(3, [L0])  # 3 = 0b11 needs two subtree roots
+    with pytest.raises(ValueError):
+        cm.MerkleFrontier(1, [b"\x00" * 31])
+    with pytest.raises(ValueError):
+        cm.MerkleFrontier(-1, [])
+    with pytest.raises(ValueError):
+        cm.MerkleFrontier().fold(b"\x00" * 33)
+    with pytest.raises(ValueError):
+        cm.MerkleFrontier().extend([L0, b"short"])
+    with pytest.raises(ValueError):
+        cm.MerkleFrontier().root()  # like merkle_root([]): an empty stack has nothing to commit to
+    with pytest.raises(ValueError):
+        cm.MerkleFrontier.from_leaves([L0]).commit(1, position=2)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(leaf_st, min_size=1, max_size=400), st.data())
+def test_frontier_matches_merkle_root_for_random_leaves(leaves, data):
+    cut = data.draw(st.integers(0, len(leaves)))
+    # folded one at a time up to the cut, persisted, then the rest folded at once: the store's resumption
+    head = cm.MerkleFrontier()
+    for leaf in leaves[:cut]:
+        head = head.fold(leaf)
+    whole = cm.MerkleFrontier.from_bytes(head.to_bytes()).extend(leaves[cut:])
+    assert whole.root() == cm.merkle_root(leaves) == reference_root(leaves)
+    assert whole == cm.MerkleFrontier.from_leaves(leaves)
+    extra = data.draw(st.integers(0, 3))
+    position = data.draw(st.integers(0, extra))
+    assert whole.commit(extra, position) == cm.commit(leaves, extra, position)

@@ -1,5 +1,6 @@
 """Inference engines: ``cpu`` (SmolLM2 on CPU torch, the default), ``openai`` (any OpenAI-compatible server, e.g.
-``vllm serve``) and ``vllm`` (``vllm.LLM`` in process, its own environment). See docs/engines.md.
+``vllm serve``: each request streamed over SSE) and ``vllm`` (vLLM's async engine in process, its own environment).
+Every engine serves one request per ``stream(request, sampling)`` call, any number at once. See docs/engines.md.
 
 Importing this package imports no engine: each is loaded by :func:`make_engine` when asked for.
 """
@@ -19,8 +20,10 @@ def make_engine(kind: str, **options: Any) -> Engine:
     """Build an engine by kind.
 
     - ``cpu``: ``CpuEngine(gguf_path=None, model=..., threads=None)``;
-    - ``openai``: ``OpenAIHttpEngine(base_url, model, api_key=None, timeout=120.0, max_concurrency=8, ...)``;
-    - ``vllm``: ``VllmEngine(model, **llm_kwargs)`` (raises EngineError where vLLM is not installed).
+    - ``openai``: ``OpenAIHttpEngine(base_url, model, api_key=None, timeout=120.0, max_concurrency=256,
+      tokenizer_gguf=None, retries=2, backoff=0.2)``;
+    - ``vllm``: ``VllmEngine(model, **engine_kwargs)`` (``AsyncEngineArgs`` fields; raises EngineError where vLLM is
+      not installed).
     """
     if kind == "cpu":
         from .cpu import CpuEngine

