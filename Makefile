@@ -28,6 +28,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/localnet.py
 	$(BIN)/python bench/commitment.py
 	$(BIN)/python bench/serving.py
+	$(BIN)/python bench/cpu_engine.py
 	$(BIN)/python bench/ledger.py
 	$(BIN)/python bench/settlement_run.py
 

@@ -294,17 +294,23 @@ def test_text_stream_never_releases_a_possible_stop_string(engine):
 
     text = "Hello world. Goodbye, cruel world. naïve café 東京 🚀 The end."
     ids = engine.tokenizer.encode(text, add_special_tokens=False)
+    held_back = 0
     for stops, expected in [((), text), (("Goodbye",), "Hello world. "),
                             (("東京",), "Hello world. Goodbye, cruel world. naïve café "),
                             (("end!", "cruel w"), "Hello world. Goodbye, "), (("🚀",), text[: text.index("🚀")])]:
         stream, released = TextStream(engine.tokenizer, stops), ""
-        for token in ids:
+        for n, token in enumerate(ids, start=1):
             released += stream.push(token)
             assert expected.startswith(released)  # nothing of a stop string is ever released, nor half a character
             if stream.stopped:
                 break
+            if stream.settled:  # a stream cut here got exactly what its n tokens decode to (what a replay bounded
+                assert released == engine.tokenizer.decode(ids[:n])  # by n tokens produces)
+            else:
+                held_back += 1
         released += stream.finish()
         assert released == expected and stream.stopped == bool(stops), stops
+    assert held_back  # some tokens did wait (half characters, possible stop strings): the check above was not idle
 
 
 # --------------------------------------------------------------------------------------------------- cancellation

@@ -74,6 +74,12 @@ class TextStream:
             self._prefix, self._read = self._read, len(self._ids)
         return self._release(final=False)
 
+    @property
+    def settled(self) -> bool:
+        """Every token pushed so far has all its text released (nothing waits for the rest of a character or for a
+        possible stop string): the point up to which a stream cut now is exactly what those tokens decode to."""
+        return self._read == len(self._ids) and self.sent == len(self.text)
+
     def finish(self) -> str:
         """No more tokens: release what is left (an unfinished character decodes as U+FFFD)."""
         if self.stopped:
@@ -119,6 +125,7 @@ class Sequence:
         self.cache = None
         self.last = -1  # the token the next decode step feeds
         self.produced = 0
+        self.unreported = 0  # produced tokens whose text is still held back (reported with it)
         self.cancelled = False
         self.finished = False
 
@@ -330,7 +337,13 @@ class Scheduler:
                 if finish is None and seq.produced >= seq.budget:
                     text += seq.text.finish()
                     finish = "stop" if seq.text.stopped else "length"
-            delta = Delta(text, 1, len(seq.prompt) if seq.produced == 1 else None, finish)
+            # tokens are reported when their text is out: a stream closed while text is held back is charged (and
+            # recorded) only for tokens whose text it got, so a replay bounded by that count decodes the same text
+            seq.unreported += 1
+            tokens = 0
+            if finish is not None or seq.text.settled:
+                tokens, seq.unreported = seq.unreported, 0
+            delta = Delta(text, tokens, len(seq.prompt) if seq.produced == 1 else None, finish)
         except Exception as exc:
             self._fail(seq, exc)
             return False

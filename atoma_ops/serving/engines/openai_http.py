@@ -454,18 +454,13 @@ class OpenAIHttpEngine(Engine):
             body = request_body(request, self.model, sampling, continuous_usage=continuous)
             try:
                 response = await client.send(client.build_request("POST", url, json=body), stream=True)
-            except _RETRYABLE_TRANSPORT as exc:
-                if attempt < self.retries:
-                    await asyncio.sleep(self._backoff(attempt, f"{type(exc).__name__} from {url}"))
-                    attempt += 1
-                    continue
-                raise self._error(
-                    f"cannot reach {url} after {attempt + 1} attempt(s): {type(exc).__name__}: {exc}"
-                ) from None
-            except httpx.TimeoutException as exc:
-                raise self._error(f"{url} did not answer within {self.timeout} s ({type(exc).__name__})") from None
             except httpx.HTTPError as exc:
-                raise self._error(f"request to {url} failed: {type(exc).__name__}: {exc}") from None
+                error = self._transport_failure(exc, url, attempt)
+                if error is not None:
+                    raise error from None
+                await asyncio.sleep(self._backoff(attempt, f"{type(exc).__name__} from {url}"))
+                attempt += 1
+                continue
             if response.status_code < 400:
                 return response
             try:
@@ -536,6 +531,17 @@ class OpenAIHttpEngine(Engine):
         finally:
             await events.aclose()
 
+    def _transport_failure(self, exc: httpx.HTTPError, url: str, attempt: int) -> EngineError | None:
+        """None when the request may be sent again (it cannot have been served, and retries are left), else the
+        error to raise: the same rule for the streamed chat and the synchronous /tokenize calls."""
+        if isinstance(exc, _RETRYABLE_TRANSPORT):
+            if attempt < self.retries:
+                return None
+            return self._error(f"cannot reach {url} after {attempt + 1} attempt(s): {type(exc).__name__}: {exc}")
+        if isinstance(exc, httpx.TimeoutException):
+            return self._error(f"{url} did not answer within {self.timeout} s ({type(exc).__name__})")
+        return self._error(f"request to {url} failed: {type(exc).__name__}: {exc}")
+
     def _backoff(self, attempt: int, why: str) -> float:
         delay = min(self.backoff * (2**attempt), 2.0)
         log.warning("%s; retrying in %.2f s (attempt %d of %d)", why, delay, attempt + 2, self.retries + 1)
@@ -565,18 +571,13 @@ class OpenAIHttpEngine(Engine):
         while True:
             try:
                 response = self._sync_client().post(url, json=body)
-            except _RETRYABLE_TRANSPORT as exc:
-                if attempt < self.retries:
-                    time.sleep(self._backoff(attempt, f"{type(exc).__name__} from {url}"))
-                    attempt += 1
-                    continue
-                raise self._error(
-                    f"cannot reach {url} after {attempt + 1} attempt(s): {type(exc).__name__}: {exc}"
-                ) from None
-            except httpx.TimeoutException as exc:
-                raise self._error(f"{url} did not answer within {self.timeout} s ({type(exc).__name__})") from None
             except httpx.HTTPError as exc:
-                raise self._error(f"request to {url} failed: {type(exc).__name__}: {exc}") from None
+                error = self._transport_failure(exc, url, attempt)
+                if error is not None:
+                    raise error from None
+                time.sleep(self._backoff(attempt, f"{type(exc).__name__} from {url}"))
+                attempt += 1
+                continue
             if response.status_code >= 500 and attempt < self.retries:
                 time.sleep(self._backoff(attempt, f"HTTP {response.status_code} from {url}"))
                 attempt += 1
