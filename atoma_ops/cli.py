@@ -1308,9 +1308,8 @@ def _with_node(
         service = None
         try:
             who = node or state.address or await _node_for_stack(chain, stack_small_id)
-            service = await NodeService.open(home, who, None, node_small_id=node_small_id, chain=chain)
-            if max_pending is not None:
-                service.max_pending = max_pending
+            options = {} if max_pending is None else {"max_pending": max_pending}
+            service = await NodeService.open(home, who, None, node_small_id=node_small_id, chain=chain, **options)
             if precheck and stack_small_id is not None:
                 await service.check_stack(stack_small_id)
             if engine is not None:

@@ -188,7 +188,7 @@ _END = object()
 class RequestRun:
     """One admitted request on the engine.
 
-    ``deltas()`` yields the engine's deltas as they come (``None`` every ``keepalive_s`` of silence, so a server
+    ``batches()`` yields the engine's deltas as they come (``None`` every ``keepalive_s`` of silence, so a server
     can send a keep-alive); ``result()`` waits for the recorded :class:`Outcome`. ``abort()`` (synchronous, safe in
     any ``finally``) stops generation; the produced part is still charged and recorded by the run's own task.
     """
@@ -212,19 +212,8 @@ class RequestRun:
         self._task.add_done_callback(service.tasks.discard)
 
     # -- the consumer's side
-    async def deltas(self, keepalive_s: float | None = None) -> AsyncIterator[Delta | None]:
-        while True:
-            try:
-                item = await asyncio.wait_for(self._queue.get(), keepalive_s) if keepalive_s else await self._queue.get()
-            except asyncio.TimeoutError:
-                yield None
-                continue
-            if item is _END:
-                return
-            yield item
-
     async def batches(self, keepalive_s: float | None = None) -> AsyncIterator[list[Delta] | None]:
-        """Like :meth:`deltas`, but every delta already produced comes at once: a relay writes them in one piece
+        """The deltas in the order produced, every one already produced at once: a relay writes them in one piece
         instead of one write per token (what makes a busy node's relay affordable)."""
         done = False
         while not done:

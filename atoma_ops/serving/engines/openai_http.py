@@ -644,9 +644,10 @@ class OpenAIHttpEngine(Engine):
             return cached
         count = self._tokenize({"prompt": text, "add_special_tokens": False})
         if count is not None:
-            if len(self._counts) >= COUNT_CACHE_SIZE:
-                self._counts.pop(next(iter(self._counts)))  # oldest first (dicts keep insertion order)
-            self._counts[text] = count
+            with self._tokenizer_lock:  # admission threads fill it concurrently
+                if len(self._counts) >= COUNT_CACHE_SIZE:
+                    self._counts.pop(next(iter(self._counts)))  # oldest first (dicts keep insertion order)
+                self._counts[text] = count
             return count
         if self.tokenizer_gguf is not None:
             return len(self._local_tokenizer().encode(text, add_special_tokens=False))
