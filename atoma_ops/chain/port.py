@@ -91,6 +91,10 @@ class Chain(ABC):
     async def usdc_balance(self, address: str) -> int:
         return sum(c.balance for c in await self.usdc_coins(address))
 
+    async def gas_balance(self, address: str) -> int | None:
+        """SUI (in MIST) the address holds to pay gas; ``None`` where the chain charges no gas (the localnet)."""
+        return None
+
     @abstractmethod
     async def badges(self, address: str) -> list[Badge]: ...
 

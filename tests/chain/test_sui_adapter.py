@@ -25,10 +25,11 @@ from atoma_ops.chain._json import dumps
 from atoma_ops.chain.localnet.adapter import LocalnetChain
 from atoma_ops.chain.localnet.engine import Localnet
 from atoma_ops.chain.sui.adapter import SuiChain, event_json
-from atoma_ops.chain.sui.loopback import LoopbackSuiNode, gas_coin_ref
-from atoma_ops.chain.sui.loopback_exec import COMPUTATION_COST, STORAGE_COST
+from atoma_ops.testing.sui import LoopbackSuiNode, gas_coin_ref
+from atoma_ops.testing.sui import COMPUTATION_COST, STORAGE_COST
 from atoma_ops.chain.sui.networks import SuiNetwork
-from atoma_ops.chain.sui.txbuild import decode_transaction, transaction_digest
+from atoma_ops.chain.sui.txbuild import transaction_digest
+from atoma_ops.testing.sui.txdecode import decode_transaction
 from atoma_ops.home import LocalnetHome
 from atoma_ops.journal import ErrorClass, Intent, classify, execute_intent, execute_intents
 from atoma_ops.ledger import Ledger
@@ -425,6 +426,8 @@ def test_reads_and_event_paging_equal_the_localnet(localnet_home):
         assert await chain.get_node(2) == ln.get_node(2)
         missing = (await chain.get_task(2), await chain.get_node(9), await chain.get_stack(1), await chain.get_ticket(1))
         assert missing == (None, None, None, None)
+        # gas: the loopback node gives every address one virtual SUI coin of 10**12 MIST
+        assert await chain.gas_balance(wallet.resolve("node-1")) == 10**12
 
         expected = ln.events(None, 1000).events
         assert len(expected) == 7

@@ -377,6 +377,10 @@ class SuiChain(Chain):
     async def usdc_coins(self, address: str) -> list[Coin]:
         return [coin for coin, _ in await self._usdc(normalize_address(address))]
 
+    async def gas_balance(self, address: str) -> int:
+        objects = await self._list_owned(normalize_address(address), SUI_COIN_TYPE, _OWNED_FIELDS)
+        return sum(self._coin_balance(o) for o in objects)
+
     @staticmethod
     def _small_id(obj: Any) -> int | None:
         if obj.json is not None:
