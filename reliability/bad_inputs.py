@@ -482,7 +482,7 @@ def _loopback(home: Path, wanted: bool) -> Iterator[dict[str, str]]:
         yield {}
         return
     from atoma_ops.chain.localnet.engine import CHAIN_FILE, Localnet
-    from atoma_ops.chain.sui.loopback import BackgroundLoopbackNode
+    from atoma_ops.testing.sui import BackgroundLoopbackNode
 
     net = Localnet(home / CHAIN_FILE)
     try:

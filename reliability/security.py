@@ -310,7 +310,7 @@ async def open_path(home: Path, path: str):
             await local.close()
         return
     from atoma_ops.chain.sui.adapter import SuiChain
-    from atoma_ops.chain.sui.loopback import LoopbackSuiNode
+    from atoma_ops.testing.sui import LoopbackSuiNode
     from atoma_ops.chain.sui.networks import SuiNetwork
 
     ln = local.localnet

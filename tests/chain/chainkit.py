@@ -95,7 +95,7 @@ class Net:
         """A Net whose port calls go through ``SuiChain`` to a loopback node serving ``home``'s chain file, whose
         executions and simulations draw from ``draws``."""
         from atoma_ops.chain.sui.adapter import SuiChain
-        from atoma_ops.chain.sui.loopback import LoopbackSuiNode
+        from atoma_ops.testing.sui import LoopbackSuiNode
 
         loop = asyncio.new_event_loop()
         node = LoopbackSuiNode(home.chain_file, rng=draws)

@@ -21,15 +21,15 @@ from pysui.sui.sui_common.txn_arg_encoder import grpc_to_raw_parameters
 
 from atoma_ops.chain.localnet.engine import Localnet
 from atoma_ops.chain.sui.client import pysui_client_for, pysui_config_for
-from atoma_ops.chain.sui.loopback import (
+from atoma_ops.testing.sui import (
     GAS_COIN_BALANCE,
     GAS_COIN_TYPE,
     REFERENCE_GAS_PRICE,
     BackgroundLoopbackNode,
     LoopbackSuiNode,
     gas_coin_id,
-    object_digest,
 )
+from atoma_ops.testing.sui.objects import object_digest
 from atoma_ops.protocol import abi
 from atoma_ops.wallet import Wallet, normalize_address
 

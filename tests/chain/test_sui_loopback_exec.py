@@ -15,22 +15,18 @@ import pysui.sui.sui_grpc.pgrpc_requests as rn
 import pysui.sui.sui_grpc.suimsgs.sui.rpc.v2 as sp
 
 from atoma_ops.chain.sui.client import pysui_client_for
-from atoma_ops.chain.sui.loopback import (
+from atoma_ops.testing.sui import (
     GAS_COIN_BALANCE,
     GAS_COIN_TYPE,
     REFERENCE_GAS_PRICE,
     LoopbackSuiNode,
     gas_coin_id,
     gas_coin_ref,
-    object_digest,
 )
-from atoma_ops.chain.sui.loopback_exec import (
-    COMPUTATION_COST,
-    STORAGE_COST,
-    ReplayedDraws,
-    event_cursor,
-    parse_event_cursor,
-)
+from atoma_ops.testing.sui.objects import object_digest
+from atoma_ops.testing.sui import COMPUTATION_COST, STORAGE_COST
+from atoma_ops.testing.sui.events import event_cursor, parse_event_cursor
+from atoma_ops.testing.sui.execute import ReplayedDraws
 from atoma_ops.chain.sui.txbuild import GasConfig, OwnedRef, SharedRef, move_call_transaction, transaction_digest
 from atoma_ops.chain.types import TxResult
 from atoma_ops.protocol import abi

@@ -22,8 +22,9 @@ import pytest
 
 import kit
 from atoma_ops.chain.localnet.engine import Localnet
-from atoma_ops.chain.sui.loopback import BackgroundLoopbackNode
-from atoma_ops.chain.sui.txbuild import decode_transaction, transaction_digest
+from atoma_ops.testing.sui import BackgroundLoopbackNode
+from atoma_ops.chain.sui.txbuild import transaction_digest
+from atoma_ops.testing.sui.txdecode import decode_transaction
 from atoma_ops.home import LocalnetHome
 from atoma_ops.ledger import Ledger
 from atoma_ops.lifecycle import StageError, node_small_ids

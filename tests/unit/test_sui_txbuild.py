@@ -23,7 +23,6 @@ from hypothesis import strategies as st
 
 from atoma_ops.chain.errors import InvalidArgument, TransactionRejected
 from atoma_ops.chain.sui.txbuild import (
-    EntryCall,
     GasCoinArg,
     GasConfig,
     InputArg,
@@ -35,14 +34,12 @@ from atoma_ops.chain.sui.txbuild import (
     SplitCoins,
     TransactionData,
     TransferObjects,
-    decode_entry_call,
-    decode_pure,
-    decode_transaction,
     encode_pure,
     encode_transaction,
     move_call_transaction,
     transaction_digest,
 )
+from atoma_ops.testing.sui.txdecode import EntryCall, decode_entry_call, decode_pure, decode_transaction
 from atoma_ops.protocol import abi
 from atoma_ops.wallet import Wallet
 

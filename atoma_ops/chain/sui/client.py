@@ -5,7 +5,7 @@ written to a file (pysui's own ``PysuiConfiguration`` only loads from ``PysuiCon
 takes a ready model and ignores every request to persist it).
 
 pysui opens its gRPC channel with TLS unconditionally. For an ``http://`` URL on a loopback address (the loopback
-node of :mod:`.loopback`) the channel is replaced by a plaintext one; ``http://`` to any other host is refused, and
+node of :mod:`atoma_ops.testing.sui`) the channel is replaced by a plaintext one; ``http://`` to any other host is refused, and
 ``https://`` URLs keep pysui's TLS channel.
 
 This module imports pysui (about half a second); the CLI must import it lazily.
@@ -48,7 +48,7 @@ class InMemoryPysuiConfiguration(PysuiConfiguration):
         raise RuntimeError("this pysui configuration holds private keys and is never written to disk")
 
 
-def _is_loopback(host: str) -> bool:
+def is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
     try:
@@ -61,7 +61,7 @@ def _split_url(url: str) -> tuple[str, str, int | None]:
     parsed = urllib.parse.urlparse(url)
     if parsed.scheme not in ("http", "https") or not parsed.hostname:
         raise ValueError(f"expected an http:// or https:// node URL, got {url!r}")
-    if parsed.scheme == "http" and not _is_loopback(parsed.hostname):
+    if parsed.scheme == "http" and not is_loopback(parsed.hostname):
         raise ValueError(f"plaintext gRPC is for loopback addresses only; use https:// for {parsed.hostname}")
     return parsed.scheme, parsed.hostname, parsed.port
 

@@ -71,7 +71,7 @@ from typing import Any
 
 from ..errors import ChainError, NotFound
 from ..types import DbConfig, Node, Stack, Subscription, Task, Ticket
-from .txbuild import _uleb128
+from .bcs import uleb128
 
 __all__ = [
     "AtomaTables",
@@ -189,9 +189,9 @@ def _parse_type(tokens: list[str], i: int) -> tuple[bytes, int]:
             raise ValueError(f"not a Move identifier: {ident!r}")
     body = (
         _address_bytes(address)
-        + _uleb128(len(module)) + module.encode()
-        + _uleb128(len(name)) + name.encode()
-        + _uleb128(len(params)) + b"".join(params)
+        + uleb128(len(module)) + module.encode()
+        + uleb128(len(name)) + name.encode()
+        + uleb128(len(params)) + b"".join(params)
     )
     return bytes([_STRUCT_TAG]) + body, j
 

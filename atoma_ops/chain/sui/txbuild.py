@@ -16,16 +16,15 @@ command merges the extra coins into the ``wallet`` coin before the ``MoveCall``.
 The transaction envelope is serialized with pysui's BCS classes (``pysui.sui.sui_bcs.bcs``), imported on first
 use: importing them loads pysui's client stack (about half a second), which the CLI must not pay at start-up.
 
-:func:`decode_transaction` parses bytes back into :class:`TransactionData` (exactly: re-encoding gives the same
-bytes, or the bytes are refused) and :func:`decode_entry_call` recovers the arguments of an ``atoma::db`` call, for
-a test double of a Sui node.
+Decoding (bytes back into :class:`TransactionData`, an ``atoma::db`` call's arguments back out of it) is what a Sui
+node does, so it lives with the test double: :mod:`atoma_ops.testing.sui.txdecode`.
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Union
 
 import base58
@@ -33,16 +32,17 @@ import base58
 from ...protocol import abi
 from .. import codec
 from ..errors import InvalidArgument, TransactionRejected
+from .bcs import uleb128
 
 MODULE = "db"
 _HEX_RE = re.compile(r"[0-9a-fA-F]+")
 _U64_MAX = 2**64 - 1
-_INT_SIZES = {abi.U8: 1, abi.U16: 2, abi.U64: 8}
+INT_SIZES = {abi.U8: 1, abi.U16: 2, abi.U64: 8}
 _ASCII_NAMES = ("String", "ascii::String", "std::ascii::String", "0x1::ascii::String")
 _OPTION_PREFIXES = ("Option<", "option::Option<", "std::option::Option<", "0x1::option::Option<")
 
 
-def _bcs():
+def bcs_classes():
     """pysui's BCS module, imported on first use (it pulls in pysui's client stack)."""
     from pysui.sui.sui_bcs import bcs
 
@@ -228,71 +228,46 @@ class TransactionData:
         return calls[0]
 
 
-@dataclass(frozen=True)
-class EntryCall:
-    """The arguments of one ``atoma::db`` entry call, as :func:`move_call_transaction` takes them."""
-
-    package_id: str
-    function: str
-    args: dict[str, Any]
-    db: SharedRef
-    random: SharedRef | None
-    objects: dict[str, OwnedRef]
-    merge_coins: tuple[OwnedRef, ...] = field(default=())
-
-
 # -- pure values ------------------------------------------------------------------------------------------------
 
 
-def _parse_type(move_type: str) -> Any:
+def parse_pure_type(move_type: str) -> Any:
     """``"Option<u16>"`` -> ``("option", "u16")``; scalars stay strings, ascii strings become ``"ascii"``."""
     if not isinstance(move_type, str):
         raise InvalidArgument(f"expected a Move type name, got {type(move_type).__name__}")
     t = move_type.replace(" ", "")
-    if t in _INT_SIZES or t == abi.BOOL:
+    if t in INT_SIZES or t == abi.BOOL:
         return t
     if t in _ASCII_NAMES:
         return "ascii"
     for prefix in _OPTION_PREFIXES:
         if t.startswith(prefix) and t.endswith(">"):
-            return ("option", _parse_type(t[len(prefix) : -1]))
+            return ("option", parse_pure_type(t[len(prefix) : -1]))
     if t.startswith("vector<") and t.endswith(">"):
-        return ("vector", _parse_type(t[len("vector<") : -1]))
+        return ("vector", parse_pure_type(t[len("vector<") : -1]))
     raise InvalidArgument(f"unsupported pure type {move_type!r}")
 
 
-def _uleb128(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte = n & 0x7F
-        n >>= 7
-        if n:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
-
-
 def _encode(name: str, ty: Any, value: Any) -> bytes:
-    if ty in _INT_SIZES:
-        return codec.check_value(name, ty, value).to_bytes(_INT_SIZES[ty], "little")
+    if ty in INT_SIZES:
+        return codec.check_value(name, ty, value).to_bytes(INT_SIZES[ty], "little")
     if ty == abi.BOOL:
         return b"\x01" if codec.check_value(name, ty, value) else b"\x00"
     if ty == "ascii":
         if value is None:
             raise InvalidArgument(f"{name}: expected an ASCII string, got None")
         data = codec.check_value(name, abi.OPTION_STRING, value).encode("ascii")
-        return _uleb128(len(data)) + data
+        return uleb128(len(data)) + data
     kind, inner = ty
     if kind == "option":
         return b"\x00" if value is None else b"\x01" + _encode(name, inner, value)
     if inner == abi.U8:
         data = codec.check_value(name, abi.VECTOR_U8, value)
-        return _uleb128(len(data)) + data
+        return uleb128(len(data)) + data
     if isinstance(value, (str, bytes, bytearray, dict)) or not hasattr(value, "__iter__"):
         raise InvalidArgument(f"{name}: expected a list, got {type(value).__name__}")
     items = list(value)
-    return _uleb128(len(items)) + b"".join(_encode(f"{name}[{i}]", inner, v) for i, v in enumerate(items))
+    return uleb128(len(items)) + b"".join(_encode(f"{name}[{i}]", inner, v) for i, v in enumerate(items))
 
 
 def encode_pure(move_type: str, value: Any, *, name: str = "value") -> bytes:
@@ -306,79 +281,7 @@ def encode_pure(move_type: str, value: Any, *, name: str = "value") -> bytes:
     Raises:
         InvalidArgument: the value does not fit the type, or the type is not supported.
     """
-    return _encode(name, _parse_type(move_type), value)
-
-
-class _Reader:
-    def __init__(self, data: bytes):
-        self.data = data
-        self.pos = 0
-
-    def take(self, n: int) -> bytes:
-        if self.pos + n > len(self.data):
-            raise ValueError("unexpected end of bytes")
-        chunk = self.data[self.pos : self.pos + n]
-        self.pos += n
-        return chunk
-
-    def uleb128(self) -> int:
-        value, shift = 0, 0
-        while True:
-            byte = self.take(1)[0]
-            value |= (byte & 0x7F) << shift
-            if not byte & 0x80:
-                break
-            shift += 7
-            if shift > 28:
-                raise ValueError("length prefix too long")
-        if byte == 0 and shift:
-            raise ValueError("non-canonical length prefix")
-        if value > 2**31 - 1:
-            raise ValueError("length out of range")
-        return value
-
-
-def _decode(reader: _Reader, ty: Any) -> Any:
-    if ty in _INT_SIZES:
-        return int.from_bytes(reader.take(_INT_SIZES[ty]), "little")
-    if ty == abi.BOOL:
-        byte = reader.take(1)[0]
-        if byte > 1:
-            raise ValueError(f"bool byte {byte}")
-        return byte == 1
-    if ty == "ascii":
-        data = reader.take(reader.uleb128())
-        if not data.isascii():
-            raise ValueError("ascii::String with a byte above 0x7f")
-        return data.decode("ascii")
-    kind, inner = ty
-    if kind == "option":
-        tag = reader.take(1)[0]
-        if tag > 1:
-            raise ValueError(f"Option tag {tag}")
-        return _decode(reader, inner) if tag else None
-    n = reader.uleb128()
-    if inner == abi.U8:
-        return reader.take(n)
-    return [_decode(reader, inner) for _ in range(n)]
-
-
-def decode_pure(move_type: str, data: bytes) -> Any:
-    """Inverse of :func:`encode_pure`: ints, bool, str, ``bytes`` for ``vector<u8>``, lists, None.
-
-    Raises:
-        TransactionRejected: the bytes are not a canonical BCS value of the type (or have bytes left over).
-        InvalidArgument: the type is not supported.
-    """
-    ty = _parse_type(move_type)
-    reader = _Reader(bytes(data))
-    try:
-        value = _decode(reader, ty)
-    except ValueError as exc:
-        raise TransactionRejected(f"pure argument is not a BCS {move_type}: {exc}") from None
-    if reader.pos != len(reader.data):
-        raise TransactionRejected(f"pure argument has {len(reader.data) - reader.pos} bytes after its {move_type}")
-    return value
+    return _encode(name, parse_pure_type(move_type), value)
 
 
 # -- transaction encoding -----------------------------------------------------------------------------------------
@@ -443,7 +346,7 @@ def _bcs_command(bcs, cmd: Command):
 
 def encode_transaction(tx: TransactionData) -> bytes:
     """BCS bytes of a :class:`TransactionData` (the inverse of :func:`decode_transaction`)."""
-    bcs = _bcs()
+    bcs = bcs_classes()
     ptb = bcs.ProgrammableTransaction(
         [_bcs_input(bcs, i) for i in tx.inputs], [_bcs_command(bcs, c) for c in tx.commands]
     )
@@ -563,165 +466,3 @@ def move_call_transaction(
 def transaction_digest(tx_bytes: bytes) -> str:
     """Sui's transaction digest: base58 of blake2b-256 over ``b"TransactionData::" ‖ tx_bytes``."""
     return base58.b58encode(hashlib.blake2b(b"TransactionData::" + bytes(tx_bytes), digest_size=32).digest()).decode()
-
-
-# -- decoding -----------------------------------------------------------------------------------------------------
-
-
-def _hex_address(addr) -> str:
-    return "0x" + bytes(addr.Address).hex()
-
-
-def _from_objref(ref) -> OwnedRef:
-    digest = base58.b58encode(bytes(ref.ObjectDigest.Digest)).decode()
-    return OwnedRef(_hex_address(ref.ObjectID), ref.SequenceNumber, digest)
-
-
-def _from_input(arg) -> Input:
-    if arg.enum_name == "Pure":
-        return PureArg(bytes(arg.value))
-    if arg.enum_name == "Object":
-        obj = arg.value
-        if obj.enum_name == "SharedObject":
-            ref = obj.value
-            return SharedRef(_hex_address(ref.ObjectID), ref.SequenceNumber, bool(ref.Mutable))
-        if obj.enum_name == "ImmOrOwnedObject":
-            return _from_objref(obj.value)
-        raise ValueError(f"unsupported object input {obj.enum_name}")
-    raise ValueError(f"unsupported input {arg.enum_name}")
-
-
-def _from_argument(arg) -> Argument:
-    name = arg.enum_name
-    if name == "GasCoin":
-        return GasCoinArg()
-    if name == "Input":
-        return InputArg(arg.value)
-    if name == "Result":
-        return ResultArg(arg.value)
-    index, nested = arg.value
-    return ResultArg(index, nested)
-
-
-def _from_command(cmd) -> Command:
-    name, value = cmd.enum_name, cmd.value
-    args = lambda xs: tuple(_from_argument(a) for a in xs)  # noqa: E731
-    if name == "MoveCall":
-        return MoveCall(
-            _hex_address(value.Package),
-            value.Module,
-            value.Function,
-            args(value.Arguments),
-            tuple(bytes(t.serialize()) for t in value.Type_Arguments),
-        )
-    if name == "MergeCoins":
-        return MergeCoins(_from_argument(value.ToCoin), args(value.FromCoins))
-    if name == "SplitCoin":
-        return SplitCoins(_from_argument(value.FromCoin), args(value.Amount))
-    if name == "TransferObjects":
-        return TransferObjects(args(value.Objects), _from_argument(value.Address))
-    raise ValueError(f"unsupported command {name}")
-
-
-def decode_transaction(tx_bytes: bytes) -> TransactionData:
-    """Parse BCS ``TransactionData`` (V1, programmable; MoveCall, MergeCoins, SplitCoins, TransferObjects).
-
-    Raises:
-        TransactionRejected: the bytes are not such a transaction, or not in canonical form (re-encoding the
-            result would not give the same bytes).
-    """
-    if not isinstance(tx_bytes, (bytes, bytearray, memoryview)):
-        raise TransactionRejected(f"transaction bytes expected, got {type(tx_bytes).__name__}")
-    raw = bytes(tx_bytes)
-    bcs = _bcs()
-    try:
-        data = bcs.TransactionData.deserialize(raw).value
-        kind = data.TransactionKind
-        if kind.enum_name != "ProgrammableTransaction":
-            raise ValueError(f"transaction kind {kind.enum_name}")
-        expiration = data.TransactionExpiration
-        if expiration.enum_name not in ("None", "Epoch"):
-            raise ValueError(f"expiration {expiration.enum_name}")
-        gas = data.GasData
-        tx = TransactionData(
-            sender=_hex_address(data.Sender),
-            gas=GasConfig(
-                _hex_address(gas.Owner), gas.Price, gas.Budget, tuple(_from_objref(r) for r in gas.Payment)
-            ),
-            inputs=tuple(_from_input(i) for i in kind.value.Inputs),
-            commands=tuple(_from_command(c) for c in kind.value.Command),
-            expiration_epoch=expiration.value if expiration.enum_name == "Epoch" else None,
-        )
-        canonical = encode_transaction(tx) == raw
-    except (TransactionRejected, InvalidArgument) as exc:
-        raise TransactionRejected(f"cannot decode transaction: {exc}") from None
-    except Exception as exc:  # canoser raises IOError, IndexError, TypeError, AssertionError … on bad bytes
-        raise TransactionRejected(f"cannot decode transaction: {type(exc).__name__}: {exc}") from None
-    if not canonical:
-        raise TransactionRejected("transaction bytes are not in canonical BCS form")
-    return tx
-
-
-def decode_entry_call(tx: TransactionData) -> EntryCall:
-    """The ``atoma::db`` call in a transaction built like :func:`move_call_transaction` builds it.
-
-    Checks the shape §11 prescribes: an optional ``MergeCoins`` into the coin argument, then one ``MoveCall`` of an
-    entry function with ``AtomaDb`` (shared, mutable) first, Random ``0x8`` (shared, immutable), owned objects for
-    badges and coins, and canonical pure bytes for every other parameter.
-
-    Raises:
-        TransactionRejected: the transaction is anything else.
-    """
-    commands = list(tx.commands)
-    if not commands or not isinstance(commands[-1], MoveCall):
-        raise TransactionRejected("the transaction must end with a MoveCall")
-    call = commands.pop()
-    merge = commands.pop() if commands and isinstance(commands[-1], MergeCoins) else None
-    if commands:
-        raise TransactionRejected("only a MergeCoins may precede the MoveCall")
-    params = abi.ENTRY_FUNCTIONS.get(call.function)
-    if call.module != MODULE or params is None:
-        raise TransactionRejected(f"{call.module}::{call.function} is not an entry function of atoma::db")
-    if call.type_arguments:
-        raise TransactionRejected(f"{call.function} takes no type arguments")
-    if len(call.arguments) != len(params) + 1:
-        raise TransactionRejected(f"{call.function} takes {len(params) + 1} arguments, got {len(call.arguments)}")
-
-    def input_of(arg: Argument, what: str) -> Input:
-        if not isinstance(arg, InputArg) or not 0 <= arg.index < len(tx.inputs):
-            raise TransactionRejected(f"{call.function}: {what} must be a transaction input")
-        return tx.inputs[arg.index]
-
-    db = input_of(call.arguments[0], "AtomaDb")
-    if not isinstance(db, SharedRef) or not db.mutable:
-        raise TransactionRejected(f"{call.function}: AtomaDb must be a mutable shared object")
-    args: dict[str, Any] = {}
-    objects: dict[str, OwnedRef] = {}
-    random: SharedRef | None = None
-    coin_arg: Argument | None = None
-    for p, arg in zip(params, call.arguments[1:]):
-        item = input_of(arg, p.name)
-        if p.type == abi.RANDOM:
-            if not isinstance(item, SharedRef) or item.object_id != abi.RANDOM_OBJECT_ID or item.mutable:
-                raise TransactionRejected(f"{call.function}: {p.name} must be the immutable shared object 0x8")
-            random = item
-        elif p.is_object:
-            if not isinstance(item, OwnedRef):
-                raise TransactionRejected(f"{call.function}: {p.name} must be an owned object")
-            objects[p.name] = item
-            if p.type == abi.USDC_COIN_MUT:
-                coin_arg = arg
-        else:
-            if not isinstance(item, PureArg):
-                raise TransactionRejected(f"{call.function}: {p.name} must be a pure value")
-            args[p.name] = decode_pure(p.type, item.data)
-
-    merged: tuple[OwnedRef, ...] = ()
-    if merge is not None:
-        if coin_arg is None or merge.destination != coin_arg:
-            raise TransactionRejected(f"{call.function}: MergeCoins must merge into the coin argument")
-        sources = [input_of(a, "a merged coin") for a in merge.sources]
-        if not sources or not all(isinstance(s, OwnedRef) for s in sources):
-            raise TransactionRejected(f"{call.function}: merged coins must be owned objects")
-        merged = tuple(sources)  # type: ignore[arg-type]
-    return EntryCall(call.package, call.function, args, db, random, objects, merged)

@@ -1,6 +1,6 @@
 """The loopback node's view of AtomaDb's tables: localnet ``kv`` rows served as Sui dynamic field objects.
 
-Part of the TEST DOUBLE (:mod:`.loopback`). A real full node stores every ``Table`` entry as an object
+Part of the TEST DOUBLE (:mod:`.node`). A real full node stores every ``Table`` entry as an object
 ``0x2::dynamic_field::Field<K, V>`` whose id is derived from the table's UID and the key
 (:func:`atoma_ops.chain.sui.tables.dynamic_field_id`); the localnet keeps the same entries as JSON rows of its
 ``kv`` table. This module renders them the way a Sui full node does, so the adapter's reads
@@ -34,29 +34,45 @@ which is fine for the table sizes a test double holds.
 
 from __future__ import annotations
 
-import base64
-import hashlib
 from typing import Any, Callable
 
 import grpclib.const
+import pysui.sui.sui_grpc.suimsgs.sui.rpc.v2 as sui
 from grpclib.exceptions import GRPCError
 
-import pysui.sui.sui_grpc.suimsgs.sui.rpc.v2 as sui
-
-from ...wallet import normalize_address
-from .._json import loads
-from ..localnet.engine import Localnet
-from .tables import (
+from atoma_ops.chain._json import loads
+from atoma_ops.chain.localnet.engine import Localnet
+from atoma_ops.chain.sui.tables import (
     ID_TYPE,
     dynamic_field_id,
     dynamic_object_field_key_type,
     field_type,
     u64_bcs,
 )
+from atoma_ops.wallet import normalize_address
 
-__all__ = ["LoopbackTables", "table_uid"]
+from .entries import (
+    addr_bytes,
+    bool_bcs,
+    bytes_vec_bcs,
+    node_bcs,
+    node_json,
+    opt_bcs,
+    opt_u64_json,
+    price_bcs,
+    price_json,
+    small_id_json,
+    stack_bcs,
+    stack_json,
+    table_uid,
+    ticket_bcs,
+    ticket_json,
+    u16_bcs,
+    vec_bcs,
+)
 
-_UID_DOMAIN = b"atoma-ops/loopback/uid"
+__all__ = ["LoopbackTables", "page_request"]
+
 DB_TABLES = ("nodes", "models", "tasks", "stacks", "stack_settlement_tickets")
 # AtomaDb tables the localnet keeps as kv rows under the same name (``models`` is always empty there).
 _KV_TABLES = frozenset({"nodes", "tasks", "stacks", "stack_settlement_tickets"})
@@ -78,172 +94,8 @@ def page_request(request: Any, tag: bytes) -> tuple[int, str]:
 _FIELDS_DEFAULT = frozenset({"parent", "field_id"})
 
 
-def table_uid(parent_id: str, field: str) -> str:
-    """The double's UID for the table ``field`` of object ``parent_id``."""
-    raw = bytes.fromhex(normalize_address(parent_id)[2:])
-    return "0x" + hashlib.blake2b(_UID_DOMAIN + raw + field.encode(), digest_size=32).hexdigest()
-
-
-# ------------------------------------------------------------------------------------------------ BCS, JSON pieces
-def _uleb(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        b = n & 0x7F
-        n >>= 7
-        out.append(b | 0x80 if n else b)
-        if not n:
-            return bytes(out)
-
-
-def _addr(a: str) -> bytes:
-    return bytes.fromhex(normalize_address(a)[2:])
-
-
-def _u16(n: int) -> bytes:
-    return int(n).to_bytes(2, "little")
-
-
-def _bool(b: bool) -> bytes:
-    return b"\x01" if b else b"\x00"
-
-
-def _opt(value: Any, enc: Callable[[Any], bytes]) -> bytes:
-    return b"\x00" if value is None else b"\x01" + enc(value)
-
-
-def _vec(items: list, enc: Callable[[Any], bytes]) -> bytes:
-    return _uleb(len(items)) + b"".join(enc(i) for i in items)
-
-
-def _bytes_vec(b: bytes) -> bytes:
-    return _uleb(len(b)) + b
-
-
-def _sid(n: int) -> dict:
-    return {"inner": str(int(n))}
-
-
-def _b64(b: bytes) -> str:
-    return base64.b64encode(b).decode()
-
-
-def _raw(value: Any) -> bytes | None:
-    """The localnet stores byte vectors as hex strings."""
-    if value is None:
-        return None
-    return bytes.fromhex(value) if isinstance(value, str) else bytes(value)
-
-
-def _opt_u64_json(v: Any) -> str | None:
-    return None if v is None else str(int(v))
-
-
-# ------------------------------------------------------------------------------------------------ entry layouts
-def node_json(d: dict) -> dict:
-    key = _raw(d.get("confidential_compute_public_key_commitment"))
-    return {
-        "was_disabled_in_epoch": _opt_u64_json(d["was_disabled_in_epoch"]),
-        "collateral": str(d["collateral"]),  # Balance<USDC>, flattened
-        "last_fee_epoch": str(d["last_fee_epoch"]),
-        "last_fee_epoch_amount": str(d["last_fee_epoch_amount"]),
-        "available_fee_amount": str(d["available_fee_amount"]),
-        "reputation_score": {"inner": int(d["reputation_score"])},
-        "confidential_compute_last_rotation_counter": _opt_u64_json(
-            d.get("confidential_compute_last_rotation_counter")
-        ),
-        "confidential_compute_last_updated_epoch": _opt_u64_json(d.get("confidential_compute_last_updated_epoch")),
-        "confidential_compute_public_key_commitment": None if key is None else _b64(key),
-        "confidential_compute_device_types": [int(t) for t in d.get("confidential_compute_device_types", [])],
-    }
-
-
-def node_bcs(d: dict) -> bytes:
-    key = _raw(d.get("confidential_compute_public_key_commitment"))
-    return (
-        _opt(d["was_disabled_in_epoch"], u64_bcs)
-        + u64_bcs(d["collateral"])
-        + u64_bcs(d["last_fee_epoch"])
-        + u64_bcs(d["last_fee_epoch_amount"])
-        + u64_bcs(d["available_fee_amount"])
-        + bytes([int(d["reputation_score"])])
-        + _opt(d.get("confidential_compute_last_rotation_counter"), u64_bcs)
-        + _opt(d.get("confidential_compute_last_updated_epoch"), u64_bcs)
-        + _opt(key, _bytes_vec)
-        + _vec(list(d.get("confidential_compute_device_types", [])), _u16)
-    )
-
-
-def stack_json(d: dict) -> dict:
-    return {
-        "owner": normalize_address(d["owner"]),
-        "price_per_one_million_compute_units": str(d["price_per_one_million_compute_units"]),
-        "num_compute_units": str(d["num_compute_units"]),
-        "selected_node_id": _sid(d["selected_node_id"]),
-        "task_small_id": _sid(d["task_small_id"]),
-        "is_claimed": bool(d["is_claimed"]),
-    }
-
-
-def stack_bcs(d: dict) -> bytes:
-    return (
-        _addr(d["owner"])
-        + u64_bcs(d["price_per_one_million_compute_units"])
-        + u64_bcs(d["num_compute_units"])
-        + u64_bcs(d["selected_node_id"])
-        + u64_bcs(d["task_small_id"])
-        + _bool(d["is_claimed"])
-    )
-
-
-def price_json(d: dict) -> dict:
-    return {
-        "node_id": _sid(d["node_id"]),
-        "price_per_one_million_compute_units": str(d["price_per_one_million_compute_units"]),
-        "max_num_compute_units": str(d["max_num_compute_units"]),
-    }
-
-
-def price_bcs(d: dict) -> bytes:
-    return (
-        u64_bcs(d["node_id"])
-        + u64_bcs(d["price_per_one_million_compute_units"])
-        + u64_bcs(d["max_num_compute_units"])
-    )
-
-
-def ticket_json(stack_small_id: int, d: dict) -> dict:
-    return {
-        "id": d["ticket_id"],
-        "stack_small_id": _sid(stack_small_id),
-        "selected_node_id": _sid(d["selected_node_id"]),
-        "num_claimed_compute_units": str(d["num_claimed_compute_units"]),
-        "requested_attestation_nodes": [_sid(n) for n in d["requested_attestation_nodes"]],
-        "dispute_settled_at_epoch": str(d["dispute_settled_at_epoch"]),
-        "committed_stack_proof": _b64(_raw(d["committed_stack_proof"])),
-        "stack_merkle_leaves_vector": _b64(_raw(d["stack_merkle_leaves_vector"])),
-        "already_attested_nodes": [_sid(n) for n in d["already_attested_nodes"]],
-        "is_in_dispute": bool(d["is_in_dispute"]),
-    }
-
-
-def ticket_bcs(stack_small_id: int, d: dict) -> bytes:
-    return (
-        _addr(d["ticket_id"])
-        + u64_bcs(stack_small_id)
-        + u64_bcs(d["selected_node_id"])
-        + u64_bcs(d["num_claimed_compute_units"])
-        + _vec(d["requested_attestation_nodes"], u64_bcs)
-        + u64_bcs(d["dispute_settled_at_epoch"])
-        + _bytes_vec(_raw(d["committed_stack_proof"]))
-        + _bytes_vec(_raw(d["stack_merkle_leaves_vector"]))
-        + _vec(d["already_attested_nodes"], u64_bcs)
-        + _bool(d["is_in_dispute"])
-    )
-
-
-# ------------------------------------------------------------------------------------------------ the view
 class LoopbackTables:
-    """AtomaDb's tables of one localnet, as Sui objects. ``row(id)`` returns rows in :mod:`.loopback`'s shape
+    """AtomaDb's tables of one localnet, as Sui objects. ``row(id)`` returns rows in :mod:`.node`'s shape
     (``id``, ``type``, ``owner``, ``owner_kind``, ``version``, ``data``, ``json``, ``contents``)."""
 
     def __init__(self, localnet: Localnet):
@@ -349,9 +201,9 @@ class LoopbackTables:
         out: dict[str, Any] = {
             "id": self.db_id,
             "tickets": self.uids["tickets"],
-            "next_node_small_id": _sid(data["next_node_small_id"]),
-            "next_task_small_id": _sid(data["next_task_small_id"]),
-            "next_stack_small_id": _sid(data["next_stack_small_id"]),
+            "next_node_small_id": small_id_json(data["next_node_small_id"]),
+            "next_task_small_id": small_id_json(data["next_task_small_id"]),
+            "next_stack_small_id": small_id_json(data["next_stack_small_id"]),
         }
         for name in DB_TABLES:
             out[name] = table(name)
@@ -374,18 +226,18 @@ class LoopbackTables:
     def db_contents(self, data: dict) -> bytes:
         """BCS of ``AtomaDb`` in field order (atoma-protocol.md §2.3)."""
         j = self.db_json(data)
-        out = _addr(self.db_id) + _addr(j["tickets"])
+        out = addr_bytes(self.db_id) + addr_bytes(j["tickets"])
         for name in ("next_node_small_id", "next_task_small_id", "next_stack_small_id"):
             out += u64_bcs(data[name])
         for name in DB_TABLES:
-            out += _addr(j[name]["id"]) + u64_bcs(int(j[name]["size"]))
+            out += addr_bytes(j[name]["id"]) + u64_bcs(int(j[name]["size"]))
         for name in (
             "fee_treasury", "communal_treasury", "cross_validation_probability_permille",
             "cross_validation_extra_nodes_count", "sampling_consensus_charge_permille",
             "cross_validation_extra_nodes_charge_permille", "key_rotation_counter", "nonce",
         ):
             out += u64_bcs(data[name])
-        out += _bool(data["is_registration_disabled"])
+        out += bool_bcs(data["is_registration_disabled"])
         for name in (
             "registration_collateral_in_protocol_token", "permille_to_slash_node_on_timeout",
             "permille_for_oracle_on_dispute", "permille_for_honest_nodes_on_dispute",
@@ -401,7 +253,7 @@ class LoopbackTables:
             "role": {"inner": int(d["role"])},
             "model_name": d["model_name"],
             "is_deprecated": bool(d["is_deprecated"]),
-            "deprecated_at_epoch": _opt_u64_json(d["deprecated_at_epoch"]),
+            "deprecated_at_epoch": opt_u64_json(d["deprecated_at_epoch"]),
             "security_level": {"inner": int(d["security_level"])},
             "subscribed_nodes": {
                 "id": table_uid(task_id, "subscribed_nodes"), "size": str(self._count("subscribed_nodes", str(task))),
@@ -414,24 +266,24 @@ class LoopbackTables:
             },
             "minimum_reputation_score": {"inner": int(d["minimum_reputation_score"])},
             "is_public": bool(d["is_public"]),
-            "whitelisted_nodes": [_sid(n) for n in d["whitelisted_nodes"]],
+            "whitelisted_nodes": [small_id_json(n) for n in d["whitelisted_nodes"]],
         }
 
     def _task_bcs(self, j: dict) -> bytes:
         name = j["model_name"]
         return (
-            _addr(j["id"])
-            + _u16(j["role"]["inner"])
-            + _opt(name, lambda s: _bytes_vec(s.encode("ascii")))
-            + _bool(j["is_deprecated"])
-            + _opt(j["deprecated_at_epoch"], lambda s: u64_bcs(int(s)))
-            + _u16(j["security_level"]["inner"])
-            + _addr(j["subscribed_nodes"]["id"]) + u64_bcs(int(j["subscribed_nodes"]["size"]))
-            + _addr(j["subscribed_nodes_small_ids"]["contents"]["id"])
+            addr_bytes(j["id"])
+            + u16_bcs(j["role"]["inner"])
+            + opt_bcs(name, lambda s: bytes_vec_bcs(s.encode("ascii")))
+            + bool_bcs(j["is_deprecated"])
+            + opt_bcs(j["deprecated_at_epoch"], lambda s: u64_bcs(int(s)))
+            + u16_bcs(j["security_level"]["inner"])
+            + addr_bytes(j["subscribed_nodes"]["id"]) + u64_bcs(int(j["subscribed_nodes"]["size"]))
+            + addr_bytes(j["subscribed_nodes_small_ids"]["contents"]["id"])
             + u64_bcs(int(j["subscribed_nodes_small_ids"]["contents"]["size"]))
             + bytes([j["minimum_reputation_score"]["inner"]])
-            + _bool(j["is_public"])
-            + _vec([int(n["inner"]) for n in j["whitelisted_nodes"]], u64_bcs)
+            + bool_bcs(j["is_public"])
+            + vec_bcs([int(n["inner"]) for n in j["whitelisted_nodes"]], u64_bcs)
         )
 
     # -- rendering
@@ -445,7 +297,7 @@ class LoopbackTables:
             "version": version,
             "data": {},
             "json": {"id": fid, "name": name, "value": value},
-            "contents": _addr(fid) + contents,
+            "contents": addr_bytes(fid) + contents,
         }
 
     def _render(self, object_id: str, loc: tuple) -> dict | None:
@@ -459,9 +311,9 @@ class LoopbackTables:
                 return None
             if kind == "nodes":
                 return self._field_row(object_id, self.uids["nodes"], self.node_sid, f"{pkg}::db::NodeEntry",
-                                       _sid(key), node_json(d), u64_bcs(key) + node_bcs(d), version)
+                                       small_id_json(key), node_json(d), u64_bcs(key) + node_bcs(d), version)
             return self._field_row(object_id, self.uids["stacks"], self.stack_sid, f"{pkg}::db::Stack",
-                                   _sid(key), stack_json(d), u64_bcs(key) + stack_bcs(d), version)
+                                   small_id_json(key), stack_json(d), u64_bcs(key) + stack_bcs(d), version)
         if kind in ("task_field", "task"):
             key = loc[1]
             d = self._kv("tasks", str(key))
@@ -471,7 +323,7 @@ class LoopbackTables:
             fid = self._object_field_id("tasks", key)
             if kind == "task_field":
                 return self._field_row(fid, self.uids["tasks"], dynamic_object_field_key_type(self.task_sid), ID_TYPE,
-                                       {"name": _sid(key)}, task_id, u64_bcs(key) + _addr(task_id), version)
+                                       {"name": small_id_json(key)}, task_id, u64_bcs(key) + addr_bytes(task_id), version)
             j = self._task_json(key, d)
             return {"id": task_id, "type": f"{pkg}::db::Task", "owner": fid, "owner_kind": "object",
                     "version": version, "data": {}, "json": j, "contents": self._task_bcs(j)}
@@ -485,7 +337,7 @@ class LoopbackTables:
             if kind == "ticket_field":
                 return self._field_row(fid, self.uids["stack_settlement_tickets"],
                                        dynamic_object_field_key_type(self.stack_sid), ID_TYPE,
-                                       {"name": _sid(key)}, ticket_id, u64_bcs(key) + _addr(ticket_id), version)
+                                       {"name": small_id_json(key)}, ticket_id, u64_bcs(key) + addr_bytes(ticket_id), version)
             return {"id": ticket_id, "type": f"{pkg}::db::StackSettlementTicket", "owner": fid,
                     "owner_kind": "object", "version": version, "data": {},
                     "json": ticket_json(key, d), "contents": ticket_bcs(key, d)}
@@ -496,7 +348,7 @@ class LoopbackTables:
             if t is None or d is None:
                 return None
             uid = table_uid(t["task_id"], "subscribed_nodes")
-            return self._field_row(object_id, uid, self.node_sid, f"{pkg}::db::NodePriceData", _sid(node),
+            return self._field_row(object_id, uid, self.node_sid, f"{pkg}::db::NodePriceData", small_id_json(node),
                                    price_json(d), u64_bcs(node) + price_bcs(d), version)
         if kind == "tvec":
             _, task, i = loc
@@ -505,15 +357,15 @@ class LoopbackTables:
                 return None
             node = t["subscribed_nodes_small_ids"][i]
             uid = table_uid(t["task_id"], "subscribed_nodes_small_ids")
-            return self._field_row(object_id, uid, "u64", self.node_sid, str(i), _sid(node),
+            return self._field_row(object_id, uid, "u64", self.node_sid, str(i), small_id_json(node),
                                    u64_bcs(i) + u64_bcs(node), version)
         if kind == "badge":
             _, badge, task = loc
             d = self._kv("badge_task_fields", f"{badge}:{task}")
             if d is None:
                 return None
-            return self._field_row(object_id, badge, self.task_sid, "bool", _sid(task), bool(d["value"]),
-                                   u64_bcs(task) + _bool(d["value"]), version)
+            return self._field_row(object_id, badge, self.task_sid, "bool", small_id_json(task), bool(d["value"]),
+                                   u64_bcs(task) + bool_bcs(d["value"]), version)
         raise AssertionError(f"unknown locator {loc!r}")
 
     def row(self, object_id: str) -> dict | None:
