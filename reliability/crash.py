@@ -47,6 +47,9 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "ERROR")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")
+# The step-boundary failpoints (tasks/runtime.py STEP_HOOKS) exist only where asked for before the tasks are
+# imported: the forked runs arm them after this process imported everything.
+os.environ["ATOMA_OPS_STEP_HOOKS"] = "1"
 
 import argparse  # noqa: E402
 import asyncio  # noqa: E402

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 from contextlib import asynccontextmanager
 from typing import Any, AsyncIterator
@@ -9,7 +10,7 @@ from typing import Any, AsyncIterator
 from prefect.cache_policies import NO_CACHE
 from prefect.tasks import exponential_backoff
 
-from atoma_ops.journal import classify, ErrorClass, failpoint
+from atoma_ops.journal import FAILPOINT_TRACE_ENV, FAILPOINTS_ENV, classify, ErrorClass, failpoint
 
 from blocks import AtomaNetwork, InferenceEngine, Ledger, SuiWallet
 
@@ -32,12 +33,34 @@ def _step_boundary(event: str):
     def hook(step: Any, run: Any, state: Any) -> None:
         failpoint(f"step:{step.name}:{event}")
 
+    hook.__name__ = f"failpoint-step-{event}"  # Prefect logs a hook by its name
     return hook
 
 
+#: set (to anything) before the tasks are imported: step hooks even where no failpoint is armed yet (a harness that
+#: imports once and arms each forked run later)
+STEP_HOOKS_ENV = "ATOMA_OPS_STEP_HOOKS"
+
+
+def step_hooks_armed() -> bool:
+    """Whether this process may crash at (or trace) step boundaries: ``$ATOMA_OPS_FAILPOINTS``,
+    ``$ATOMA_OPS_FAILPOINT_TRACE`` or ``$ATOMA_OPS_STEP_HOOKS`` set when the tasks are imported. Elsewhere the hooks
+    would only pad every run's log with "Running hook …" lines."""
+    return any(os.environ.get(v) for v in (FAILPOINTS_ENV, FAILPOINT_TRACE_ENV, STEP_HOOKS_ENV))
+
+
 #: hooks of every task and stage flow: a step boundary the reliability harness can crash at
-#: (``$ATOMA_OPS_FAILPOINTS=step:claim-funds:start``, see ``atoma_ops.journal.failpoint``)
-STEP_HOOKS = dict(on_running=[_step_boundary("start")], on_completion=[_step_boundary("done")])
+#: (``$ATOMA_OPS_FAILPOINTS=step:claim-funds:start``, see ``atoma_ops.journal.failpoint``); none unless armed
+STEP_HOOKS = (
+    dict(on_running=[_step_boundary("start")], on_completion=[_step_boundary("done")]) if step_hooks_armed() else {}
+)
+
+#: the longest one try of a task may take (Prefect fails it after that, and the retry policy decides): a read or
+#: local work; a chain write, which may first wait up to 15 minutes for its turn on the signer, then for finality
+TASK_TIMEOUT_S = 900
+CHAIN_WRITE_TIMEOUT_S = 1800
+#: a stage flow (one lifecycle stage) and a scheduled run; each flow that may take longer says so
+FLOW_TIMEOUT_S = 3600
 
 #: options of every chain-writing task
 CHAIN_WRITE = dict(
@@ -46,11 +69,13 @@ CHAIN_WRITE = dict(
     retry_jitter_factor=0.5,
     retry_condition_fn=retry_if_not_terminal,
     cache_policy=NO_CACHE,
+    timeout_seconds=CHAIN_WRITE_TIMEOUT_S,
     **STEP_HOOKS,
 )
 #: options of reads and local work
 READ = dict(
-    retries=2, retry_delay_seconds=1, retry_condition_fn=retry_if_not_terminal, cache_policy=NO_CACHE, **STEP_HOOKS
+    retries=2, retry_delay_seconds=1, retry_condition_fn=retry_if_not_terminal, cache_policy=NO_CACHE,
+    timeout_seconds=TASK_TIMEOUT_S, **STEP_HOOKS,
 )
 
 
