@@ -8,10 +8,11 @@ from prefect.logging import get_run_logger
 from atoma_ops import lifecycle
 from blocks import AtomaNetwork, Ledger, SuiWallet
 
+from .labels import RunLabels
 from .runtime import CHAIN_WRITE, READ, journal_for, open_chain
 
 
-@task(name="mint-usdc", **CHAIN_WRITE)
+@task(name="mint-usdc", task_run_name=RunLabels("mint-usdc", account="recipient").name, **CHAIN_WRITE)
 async def mint_usdc(
     network: AtomaNetwork, wallet: SuiWallet | None, ledger: Ledger | None, recipient: str, amount: int,
     key: str | None = None,
@@ -31,7 +32,7 @@ async def mint_usdc(
     return report
 
 
-@task(name="create-task", **CHAIN_WRITE)
+@task(name="create-task", task_run_name=RunLabels("create-task", account="admin").name, **CHAIN_WRITE)
 async def create_task(
     network: AtomaNetwork, wallet: SuiWallet | None, ledger: Ledger | None, admin: str, key: str, **task_fields
 ) -> int:
@@ -40,7 +41,7 @@ async def create_task(
         return await lifecycle.create_task(chain, journal_for(network, ledger), admin, key=key, **task_fields)
 
 
-@task(name="set-cross-validation", **CHAIN_WRITE)
+@task(name="set-cross-validation", task_run_name=RunLabels("set-cross-validation", account="admin").name, **CHAIN_WRITE)
 async def set_cross_validation(
     network: AtomaNetwork, wallet: SuiWallet | None, ledger: Ledger | None, admin: str,
     probability_permille: int | None, extra_nodes_count: int | None,
@@ -54,14 +55,18 @@ async def set_cross_validation(
     return change.changed
 
 
-@task(name="register-node", **CHAIN_WRITE)
+@task(name="register-node", task_run_name=RunLabels("register-node", node="node").name, **CHAIN_WRITE)
 async def register_node(network: AtomaNetwork, wallet: SuiWallet | None, ledger: Ledger | None, node: str) -> int:
     """``register_node_entry`` unless the node already holds a NodeBadge; returns its small id."""
     async with open_chain(network, wallet) as chain:
         return await lifecycle.register_node(chain, journal_for(network, ledger), node)
 
 
-@task(name="subscribe-node", **CHAIN_WRITE)
+@task(
+    name="subscribe-node",
+    task_run_name=RunLabels("subscribe-node", task="task_small_id", node="node").name,
+    **CHAIN_WRITE,
+)
 async def subscribe_node(
     network: AtomaNetwork, wallet: SuiWallet | None, ledger: Ledger | None, node: str, task_small_id: int, price: int
 ) -> int:
@@ -70,7 +75,7 @@ async def subscribe_node(
         return await lifecycle.subscribe_node(chain, journal_for(network, ledger), node, task_small_id=task_small_id, price=price)
 
 
-@task(name="buy-stack", **CHAIN_WRITE)
+@task(name="buy-stack", task_run_name=RunLabels("buy-stack", task="task_small_id", account="buyer").name, **CHAIN_WRITE)
 async def buy_stack(
     network: AtomaNetwork, wallet: SuiWallet | None, ledger: Ledger | None, buyer: str, key: str,
     task_small_id: int, num_compute_units: int, price: int,
@@ -83,7 +88,7 @@ async def buy_stack(
         )
 
 
-@task(name="wait-for-epoch", **READ)
+@task(name="wait-for-epoch", task_run_name=RunLabels("wait-for-epoch", suffix="epoch-{epoch}").name, **READ)
 async def wait_for_epoch(network: AtomaNetwork, wallet: SuiWallet | None, epoch: int, timeout_s: float = 600.0) -> int:
     """Poll the epoch until it reaches ``epoch`` (a localnet without wall-clock epochs is advanced instead)."""
     async with open_chain(network, wallet) as chain:

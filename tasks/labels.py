@@ -1,9 +1,9 @@
 """What makes a run legible in the Prefect UI: its name, its tags, its artifact keys, and money as USDC.
 
 An operator scanning the runs list should read what each run acts on (``claim stack-12 node-3``) and filter by it
-(tags ``network:…``, ``task:…``, ``node:…``, ``stack:…``); an artifact belongs to one network and one stack or node,
-so a run on a second localnet never replaces the demo's card. One :class:`RunLabels` per flow or task says which of
-its parameters name what it acts on; the name, the tags and nothing else are derived from that.
+(tags ``network:…``, ``task:…``, ``node:…``, ``stack:…``); an artifact belongs to one network and one stack or
+node, so a run on a second localnet never replaces the demo's card. One :class:`RunLabels` per flow or task says
+which of its parameters name what it acts on; the name and the tags are derived from that.
 """
 
 from __future__ import annotations
@@ -17,8 +17,9 @@ from typing import Any
 
 from atoma_ops.protocol.money import format_usdc
 
-#: the kinds of thing a run acts on, in the order a name lists them; each tag is ``<kind>:<value>``
-KINDS = ("network", "task", "stack", "node")
+#: the kinds of thing a run acts on, in the order a name lists them; each tag is ``<kind>:<value>`` (``account``: a
+#: buyer, an admin, a USDC recipient)
+KINDS = ("network", "task", "stack", "node", "account")
 #: a run over more stacks than this is tagged by none of them (the name gives the range)
 MAX_STACK_TAGS = 10
 
@@ -50,7 +51,9 @@ def _node(value: Any) -> str:
 def _stacks(value: Any) -> list[int]:
     if value is None:
         return []
-    return [int(value)] if isinstance(value, int) else [int(v) for v in value]
+    if isinstance(value, int):
+        return [value]
+    return [int(v[0]) if isinstance(v, (tuple, list)) else int(v) for v in value]  # (stack, units) pairs too
 
 
 def _stacks_text(ids: list[int]) -> str:
@@ -67,14 +70,16 @@ class RunLabels:
     ``RunLabels("claim", stack="stack_small_ids", node="node")`` names a run ``claim stack-12 node-3`` and tags it
     ``network:<label>``, ``stack:12``, ``node:node-3``. A kind may name one parameter or a few (the first given
     wins); ``network`` is read from the ``network`` parameter unless told otherwise, and is part of the name only
-    when asked for (``network="network"``), which suits the scheduled runs that act on a whole network.
+    when asked for (``network="network"``), which suits the scheduled runs that act on a whole network. ``suffix``
+    ends the name, formatted with the parameters (``"lines {start}-{stop}"``).
     """
 
-    def __init__(self, verb: str, **params: str | tuple[str, ...]):
+    def __init__(self, verb: str, suffix: str | None = None, **params: str | tuple[str, ...]):
         unknown = set(params) - set(KINDS)
         if unknown:
             raise ValueError(f"unknown kinds {sorted(unknown)} (one of {KINDS})")
         self.verb = verb
+        self.suffix = suffix
         self.params = {k: (v,) if isinstance(v, str) else tuple(v) for k, v in params.items()}
         self.network_in_name = "network" in params
         self.params.setdefault("network", ("network",))
@@ -108,6 +113,11 @@ class RunLabels:
                 words.append(",".join(_node(v) for v in value))
             else:
                 words.append(_node(value))
+        if self.suffix:
+            try:
+                words.append(self.suffix.format(**parameters))
+            except (KeyError, IndexError, ValueError):
+                pass
         return " ".join(words)
 
     def tags_of(self, parameters: Mapping[str, Any]) -> list[str]:
@@ -174,7 +184,7 @@ def artifact_key(network: Any, *parts: Any) -> str:
 
 
 def usdc(base_units: int | None) -> str | None:
-    """``400000`` → ``0.400000 USDC (400000 base units)``: the amount a reader thinks in, with the exact one beside."""
+    """``400000`` → ``0.400000 USDC (400000 base units)``: the amount a reader thinks in, the exact one beside."""
     if base_units is None:
         return None
     return f"{format_usdc(int(base_units))} USDC ({int(base_units)} base units)"

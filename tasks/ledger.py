@@ -6,10 +6,11 @@ from prefect import task
 
 from blocks import AtomaNetwork, Ledger, SuiWallet
 
+from .labels import RunLabels
 from .runtime import READ, journal_for, open_chain
 
 
-@task(name="sync-ledger", **READ)
+@task(name="sync-ledger", task_run_name=RunLabels("sync-ledger", network="network").name, **READ)
 async def sync_ledger(network: AtomaNetwork, wallet: SuiWallet | None, ledger: Ledger | None) -> dict:
     """Index new chain events and the nodes' served requests into the ledger (idempotent)."""
     book = journal_for(network, ledger)
@@ -19,7 +20,7 @@ async def sync_ledger(network: AtomaNetwork, wallet: SuiWallet | None, ledger: L
     return {"events_applied": report.events_applied, "usage_rows": usage_rows, "ledger": str(book.path)}
 
 
-@task(name="earnings-table", **READ)
+@task(name="earnings-table", task_run_name=RunLabels("earnings-table", network="network").name, **READ)
 def earnings_table(network: AtomaNetwork, ledger: Ledger | None, by: str = "node") -> list[dict]:
     """Earnings per node (or task, epoch) from the ledger, as table rows."""
     df = journal_for(network, ledger).earnings(by)

@@ -12,10 +12,15 @@ from atoma_ops import lifecycle
 from atoma_ops.serving.store import NodeStore
 from blocks import AtomaNetwork, InferenceEngine, Ledger, SuiWallet
 
-from .runtime import CHAIN_WRITE, READ, STEP_HOOKS, journal_for, open_chain, open_node, shared_engine
+from .labels import RunLabels
+from .runtime import CHAIN_WRITE, READ, REPLAY_TIMEOUT_S, STEP_HOOKS, journal_for, open_chain, open_node, shared_engine
 
 
-@task(name="serve-batch", **READ)
+@task(
+    name="serve-batch",
+    task_run_name=RunLabels("serve-batch", stack="stack_small_id", node="node", suffix="lines-{start}..{stop}").name,
+    **READ,
+)
 async def serve_batch(
     network: AtomaNetwork, wallet: SuiWallet | None, engine: InferenceEngine, node: str, stack_small_id: int,
     workload: list[dict], start: int, stop: int, workload_id: str | None = None, concurrency: int | None = None,
@@ -48,7 +53,7 @@ async def serve_batch(
     return report
 
 
-@task(name="settle-candidates", **READ)
+@task(name="settle-candidates", task_run_name=RunLabels("settle-candidates", node="node").name, **READ)
 async def settle_candidates(
     network: AtomaNetwork, wallet: SuiWallet | None, node: str, idle_after_s: float, exhausted_below_units: int
 ) -> dict[str, list[lifecycle.SettleCandidate]]:
@@ -64,7 +69,11 @@ async def settle_candidates(
     return {"tickets": tickets, "confidential": confidential}
 
 
-@task(name="try-settle-stacks", **CHAIN_WRITE)
+@task(
+    name="try-settle-stacks",
+    task_run_name=RunLabels("try-settle", stack="stack_small_ids", node="node").name,
+    **CHAIN_WRITE,
+)
 async def try_settle_stacks(
     network: AtomaNetwork, wallet: SuiWallet | None, ledger: Ledger | None, node: str, stack_small_ids: list[int]
 ) -> list[lifecycle.Settled]:
@@ -81,10 +90,12 @@ def _replay_key(context: Any, parameters: dict) -> str:
 @task(
     name="replay-stack",
     retries=1,
+    task_run_name=RunLabels("replay-stack", stack="stack_small_id").name,
     retry_delay_seconds=2,
     cache_key_fn=_replay_key,
     persist_result=True,
     **STEP_HOOKS,
+    timeout_seconds=REPLAY_TIMEOUT_S,
 )
 async def replay_stack(
     network: AtomaNetwork, engine: InferenceEngine, stack_small_id: int, history_root: str,
@@ -103,7 +114,11 @@ async def replay_stack(
     return {"leaves": [leaf.hex() for leaf in report.replayed_leaves], "report": report.to_json()}
 
 
-@task(name="submit-attestation", **CHAIN_WRITE)
+@task(
+    name="submit-attestation",
+    task_run_name=RunLabels("submit-attestation", stack="stack_small_id", node="node").name,
+    **CHAIN_WRITE,
+)
 async def attest_stack(
     network: AtomaNetwork, wallet: SuiWallet | None, ledger: Ledger | None, node: str, stack_small_id: int,
     replayed: dict,
@@ -116,7 +131,7 @@ async def attest_stack(
         )
 
 
-@task(name="find-attestation-requests", **READ)
+@task(name="find-attestation-requests", task_run_name=RunLabels("find-attestation-requests", node="nodes").name, **READ)
 async def find_attestation_requests(network: AtomaNetwork, wallet: SuiWallet | None, ledger: Ledger | None, nodes: list[str]) -> dict:
     """Tickets asking one of ``nodes`` to attest (from the ledger, synced first): ``{"epoch", "requests"}``."""
     async with open_chain(network, wallet) as chain:
@@ -131,7 +146,7 @@ async def find_attestation_requests(network: AtomaNetwork, wallet: SuiWallet | N
     return {"epoch": epoch, "requests": [{**r, "node": ids[r["node_small_id"]]} for r in requests]}
 
 
-@task(name="plan-claims", **READ)
+@task(name="plan-claims", task_run_name=RunLabels("plan-claims", node="node").name, **READ)
 async def plan_claims(network: AtomaNetwork, wallet: SuiWallet | None, ledger: Ledger | None, node: str) -> lifecycle.ClaimPlan:
     """What the node can claim now (tickets past their window; confidential stacks served), after finishing any
     claim a crash left in doubt."""
@@ -139,7 +154,11 @@ async def plan_claims(network: AtomaNetwork, wallet: SuiWallet | None, ledger: L
         return await lifecycle.plan_claims(service, journal_for(network, ledger))
 
 
-@task(name="claim-funds", **CHAIN_WRITE)
+@task(
+    name="claim-funds",
+    task_run_name=RunLabels("claim-funds", stack="stack_small_ids", node="node").name,
+    **CHAIN_WRITE,
+)
 async def claim_tickets(
     network: AtomaNetwork, wallet: SuiWallet | None, ledger: Ledger | None, node: str, stack_small_ids: list[int],
     batch_size: int = 100,
@@ -149,7 +168,11 @@ async def claim_tickets(
         return await lifecycle.claim_tickets(service, journal_for(network, ledger), stack_small_ids, batch_size=batch_size)
 
 
-@task(name="claim-funds-for-stacks", **CHAIN_WRITE)
+@task(
+    name="claim-funds-for-stacks",
+    task_run_name=RunLabels("claim-funds-for-stacks", stack="stacks", node="node").name,
+    **CHAIN_WRITE,
+)
 async def claim_confidential(
     network: AtomaNetwork, wallet: SuiWallet | None, ledger: Ledger | None, node: str,
     stacks: list[tuple[int, int]], batch_size: int = 100,

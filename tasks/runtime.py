@@ -59,6 +59,8 @@ STEP_HOOKS = (
 #: local work; a chain write, which may first wait up to 15 minutes for its turn on the signer, then for finality
 TASK_TIMEOUT_S = 900
 CHAIN_WRITE_TIMEOUT_S = 1800
+#: replaying a stack's whole history on the attester's engine (thousands of requests on a CPU engine take hours)
+REPLAY_TIMEOUT_S = 4 * 3600
 #: a stage flow (one lifecycle stage) and a scheduled run; each flow that may take longer says so
 FLOW_TIMEOUT_S = 3600
 
