@@ -10,6 +10,7 @@ from blocks import AtomaNetwork, Ledger, SuiWallet
 
 from .labels import RunLabels
 from .runtime import CHAIN_WRITE, READ, journal_for, open_chain
+from .signer import signer_turn
 
 
 @task(name="mint-usdc", task_run_name=RunLabels("mint-usdc", account="recipient").name, **CHAIN_WRITE)
@@ -37,7 +38,7 @@ async def create_task(
     network: AtomaNetwork, wallet: SuiWallet | None, ledger: Ledger | None, admin: str, key: str, **task_fields
 ) -> int:
     """``create_task_entry`` once per ``key``; returns the task's small id."""
-    async with open_chain(network, wallet) as chain:
+    async with open_chain(network, wallet) as chain, signer_turn(chain.wallet.resolve(admin)):
         return await lifecycle.create_task(chain, journal_for(network, ledger), admin, key=key, **task_fields)
 
 
@@ -47,7 +48,7 @@ async def set_cross_validation(
     probability_permille: int | None, extra_nodes_count: int | None,
 ) -> dict:
     """The admin's Sampling Consensus settings (values already in place are skipped)."""
-    async with open_chain(network, wallet) as chain:
+    async with open_chain(network, wallet) as chain, signer_turn(chain.wallet.resolve(admin)):
         change = await lifecycle.set_cross_validation(
             chain, journal_for(network, ledger), admin,
             probability_permille=probability_permille, extra_nodes_count=extra_nodes_count,
@@ -58,7 +59,7 @@ async def set_cross_validation(
 @task(name="register-node", task_run_name=RunLabels("register-node", node="node").name, **CHAIN_WRITE)
 async def register_node(network: AtomaNetwork, wallet: SuiWallet | None, ledger: Ledger | None, node: str) -> int:
     """``register_node_entry`` unless the node already holds a NodeBadge; returns its small id."""
-    async with open_chain(network, wallet) as chain:
+    async with open_chain(network, wallet) as chain, signer_turn(chain.wallet.resolve(node)):
         return await lifecycle.register_node(chain, journal_for(network, ledger), node)
 
 
@@ -71,7 +72,7 @@ async def subscribe_node(
     network: AtomaNetwork, wallet: SuiWallet | None, ledger: Ledger | None, node: str, task_small_id: int, price: int
 ) -> int:
     """Subscribe (or re-price) the node on the task; returns the node's small id."""
-    async with open_chain(network, wallet) as chain:
+    async with open_chain(network, wallet) as chain, signer_turn(chain.wallet.resolve(node)):
         return await lifecycle.subscribe_node(chain, journal_for(network, ledger), node, task_small_id=task_small_id, price=price)
 
 
@@ -81,7 +82,7 @@ async def buy_stack(
     task_small_id: int, num_compute_units: int, price: int,
 ) -> lifecycle.BoughtStack:
     """``acquire_new_stack_entry`` once per ``key``; returns the stack and the node the contract sold it to."""
-    async with open_chain(network, wallet) as chain:
+    async with open_chain(network, wallet) as chain, signer_turn(chain.wallet.resolve(buyer)):
         return await lifecycle.buy_stack(
             chain, journal_for(network, ledger), buyer, key=key, task_small_id=task_small_id,
             num_compute_units=num_compute_units, price=price,

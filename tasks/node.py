@@ -14,6 +14,7 @@ from blocks import AtomaNetwork, InferenceEngine, Ledger, SuiWallet
 
 from .labels import RunLabels
 from .runtime import CHAIN_WRITE, READ, REPLAY_TIMEOUT_S, STEP_HOOKS, journal_for, open_chain, open_node, shared_engine
+from .signer import signer_turn
 
 
 @task(
@@ -78,7 +79,7 @@ async def try_settle_stacks(
     network: AtomaNetwork, wallet: SuiWallet | None, ledger: Ledger | None, node: str, stack_small_ids: list[int]
 ) -> list[lifecycle.Settled]:
     """``try_settle_stack`` for each stack (a batch), commitments recomputed from the history at send time."""
-    async with open_node(network, wallet, node) as service:
+    async with open_node(network, wallet, node) as service, signer_turn(service.address):
         return await lifecycle.try_settle_stacks(service, journal_for(network, ledger), stack_small_ids)
 
 
@@ -89,13 +90,13 @@ def _replay_key(context: Any, parameters: dict) -> str:
 
 @task(
     name="replay-stack",
-    retries=1,
     task_run_name=RunLabels("replay-stack", stack="stack_small_id").name,
+    retries=1,
     retry_delay_seconds=2,
     cache_key_fn=_replay_key,
     persist_result=True,
-    **STEP_HOOKS,
     timeout_seconds=REPLAY_TIMEOUT_S,
+    **STEP_HOOKS,
 )
 async def replay_stack(
     network: AtomaNetwork, engine: InferenceEngine, stack_small_id: int, history_root: str,
@@ -124,7 +125,7 @@ async def attest_stack(
     replayed: dict,
 ) -> lifecycle.Attested:
     """``submit_stack_settlement_attestation`` with this node's commitment to the replayed leaves."""
-    async with open_node(network, wallet, node) as service:
+    async with open_node(network, wallet, node) as service, signer_turn(service.address):
         return await lifecycle.submit_attestation(
             service, journal_for(network, ledger), stack_small_id,
             [bytes.fromhex(h) for h in replayed["leaves"]], replayed.get("report"),
@@ -150,7 +151,7 @@ async def find_attestation_requests(network: AtomaNetwork, wallet: SuiWallet | N
 async def plan_claims(network: AtomaNetwork, wallet: SuiWallet | None, ledger: Ledger | None, node: str) -> lifecycle.ClaimPlan:
     """What the node can claim now (tickets past their window; confidential stacks served), after finishing any
     claim a crash left in doubt."""
-    async with open_node(network, wallet, node) as service:
+    async with open_node(network, wallet, node) as service, signer_turn(service.address):  # may re-send claims
         return await lifecycle.plan_claims(service, journal_for(network, ledger))
 
 
@@ -164,7 +165,7 @@ async def claim_tickets(
     batch_size: int = 100,
 ) -> list[lifecycle.Claimed]:
     """``claim_funds`` for the tickets, ``batch_size`` per transaction."""
-    async with open_node(network, wallet, node) as service:
+    async with open_node(network, wallet, node) as service, signer_turn(service.address):
         return await lifecycle.claim_tickets(service, journal_for(network, ledger), stack_small_ids, batch_size=batch_size)
 
 
@@ -178,7 +179,7 @@ async def claim_confidential(
     stacks: list[tuple[int, int]], batch_size: int = 100,
 ) -> list[lifecycle.Claimed]:
     """``claim_funds_for_stacks`` for ConfidentialCompute stacks: (stack small id, units served)."""
-    async with open_node(network, wallet, node) as service:
+    async with open_node(network, wallet, node) as service, signer_turn(service.address):
         return await lifecycle.claim_confidential(service, journal_for(network, ledger), stacks, batch_size=batch_size)
 
 
