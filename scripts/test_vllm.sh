@@ -64,25 +64,16 @@ if [ ! -f "$MODEL_DIR/config.json" ]; then
 import json, sys
 from pathlib import Path
 
-import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
 from transformers.utils import logging
 
 from atoma_ops.serving.engines.cpu import smollm2_gguf_path
+from atoma_ops.serving.engines.gguf import load_model, save_converted
 
 logging.disable_progress_bar()
 out = Path(sys.argv[1])
-gguf = smollm2_gguf_path()
-tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-model.hf_quantizer = None  # de-quantized on load: save plain float32 weights
-if hasattr(model.config, "quantization_config"):
-    del model.config.quantization_config
-model.save_pretrained(out)
-tokenizer.save_pretrained(out)
+tokenizer, model = load_model(smollm2_gguf_path())
+save_converted(tokenizer, model, out)
 config = json.loads((out / "config.json").read_text())
-config.pop("quantization_config", None)
-(out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
 print(f"saved {out}: {config['architectures'][0]}, {config['num_hidden_layers']} layers, vocab {config['vocab_size']}")
 EOF
     say "converted in $(since "$t0") s"

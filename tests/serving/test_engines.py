@@ -77,12 +77,10 @@ def reference_tokenizer(engine):
     tokenizer = getattr(engine, "tokenizer", None)
     if tokenizer is not None:
         return tokenizer
-    from transformers import AutoTokenizer
-
     from atoma_ops.serving.engines.cpu import smollm2_gguf_path
+    from atoma_ops.serving.engines.gguf import load_tokenizer
 
-    path = smollm2_gguf_path()
-    return AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    return load_tokenizer(smollm2_gguf_path())
 
 
 def test_response_shape(engine, greedy):

