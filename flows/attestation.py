@@ -4,16 +4,22 @@ from __future__ import annotations
 
 from prefect import flow
 from prefect.artifacts import acreate_markdown_artifact, acreate_table_artifact
+from prefect.logging import get_run_logger
 
 from atoma_ops import lifecycle
 from blocks import AtomaNetwork, InferenceEngine, Ledger, SuiWallet
 from tasks import node as node_tasks
-from tasks.runtime import network_or_default
+from tasks.labels import RunLabels, artifact_key
+from tasks.runtime import FLOW_TIMEOUT_S, REPLAY_TIMEOUT_S, network_or_default
 
 from .settlement import _wallet_nodes
 
 
-@flow(name="attestation-watch")
+_WATCH = RunLabels("attestation-watch", network="network", node="nodes")
+
+
+@flow(name="attestation-watch", flow_run_name=_WATCH.name, timeout_seconds=REPLAY_TIMEOUT_S + FLOW_TIMEOUT_S)
+@_WATCH.tagged
 async def attestation_watch(
     nodes: list[str] | None = None,
     history_dir: str | None = None,
@@ -29,6 +35,8 @@ async def attestation_watch(
     engine = engine or InferenceEngine()
     nodes = nodes if nodes is not None else await _wallet_nodes(network, wallet)
     found = await node_tasks.find_attestation_requests(network, wallet, ledger, nodes)
+    log = get_run_logger()
+    log.info("epoch %s: %d attestation request(s) for %s", found["epoch"], len(found["requests"]), ", ".join(nodes))
     done, problems = [], []
     for request in found["requests"]:
         stack, node = request["stack_small_id"], request["node"]
@@ -46,17 +54,23 @@ async def attestation_watch(
             problems.append({**request, "why": f"{type(exc).__name__}: {exc}"})
             continue
         done.append({**request, "status": attested.status, "disputed": attested.disputed, "digest": attested.digest})
+        log.info(
+            "stack %s, node %s: attested (%s%s, %s)", stack, node, attested.status,
+            ", disputed" if attested.disputed else "", attested.digest,
+        )
+    for p in problems:
+        log.error("stack %s, node %s: could not attest: %s", p["stack_small_id"], p["node"], p["why"])
 
     await acreate_table_artifact(
         done or [{"stack_small_id": None, "status": "no attestation requested"}],
-        key="attestation-watch",
+        key=artifact_key(network, "attestation-watch"),
         description=f"Attestations submitted (epoch {found['epoch']})",
     )
     if problems:
         await acreate_markdown_artifact(
             "# Attestations that could not be made\n\n"
             + "\n".join(f"- stack {p['stack_small_id']}, node {p['node']}: {p['why']}" for p in problems),
-            key="attestation-watch-problems",
+            key=artifact_key(network, "attestation-watch-problems"),
             description="Why the attestation watch failed",
         )
         raise lifecycle.StageError(f"{len(problems)} attestation(s) could not be made: {problems[0]['why']}")

@@ -4,20 +4,27 @@ from __future__ import annotations
 
 from prefect import flow
 from prefect.artifacts import acreate_markdown_artifact
+from prefect.logging import get_run_logger
 
 from blocks import AtomaNetwork, Ledger, SuiWallet
 from tasks import ledger as ledger_tasks
-from tasks.runtime import network_or_default
+from tasks.labels import RunLabels, artifact_key
+from tasks.runtime import FLOW_TIMEOUT_S, network_or_default
+
+_SYNC = RunLabels("ledger-sync", network="network")
 
 
-@flow(name="ledger-sync")
+@flow(name="ledger-sync", flow_run_name=_SYNC.name, timeout_seconds=FLOW_TIMEOUT_S)
+@_SYNC.tagged
 async def ledger_sync(network: AtomaNetwork | None = None, wallet: SuiWallet | None = None, ledger: Ledger | None = None) -> dict:
     """Index new chain events and served requests into the ledger (idempotent; the cursor commits with the rows)."""
     network = network_or_default(network)
     report = await ledger_tasks.sync_ledger(network, wallet, ledger)
+    text = f"Ledger `{report['ledger']}`: {report['events_applied']} new events, {report['usage_rows']} new usage rows."
+    get_run_logger().info(text.replace("`", ""))
     await acreate_markdown_artifact(
-        f"Ledger `{report['ledger']}`: {report['events_applied']} new events, {report['usage_rows']} new usage rows.",
-        key="ledger-sync",
+        text,
+        key=artifact_key(network, "ledger-sync"),
         description="Ledger sync",
     )
     return report

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from prefect import flow
 from prefect.artifacts import acreate_markdown_artifact, acreate_table_artifact
+from prefect.logging import get_run_logger
 
 from atoma_ops import lifecycle
 from atoma_ops.protocol.constants import SecurityLevel
 from blocks import AtomaNetwork, InferenceEngine, Ledger, SuiWallet
 from tasks import ledger as ledger_tasks
+from tasks.labels import RunLabels, add_flow_run_tags, artifact_key, usdc, with_usdc
 from tasks.runtime import network_or_default, open_chain
 
 from .stages import (
@@ -24,8 +26,13 @@ from .stages import (
     wait_for_dispute_window,
 )
 
+_LIFECYCLE = RunLabels("stack-lifecycle", network="network", suffix="key-{key}")
+#: every stage of one stack, the dispute window (one epoch) included
+LIFECYCLE_TIMEOUT_S = 30 * 3600
 
-@flow(name="stack-lifecycle")
+
+@flow(name="stack-lifecycle", flow_run_name=_LIFECYCLE.name, timeout_seconds=LIFECYCLE_TIMEOUT_S)
+@_LIFECYCLE.tagged
 async def stack_lifecycle(
     key: str = "lifecycle",
     workload: str = "data/workloads/sample.jsonl",
@@ -88,6 +95,9 @@ async def stack_lifecycle(
     )
     stack_small_id = bought["stack_small_id"]
     serving_node = await _node_alias(network, wallet, bought["selected_node_id"], nodes)
+    await add_flow_run_tags([f"task:{task_small_id}", f"stack:{stack_small_id}", f"node:{serving_node}"])
+    log = get_run_logger()
+    log.info("task %d, stack %d: sold to %s", task_small_id, stack_small_id, serving_node)
 
     served = await serve_stack(stack_small_id, serving_node, workload, network=network, wallet=wallet, engine=engine)
 
@@ -111,7 +121,10 @@ async def stack_lifecycle(
 
     await ledger_tasks.sync_ledger(network, wallet, ledger)
     earnings = ledger_tasks.earnings_table(network, ledger)
-    await acreate_table_artifact(earnings, key="earnings", description="Earnings per node (USDC base units), from the ledger")
+    await acreate_table_artifact(
+        with_usdc(earnings, "node_fees", "attester_credits", "total"), key=artifact_key(network, "earnings"),
+        description="Earnings per node (USDC, base units beside), from the ledger",
+    )
     summary = {
         "task_small_id": task_small_id,
         "stack_small_id": stack_small_id,
@@ -123,7 +136,11 @@ async def stack_lifecycle(
         "claim_deferred": not wait_and_claim and settled is not None,
         "earnings": earnings,
     }
-    await acreate_markdown_artifact(summary_markdown(summary), key="stack-lifecycle", description="The stack's life")
+    log.info(summary_markdown(summary).replace("**", "").replace("`", ""))
+    await acreate_markdown_artifact(
+        summary_markdown(summary), key=artifact_key(network, "stack", stack_small_id, "lifecycle"),
+        description="The stack's life",
+    )
     return summary
 
 
@@ -160,7 +177,7 @@ def summary_markdown(s: dict) -> str:
         verdict = "disputed" if a["disputed"] else "agreed"
         lines.append(f"- attestation at position {a['position']}: {verdict} (replay equal: {a['replay'].get('equal')})")
     for c in s["claims"]:
-        lines.append(f"- claimed: node fee {c['node_fee']}, buyer refund {c['refund']} (`{c['digest']}`)")
+        lines.append(f"- claimed: node fee {usdc(c['node_fee'])}, buyer refund {usdc(c['refund'])} (`{c['digest']}`)")
     if s.get("claim_deferred"):
         lines.append("- claim left to the scheduled settlement-run (once the dispute window has passed)")
     return "\n".join(lines)

@@ -7,6 +7,7 @@ the stack already served or refused, and a stage whose effect is already on chai
 from __future__ import annotations
 
 from prefect import flow
+from prefect.logging import get_run_logger
 from prefect.artifacts import (
     acreate_markdown_artifact,
     acreate_progress_artifact,
@@ -21,7 +22,13 @@ from atoma_ops.serving.workload import load_workload
 from blocks import AtomaNetwork, InferenceEngine, Ledger, SuiWallet
 from tasks import chain as chain_tasks
 from tasks import node as node_tasks
-from tasks.runtime import STEP_HOOKS, network_or_default
+from tasks.labels import RunLabels, add_flow_run_tags, artifact_key, usdc, with_usdc
+from tasks.runtime import FLOW_TIMEOUT_S, REPLAY_TIMEOUT_S, STEP_HOOKS, network_or_default
+
+#: serving a whole stack, or replaying one, on a CPU engine takes hours for a big one
+LONG_FLOW_TIMEOUT_S = 6 * 3600
+#: the dispute window is one epoch: about a day on Sui (prefer the scheduled settlement-run there)
+WAIT_FLOW_TIMEOUT_S = 26 * 3600
 
 SECURITY_LEVELS = {"no_security": 0, "confidential_compute": 1, "sampling_consensus": 2}
 
@@ -38,7 +45,26 @@ def security_level_of(value: str | int | None) -> int | None:
         raise lifecycle.StageError(f"unknown security level {value!r} (one of {', '.join(SECURITY_LEVELS)})") from None
 
 
-@flow(name="mint-usdc", **STEP_HOOKS)
+_MINT = RunLabels("mint-usdc", account="recipient")
+_CREATE_TASK = RunLabels("create-task", account="admin")
+_SUBSCRIBE = RunLabels("subscribe-node", task="task_small_id", node="node")
+_BUY = RunLabels("buy-stack", task="task_small_id", account="buyer")
+_SERVE = RunLabels("serve-stack", stack="stack_small_id", node="node")
+_TRY_SETTLE = RunLabels("try-settle", stack="stack_small_ids", node="node")
+_WAIT = RunLabels("wait-for-dispute-window", stack="stack_small_id", suffix="epoch-{claimable_from_epoch}")
+_ATTEST = RunLabels("attest", stack="stack_small_id", node="node")
+_CLAIM = RunLabels("claim", stack="stack_small_ids", node="node")
+
+
+def _subject_key(network: AtomaNetwork, stack_small_ids: list[int] | None, node: str, what: str) -> str:
+    """One stack's card, or the node's when the run covers several stacks (or all of them)."""
+    if stack_small_ids is not None and len(stack_small_ids) == 1:
+        return artifact_key(network, "stack", stack_small_ids[0], what)
+    return artifact_key(network, "node", node, what)
+
+
+@flow(name="mint-usdc", flow_run_name=_MINT.name, timeout_seconds=FLOW_TIMEOUT_S, **STEP_HOOKS)
+@_MINT.tagged
 async def mint_usdc(
     recipient: str = "user",
     amount: int = 10_000_000,
@@ -50,16 +76,20 @@ async def mint_usdc(
     """Top the recipient up to ``amount`` USDC base units (1 USDC = 1,000,000); with a ``key``, once per key."""
     network = network_or_default(network)
     report = await chain_tasks.mint_usdc(network, wallet, ledger, recipient, amount, key)
+    text = (
+        f"{recipient} holds {usdc(report.balance_after)} (minted {usdc(report.minted)}; "
+        f"wanted at least {usdc(amount)})"
+    )
+    get_run_logger().info(text)
     await acreate_markdown_artifact(
-        f"**{recipient}** holds **{report.balance_after / 1e6:.6f} USDC** (minted {report.minted / 1e6:.6f}; "
-        f"wanted at least {amount / 1e6:.6f}).",
-        key="mint-usdc",
+        text + ".", key=artifact_key(network, "account", recipient, "usdc"),
         description="USDC balance after the mint stage",
     )
     return report
 
 
-@flow(name="create-task", **STEP_HOOKS)
+@flow(name="create-task", flow_run_name=_CREATE_TASK.name, timeout_seconds=FLOW_TIMEOUT_S, **STEP_HOOKS)
+@_CREATE_TASK.tagged
 async def create_task(
     key: str = "default",
     model_name: str = "HuggingFaceTB/SmolLM2-135M-Instruct",
@@ -88,16 +118,24 @@ async def create_task(
             network, wallet, ledger, admin, cross_validation_probability_permille, cross_validation_extra_nodes_count
         )
     level_name = SecurityLevel(level).name.lower() if level is not None else "no_security"
+    await add_flow_run_tags([f"task:{task_small_id}"])
+    get_run_logger().info(
+        "task %d: %s, role %d, %s, %s; admin settings changed: %s", task_small_id, model_name, role, level_name,
+        "public" if is_public else "private", changed or "none",
+    )
     await acreate_markdown_artifact(
         f"Task **{task_small_id}**: `{model_name}`, role {role}, {level_name}, "
         f"{'public' if is_public else 'private'}." + (f"\n\nAdmin settings changed: `{changed}`" if changed else ""),
-        key="create-task",
+        key=artifact_key(network, "task", task_small_id),
         description="The task the stack is bought on",
     )
     return task_small_id
 
 
-@flow(name="register-and-subscribe-node", **STEP_HOOKS)
+@flow(
+    name="register-and-subscribe-node", flow_run_name=_SUBSCRIBE.name, timeout_seconds=FLOW_TIMEOUT_S, **STEP_HOOKS
+)
+@_SUBSCRIBE.tagged
 async def register_and_subscribe_node(
     node: str,
     task_small_id: int,
@@ -114,16 +152,19 @@ async def register_and_subscribe_node(
     )
     await chain_tasks.register_node(network, wallet, ledger, node)
     node_small_id = await chain_tasks.subscribe_node(network, wallet, ledger, node, task_small_id, price_per_one_million_compute_units)
+    text = (
+        f"Node **{node}** (small id {node_small_id}) asks **{usdc(price_per_one_million_compute_units)}** per 1M "
+        f"compute units on task {task_small_id}."
+    )
+    get_run_logger().info(text.replace("**", ""))
     await acreate_markdown_artifact(
-        f"Node **{node}** (small id {node_small_id}) asks **{price_per_one_million_compute_units}** base units per "
-        f"1M compute units on task {task_small_id}.",
-        key=f"node-{node_small_id}-subscription",
-        description="Node subscription",
+        text, key=artifact_key(network, "node", node, "task", task_small_id), description="Node subscription"
     )
     return node_small_id
 
 
-@flow(name="buy-stack", **STEP_HOOKS)
+@flow(name="buy-stack", flow_run_name=_BUY.name, timeout_seconds=FLOW_TIMEOUT_S, **STEP_HOOKS)
+@_BUY.tagged
 async def buy_stack(
     task_small_id: int,
     num_compute_units: int,
@@ -139,16 +180,21 @@ async def buy_stack(
     bought = await chain_tasks.buy_stack(
         network, wallet, ledger, buyer, key, task_small_id, num_compute_units, price_per_one_million_compute_units
     )
+    await add_flow_run_tags([f"stack:{bought.stack_small_id}"])
+    text = (
+        f"Stack **{bought.stack_small_id}**: {num_compute_units} compute units at "
+        f"{usdc(price_per_one_million_compute_units)} per 1M, sold to node **{bought.selected_node_id}** "
+        f"(`{bought.digest}`)."
+    )
+    get_run_logger().info(text.replace("**", "").replace("`", ""))
     await acreate_markdown_artifact(
-        f"Stack **{bought.stack_small_id}**: {num_compute_units} compute units at {price_per_one_million_compute_units} "
-        f"per 1M, sold to node **{bought.selected_node_id}** (`{bought.digest}`).",
-        key="buy-stack",
-        description="The stack bought",
+        text, key=artifact_key(network, "stack", bought.stack_small_id, "bought"), description="The stack bought"
     )
     return {"stack_small_id": bought.stack_small_id, "selected_node_id": bought.selected_node_id}
 
 
-@flow(name="serve-stack", **STEP_HOOKS)
+@flow(name="serve-stack", flow_run_name=_SERVE.name, timeout_seconds=LONG_FLOW_TIMEOUT_S, **STEP_HOOKS)
+@_SERVE.tagged
 async def serve_stack(
     stack_small_id: int,
     node: str,
@@ -171,7 +217,12 @@ async def serve_stack(
     requests = load_workload(workload)
     key = lifecycle.workload_id(requests)
     window = window or 4 * engine.batch_size
-    progress = await acreate_progress_artifact(0.0, key=f"serve-stack-{stack_small_id}", description="Requests served")
+    get_run_logger().info(
+        "stack %d on %s: %d requests (workload %s), windows of %d", stack_small_id, node, len(requests), key, window
+    )
+    progress = await acreate_progress_artifact(
+        0.0, key=artifact_key(network, "stack", stack_small_id, "serving"), description="Requests served"
+    )
     totals = dict(served_now=0, refused_now=0, already_served=0, already_refused=0, failed=0, units_charged=0)
     refused, failed, report = [], [], None
     for start in range(0, len(requests), window):
@@ -198,18 +249,30 @@ async def serve_stack(
         "units_used": report.units_used if report else 0,
         "units_left": report.units_left if report else 0,
     }
+    get_run_logger().info(
+        "stack %d: %d of %d requests served (%d now), %d refused, %d failed; %d units charged now, %d used, %d left",
+        stack_small_id, summary["served"], len(requests), totals["served_now"], summary["refused"], totals["failed"],
+        totals["units_charged"], summary["units_used"], summary["units_left"],
+    )
     await acreate_table_artifact(
-        [summary], key="serve-stack",
+        [summary], key=artifact_key(network, "stack", stack_small_id, "served"),
         description="What serving charged: served / refused this run, skipped (served or refused by an earlier run), failed",
     )
     if refused:
-        await acreate_table_artifact(refused, key="serve-stack-refused", description="Requests refused this run (nothing charged, recorded: a re-run skips them)")
+        await acreate_table_artifact(
+            refused, key=artifact_key(network, "stack", stack_small_id, "refused"),
+            description="Requests refused this run (nothing charged, recorded: a re-run skips them)",
+        )
     if failed:
-        await acreate_table_artifact(failed, key="serve-stack-failed", description="Requests that failed (nothing charged, not recorded: a re-run serves them)")
+        await acreate_table_artifact(
+            failed, key=artifact_key(network, "stack", stack_small_id, "failed"),
+            description="Requests that failed (nothing charged, not recorded: a re-run serves them)",
+        )
     return summary
 
 
-@flow(name="try-settle", **STEP_HOOKS)
+@flow(name="try-settle", flow_run_name=_TRY_SETTLE.name, timeout_seconds=FLOW_TIMEOUT_S, **STEP_HOOKS)
+@_TRY_SETTLE.tagged
 async def try_settle(
     stack_small_ids: list[int],
     node: str,
@@ -221,7 +284,15 @@ async def try_settle(
     network = network_or_default(network)
     settled = await node_tasks.try_settle_stacks(network, wallet, ledger, node, stack_small_ids)
     rows = lifecycle.as_rows(settled)
-    await acreate_table_artifact(rows, key="try-settle", description="Settlement tickets opened")
+    log = get_run_logger()
+    for r in rows:
+        log.info(
+            "stack %s: %s, %s units claimed, attesters requested %s (%s)", r.get("stack_small_id"), r.get("status"),
+            r.get("claimed_units"), r.get("requested_attestation_nodes"), r.get("digest") or r.get("error"),
+        )
+    await acreate_table_artifact(
+        rows, key=_subject_key(network, stack_small_ids, node, "try-settle"), description="Settlement tickets opened"
+    )
     # skipped: not a stack this node serves (another node's, unknown) or one with requests in flight
     failed = [r for r in rows if r["status"] in ("failed", "skipped")]
     if failed:
@@ -229,7 +300,10 @@ async def try_settle(
     return rows
 
 
-@flow(name="wait-for-dispute-window", **STEP_HOOKS)
+@flow(
+    name="wait-for-dispute-window", flow_run_name=_WAIT.name, timeout_seconds=WAIT_FLOW_TIMEOUT_S, **STEP_HOOKS
+)
+@_WAIT.tagged
 async def wait_for_dispute_window(
     stack_small_id: int,
     claimable_from_epoch: int,
@@ -240,16 +314,23 @@ async def wait_for_dispute_window(
     """Wait until the ticket's dispute window has passed (epoch E + 1). On Sui an epoch lasts about a day: leave
     claims to the scheduled settlement run there instead of holding a worker."""
     network = network_or_default(network)
-    epoch = await chain_tasks.wait_for_epoch(network, wallet, claimable_from_epoch, timeout_s)
+    waiting = chain_tasks.wait_for_epoch.with_options(timeout_seconds=timeout_s + 60)  # the poll gives up first
+    epoch = await waiting(network, wallet, claimable_from_epoch, timeout_s)
+    text = (
+        f"Stack {stack_small_id}: epoch **{epoch}** reached; the ticket is claimable from epoch "
+        f"{claimable_from_epoch}."
+    )
+    get_run_logger().info(text.replace("**", ""))
     await acreate_markdown_artifact(
-        f"Stack {stack_small_id}: epoch **{epoch}** reached; the ticket is claimable from epoch {claimable_from_epoch}.",
-        key="wait-for-dispute-window",
-        description="Dispute window",
+        text, key=artifact_key(network, "stack", stack_small_id, "dispute-window"), description="Dispute window"
     )
     return epoch
 
 
-@flow(name="attest", **STEP_HOOKS)
+@flow(
+    name="attest", flow_run_name=_ATTEST.name, timeout_seconds=REPLAY_TIMEOUT_S + FLOW_TIMEOUT_S, **STEP_HOOKS
+)
+@_ATTEST.tagged
 async def attest(
     stack_small_id: int,
     node: str,
@@ -267,17 +348,20 @@ async def attest(
     attested = await node_tasks.attest_stack(network, wallet, ledger, node, stack_small_id, replayed)
     report = replayed["report"]
     verdict = "disputed" if attested.disputed else ("complete" if attested.completed else "recorded")
-    await acreate_markdown_artifact(
+    text = (
         f"Node **{node}** replayed stack {stack_small_id} ({report.get('num_requests', len(replayed['leaves']))} "
         f"requests): replay {'matches' if report.get('equal') else 'DIFFERS from'} the served history. "
-        f"Attestation at position {attested.position}: **{verdict}** (`{attested.digest}`).",
-        key=f"attest-{stack_small_id}",
-        description="Attestation",
+        f"Attestation at position {attested.position}: **{verdict}** (`{attested.digest}`)."
+    )
+    get_run_logger().info(text.replace("**", "").replace("`", ""))
+    await acreate_markdown_artifact(
+        text, key=artifact_key(network, "stack", stack_small_id, "attest", node), description="Attestation"
     )
     return {**lifecycle.as_rows([attested])[0], "replay": {k: report.get(k) for k in ("equal", "first_divergence")}}
 
 
-@flow(name="claim", **STEP_HOOKS)
+@flow(name="claim", flow_run_name=_CLAIM.name, timeout_seconds=FLOW_TIMEOUT_S, **STEP_HOOKS)
+@_CLAIM.tagged
 async def claim(
     node: str,
     stack_small_ids: list[int] | None = None,
@@ -298,8 +382,18 @@ async def claim(
     if confidential:
         claimed += await node_tasks.claim_confidential(network, wallet, ledger, node, confidential, batch_size)
     rows = lifecycle.as_rows(claimed)
+    log = get_run_logger()
+    for r in rows:
+        log.info(
+            "stack %s: %s (%s), node fee %s, buyer refund %s (%s)", r.get("stack_small_id"), r.get("status"),
+            r.get("path"), usdc(r.get("node_fee")), usdc(r.get("refund")), r.get("digest"),
+        )
+    for w in plan.waiting:
+        log.info("stack %s: not claimable yet (%s)", w["stack_small_id"], w["why"])
     await acreate_table_artifact(
-        rows or [{"stack_small_id": None, "status": "nothing claimable"}], key="claim", description="Claims"
+        with_usdc(rows, "node_fee", "refund") or [{"stack_small_id": None, "status": "nothing claimable"}],
+        key=_subject_key(network, stack_small_ids, node, "claim"),
+        description="Claims (money in USDC, base units beside)",
     )
     if stack_small_ids is not None:  # stacks asked for and not claimed, now or before (a re-run), are an error
         missing = sorted(set(stack_small_ids) - {r["stack_small_id"] for r in rows} - set(plan.claimed))
