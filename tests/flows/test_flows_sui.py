@@ -218,11 +218,11 @@ def test_stack_lifecycle_on_sui_can_leave_the_claim_to_settlement_run(tmp_path):
             assert summary["claims"] == [] and summary["claim_deferred"] is True
             assert truth.balance(serving) == 0
 
-            waiting = run(settlement_run(nodes=[serving], network=network, wallet=wallet))
+            waiting = run(settlement_run(nodes=[serving], min_value=0, network=network, wallet=wallet))
             assert [(a["action"], a["stack_small_id"]) for a in waiting] == [("wait", summary["stack_small_id"])]
 
             kit.advance_epoch(home)
-            (claimed,) = run(settlement_run(nodes=[serving], network=network, wallet=wallet))
+            (claimed,) = run(settlement_run(nodes=[serving], min_value=0, network=network, wallet=wallet))
 
         node_fee, refund = units * 1200 // 1000, (STACK_UNITS - units) * 1200 // 1000
         assert (claimed["action"], claimed["stack_small_id"], claimed["node_fee"], claimed["refund"]) == (
@@ -272,17 +272,17 @@ def test_settlement_run_on_sui_settles_then_claims(tmp_path):
         with BackgroundLoopbackNode(LocalnetHome(served.home).chain_file) as node:
             network, wallet = sui_network(served.home, node), sui_wallet(served.home)
 
-            first = run(settlement_run(idle_after_s=0, network=network, wallet=wallet))
+            first = run(settlement_run(idle_after_s=0, min_value=0, network=network, wallet=wallet))
             settles = [a for a in first if a["action"] == "try_settle"]
             assert sorted(a["stack_small_id"] for a in settles) == served.stack_small_ids
             assert {a["status"] for a in settles} == {"success"} and {a["units"] for a in settles} == {30}
             assert {a["status"] for a in first if a["action"] == "wait"} == {"waiting"}  # window not passed
 
-            again = run(settlement_run(idle_after_s=0, network=network, wallet=wallet))
+            again = run(settlement_run(idle_after_s=0, min_value=0, network=network, wallet=wallet))
             assert [a for a in again if a["action"] != "wait"] == []  # nothing settled twice
 
             kit.advance_epoch(served.home)
-            third = run(settlement_run(idle_after_s=0, network=network, wallet=wallet))
+            third = run(settlement_run(idle_after_s=0, min_value=0, network=network, wallet=wallet))
             claims = [a for a in third if a["action"].startswith("claim")]
             assert sorted(a["stack_small_id"] for a in claims) == served.stack_small_ids
             assert len({a["digest"] for a in claims}) == 1  # one claim_funds for the batch
