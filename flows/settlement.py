@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 from prefect import flow
 from prefect.artifacts import acreate_table_artifact
+from prefect.logging import get_run_logger
 
 from atoma_ops import lifecycle
 from atoma_ops.chain.errors import MoveAbort
@@ -13,7 +14,10 @@ from blocks import AtomaNetwork, Ledger, SuiWallet
 from tasks import node as node_tasks
 from tasks import watch
 from tasks.events import emit
-from tasks.runtime import network_or_default, open_chain
+from tasks.labels import RunLabels, artifact_key, usdc, with_usdc
+from tasks.runtime import FLOW_TIMEOUT_S, network_or_default, open_chain
+
+_RUN = RunLabels("settlement-run", network="network", node="nodes")
 
 
 class ActionLog(Sequence):
@@ -36,7 +40,8 @@ class ActionLog(Sequence):
         return f"ActionLog({self.rows!r})"
 
 
-@flow(name="settlement-run")
+@flow(name="settlement-run", flow_run_name=_RUN.name, timeout_seconds=FLOW_TIMEOUT_S)
+@_RUN.tagged
 async def settlement_run(
     nodes: list[str] | None = None,
     idle_after_s: float = 3600.0,
@@ -66,8 +71,10 @@ async def settlement_run(
     if min_value is None:
         min_value = await watch.threshold("atoma_ops_min_settle_value", network)
     await _report_in_doubt(network, ledger)
+    log = get_run_logger()
     actions: list[dict] = []
     for node in nodes if nodes is not None else await _wallet_nodes(network, wallet):
+        before = len(actions)
         candidates = await node_tasks.settle_candidates(network, wallet, node, idle_after_s, exhausted_below_units)
         candidates["tickets"], skipped = await _worth_it(
             network, wallet, candidates["tickets"], lambda c: (c.stack_small_id, c.used_units), min_value
@@ -113,9 +120,12 @@ async def settlement_run(
              "refund": None, "status": "waiting", "digest": None, "note": w["why"]}
             for w in plan.waiting
         ]
+        _log_node(log, node, actions[before:])
 
     await acreate_table_artifact(
-        actions or [{"action": "nothing to do"}], key="settlement-run", description="What this settlement run did"
+        with_usdc(actions, "node_fee", "refund") or [{"action": "nothing to do"}],
+        key=artifact_key(network, "settlement-run"),
+        description="What this settlement run did (money in USDC, base units beside)",
     )
     failed = [a for a in actions if a["status"] == "failed"]
     if failed:
@@ -163,6 +173,20 @@ def _report_refused_claim(network: AtomaNetwork, node: str, items: list, exc: Ba
     if short:
         emit("atoma.treasury.short", network, kind="node", id=node, name=node,
              payload={"node": node, "stacks": ids, "error": str(exc)})
+
+
+def _log_node(log, node: str, rows: list[dict]) -> None:
+    """One INFO line per node: what was settled, claimed (and for how much), and what waits."""
+    settled = [r for r in rows if r["action"] == "try_settle"]
+    claimed = [r for r in rows if r["action"].startswith("claim")]
+    waiting = [r for r in rows if r["action"] == "wait"]
+    failed = [r for r in rows if r["status"] == "failed"]
+    log.info(
+        "%s: %d stack(s) try-settled, %d claimed for %s in node fees, %d waiting for their window, %d failed",
+        node, len(settled), len(claimed), usdc(sum(r["node_fee"] or 0 for r in claimed)), len(waiting), len(failed),
+    )
+    for r in failed:
+        log.warning("%s: %s of stack %s failed: %s", node, r["action"], r["stack_small_id"], r["note"] or r["digest"])
 
 
 async def _wallet_nodes(network: AtomaNetwork, wallet: SuiWallet | None) -> list[str]:

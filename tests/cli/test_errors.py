@@ -9,7 +9,7 @@ import pytest
 from atoma_ops.chain.localnet.engine import Localnet
 from atoma_ops.cli import app, main
 
-from clikit import Cli, proof
+from tests.cli.clikit import Cli, proof
 
 U64_MAX = 2**64 - 1
 
@@ -205,7 +205,6 @@ def test_other_bad_input(cli):
         ["db", "get-task"],
         ["usdc", "mint", "--amount", "abc"],
         ["db", "no-such-command"],
-        ["db", "get-task", "--task-small-id", "1", "--json"],
         ["--bogus", "localnet", "status"],
     ],
 )
@@ -213,6 +212,32 @@ def test_usage_errors_exit_2(cli, argv):
     result = cli.runner.invoke(app, ["--home", str(cli.home), *argv])
     assert result.exit_code == 2, (result.stdout, result.stderr)
     assert "Traceback" not in result.output
+
+
+def test_global_options_before_or_after_the_subcommand(cli, capsys):
+    """``--json``, ``--home`` and ``--address`` mean the same wherever they are; a flag's value stays a value."""
+    home = str(cli.home)
+    for argv in (
+        ["--home", home, "--json", "usdc", "balance", "user"],
+        ["usdc", "balance", "user", "--json", "--home", home],
+        ["usdc", "--home", home, "balance", "--json", "user"],
+    ):
+        assert main(argv) == 0, argv
+        assert json.loads(capsys.readouterr().out)["address"] == cli.aliases["user"]
+    assert main(["db", "badges", "--home", home, "--address", "admin", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["address"] == cli.aliases["admin"]
+    assert main(["db", "get-task", "--task-small-id", "1", "--json", "--home", home]) == 1
+    assert json.loads(capsys.readouterr().out)["error"]["kind"] == "NotFound"
+    # the ledger group's own options, after its command too
+    assert main(["ledger", "earnings", "--home", home, "--ledger", str(cli.home / "none.duckdb"), "--json"]) == 1
+    assert "ledger sync" in json.loads(capsys.readouterr().out)["error"]["message"]
+
+
+def test_help_shows_flags_as_flags():
+    from typer.testing import CliRunner
+
+    out = CliRunner().invoke(app, ["db", "create-task-entry", "--help"], env={"COLUMNS": "200"}).stdout
+    assert "--json" in out and "--is-public" in out and "<bool>" not in out
 
 
 def test_main_usage_error_with_json_prints_one_json_document(cli, capsys):

@@ -1,4 +1,4 @@
-"""``atoma-ops ledger …`` through typer's CliRunner on the sub-app itself (it is mounted by atoma_ops/cli.py)."""
+"""``atoma-ops ledger …`` through typer's CliRunner on the sub-app itself (it is mounted by atoma_ops/cli/root.py)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from atoma_ops.ledger.cli import app
+from atoma_ops.cli.ledger import app
 from atoma_ops.ledger.plot import have_matplotlib
 
 
@@ -134,7 +134,7 @@ def test_missing_ledger_and_missing_home(cli, tmp_path):
 
 
 def test_mounted_under_a_root_app_inherits_home_and_json(scenario, cli):
-    """How atoma_ops/cli.py will mount it: ``atoma-ops --home DIR --json ledger earnings``."""
+    """How atoma_ops/cli/root.py mounts it: ``atoma-ops --home DIR --json ledger earnings``."""
     root = typer.Typer()
 
     @root.callback()

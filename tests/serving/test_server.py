@@ -3,8 +3,6 @@ session CPU engine, the real localnet and store."""
 
 from __future__ import annotations
 
-import os
-import sys
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -13,8 +11,7 @@ import pytest
 from atoma_ops.serving.node import NodeService
 from atoma_ops.serving.server import BackgroundServer, create_app
 
-sys.path.insert(0, os.path.dirname(__file__))
-from test_kit import NO_SECURITY, PRICE, ask, market, net, open_node  # noqa: E402,F401
+from tests.serving.test_kit import NO_SECURITY, PRICE, ask, market, net, open_node  # noqa: E402,F401
 
 
 @pytest.fixture

@@ -1,0 +1,336 @@
+"""``atoma-ops ledger …``: the DuckDB ledger (a typer group; also runs on its own, as the ledger tests do).
+
+    atoma-ops ledger [--ledger FILE] [--lock-timeout S] COMMAND   (the global options before or after COMMAND)
+      sync                          index the chain's new events (one DuckDB transaction per batch)
+      earnings [--by node|task|epoch|epoch_node]
+      stacks                        stack utilisation: units bought, served, claimed
+      tickets [--all]               open tickets: claimable from / attestation window
+      flow                          USDC paid in / paid out / left in the fee treasury, attester credits
+      reconcile [--no-sync]         mirror vs chain, drift row by row; exit 1 when there is drift
+      export --parquet DIR [--duckdb FILE]
+      plot --out FILE.png           earnings per epoch and node
+
+The ledger file defaults to ``<localnet home>/ledger.duckdb``. ``--home``/``--json`` are the root's global options
+(the group also declares them, for when it runs on its own). Exit status: 0 success, 1 drift (reconcile) or an error,
+2 usage error. Amounts are USDC base units (6 decimals).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import typer
+
+from .core import CONTEXT, CliGroup, remember
+
+app = typer.Typer(
+    name="ledger",
+    cls=CliGroup,
+    help="The DuckDB ledger: index chain events, earnings, stacks, tickets, reconciliation, export, plots.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_show_locals=False,
+    context_settings=CONTEXT,
+)
+
+
+@dataclass
+class Opts:
+    home: Optional[str] = None
+    ledger: Optional[str] = None
+    json: bool = False
+    lock_timeout: float = 30.0
+
+    def home_path(self) -> Path:
+        from ..home import resolve_home
+
+        return resolve_home(self.home)
+
+    def ledger_obj(self):
+        from ..ledger.api import Ledger, default_path
+
+        path = Path(self.ledger) if self.ledger else default_path(self.home)
+        return Ledger(path, lock_timeout_s=self.lock_timeout)
+
+    def chain(self):
+        from ..home import LocalnetHome, resolve_home
+
+        return LocalnetHome(resolve_home(self.home)).open()
+
+
+@app.callback()
+def _options(
+    ctx: typer.Context,
+    home: Optional[str] = typer.Option(None, "--home", metavar="DIR", help="Localnet home (default: $ATOMA_OPS_HOME, else data/localnet)."),
+    ledger: Optional[str] = typer.Option(None, "--ledger", metavar="FILE", help="Ledger file (default: <home>/ledger.duckdb)."),
+    json_output: bool = typer.Option(False, "--json", help="Print exactly one JSON document on stdout."),
+    lock_timeout: float = typer.Option(30.0, "--lock-timeout", metavar="S", help="Wait this long for another process's lock."),
+) -> None:
+    values = {"home": home, "ledger": ledger, "json_output": json_output, "lock_timeout": lock_timeout}
+    given = {}
+    for name, value in values.items():
+        source = ctx.get_parameter_source(name)
+        if source is not None and source.name != "DEFAULT":
+            given["json" if name == "json_output" else name] = value
+    remember(ctx, **given)
+
+
+def _opts(ctx: typer.Context) -> Opts:
+    """The options as given anywhere on the command line (root, this group, or after the command)."""
+    root = ctx.find_root().obj
+    return Opts(
+        home=getattr(root, "home", None),
+        ledger=getattr(root, "ledger", None),
+        json=bool(getattr(root, "json", False)),
+        lock_timeout=getattr(root, "lock_timeout", 30.0),
+    )
+
+
+# ------------------------------------------------------------------------------------------------ output
+def _plain(v: Any) -> Any:
+    if isinstance(v, (bytes, bytearray)):
+        return "0x" + bytes(v).hex()
+    if isinstance(v, dict):
+        return {k: _plain(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_plain(x) for x in v]
+    if hasattr(v, "tolist") and not isinstance(v, (str, int, float)):
+        return _plain(v.tolist())
+    try:
+        import pandas as pd
+
+        if v is pd.NA or v is pd.NaT or (isinstance(v, float) and v != v):
+            return None
+        if isinstance(v, pd.Timestamp):
+            return v.isoformat()
+    except ImportError:  # pragma: no cover
+        pass
+    if hasattr(v, "item"):
+        return v.item()
+    return v
+
+
+def _records(df) -> list[dict]:
+    return [{k: _plain(v) for k, v in row.items()} for row in df.to_dict(orient="records")]
+
+
+def _short(v: Any) -> Any:
+    v = _plain(v)
+    if isinstance(v, str) and v.startswith("0x") and len(v) > 18:
+        return v[:8] + "…" + v[-6:]
+    if isinstance(v, list):
+        return "[" + ", ".join(str(_short(x)) for x in v) + "]"
+    return "" if v is None else v
+
+
+def _table(df, title: str | None = None) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(soft_wrap=True, highlight=False)
+    if len(df) == 0:
+        console.print(f"{title + ': ' if title else ''}(none)")
+        return
+    table = Table(title=title, show_lines=False)
+    for col in df.columns:
+        table.add_column(str(col), overflow="fold")
+    for row in df.itertuples(index=False):
+        table.add_row(*(str(_short(v)) for v in row))
+    console.print(table)
+
+
+def _emit(opts: Opts, doc: Any, human: Callable[[], None]) -> None:
+    if opts.json:
+        sys.stdout.write(json.dumps(_plain(doc), default=str) + "\n")
+    else:
+        human()
+
+
+def _run(opts: Opts, fn: Callable[[], Any]) -> Any:
+    """Run a command body (errors go up to the CLI's one error path)."""
+    return fn()
+
+
+async def _with_chain(opts: Opts, body):
+    chain = opts.chain()
+    try:
+        return await body(chain)
+    finally:
+        await chain.close()
+
+
+# ------------------------------------------------------------------------------------------------ commands
+@app.command()
+def sync(
+    ctx: typer.Context,
+    batch_events: int = typer.Option(1000, "--batch-events", min=1, help="Events per ledger transaction."),
+    page_limit: int = typer.Option(50, "--page-limit", min=1, help="Events per chain query."),
+) -> None:
+    """Index the chain's events after the cursor into the ledger."""
+    opts = _opts(ctx)
+
+    def body():
+        ledger = opts.ledger_obj()
+        report = asyncio.run(
+            _with_chain(opts, lambda chain: ledger.sync(chain, batch_events=batch_events, page_limit=page_limit))
+        )
+        from ..ledger.node_usage import import_node_usage
+
+        usage_rows = import_node_usage(ledger, opts.home_path())
+        doc = {"ledger": str(ledger.path), **report.to_json(), "usage_rows_added": usage_rows}
+        _emit(opts, doc, lambda: typer.echo(
+            f"synced {report.events_applied} event(s) in {report.batches} batch(es) "
+            f"({report.events_skipped} already indexed) and {usage_rows} usage row(s) from the node stores into "
+            f"{ledger.path}; chain epoch {report.chain_epoch}"
+        ))
+
+    _run(opts, body)
+
+
+@app.command()
+def earnings(
+    ctx: typer.Context,
+    by: str = typer.Option("node", "--by", help="node | task | epoch | epoch_node"),
+) -> None:
+    """Earnings: node fees paid at claims plus attester credits (USDC base units)."""
+    opts = _opts(ctx)
+
+    def body():
+        df = opts.ledger_obj().earnings(by=by)
+        _emit(opts, {"by": by, "earnings": _records(df)}, lambda: _table(df, f"earnings by {by}"))
+
+    _run(opts, body)
+
+
+@app.command()
+def stacks(ctx: typer.Context) -> None:
+    """Stack utilisation: units bought, served (usage), claimed, and status."""
+    opts = _opts(ctx)
+
+    def body():
+        df = opts.ledger_obj().stacks()
+        cols = ["stack_small_id", "task_small_id", "selected_node_id", "owner_address", "units_bought", "requests",
+                "units_served", "units_claimed", "claimed_ratio", "status"]
+        _emit(opts, {"stacks": _records(df)}, lambda: _table(df[cols], "stacks"))
+
+    _run(opts, body)
+
+
+@app.command()
+def tickets(
+    ctx: typer.Context,
+    all_: bool = typer.Option(False, "--all", help="Include claimed tickets."),
+) -> None:
+    """Open settlement tickets: the epoch each becomes claimable and the last epoch attestations are accepted."""
+    opts = _opts(ctx)
+
+    def body():
+        df = opts.ledger_obj().tickets(include_claimed=all_)
+        if all_:
+            cols = ["stack_small_id", "selected_node_id", "num_claimed_compute_units", "settled_epoch",
+                    "dispute_settled_at_epoch", "requested_attestation_nodes", "already_attested_nodes",
+                    "is_in_dispute", "is_claimed"]
+        else:
+            cols = ["stack_small_id", "selected_node_id", "num_claimed_compute_units", "settled_epoch",
+                    "claimable_from_epoch", "attestation_window_last_epoch", "requested_attestation_nodes",
+                    "already_attested_nodes", "status"]
+        _emit(opts, {"tickets": _records(df)}, lambda: _table(df[cols], "tickets"))
+
+    _run(opts, body)
+
+
+@app.command()
+def flow(ctx: typer.Context) -> None:
+    """USDC flow: paid in, paid out, left in the fee treasury (ledger vs chain), attester credits, headroom."""
+    opts = _opts(ctx)
+
+    def body():
+        ledger = opts.ledger_obj()
+        summary = ledger.usdc_flow()
+        sc = ledger.sampling_consensus_payouts()
+
+        def human():
+            import pandas as pd
+
+            _table(pd.DataFrame([{"figure": k, "value": v} for k, v in summary.items()]), "USDC flow")
+            _table(sc, "Sampling Consensus stacks: payouts vs paid (shared treasury)")
+
+        _emit(opts, {"flow": summary, "sampling_consensus_payouts": _records(sc)}, human)
+
+    _run(opts, body)
+
+
+@app.command()
+def reconcile(
+    ctx: typer.Context,
+    no_sync: bool = typer.Option(False, "--no-sync", help="Compare without indexing new events first."),
+) -> None:
+    """Compare the mirror with the chain (stacks, tickets, tasks, nodes, balances, fee treasury); exit 1 on drift."""
+    opts = _opts(ctx)
+
+    def body():
+        ledger = opts.ledger_obj()
+        report = asyncio.run(_with_chain(opts, lambda chain: ledger.reconcile(chain, sync_first=not no_sync)))
+
+        def human():
+            if report.ok:
+                typer.echo(f"no drift ({', '.join(f'{k} {v}' for k, v in report.checked.items())})")
+            else:
+                _table(report.drift, f"drift: {len(report.drift)} row(s)")
+
+        _emit(opts, report.to_json(), human)
+        return report
+
+    report = _run(opts, body)
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+@app.command()
+def export(
+    ctx: typer.Context,
+    parquet: Optional[Path] = typer.Option(None, "--parquet", metavar="DIR", help="Write every table and view as DIR/<name>.parquet."),
+    duckdb_file: Optional[Path] = typer.Option(None, "--duckdb", metavar="FILE", help="Write a standalone DuckDB snapshot."),
+) -> None:
+    """Export a snapshot that analysts can keep open (the live file is held only one unit of work at a time)."""
+    opts = _opts(ctx)
+    if parquet is None and duckdb_file is None:
+        raise typer.BadParameter("give --parquet DIR and/or --duckdb FILE")
+
+    def body():
+        ledger = opts.ledger_obj()
+        doc: dict = {}
+        if parquet is not None:
+            doc["parquet"] = [str(p) for p in ledger.export_parquet(parquet)]
+        if duckdb_file is not None:
+            doc["duckdb"] = str(ledger.snapshot(duckdb_file))
+
+        def human():
+            if "parquet" in doc:
+                typer.echo(f"wrote {len(doc['parquet'])} Parquet file(s) to {parquet}")
+            if "duckdb" in doc:
+                typer.echo(f"wrote snapshot {doc['duckdb']}")
+
+        _emit(opts, doc, human)
+
+    _run(opts, body)
+
+
+@app.command()
+def plot(
+    ctx: typer.Context,
+    out: Path = typer.Option(..., "--out", metavar="FILE.png", help="Where to write the chart."),
+) -> None:
+    """Earnings per epoch and node as a stacked bar chart (needs matplotlib)."""
+    opts = _opts(ctx)
+
+    def body():
+        path = opts.ledger_obj().plot_earnings(out)
+        _emit(opts, {"plot": str(path)}, lambda: typer.echo(f"wrote {path}"))
+
+    _run(opts, body)

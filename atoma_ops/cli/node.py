@@ -1,0 +1,94 @@
+"""``atoma-ops node …``: run a serving node (the OpenAI-compatible HTTP server) and list what it served."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Optional
+
+import typer
+
+from .core import Render, State, esc, note, run, sub_app
+from .errors import CliInputError
+from .serving import BASE_URL_OPT, ENGINE_OPT, MODEL_OPT, NODE_SMALL_ID_PICK_OPT, engine_loader, with_node
+
+if TYPE_CHECKING:  # pragma: no cover
+    from rich.console import Console
+
+node_app = sub_app("Run a serving node: the OpenAI-compatible HTTP server with compute-unit metering and stack history.")
+
+
+@node_app.command("serve")
+def node_serve(
+    ctx: typer.Context,
+    node: str = typer.Option(..., "--node", metavar="ALIAS|0x…", help="The node's wallet alias or address."),
+    engine: str = ENGINE_OPT,
+    port: int = typer.Option(8000, "--port", metavar="N"),
+    host: str = typer.Option("127.0.0.1", "--host", metavar="ADDR"),
+    openai_base_url: Optional[str] = BASE_URL_OPT,
+    model: Optional[str] = MODEL_OPT,
+    max_pending: int = typer.Option(
+        256, "--max-pending", metavar="N",
+        help="Requests in progress at once (admitted, not yet recorded); past it the node answers 429 with Retry-After.",
+    ),
+    node_small_id: Optional[int] = NODE_SMALL_ID_PICK_OPT,
+) -> None:
+    """Serve OpenAI-compatible chat completions for the node's stacks (header X-Stack-Small-Id) until Ctrl-C."""
+
+    def produce(state: State) -> tuple[Any, Render]:
+        if max_pending < 1:
+            raise CliInputError("--max-pending must be >= 1")
+        load = engine_loader(state, engine, openai_base_url, model)
+
+        async def action(service: Any) -> dict:
+            import uvicorn
+
+            from ..serving.server import create_app
+
+            note(
+                state,
+                f"node {service.node_small_id} ({service.alias}) serving on http://{host}:{port} with the "
+                f"{engine} engine ({getattr(service.engine, 'model', '?')}), at most {service.max_pending} requests in "
+                f"progress; store {service.store.path}",
+            )
+            config = uvicorn.Config(create_app(service), host=host, port=port, log_level="info")
+            server = uvicorn.Server(config)
+            await server.serve()
+            if not server.started:
+                raise OSError(f"could not listen on {host}:{port}")
+            return {"node_small_id": service.node_small_id, "host": host, "port": port, "stopped": True}
+
+        doc = with_node(state, node, None, node_small_id, action, engine=load, max_pending=max_pending, fast_loop=True)
+        return doc, lambda con: con.print("server stopped")
+
+    run(ctx, produce)
+
+
+@node_app.command("stacks")
+def node_stacks(
+    ctx: typer.Context,
+    node: str = typer.Option(..., "--node", metavar="ALIAS|0x…", help="The node's wallet alias or address."),
+    node_small_id: Optional[int] = NODE_SMALL_ID_PICK_OPT,
+) -> None:
+    """The stacks this node has served: units used, reserved and left, requests, settlement state."""
+
+    def produce(state: State) -> tuple[Any, Render]:
+        async def action(service: Any) -> dict:
+            return {
+                "node_small_id": service.node_small_id,
+                "store": str(service.store.path),
+                "stacks": [u.to_json() for u in service.store.stacks()],
+            }
+
+        doc = with_node(state, node, None, node_small_id, action)
+
+        def render(con: "Console") -> None:
+            con.print(f"[bold]node {doc['node_small_id']}[/]: {len(doc['stacks'])} stack(s) served ({esc(doc['store'])})")
+            for u in doc["stacks"]:
+                con.print(
+                    f"  stack {u['stack_small_id']}: {u['used_units']} used, {u['units_left']} left of "
+                    f"{u['num_compute_units']}; {u['num_requests']} requests; {u['state']}"
+                )
+
+        return doc, render
+
+    run(ctx, produce)
+

@@ -1,0 +1,93 @@
+"""The root ``atoma-ops`` command: global options, the command groups, and the console-script entry point."""
+
+from __future__ import annotations
+
+import sys
+from typing import List, Optional
+
+import typer
+
+from . import errors
+from .core import CONTEXT, CliGroup, State, emit_json
+from .db import db_app
+from . import db_reads  # noqa: F401  (registers the reads on db_app)
+from .ledger import app as ledger_app
+from .localnet import localnet_app
+from .node import node_app
+from .stack import stack_app
+from .usdc import usdc_app
+
+EPILOG = (
+    "Global options go before or after the subcommand. Exit status: 0 success; 1 refused or failed (bad input, "
+    "abort, file, disk, engine, drift); 2 usage error; 3 internal error (a bug; --debug shows the traceback); "
+    "130 interrupted."
+)
+
+app = typer.Typer(
+    name="atoma-ops",
+    cls=CliGroup,
+    help="Tools for Atoma Network node operators: an embedded localnet of atoma::db, test USDC, and the db entry functions.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_show_locals=False,  # locals could hold a wallet; never print them
+    epilog=EPILOG,
+    context_settings=CONTEXT,
+)
+app.add_typer(localnet_app, name="localnet")
+app.add_typer(usdc_app, name="usdc")
+app.add_typer(db_app, name="db")
+app.add_typer(node_app, name="node")
+app.add_typer(stack_app, name="stack")
+# The ledger group imports duckdb and pandas lazily inside its commands; mounting it costs little.
+app.add_typer(ledger_app, name="ledger", help="DuckDB ledger: sync, earnings, stacks, tickets, reconcile, export, plot.")
+
+
+@app.callback()
+def _root(
+    ctx: typer.Context,
+    address: Optional[str] = typer.Option(
+        None, "--address", metavar="ALIAS|0x…", help="Who signs (default: the wallet's active address)."
+    ),
+    home: Optional[str] = typer.Option(
+        None, "--home", metavar="DIR", help="Localnet home (default: $ATOMA_OPS_HOME, else data/localnet)."
+    ),
+    json_output: bool = typer.Option(False, "--json", help="Print exactly one JSON document on stdout, also on failure."),
+    debug: bool = typer.Option(False, "--debug", help="On an error, also print the traceback (stderr)."),
+) -> None:
+    st = ctx.obj if isinstance(ctx.obj, State) else State()
+    st.address, st.home = address or st.address, home or st.home
+    st.json, st.debug = json_output or st.json, debug or st.debug
+    ctx.obj = st
+
+
+def _json_requested(args: list[str]) -> bool:
+    return "--json" in (args[: args.index("--")] if "--" in args else args)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """Console-script entry point: returns the exit status (errors.py lists them). Usage errors exit 2, with a JSON
+    error document too when --json is given anywhere on the command line."""
+    # typer 0.29 vendors click; take its exception classes from an exported one so this works either way.
+    classes = {c.__name__: c for c in typer.BadParameter.__mro__}
+    ClickException, UsageError = classes["ClickException"], classes["UsageError"]
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    try:
+        rv = app(args=args, prog_name="atoma-ops", standalone_mode=False)
+    except ClickException as exc:
+        is_help = type(exc).__name__ == "NoArgsIsHelpError"  # typer already printed the help
+        if isinstance(exc, UsageError) and _json_requested(args) and not is_help:
+            emit_json({"error": {"kind": "UsageError", "message": exc.format_message()}})
+        try:
+            from typer import rich_utils
+
+            rich_utils.rich_format_error(exc)
+        except Exception:  # pragma: no cover - fall back to click's plain message
+            exc.show()
+        return exc.exit_code
+    except typer.Exit as exc:
+        return exc.exit_code
+    except (typer.Abort, KeyboardInterrupt):
+        typer.echo("Aborted!", err=True)
+        return errors.EXIT_INTERRUPTED
+    return rv if isinstance(rv, int) else 0

@@ -1,0 +1,114 @@
+"""What the node and stack groups share: opening a node's service over the localnet home, loading an engine after
+the cheap checks, and their common options."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Optional
+
+import typer
+
+from .core import State, note
+from .errors import CliInputError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from rich.console import Console
+
+    from ..chain.localnet.adapter import LocalnetChain
+
+
+NODE_OPT = typer.Option(
+    None, "--node", metavar="ALIAS|0x…", help="The serving node (default: --address, else the stack's selected node)."
+)
+NODE_SMALL_ID_PICK_OPT = typer.Option(None, "--node-small-id", metavar="N", help="Pick among several NodeBadges.")
+ENGINE_OPT = typer.Option("cpu", "--engine", metavar="cpu|openai|vllm", help="Inference engine (cpu: SmolLM2 on CPU).")
+BASE_URL_OPT = typer.Option(None, "--openai-base-url", metavar="URL", help="OpenAI-compatible server (--engine openai).")
+MODEL_OPT = typer.Option(None, "--model", metavar="NAME", help="Model name for the engine (default SmolLM2-135M-Instruct).")
+
+
+async def _node_for_stack(chain: "LocalnetChain", stack_small_id: Optional[int]) -> str:
+    """The wallet alias owning the NodeBadge the stack was sold to."""
+    if stack_small_id is None:
+        raise CliInputError("say which node with --node ALIAS (or --address)")
+    from ..chain.errors import NotFound
+
+    stack = await chain.get_stack(stack_small_id)
+    if stack is None:
+        raise NotFound(f"stack {stack_small_id} not found (stacks claimed with claim-funds are deleted); give --node")
+    for alias, address in chain.wallet.aliases().items():
+        if any(b.kind == "NodeBadge" and b.small_id == stack.selected_node_id for b in await chain.badges(address)):
+            return alias
+    raise CliInputError(f"stack {stack_small_id} was sold to node {stack.selected_node_id}, which no wallet alias holds; give --node")
+
+
+def with_node(
+    state: State,
+    node: Optional[str],
+    stack_small_id: Optional[int],
+    node_small_id: Optional[int],
+    action: Callable[[Any], Awaitable[Any]],
+    engine: Optional[Callable[[], Any]] = None,
+    precheck: bool = False,
+    max_pending: Optional[int] = None,
+    fast_loop: bool = False,
+) -> Any:
+    """Open the localnet home and the node's service (its store under <home>/nodes/<alias>/), load the engine if
+    asked (after the cheap checks; ``precheck``: the stack must be servable by this node), run ``action(service)``,
+    close everything. ``max_pending``: the requests the service takes in progress at once (past it: 429)."""
+    import asyncio
+
+    from ..home import LocalnetHome, resolve_home
+    from ..serving.node import NodeService
+
+    async def main() -> Any:
+        home = resolve_home(state.home)
+        chain = LocalnetHome(home).open()
+        service = None
+        try:
+            who = node or state.address or await _node_for_stack(chain, stack_small_id)
+            options = {} if max_pending is None else {"max_pending": max_pending}
+            service = await NodeService.open(home, who, None, node_small_id=node_small_id, chain=chain, **options)
+            if precheck and stack_small_id is not None:
+                await service.check_stack(stack_small_id)
+            if engine is not None:
+                service.engine = await asyncio.to_thread(engine)
+            return await action(service)
+        finally:
+            if service is not None:
+                await service.close()
+            if service is not None and service.engine is not None:
+                service.engine.close()
+            await chain.close()
+
+    if fast_loop:  # the HTTP server: uvloop (what uvicorn picks for itself), the relay of every token is cheaper
+        try:
+            import uvloop
+        except ImportError:
+            pass
+        else:
+            with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+                return runner.run(main())
+    return asyncio.run(main())
+
+
+def engine_loader(state: State, kind: str, base_url: Optional[str], model: Optional[str]) -> Callable[[], Any]:
+    from ..serving.node import ENGINE_KINDS
+
+    if kind not in ENGINE_KINDS:
+        raise CliInputError(f"--engine: {kind!r} is not one of {', '.join(ENGINE_KINDS)}")
+
+    def load() -> Any:
+        from ..serving.node import load_engine
+
+        note(state, f"loading the {kind} engine…")
+        return load_engine(kind, model=model, base_url=base_url)
+
+    return load
+
+
+def usage_lines(con: "Console", u: dict) -> None:
+    con.print(
+        f"  units          {u['used_units']} used, {u['reserved_units']} reserved, {u['units_left']} left "
+        f"of {u['num_compute_units']}"
+    )
+    con.print(f"  requests       {u['num_requests']} served, {u['in_flight']} in flight; state {u['state']}")
+
