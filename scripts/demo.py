@@ -27,11 +27,14 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def quiet_prefect(prefect_home: Path) -> None:
-    """Prefect settings for a demo: its own home under data/, no analytics, warnings only (set before import)."""
+    """Prefect settings for a demo (set before import): its own home under data/, no analytics; the runs' INFO logs
+    go to the API (the UI shows each stage's facts) while the console shows warnings only. (Importing ``flows``
+    gives Prefect's ephemeral API a start-up timeout fit for a loaded machine: flows/_ephemeral.py.)"""
     os.environ.setdefault("PREFECT_HOME", str(prefect_home))
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("DO_NOT_TRACK", "1")
-    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")
+    os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
     os.environ.setdefault("PREFECT_SERVER_LOGGING_LEVEL", "WARNING")
     os.environ.setdefault("TQDM_DISABLE", "1")  # the GGUF loader's progress bar
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -75,14 +78,19 @@ def main(argv: list[str] | None = None) -> int:
     s = summary
     console.print(Markdown(summary_markdown(s)))
 
-    table = Table(title="Earnings per node (USDC base units, from the ledger)")
+    from atoma_ops.protocol.money import format_usdc
+
+    table = Table(title="Earnings per node (USDC; base units in the ledger)")
+    money = {"node_fees", "attester_credits", "total"}
     columns = ["node_small_id", "stacks_claimed", "units_claimed", "node_fees", "attester_credits", "total"]
     for header in ("node", "stacks", "units", "node fees", "attester credits", "total"):
-        table.add_column(header, justify="right")
+        table.add_column(header, justify="right", no_wrap=True)
     for row in s["earnings"]:
-        table.add_row(*(str(row.get(c, "")) for c in columns))
+        table.add_row(*(format_usdc(int(row[c])) if c in money and row.get(c) is not None else str(row.get(c, ""))
+                        for c in columns))
     console.print(table)
-    console.print(f"Ledger: {opts.home / 'ledger.duckdb'}   (atoma-ops --home {opts.home} ledger earnings)")
+    console.print(f"Ledger: {opts.home / 'ledger.duckdb'}. Its commands (README, \"The ledger\") read it with")
+    console.print(f"  export ATOMA_OPS_HOME={opts.home}   # then: .venv/bin/atoma-ops ledger earnings")
     console.print("Prefect runs: PREFECT_HOME=data/prefect .venv/bin/prefect server start   (then open the UI)")
     console.print(f"Done in {took:.0f} s.")
     return 0
