@@ -30,11 +30,13 @@ __all__ = [
     "Account",
     "InvalidSignatureError",
     "KeystoreError",
+    "MalformedSignatureError",
     "UnknownAddressError",
     "Wallet",
     "WalletError",
     "address_from_public_key",
     "normalize_address",
+    "verify_hash_signature",
     "verify_signature",
 ]
 
@@ -74,6 +76,12 @@ class SuiKeyPair:
         """Sign under the transaction intent; base64 of ``flag ‖ signature ‖ public key``."""
         return base64.b64encode(bytes(_pfc.sign_digest(self.scheme, self._private, tx_b64, [0, 0, 0]))).decode()
 
+    def sign_raw(self, message: bytes) -> str:
+        """Sign ``message`` as it is (no intent, no hash: fastcrypto's own per-scheme signing, sha256 inside for
+        the secp curves as on Sui); base64 of ``flag ‖ signature ‖ public key``."""
+        sig = base64.b64decode(_pfc.sign_message(self.scheme, self._private, base64.b64encode(message).decode()))
+        return base64.b64encode(bytes([self.scheme]) + sig + self.public_key_bytes).decode()
+
     def __repr__(self) -> str:
         return f"SuiKeyPair(scheme={self.scheme}, private=<hidden>)"
 
@@ -112,6 +120,12 @@ class UnknownAddressError(WalletError):
 
 class InvalidSignatureError(WalletError):
     """A Sui serialized signature is malformed or does not verify."""
+
+
+class MalformedSignatureError(InvalidSignatureError):
+    """A Sui serialized signature that cannot even be read: bad base64, an unsupported scheme flag, a length that is
+    not its scheme's, a public key that is not a point of its curve (the Atoma node answers these with 400, a
+    readable signature that does not verify with 401)."""
 
 
 def normalize_address(text: str) -> str:
@@ -181,32 +195,59 @@ def verify_signature(tx_bytes: bytes, signature_b64: str) -> str:
     """
     if not isinstance(tx_bytes, (bytes, bytearray, memoryview)):
         raise InvalidSignatureError("transaction bytes must be bytes")
+    return verify_hash_signature(hashlib.blake2b(_TX_INTENT + bytes(tx_bytes), digest_size=32).digest(), signature_b64)
+
+
+def parse_signature(signature_b64: str) -> tuple[int, bytes, bytes]:
+    """``(scheme flag, 64-byte signature, public key)`` of a Sui serialized signature (ed25519, secp256k1 or
+    secp256r1).
+
+    Raises:
+        MalformedSignatureError: bad base64, an unsupported flag (multisig, zkLogin, passkey…) or a wrong length.
+    """
     if not isinstance(signature_b64, str):
-        raise InvalidSignatureError("signature must be a base64 string")
+        raise MalformedSignatureError("signature must be a base64 string")
     try:
         raw = base64.b64decode(signature_b64, validate=True)
     except (binascii.Error, ValueError):
-        raise InvalidSignatureError("signature is not valid base64") from None
+        raise MalformedSignatureError("signature is not valid base64") from None
     if not raw:
-        raise InvalidSignatureError("signature is empty")
+        raise MalformedSignatureError("signature is empty")
     flag = raw[0]
     pub_len = _PUBLIC_KEY_LEN.get(flag)
     if pub_len is None:
         # Multisig, zkLogin and passkey signatures have other layouts; they are not produced by this wallet.
-        raise InvalidSignatureError(f"unsupported signature scheme flag {flag}")
+        raise MalformedSignatureError(f"unsupported signature scheme flag {flag}")
     if len(raw) != 1 + _SIGNATURE_LEN + pub_len:
-        raise InvalidSignatureError(
+        raise MalformedSignatureError(
             f"signature for scheme {flag} must be {1 + _SIGNATURE_LEN + pub_len} bytes, got {len(raw)}"
         )
-    sig = raw[1 : 1 + _SIGNATURE_LEN]
-    pub = raw[1 + _SIGNATURE_LEN :]
-    digest = hashlib.blake2b(_TX_INTENT + bytes(tx_bytes), digest_size=32).digest()
+    return flag, raw[1 : 1 + _SIGNATURE_LEN], raw[1 + _SIGNATURE_LEN :]
+
+
+def verify_hash_signature(digest: bytes, signature_b64: str) -> str:
+    """Verify a Sui serialized signature over a 32-byte digest signed as it is (no intent prefix: how the Atoma
+    node's requests and responses are signed, and what a transaction signature signs after its intent hash) and
+    return the signer's address.
+
+    Raises:
+        MalformedSignatureError: the signature cannot be read (see :func:`parse_signature`), or its public key is
+            not a point of its curve.
+        InvalidSignatureError: it does not verify over ``digest``.
+    """
+    flag, sig, pub = parse_signature(signature_b64)
+    if flag != _ED25519:
+        try:  # a compressed point must start with 02 or 03 (fastcrypto would raise on it below)
+            if pub[0] not in (2, 3):
+                raise ValueError
+        except (IndexError, ValueError):
+            raise MalformedSignatureError(f"the public key is not a compressed point of scheme {flag}") from None
     try:
         ok = _pfc.verify_pubk(
-            flag, list(pub), base64.b64encode(digest).decode(), base64.b64encode(sig).decode()
+            flag, list(pub), base64.b64encode(bytes(digest)).decode(), base64.b64encode(sig).decode()
         )
     except Exception:  # fastcrypto raises on e.g. a public key that is not a curve point
-        raise InvalidSignatureError("signature does not verify (malformed public key or signature)") from None
+        raise MalformedSignatureError("signature does not verify (malformed public key or signature)") from None
     if ok is not True:
         raise InvalidSignatureError("signature does not verify")
     return address_from_public_key(flag, pub)
@@ -768,6 +809,22 @@ class Wallet:
             raise TypeError("tx_bytes must be bytes")
         kp = self._keypair(address)
         return kp.new_sign_secure(base64.b64encode(bytes(tx_bytes)).decode())
+
+    def sign_hash(self, address: str, digest: bytes) -> str:
+        """Sign a 32-byte digest as it is (no intent) with the key of ``address`` (or alias): the Atoma node's
+        signature over a request or response hash (``keystore.sign_hashed``). Checked by
+        :func:`verify_hash_signature`.
+
+        Returns:
+            Base64 Sui serialized signature ``flag ‖ signature ‖ public key``.
+
+        Raises:
+            UnknownAddressError: If the wallet has no key for ``address``.
+        """
+        if not isinstance(digest, (bytes, bytearray)) or len(digest) != 32:
+            raise TypeError("digest must be 32 bytes")
+        kp = self._keypair(address)
+        return kp.sign_raw(bytes(digest))
 
     def _keypair(self, address: str) -> SuiKeyPair:
         """Return the keypair of an address or alias; UnknownAddressError if absent."""

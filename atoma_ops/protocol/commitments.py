@@ -2,8 +2,9 @@
 
 Both the serving node and every attester compute exactly this:
 
-- payload hash = blake2b-256(canonical request bytes); response hash = blake2b-256(canonical response bytes, the
-  response's deterministic fields only); request leaf = blake2b-256(payload hash ‖ response hash);
+- payload hash = blake2b-256(the request body in the compact form its buyer signed, in its own key order:
+  node_http.py); response hash = blake2b-256(canonical response bytes, the response's deterministic fields only);
+  request leaf = blake2b-256(payload hash ‖ response hash);
 - ``R`` = Merkle root over the request leaves in serving order: leaves used as they are, parent =
   blake2b-256(left ‖ right), an unpaired last node promoted unchanged, one leaf is its own root;
 - ``leaf_i = blake2b-256(u8(i) ‖ R)``; ``committed_stack_proof = blake2b-256(leaf_0 ‖ … ‖ leaf_k)`` with k the
@@ -25,6 +26,8 @@ import struct
 from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
+from .node_http import compact_json
+
 HASH_LEN = 32
 
 
@@ -40,8 +43,10 @@ def canonical_json(value: Any) -> bytes:
 
 
 def canonical_request(request: dict) -> bytes:
-    """The request body as canonical JSON (every field counts: it is what the buyer asked for)."""
-    return canonical_json(request)
+    """The request body as the buyer signed it: compact JSON in the body's own key order, as the Atoma node
+    re-serialises it (``node_http.compact_json``). Every field counts, and so does the order of the keys: the
+    payload hash is the hash under the buyer's ``X-Signature``, so a history proves what its owner asked for."""
+    return compact_json(request)
 
 
 def deterministic_response(response: dict) -> dict:

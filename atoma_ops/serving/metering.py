@@ -70,24 +70,56 @@ class MissingStack(ServingError):
     status, type = 400, "missing_stack"
 
 
+class MissingSignature(ServingError):
+    """No ``X-Signature``, or one that cannot be read (bad base64, an unsupported scheme flag, a wrong length, a
+    public key off its curve): the Atoma node's 400."""
+
+    status, type = 400, "invalid_signature_header"
+
+
+class BadSignature(ServingError):
+    """A readable ``X-Signature`` that does not verify over the body's hash: the Atoma node's 401."""
+
+    status, type = 401, "invalid_signature"
+
+
+class PurchaseNotOwned(ServingError):
+    """``X-Tx-Digest`` names a transaction that bought no such stack for the signer (the Atoma node's 401,
+    "not enough compute units found for transaction")."""
+
+    status, type = 401, "purchase_not_found"
+
+
 class StackNotFound(ServingError):
-    status, type = 404, "stack_not_found"
+    """No stack with that id for the signer on this node (none at all, another owner's): the Atoma node's 400
+    ("DoesNotExist"), with no ``X-Tx-Digest`` to look a purchase up."""
+
+    status, type = 400, "stack_not_found"
 
 
 class StackNotServedHere(ServingError):
-    status, type = 403, "stack_not_served_by_this_node"
+    """A stack sold to another node: the Atoma node knows only its own stacks (400, "DoesNotExist")."""
+
+    status, type = 400, "stack_not_served_by_this_node"
 
 
 class StackSettling(ServingError):
-    status, type = 409, "stack_in_settlement"
+    """The Atoma node's 423 Locked ("please buy a new stack"): in its settle period."""
+
+    status, type = 423, "stack_in_settlement"
 
 
 class StackClaimed(ServingError):
-    status, type = 410, "stack_claimed"
+    """423 Locked: claimed (or gone from the chain after a claim)."""
+
+    status, type = 423, "stack_claimed"
 
 
 class InsufficientUnits(ServingError):
-    status, type = 402, "insufficient_compute_units"
+    """The Atoma node's 425 Too Early ("Unavailable"): the owner's open stack has fewer units left than the
+    estimate; buy a new stack, or wait for requests in flight to give their reservations back."""
+
+    status, type = 425, "insufficient_compute_units"
 
     @property
     def final(self) -> bool:
@@ -95,22 +127,38 @@ class InsufficientUnits(ServingError):
         return not self.fields.get("reserved_in_flight")
 
 
-class StackBusy(ServingError):
-    """try-settle while requests are in flight on the stack."""
+class PurchaseNotVisible(ServingError):
+    """425 Too Early: ``X-Tx-Digest`` names a purchase this node cannot see yet (send the request again shortly)."""
 
-    status, type = 409, "stack_busy"
+    status, type = 425, "purchase_not_visible"
+
+    @property
+    def final(self) -> bool:
+        return False
+
+
+class StackBusy(ServingError):
+    """try-settle while requests are in flight on the stack (try again when they are done)."""
+
+    status, type = 425, "stack_busy"
+
+    @property
+    def final(self) -> bool:
+        return False
 
 
 class NothingToCommit(ServingError):
-    status, type = 409, "empty_history"
+    status, type = 400, "empty_history"
 
 
 class NotAttester(ServingError):
-    status, type = 403, "not_selected_for_attestation"
+    status, type = 400, "not_selected_for_attestation"
 
 
 class EngineFailure(ServingError):
-    status, type = 502, "engine_error"
+    """The inference engine failed: the Atoma node's 500 (nothing charged)."""
+
+    status, type = 500, "engine_error"
 
 
 class Overloaded(ServingError):

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +28,7 @@ from ..chain.errors import ChainError, InvalidArgument
 from ..chain.port import Chain
 from ..journal import failpoint
 from ..protocol.commitments import Commitment, commit
+from ..protocol.node_http import TX_DIGEST_HEADER
 from .engines import ENGINE_KINDS
 from .engines.base import SMOLLM2_MODEL, Engine
 from .history import HistoryEntry, StackHistory
@@ -36,6 +38,8 @@ from .metering import (
     NotAttester,
     Overloaded,
     NothingToCommit,
+    PurchaseNotOwned,
+    PurchaseNotVisible,
     ServingError,
     StackClaimed,
     StackNotFound,
@@ -52,6 +56,16 @@ from .store import NodeStore, Reservation, StackFacts
 
 log = logging.getLogger("atoma_ops.serving")
 
+#: a Sui transaction digest: base58 of 32 bytes (43 or 44 characters)
+_DIGEST_RE = re.compile(r"[1-9A-HJ-NP-Za-km-z]{32,44}")
+
+
+def _small_id(value: Any) -> int | None:
+    """A small id in an event's parsed JSON (``{"inner": "7"}``), or None."""
+    try:
+        return int(value["inner"]) if isinstance(value, dict) else int(value)
+    except (KeyError, TypeError, ValueError):
+        return None
 
 
 @dataclass(frozen=True)
@@ -237,40 +251,116 @@ class NodeService:
             log.warning("released %d reservation(s) left by dead processes", released)
         return service
 
+    def sign_hash(self, digest: bytes) -> str:
+        """The node's Sui signature over a 32-byte response hash, with its own key (the wallet the chain port
+        signs its transactions with): what a buyer checks against the stack's node."""
+        return self.chain.wallet.sign_hash(self.address, digest)  # type: ignore[attr-defined]
+
     async def close(self) -> None:
         self.store.close()
         if self._owns_chain:
             await self.chain.close()
 
     # ------------------------------------------------------------------ checks
-    async def check_stack(self, stack_small_id: int) -> StackFacts:
-        """The stack's facts if this node may serve it now, else the refusal."""
+    async def check_stack(
+        self, stack_small_id: int, *, owner: str | None = None, tx_digest: str | None = None, open_only: bool = True
+    ) -> StackFacts:
+        """The stack's facts if ``owner`` may spend it on this node now, else the refusal, with the Atoma node's
+        codes: no such stack *for this owner* (none, another owner's, another node's) 400; a purchase named by
+        ``tx_digest`` that is not visible yet 425, or that bought no such stack for the owner 401; in its settle
+        period or claimed 423 (unless ``open_only`` is false: who owns it is all that is asked).
+
+        ``owner`` None is the node's own process (a replay, a test), which may name any stack sold to this node;
+        the HTTP server always passes the address that signed the request.
+        """
         stack = await self.chain.get_stack(stack_small_id)
         if stack is None:
-            if self.store.usage(stack_small_id) is not None:
+            served = await asyncio.to_thread(self.store.facts, stack_small_id)
+            if served is not None and owner in (None, served.owner):  # served here, then claimed (gone from chain)
+                if not open_only:
+                    return served
                 raise StackClaimed(
-                    f"stack {stack_small_id} is gone from the chain (claimed); it takes no more requests",
+                    f"stack {stack_small_id} is gone from the chain (claimed); it takes no more requests, please buy "
+                    "a new stack",
                     stack_small_id=stack_small_id,
                 )
-            raise StackNotFound(f"stack {stack_small_id} does not exist", stack_small_id=stack_small_id)
+            if tx_digest is not None:
+                return await self._bought(stack_small_id, owner, tx_digest)
+            raise StackNotFound(self._not_found(stack_small_id, owner), stack_small_id=stack_small_id)
+        if owner is not None and stack.owner != owner:
+            if tx_digest is not None:
+                raise PurchaseNotOwned(
+                    f"transaction {tx_digest} bought no stack {stack_small_id} for {owner}", stack_small_id=stack_small_id
+                )
+            raise StackNotFound(self._not_found(stack_small_id, owner), stack_small_id=stack_small_id)
         if stack.selected_node_id != self.node_small_id:
             raise StackNotServedHere(
                 f"stack {stack_small_id} was sold to node {stack.selected_node_id}; this is node {self.node_small_id}",
                 stack_small_id=stack_small_id,
                 selected_node_id=stack.selected_node_id,
             )
-        if stack.is_claimed:
+        if open_only:
+            await self.check_open(stack_small_id, stack.is_claimed)
+        return StackFacts.of(stack)
+
+    async def check_open(self, stack_small_id: int, is_claimed: bool | None = None) -> None:
+        """423 for a claimed stack or one with a settlement ticket (its settle period)."""
+        if is_claimed is None:
+            stack = await self.chain.get_stack(stack_small_id)
+            is_claimed = stack is None or stack.is_claimed
+        if is_claimed:
             raise StackClaimed(
-                f"stack {stack_small_id} has been claimed; it takes no more requests", stack_small_id=stack_small_id
+                f"stack {stack_small_id} has been claimed; it takes no more requests, please buy a new stack",
+                stack_small_id=stack_small_id,
             )
         ticket = await self.chain.get_ticket(stack_small_id)
         if ticket is not None:
             raise StackSettling(
                 f"stack {stack_small_id} is in settlement ({ticket.num_claimed_compute_units} compute units claimed); "
-                "it takes no more requests",
+                "it takes no more requests, please buy a new stack",
                 stack_small_id=stack_small_id,
             )
-        return StackFacts.of(stack)
+
+    @staticmethod
+    def _not_found(stack_small_id: int, owner: str | None) -> str:
+        whose = f" for {owner}" if owner is not None else ""
+        return (f"stack {stack_small_id} does not exist{whose} on this node (a stack bought moments ago: send "
+                f"{TX_DIGEST_HEADER} with its purchase's digest)")
+
+    async def _bought(self, stack_small_id: int, owner: str | None, tx_digest: str) -> StackFacts:
+        """A stack the chain's reads do not show yet, found through its purchase transaction (``X-Tx-Digest``): its
+        ``StackCreatedEvent`` must name this stack, the signer as owner and this node. Until the transaction is
+        visible, 425 (the buyer sends the request again)."""
+        if not isinstance(tx_digest, str) or not _DIGEST_RE.fullmatch(tx_digest):
+            raise BadRequest(f"{TX_DIGEST_HEADER} must be a transaction digest (base58), got {tx_digest!r}")
+        tx = await self.chain.get_transaction(tx_digest)
+        if tx is None:
+            raise PurchaseNotVisible(
+                f"transaction {tx_digest} is not visible to this node yet; send the request again shortly",
+                stack_small_id=stack_small_id, retry_after_s=1,
+            )
+        for event in tx.events if tx.ok else ():
+            if event.name != "StackCreatedEvent":
+                continue
+            e = event.parsed_json
+            if _small_id(e.get("stack_small_id")) != stack_small_id:
+                continue
+            if owner is not None and e.get("owner") != owner:
+                break
+            if _small_id(e.get("selected_node_id")) != self.node_small_id:
+                raise StackNotServedHere(
+                    f"stack {stack_small_id} was sold to node {_small_id(e.get('selected_node_id'))}; this is node "
+                    f"{self.node_small_id}",
+                    stack_small_id=stack_small_id,
+                )
+            return StackFacts(
+                stack_small_id, int(e["num_compute_units"]), self.node_small_id, _small_id(e["task_small_id"]),
+                e["owner"], int(e["price_per_one_million_compute_units"]),
+            )
+        raise PurchaseNotOwned(
+            f"transaction {tx_digest} bought no stack {stack_small_id}{f' for {owner}' if owner else ''}",
+            stack_small_id=stack_small_id,
+        )
 
     # ------------------------------------------------------------------ serving (serve.py: one request, one path)
     def _require_engine(self) -> Engine:
@@ -282,20 +372,28 @@ class NodeService:
     def overloaded(self) -> bool:
         return self.pending >= self.max_pending
 
-    async def stack_facts(self, stack_small_id: int) -> tuple[StackFacts, str | None]:
-        """The stack's facts and its task's model if this node may serve it now, else the refusal. The immutable
-        facts are read from the chain once; whether it is claimed or in settlement is re-read at most every
-        ``chain_check_ttl_s`` (this node's own try-settle closes the stack in the store first, whatever the cache)."""
+    async def stack_facts(
+        self, stack_small_id: int, *, owner: str | None = None, tx_digest: str | None = None, open_only: bool = True
+    ) -> tuple[StackFacts, str | None]:
+        """The stack's facts and its task's model if ``owner`` may spend it here now, else the refusal
+        (:meth:`check_stack`). Who owns a stack never changes, so a cached stack is checked against the owner
+        without a chain read; whether it is claimed or in settlement is re-read at most every
+        ``chain_check_ttl_s`` (this node's own try-settle closes the stack in the store first, whatever the
+        cache)."""
         now = time.monotonic()
         cached = self._facts.get(stack_small_id)
         if cached is not None and now - cached[2] < self.chain_check_ttl_s:
-            return cached[0], cached[1]
-        facts = await self.check_stack(stack_small_id)
+            facts = cached[0]
+            if owner is not None and facts.owner != owner:
+                raise StackNotFound(self._not_found(stack_small_id, owner), stack_small_id=stack_small_id)
+            return facts, cached[1]
+        facts = await self.check_stack(stack_small_id, owner=owner, tx_digest=tx_digest, open_only=open_only)
         model = cached[1] if cached is not None else None
         if cached is None:
             task = await self.chain.get_task(facts.task_small_id)
             model = task.model_name if task is not None else None
-        self._facts[stack_small_id] = (facts, model, now)
+        if open_only:
+            self._facts[stack_small_id] = (facts, model, now)
         return facts, model
 
     def check_model(self, request: dict, task_model: str | None) -> None:
@@ -312,11 +410,13 @@ class NodeService:
             )
 
     async def admit(
-        self, stack_small_id: int, request: Any, *, request_id: str | None = None, arrived_ms: int | None = None
+        self, stack_small_id: int, request: Any, *, request_id: str | None = None, arrived_ms: int | None = None,
+        owner: str | None = None, tx_digest: str | None = None,
     ) -> Admission | Outcome:
-        """Decide on a request before any inference: validate it, check the stack and the model, estimate it and
-        reserve the estimate. Returns the Admission (its reservation held until the run ends), or, for a request
-        id this stack already served, the recorded Outcome (nothing charged again).
+        """Decide on a request before any inference: validate it, check that ``owner`` (the address that signed it;
+        None for the node's own process) may spend the stack, check the model, estimate it and reserve the
+        estimate. Returns the Admission (its reservation held until the run ends), or, for a request id this stack
+        already served, the recorded Outcome (nothing charged again; only to the stack's owner).
 
         Raises:
             ServingError: the refusal (nothing reserved). With a request id, a final refusal is remembered.
@@ -336,10 +436,12 @@ class NodeService:
             if request_id is not None:
                 if not isinstance(request_id, str) or not 0 < len(request_id) <= 256:
                     raise BadRequest("a request id is a string of 1 to 256 characters", param="request_id")
+                # whose stack it is first: a recorded answer goes only to its owner
+                await self.stack_facts(stack_small_id, owner=owner, tx_digest=tx_digest, open_only=False)
                 seen = await asyncio.to_thread(self.store.find_request, stack_small_id, request_id)
                 if isinstance(seen, HistoryEntry):
                     return self._recorded(stack_small_id, request, seen)
-            facts, task_model = await self.stack_facts(stack_small_id)
+            facts, task_model = await self.stack_facts(stack_small_id, owner=owner, tx_digest=tx_digest)
             self.check_model(request, task_model)
             est = await asyncio.to_thread(estimate, request, engine)
             context = engine.max_context

@@ -19,7 +19,7 @@ a final one carries ``x-should-retry: false`` so OpenAI SDKs do not send it agai
 from __future__ import annotations
 
 import asyncio
-import json
+import base64
 import logging
 import socket
 import threading
@@ -33,15 +33,38 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..protocol.constants import U64_MAX
-from .metering import BadRequest, MissingStack, Overloaded, ServingError
+from ..protocol.node_http import (
+    REQUEST_ID_HEADER,
+    RESPONSE_HASH_KEY,
+    SIGNATURE_HEADER,
+    SIGNATURE_KEY,
+    STACK_HEADER,
+    TX_DIGEST_HEADER,
+    BodyError,
+    blake2b256,
+    body_hash,
+    parse_body,
+    response_body_hash,
+)
+from ..wallet import InvalidSignatureError, MalformedSignatureError, parse_signature, verify_hash_signature
+from .metering import (
+    BadRequest,
+    BadSignature,
+    MissingSignature,
+    MissingStack,
+    Overloaded,
+    ServingError,
+    StackNotFound,
+    StackNotServedHere,
+)
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .node import NodeService
 from .serve import Outcome, RequestRun, now_ms
 
 log = logging.getLogger("atoma_ops.serving.server")
 
-STACK_HEADER = "X-Stack-Small-Id"
-REQUEST_ID_HEADER = "X-Request-Id"
+#: the largest request body the node reads (a chat request is kilobytes; more is refused before it is read)
+MAX_BODY_BYTES = 4 * 1024 * 1024
 #: seconds of engine silence before a keep-alive comment on a stream (the Atoma node sends one every 15 s)
 KEEPALIVE_S = 15.0
 
@@ -54,8 +77,8 @@ def _from_error(exc: ServingError) -> JSONResponse:
     headers = {}
     if exc.final:
         headers["x-should-retry"] = "false"
-    if isinstance(exc, Overloaded):
-        headers["Retry-After"] = str(exc.fields.get("retry_after_s", 1))
+    if "retry_after_s" in exc.fields:
+        headers["Retry-After"] = str(exc.fields["retry_after_s"])
     return JSONResponse({"error": exc.to_json()}, status_code=exc.status, headers=headers)
 
 
@@ -74,25 +97,40 @@ def _chunk(run: RequestRun, delta: dict, finish_reason: str | None = None) -> di
     }
 
 
-def _cost(outcome: Outcome) -> dict:
+def _cost(outcome: Outcome, payload: bytes, content: str) -> dict:
     return {
         "compute_units": outcome.units,
         "stack_units_left": outcome.units_left,
         "history_index": outcome.history_index,
         "duplicate": outcome.duplicate,
+        # what the final chunk's signature binds besides the cost: the request (the hash its buyer signed) and
+        # every content piece streamed before it
+        "payload_hash": base64.b64encode(payload).decode(),
+        "content_hash": base64.b64encode(blake2b256(content.encode("utf-8"))).decode(),
     }
 
 
-async def sse_stream(run: RequestRun, keepalive_s: float) -> AsyncIterator[bytes]:
+def signed(service: NodeService, body: dict) -> dict:
+    """``body`` with ``response_hash`` and ``signature`` (the node's wallet key over that hash), as the Atoma node
+    signs every response body and a stream's final chunk."""
+    digest = response_body_hash(body)
+    return {**body, RESPONSE_HASH_KEY: base64.b64encode(digest).decode(), SIGNATURE_KEY: service.sign_hash(digest)}
+
+
+async def sse_stream(run: RequestRun, keepalive_s: float, payload: bytes) -> AsyncIterator[bytes]:
     """The SSE body of a streamed request. Whatever ends it (the client going away included), the run is told,
     and its own task charges and records what was produced."""
+    service = run.service
     try:
         yield _sse(_chunk(run, {"role": "assistant", "content": ""}))
+        content: list[str] = []
         async for batch in run.batches(keepalive_s):
             if batch is None:
                 yield b": keep-alive\n\n"
                 continue
-            pieces = b"".join(_sse(_chunk(run, {"content": d.text})) for d in batch if d.text)
+            texts = [d.text for d in batch if d.text]
+            content.extend(texts)
+            pieces = b"".join(_sse(_chunk(run, {"content": t})) for t in texts)
             if pieces:
                 yield pieces
         outcome = await run.result()
@@ -102,26 +140,73 @@ async def sse_stream(run: RequestRun, keepalive_s: float) -> AsyncIterator[bytes
         usage = outcome.response["usage"]  # type: ignore[index]
         finish = outcome.response["choices"][0]["finish_reason"]  # type: ignore[index]
         yield _sse(_chunk(run, {}, finish))
-        yield _sse({
+        yield _sse(signed(service, {
             "id": run.id, "object": "chat.completion.chunk", "created": run.created, "model": run.model,
-            "choices": [], "usage": usage, "atoma": _cost(outcome),
-        })
+            "choices": [], "usage": usage, "atoma": _cost(outcome, payload, "".join(content)),
+        }))
         yield b"data: [DONE]\n\n"
     finally:
         run.abort()
 
 
-async def recorded_stream(outcome: Outcome) -> AsyncIterator[bytes]:
+async def recorded_stream(service: NodeService, outcome: Outcome, payload: bytes) -> AsyncIterator[bytes]:
     """A streamed request whose request id was served before: its recorded answer as one content chunk."""
     response = outcome.response or {}
     rid, created, model = response.get("id", ""), response.get("created", int(time.time())), response.get("model")
     base = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": model, "usage": None}
     choice = response["choices"][0]
-    yield _sse({**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": choice["message"]["content"]},
+    content = choice["message"]["content"] or ""
+    yield _sse({**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": content},
                                       "logprobs": None, "finish_reason": None}]})
     yield _sse({**base, "choices": [{"index": 0, "delta": {}, "logprobs": None, "finish_reason": choice["finish_reason"]}]})
-    yield _sse({**base, "choices": [], "usage": response.get("usage"), "atoma": _cost(outcome)})
+    yield _sse(signed(service, {**base, "choices": [], "usage": response.get("usage"),
+                                "atoma": _cost(outcome, payload, content)}))
     yield b"data: [DONE]\n\n"
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refused (400, as the Atoma node refuses a body it cannot read) past ``limit`` bytes
+    before more than that is read."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.strip().isdigit() and int(declared) > limit:
+        raise BadRequest(f"the request body ({int(declared)} bytes) is larger than this node takes ({limit} bytes)",
+                         limit=limit)
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise BadRequest(f"the request body is larger than this node takes ({limit} bytes)", limit=limit)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def authenticate(request: Request, raw: bytes) -> tuple[dict, bytes, str]:
+    """``(body, payload hash, signer)`` of a request, as the Atoma node checks it: ``X-Signature`` present and
+    readable (else 400), the body JSON (else 400), the signature valid over blake2b-256 of the body's compact form
+    (else 401). The signer is the address derived from the signature's public key."""
+    header = request.headers.get(SIGNATURE_HEADER)
+    if header is None or not header.strip():
+        raise MissingSignature(f"the {SIGNATURE_HEADER} header (the stack owner's signature of the body) is missing")
+    try:
+        parse_signature(header.strip())
+    except MalformedSignatureError as exc:
+        raise MissingSignature(f"{SIGNATURE_HEADER} cannot be read: {exc}") from None
+    try:
+        body = parse_body(raw)
+        digest = body_hash(body)
+    except BodyError as exc:
+        raise BadRequest(f"the request body is not valid JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise BadRequest("the request body must be a JSON object")
+    try:
+        signer = verify_hash_signature(digest, header.strip())
+    except MalformedSignatureError as exc:
+        raise MissingSignature(f"{SIGNATURE_HEADER} cannot be read: {exc}") from None
+    except InvalidSignatureError:
+        raise BadSignature(
+            f"{SIGNATURE_HEADER} does not verify over this body (blake2b-256 of its compact JSON)"
+        ) from None
+    return body, digest, signer
 
 
 def _stack_of(request: Request) -> int:
@@ -146,9 +231,9 @@ def _headers(outcome: Outcome) -> dict:
     }
 
 
-def create_app(service: NodeService, *, keepalive_s: float = KEEPALIVE_S) -> FastAPI:
-    """The HTTP app around a NodeService (its engine, store and chain). The caller keeps ownership of the
-    service (close it after the server stops); requests still running at shutdown are recorded first."""
+def create_app(service: NodeService, *, keepalive_s: float = KEEPALIVE_S, max_body_bytes: int = MAX_BODY_BYTES) -> FastAPI:
+    """The HTTP app around a NodeService (its engine, store, chain and wallet key). The caller keeps ownership of
+    the service (close it after the server stops); requests still running at shutdown are recorded first."""
     from contextlib import asynccontextmanager
 
     @asynccontextmanager
@@ -185,31 +270,28 @@ def create_app(service: NodeService, *, keepalive_s: float = KEEPALIVE_S) -> Fas
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Response:
         arrived = now_ms()
-        raw = await request.body()
-        try:
-            body = json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise BadRequest(f"the request body is not valid JSON: {exc}") from None
-        if not isinstance(body, dict):
-            raise BadRequest("the request body must be a JSON object")
+        raw = await read_body(request, max_body_bytes)
+        body, payload, signer = authenticate(request, raw)
         stack = _stack_of(request)
         request_id = request.headers.get(REQUEST_ID_HEADER)
-        admission = await service.admit(stack, body, request_id=request_id, arrived_ms=arrived)
+        tx_digest = request.headers.get(TX_DIGEST_HEADER)
+        admission = await service.admit(stack, body, request_id=request_id, arrived_ms=arrived, owner=signer,
+                                        tx_digest=tx_digest.strip() if tx_digest else None)
         streaming = bool(body.get("stream"))
         if isinstance(admission, Outcome):  # this request id was served before
             if streaming:
-                return StreamingResponse(recorded_stream(admission), media_type="text/event-stream")
-            return JSONResponse(admission.response, headers=_headers(admission))
+                return StreamingResponse(recorded_stream(service, admission, payload), media_type="text/event-stream")
+            return JSONResponse(signed(service, admission.response or {}), headers=_headers(admission))
         run = service.start(admission)
         if streaming:
             return StreamingResponse(
-                sse_stream(run, keepalive_s), media_type="text/event-stream",
+                sse_stream(run, keepalive_s, payload), media_type="text/event-stream",
                 headers={"Cache-Control": "no-cache", STACK_HEADER: str(stack)},
             )
         outcome = await run.result()
         if outcome.error is not None:
             return _from_error(outcome.error)
-        return JSONResponse(outcome.response, headers=_headers(outcome))
+        return JSONResponse(signed(service, outcome.response or {}), headers=_headers(outcome))
 
     @app.get("/v1/models")
     async def models() -> dict:
@@ -233,18 +315,16 @@ def create_app(service: NodeService, *, keepalive_s: float = KEEPALIVE_S) -> Fas
     @app.get("/v1/stacks/{stack_small_id}/usage")
     async def stack_usage(stack_small_id: int) -> JSONResponse:
         if not 0 <= stack_small_id <= U64_MAX:  # no stack has such an id (and SQLite cannot bind it)
-            return error_response(404, "stack_not_found", f"stack {stack_small_id} does not exist")
+            return _from_error(StackNotFound(f"stack {stack_small_id} does not exist"))
         usage = await asyncio.to_thread(service.store.usage, stack_small_id)
         if usage is None:
             stack = await service.chain.get_stack(stack_small_id)
             if stack is None:
-                return error_response(404, "stack_not_found", f"stack {stack_small_id} does not exist")
+                return _from_error(StackNotFound(f"stack {stack_small_id} does not exist"))
             if stack.selected_node_id != service.node_small_id:
-                return error_response(
-                    403,
-                    "stack_not_served_by_this_node",
-                    f"stack {stack_small_id} was sold to node {stack.selected_node_id}; this is node {service.node_small_id}",
-                )
+                return _from_error(StackNotServedHere(
+                    f"stack {stack_small_id} was sold to node {stack.selected_node_id}; this is node {service.node_small_id}"
+                ))
             return JSONResponse(
                 {
                     "stack_small_id": stack_small_id,

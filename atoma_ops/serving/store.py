@@ -557,6 +557,16 @@ class NodeStore:
                 c.execute("UPDATE stacks SET settlement = ? WHERE stack_small_id = ?", (json.dumps(doc), sid))
 
     # ------------------------------------------------------------------ reads
+    def facts(self, stack_small_id: int) -> StackFacts | None:
+        """The chain facts recorded with a stack this node served (its owner among them), or None."""
+        with self._lock:
+            row = self.conn.execute(
+                "SELECT stack_small_id, num_compute_units, selected_node_id, task_small_id, owner, "
+                "price_per_one_million_compute_units FROM stacks WHERE stack_small_id = ?",
+                (stack_small_id,),
+            ).fetchone()
+        return None if row is None else StackFacts(*row)
+
     def usage(self, stack_small_id: int) -> StackUsage | None:
         with self._lock:
             row = self.conn.execute(

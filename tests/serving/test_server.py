@@ -3,15 +3,21 @@ session CPU engine, the real localnet and store."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
 
+from atoma_ops.client import verify_response
 from atoma_ops.serving.node import NodeService
 from atoma_ops.serving.server import BackgroundServer, create_app
 
+from tests.serving.buyer_kit import buyer, signed_headers
 from tests.serving.test_kit import NO_SECURITY, PRICE, ask, market, net, open_node  # noqa: E402,F401
+
+SIGNER = None  # the buyer's signer, set by the ``served`` fixture
 
 
 @pytest.fixture
@@ -26,6 +32,8 @@ def served(engine, net, localnet_home):
         "foreign": net.buy(t, 10_000, PRICE, draw=1),
         "spare": net.buy(t, 10_000, PRICE, draw=0),
     }
+    global SIGNER
+    SIGNER = buyer(net)
     service = net.run(NodeService.open(localnet_home.path, "node-1", engine))  # its own chain connection
     server = BackgroundServer(create_app(service)).start()
     client = httpx.Client(base_url=server.url, timeout=60)
@@ -36,11 +44,10 @@ def served(engine, net, localnet_home):
 
 
 def post(client, stack, body, **headers):
-    h = {} if stack is None else {"X-Stack-Small-Id": str(stack)}
-    h.update(headers)
-    if isinstance(body, (bytes, str)):
-        return client.post("/v1/chat/completions", content=body, headers={**h, "content-type": "application/json"})
-    return client.post("/v1/chat/completions", json=body, headers=h)
+    """A request signed by the stack's buyer (the node admits no other)."""
+    raw = body if isinstance(body, (bytes, str)) else json.dumps(body).encode()
+    h = signed_headers(SIGNER, stack, raw, **headers)
+    return client.post("/v1/chat/completions", content=raw, headers={**h, "content-type": "application/json"})
 
 
 def error_of(r, status: int, type_: str) -> str:
@@ -67,13 +74,22 @@ def test_chat_models_health_usage_and_errors(served, engine, net, localnet_home)
     assert int(r.headers["X-Compute-Units"]) == units
     assert int(r.headers["X-Stack-Units-Left"]) == 10_000 - units
     assert r.headers["X-History-Index"] == "0"
+    assert verify_response(body, net.addr["node-1"]) == net.addr["node-1"]  # signed with the node's own key
     usage = client.get(f"/v1/stacks/{st['own']}/usage").json()
     assert (usage["used_units"], usage["units_left"], usage["num_requests"], usage["state"]) == (units, 10_000 - units, 1, "open")
 
     fresh = client.get(f"/v1/stacks/{st['spare']}/usage").json()  # never served: straight from the chain
     assert (fresh["used_units"], fresh["units_left"]) == (0, 10_000)
-    error_of(client.get("/v1/stacks/999/usage"), 404, "stack_not_found")
-    error_of(client.get(f"/v1/stacks/{st['foreign']}/usage"), 403, "stack_not_served_by_this_node")
+    error_of(client.get("/v1/stacks/999/usage"), 400, "stack_not_found")
+    error_of(client.get(f"/v1/stacks/{st['foreign']}/usage"), 400, "stack_not_served_by_this_node")
+
+    # no signature, or the signature of another address: refused, nothing charged (on the cpu engine)
+    r = client.post("/v1/chat/completions", json=ask(5, 4), headers={"X-Stack-Small-Id": str(st["own"])})
+    assert "X-Signature" in error_of(r, 400, "invalid_signature_header")
+    raw = json.dumps(ask(5, 4)).encode()
+    r = client.post("/v1/chat/completions", content=raw, headers=signed_headers(buyer(net, "node-2"), st["own"], raw))
+    assert "does not exist for " + net.addr["node-2"] in error_of(r, 400, "stack_not_found")
+    assert client.get(f"/v1/stacks/{st['own']}/usage").json()["used_units"] == units
 
     # errors: 4xx with a JSON error body, nothing charged
     error_of(post(client, st["own"], b"{not json"), 400, "invalid_request_error")
@@ -82,8 +98,8 @@ def test_chat_models_health_usage_and_errors(served, engine, net, localnet_home)
     error_of(post(client, st["own"], ask(0, 4, stream="yes")), 400, "invalid_request_error")
     error_of(post(client, None, ask(0, 4)), 400, "missing_stack")
     error_of(post(client, "abc", ask(0, 4)), 400, "missing_stack")
-    assert "does not exist" in error_of(post(client, 999, ask(0, 4)), 404, "stack_not_found")
-    assert "sold to node 2" in error_of(post(client, st["foreign"], ask(0, 4)), 403, "stack_not_served_by_this_node")
+    assert "does not exist" in error_of(post(client, 999, ask(0, 4)), 400, "stack_not_found")
+    assert "sold to node 2" in error_of(post(client, st["foreign"], ask(0, 4)), 400, "stack_not_served_by_this_node")
     error_of(client.get("/v1/nope"), 404, "not_found")
     error_of(client.get("/v1/chat/completions"), 405, "method_not_allowed")
 
@@ -91,24 +107,26 @@ def test_chat_models_health_usage_and_errors(served, engine, net, localnet_home)
     assert post(client, st["tiny"], ask(1, 4)).status_code == 200
     left = client.get(f"/v1/stacks/{st['tiny']}/usage").json()["units_left"]
     r = post(client, st["tiny"], ask(2, 4))
-    message = error_of(r, 402, "insufficient_compute_units")
+    message = error_of(r, 425, "insufficient_compute_units")
     assert r.json()["error"]["units_left"] == left and f"stack {st['tiny']}" in message and "estimate" in message
 
     # settling: the node try-settles the stack (another service on the same store and chain)
     other = open_node(net, localnet_home, "node-1", None)
     net.run(other.try_settle(st["own"]))
-    error_of(post(client, st["own"], ask(3, 4)), 409, "stack_in_settlement")
+    error_of(post(client, st["own"], ask(3, 4)), 423, "stack_in_settlement")
     assert client.get(f"/v1/stacks/{st['own']}/usage").json()["state"] == "settled"
 
     # nothing of the refused requests was charged or recorded; the server keeps serving
     assert client.get(f"/v1/stacks/{st['own']}/usage").json()["used_units"] == units
-    assert len(other.history(st["own"])) == 1
+    (entry,) = other.history(st["own"]).entries
+    sent = json.dumps(ask(0, 4, model=engine.model), separators=(",", ":")).encode()
+    assert entry.payload_hash == hashlib.blake2b(sent, digest_size=32).digest()  # the hash the buyer signed
     r = post(client, st["spare"], ask(4, 2))
     assert r.status_code == 200 and r.headers["X-History-Index"] == "0"
 
 
 def test_concurrent_requests_never_over_serve(served):
-    """Eight clients at once on a stack that holds only a few requests: some are served, the rest get 402, and the
+    """Eight clients at once on a stack that holds only a few requests: some are served, the rest get 425, and the
     units charged add up to the stack's usage, never past it."""
     server, client, st = served
     stack = st["small"]  # 120 units; a 2-token request reserves ~40 and costs ~35-40
@@ -122,7 +140,7 @@ def test_concurrent_requests_never_over_serve(served):
     ok = [r for r in responses if r.status_code == 200]
     refused = [r for r in responses if r.status_code != 200]
     assert ok and refused
-    assert all(r.status_code == 402 and r.json()["error"]["type"] == "insufficient_compute_units" for r in refused)
+    assert all(r.status_code == 425 and r.json()["error"]["type"] == "insufficient_compute_units" for r in refused)
     usage = client.get(f"/v1/stacks/{stack}/usage").json()
     assert usage["used_units"] == sum(int(r.headers["X-Compute-Units"]) for r in ok) <= 120
     assert usage["num_requests"] == len(ok) and usage["reserved_units"] == 0

@@ -148,12 +148,13 @@ REQUEST = {
     "max_tokens": 16,
     "temperature": 0.0,
 }
-# sorted keys at every level, no spaces, UTF-8 with non-ASCII kept (é = c3 a9, ç = c3 a7, × = c3 97)
+# the body's own key order at every level (as the buyer signed it), no spaces, UTF-8 with non-ASCII kept
+# (é = c3 a9, ç = c3 a7, × = c3 97), a float with its ".0" (serde_json's Ryū)
 REQUEST_BYTES = (
-    b'{"max_tokens":16,'
-    b'"messages":[{"content":"R\xc3\xa9ponds en fran\xc3\xa7ais.","role":"system"},'
-    b'{"content":"2 \xc3\x97 3 = ?","role":"user"}],'
-    b'"model":"meta-llama/Llama-3.3-70B-Instruct",'
+    b'{"model":"meta-llama/Llama-3.3-70B-Instruct",'
+    b'"messages":[{"role":"system","content":"R\xc3\xa9ponds en fran\xc3\xa7ais."},'
+    b'{"role":"user","content":"2 \xc3\x97 3 = ?"}],'
+    b'"max_tokens":16,'
     b'"temperature":0.0}'
 )
 
@@ -163,10 +164,32 @@ def test_canonical_request_bytes():
     assert cm.payload_hash(REQUEST) == H(REQUEST_BYTES)
 
 
-def test_canonical_request_ignores_key_order():
+def test_key_order_counts_as_the_buyer_signed_it():
+    """The payload hash is the hash under the buyer's X-Signature: the Atoma node hashes the body re-serialised in
+    its own key order, so a reordered body is another payload."""
     reordered = {k: REQUEST[k] for k in reversed(list(REQUEST))}
-    reordered["messages"] = [{"content": m["content"], "role": m["role"]} for m in REQUEST["messages"]]
-    assert cm.canonical_request(reordered) == REQUEST_BYTES
+    assert cm.canonical_request(reordered) == (
+        b'{"temperature":0.0,"max_tokens":16,'
+        b'"messages":[{"role":"system","content":"R\xc3\xa9ponds en fran\xc3\xa7ais."},'
+        b'{"role":"user","content":"2 \xc3\x97 3 = ?"}],'
+        b'"model":"meta-llama/Llama-3.3-70B-Instruct"}'
+    )
+    assert cm.payload_hash(reordered) != cm.payload_hash(REQUEST)
+
+
+def test_a_history_stored_with_sorted_keys_keeps_its_payload_hash():
+    """Stores written before kept the request with sorted keys and hashed those bytes: read back in that order, the
+    compact form is the same bytes, so old histories still verify."""
+    sorted_bytes = (
+        b'{"max_tokens":16,'
+        b'"messages":[{"content":"R\xc3\xa9ponds en fran\xc3\xa7ais.","role":"system"},'
+        b'{"content":"2 \xc3\x97 3 = ?","role":"user"}],'
+        b'"model":"meta-llama/Llama-3.3-70B-Instruct",'
+        b'"temperature":0.0}'
+    )
+    import json
+
+    assert cm.payload_hash(json.loads(sorted_bytes)) == H(sorted_bytes)
 
 
 def test_every_request_field_counts():
