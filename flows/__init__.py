@@ -5,6 +5,7 @@ from ._ephemeral import patient_ephemeral_api
 patient_ephemeral_api()  # before the first flow run of any entry point (demo, benchmarks, a script) starts the API
 
 from .attestation import attestation_watch  # noqa: E402
+from .balance_watch import balance_watch  # noqa: E402
 from .ledger_sync import ledger_sync  # noqa: E402
 from .lifecycle import stack_lifecycle  # noqa: E402
 from .settlement import settlement_run  # noqa: E402
@@ -23,6 +24,7 @@ from .stages import (  # noqa: E402
 __all__ = [
     "attest",
     "attestation_watch",
+    "balance_watch",
     "buy_stack",
     "claim",
     "create_task",

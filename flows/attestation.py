@@ -6,9 +6,13 @@ from prefect import flow
 from prefect.artifacts import acreate_markdown_artifact, acreate_table_artifact
 from prefect.logging import get_run_logger
 
+from prefect.variables import Variable
+
 from atoma_ops import lifecycle
 from blocks import AtomaNetwork, InferenceEngine, Ledger, SuiWallet
 from tasks import node as node_tasks
+from tasks import watch
+from tasks.events import emit
 from tasks.labels import RunLabels, artifact_key
 from tasks.runtime import FLOW_TIMEOUT_S, REPLAY_TIMEOUT_S, network_or_default
 
@@ -37,6 +41,11 @@ async def attestation_watch(
     found = await node_tasks.find_attestation_requests(network, wallet, ledger, nodes)
     log = get_run_logger()
     log.info("epoch %s: %d attestation request(s) for %s", found["epoch"], len(found["requests"]), ", ".join(nodes))
+    for r in found["requests"]:
+        emit("atoma.attestation.requested", network, kind="stack", id=r["stack_small_id"],
+             name=f"stack {r['stack_small_id']}", node=r["node"],
+             payload={"stack_small_id": r["stack_small_id"], "node": r["node"], "last_epoch": r["last_epoch"],
+                      "epoch": found["epoch"]})
     done, problems = [], []
     for request in found["requests"]:
         stack, node = request["stack_small_id"], request["node"]
@@ -58,6 +67,8 @@ async def attestation_watch(
             "stack %s, node %s: attested (%s%s, %s)", stack, node, attested.status,
             ", disputed" if attested.disputed else "", attested.digest,
         )
+    await _report_unmade(network, found["epoch"], problems)
+    await _report_disputes(network, wallet, ledger, nodes)
     for p in problems:
         log.error("stack %s, node %s: could not attest: %s", p["stack_small_id"], p["node"], p["why"])
 
@@ -75,3 +86,37 @@ async def attestation_watch(
         )
         raise lifecycle.StageError(f"{len(problems)} attestation(s) could not be made: {problems[0]['why']}")
     return done
+
+
+async def _report_unmade(network: AtomaNetwork, epoch: int, problems: list[dict]) -> None:
+    """``atoma.attestation.window-closing`` for each attestation not made whose window closes within the
+    ``atoma_ops_attestation_warn_epochs`` threshold (or has closed)."""
+    for p in problems:
+        warn = await watch.threshold("atoma_ops_attestation_warn_epochs", network, (p["node"],))
+        left = p["last_epoch"] - epoch
+        if left <= warn:
+            emit("atoma.attestation.window-closing", network, kind="stack", id=p["stack_small_id"],
+                 name=f"stack {p['stack_small_id']}", node=p["node"],
+                 payload={"stack_small_id": p["stack_small_id"], "node": p["node"], "last_epoch": p["last_epoch"],
+                          "epoch": epoch, "epochs_left": left, "closed": left < 0, "why": p["why"]})
+
+
+async def _report_disputes(network: AtomaNetwork, wallet: SuiWallet | None, ledger: Ledger | None, nodes: list[str]) -> None:
+    """``atoma.dispute.opened`` once per dispute on a stack one of ``nodes`` served (against us) or attested (by
+    us), from the ledger the watch just synced; the last dispute told is kept in a Prefect Variable per network."""
+    cursors = await Variable.aget(watch.DISPUTE_CURSOR, default={}) or {}
+    key = watch.network_key(network)
+    after = int(cursors.get(key, -1)) if isinstance(cursors, dict) else -1
+    new = await watch.disputes_after(network, wallet, ledger, after)
+    if not new:
+        return
+    ours = await watch.node_ids(network, wallet, nodes)
+    for d in new:
+        against, by = d["original_node_id"] in ours, d["attestation_node_id"] in ours
+        if not (against or by):
+            continue
+        node = ours.get(d["original_node_id"] if against else d["attestation_node_id"])
+        emit("atoma.dispute.opened", network, kind="stack", id=d["stack_small_id"], name=f"stack {d['stack_small_id']}",
+             node=node, payload={**d, "node": node, "against_us": against, "by_us": by})
+    await Variable.aset(watch.DISPUTE_CURSOR, {**(cursors if isinstance(cursors, dict) else {}), key: new[-1]["seq"]},
+                        overwrite=True)

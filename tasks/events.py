@@ -1,7 +1,7 @@
 """The Prefect events atoma-ops emits for what an operator must act on, and the one way they are emitted.
 
 Each event names one resource (a stack, an address) as ``atoma.<kind>.<id>`` with the network it lives on
-(``atoma.network``: ``localnet`` or the Sui network's name) and the node concerned as a related resource, so an
+(``atoma.network``: the label of ``tasks.labels.network_label``) and the node concerned as a related resource, so an
 automation can match on the event name alone or narrow it to one node, stack or network. The payload carries the
 facts a person needs to act (epochs, amounts, the reason); docs/orchestration.md ("Alerts") lists them.
 """
@@ -13,6 +13,8 @@ from typing import Any
 from prefect.events import emit_event
 
 from blocks import AtomaNetwork
+
+from .labels import network_label
 
 #: every event name, with what an operator should do about it (the automations' notification text)
 EVENTS: dict[str, str] = {
@@ -29,11 +31,6 @@ EVENTS: dict[str, str] = {
     "atoma.settlement.in-doubt": "A settlement run found chain writes a crash left in doubt and resolved them by "
                                  "digest: check that they landed as intended.",
 }
-
-
-def network_label(network: AtomaNetwork) -> str:
-    """``localnet`` or the Sui network's preset (``testnet``, ``custom``)."""
-    return "localnet" if network.is_localnet else f"sui-{network.sui_preset}"
 
 
 def emit(

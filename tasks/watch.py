@@ -104,3 +104,40 @@ async def stack_values(network: AtomaNetwork, wallet: SuiWallet | None, items: l
                 else money.stack_fee_amount(level, price, units, config.sampling_consensus_charge_permille)
             )
     return out
+
+
+@task(name="our-node-ids", **READ)
+async def node_ids(network: AtomaNetwork, wallet: SuiWallet | None, nodes: list[str]) -> dict[int, str]:
+    """The NodeBadge small ids of ``nodes`` (aliases or addresses of the wallet): ``{small id: node}``."""
+    from atoma_ops import lifecycle
+
+    async with open_chain(network, wallet) as chain:
+        out: dict[int, str] = {}
+        for n in nodes:
+            for sid in await lifecycle.node_small_ids(chain, chain.wallet.resolve(n)):
+                out[sid] = n
+        return out
+
+
+@task(name="disputes-after", **READ)
+async def disputes_after(network: AtomaNetwork, wallet: SuiWallet | None, ledger: Ledger | None, after_seq: int) -> list[dict]:
+    """Disputes recorded after ledger event ``after_seq``, oldest first (the ledger is synced first, so a dispute
+    that the caller's own attestation just opened is in)."""
+    book = journal_for(network, ledger)
+    async with open_chain(network, wallet) as chain:
+        await book.sync(chain)
+    df = book.query(
+        "SELECT stack_small_id, seq, attestation_node_id, original_node_id, epoch, cause, tx_digest FROM disputes "
+        "WHERE seq > $1 ORDER BY seq", [after_seq],
+    )
+    return [{k: (None if v is None or v != v else (v.item() if hasattr(v, "item") else v)) for k, v in r.items()}
+            for r in df.to_dict("records")]
+
+
+#: a Prefect Variable: the last dispute (ledger event seq) told to the operator, per network
+DISPUTE_CURSOR = "atoma_ops_dispute_cursor"
+
+
+def network_key(network: AtomaNetwork) -> str:
+    """One network's key in cursors: its AtomaDb object on Sui, its home folder on the localnet."""
+    return network.db_id if not network.is_localnet and network.db_id else f"localnet:{network.home_path.resolve()}"

@@ -3,7 +3,7 @@ deploy --all`` from the repository root, a worker, and two runs of ``settlement-
 
 Everything Prefect here runs in subprocesses with their own ``PREFECT_HOME`` and an explicit ``PREFECT_API_URL``: the
 session's test harness (autouse, in-process) is not involved. The server runs without its scheduler, so the
-scheduled deployments (``ledger-sync``, ``attestation-watch``, the hourly ``settlement-run``) never start a run with
+scheduled deployments (``ledger-sync``, ``attestation-watch``, ``balance-watch``, the hourly ``settlement-run``) never start a run with
 their default parameters (the repository's own ``data/localnet``); the only runs are the two this test creates.
 """
 
@@ -215,7 +215,7 @@ def test_settlement_run_deployment_settles_then_claims(tmp_path):
         deployments = {
             d["name"]: d for d in api.post("/deployments/filter", json={}).raise_for_status().json()
         }
-        assert set(deployments) == {"stack-lifecycle", "settlement-run", "attestation-watch", "ledger-sync"}
+        assert set(deployments) == {"stack-lifecycle", "settlement-run", "attestation-watch", "ledger-sync", "balance-watch"}
         for d in deployments.values():
             assert d["work_pool_name"] == "atoma-ops"
             # no machine path in prefect.yaml: `prefect deploy` records the folder it ran in
@@ -227,6 +227,7 @@ def test_settlement_run_deployment_settles_then_claims(tmp_path):
         assert schedules["settlement-run"][0]["cron"] == "0 * * * *"
         assert schedules["attestation-watch"][0]["interval"] == 600
         assert schedules["ledger-sync"][0]["interval"] == 300
+        assert schedules["balance-watch"][0]["interval"] == 900
         for name in ("settlement-run", "attestation-watch"):
             assert deployments[name]["global_concurrency_limit"]["limit"] == 1
             assert deployments[name]["concurrency_options"]["collision_strategy"] == "CANCEL_NEW"
