@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -128,20 +129,73 @@ def _short(v: Any) -> Any:
     return "" if v is None else v
 
 
-def _table(df, title: str | None = None) -> None:
+_NUMBER = re.compile(r"^[-+]?\d[\d.,_]*(e[-+]?\d+)?$")
+#: a text column is not folded narrower than this (a number column never is: it keeps its widest value)
+_MIN_TEXT_WIDTH = 6
+
+
+def _header_lines(name: str, width: int) -> str:
+    """``attester_credits`` in lines of at most ``width`` (wider only for one long word), broken after an ``_``:
+    a header may wrap, its column's numbers may not."""
+    parts = [p + "_" for p in name.split("_")]
+    parts[-1] = parts[-1][:-1]
+    lines = [""]
+    for part in parts:
+        if lines[-1] and len(lines[-1]) + len(part) > width:
+            lines.append("")
+        lines[-1] += part
+    return "\n".join(lines)
+
+
+def _table(df, title: str | None = None, console=None) -> None:
+    """A rich table in which no number is ever broken across lines: number columns never wrap and keep their
+    widest value; their headers wrap at ``_``; text columns fold. When even that does not fit the terminal, each
+    row is printed as ``column  value`` lines instead (like psql's expanded display)."""
     from rich.console import Console
     from rich.table import Table
 
-    console = Console(soft_wrap=True, highlight=False)
+    console = console or Console(soft_wrap=True, highlight=False)
     if len(df) == 0:
         console.print(f"{title + ': ' if title else ''}(none)")
         return
+    columns = [str(c) for c in df.columns]
+    rows = [[str(_short(v)) for v in row] for row in df.itertuples(index=False)]
+    numeric = [all(not r[i] or _NUMBER.match(r[i]) for r in rows) for i in range(len(columns))]
+    longest = [max(len(r[i]) for r in rows) for i in range(len(columns))]
+    widths = [
+        max(w, _header_width(name)) if num else max(1, min(w, _MIN_TEXT_WIDTH))
+        for name, w, num in zip(columns, longest, numeric)
+    ]
+    if 1 + sum(3 + w for w in widths) > console.width:  # each column: its width, two spaces of padding, a border
+        _records_view(console, columns, rows, title)
+        return
     table = Table(title=title, show_lines=False)
-    for col in df.columns:
-        table.add_column(str(col), overflow="fold")
-    for row in df.itertuples(index=False):
-        table.add_row(*(str(_short(v)) for v in row))
+    for name, width, num in zip(columns, widths, numeric):
+        if num:
+            table.add_column(_header_lines(name, width), no_wrap=True, min_width=width, justify="right")
+        else:
+            table.add_column(name, overflow="fold", min_width=width)
+    for row in rows:
+        table.add_row(*row)
     console.print(table)
+
+
+def _header_width(name: str) -> int:
+    """The narrowest a header broken after each ``_`` can be."""
+    parts = name.split("_")
+    return max([len(p) + 1 for p in parts[:-1]] + [len(parts[-1])])
+
+
+def _records_view(console, columns: list[str], rows: list[list[str]], title: str | None) -> None:
+    from rich.markup import escape
+
+    if title:
+        console.print(f"[bold]{escape(title)}[/]")
+    pad = max(len(c) for c in columns)
+    for n, row in enumerate(rows, 1):
+        console.print(f"-[ row {n} ]" + "-" * max(0, min(console.width, 40) - 12 - len(str(n))))
+        for name, value in zip(columns, row):
+            console.print(f"{escape(name).ljust(pad)}  {escape(value)}", overflow="fold")
 
 
 def _emit(opts: Opts, doc: Any, human: Callable[[], None]) -> None:

@@ -20,7 +20,7 @@ from ..chain._json import dumps
 from .frames import table_columns
 from .indexer import Indexer, SyncReport
 from .migrations import first
-from .store import DEFAULT_LOCK_TIMEOUT_S, LEDGER_FILE, LedgerError, ensure_schema, unit_of_work
+from .store import DEFAULT_LOCK_TIMEOUT_S, LEDGER_FILE, STORAGE_VERSION, LedgerError, ensure_schema, unit_of_work
 
 if TYPE_CHECKING:  # pragma: no cover
     from .reconcile import ReconcileReport
@@ -364,7 +364,10 @@ class Ledger:
         target.parent.mkdir(parents=True, exist_ok=True)
         with self.reader() as con:
             source = first(con.execute("SELECT current_database()").fetchall())[0]
-            con.execute(f"ATTACH '{_sql_path(target)}' AS _ledger_snapshot (READ_WRITE)")
+            # the storage format DuckDB 1.4 and later read (the analysts' CLI), whatever this package writes by default
+            con.execute(
+                f"ATTACH '{_sql_path(target)}' AS _ledger_snapshot (READ_WRITE, STORAGE_VERSION '{STORAGE_VERSION}')"
+            )
             try:
                 con.execute(f'COPY FROM DATABASE "{source}" TO _ledger_snapshot')
             finally:

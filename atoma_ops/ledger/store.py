@@ -5,6 +5,11 @@ So nothing here keeps a connection past one unit of work (one indexer batch, one
 that meets the lock retries with exponential backoff (and jitter) until ``timeout_s``, then raises
 :class:`LedgerBusy` with the holder's pid when DuckDB names it. Analysts who want a session that stays open query an
 exported snapshot (``Ledger.snapshot`` / ``atoma-ops ledger export``), never the live file.
+
+Every file is written in DuckDB's v1.4 storage format (:data:`STORAGE_VERSION`), which DuckDB 1.4 and every later
+release read — the DuckDB CLI analysts install included. The Python package's own default is its newest format,
+which older readers refuse ("database file with version number …, but we can only read versions between …"). A
+ledger written in a newer format before is rewritten once in this one by the next process that opens it.
 """
 
 from __future__ import annotations
@@ -24,6 +29,11 @@ from .migrations import LATEST_VERSION, apply_migrations, current_version
 
 DEFAULT_LOCK_TIMEOUT_S = 30.0
 LEDGER_FILE = "ledger.duckdb"
+#: the storage format of every ledger and snapshot: readable by DuckDB 1.4 and later (its header's version number
+#: is 67; DuckDB 1.4 reads 64-67, 1.5 reads 64-68)
+STORAGE_VERSION = "v1.4.0"
+#: every connection to a ledger file (one configuration per file and process: DuckDB refuses a second one)
+CONFIG = {"storage_compatibility_version": STORAGE_VERSION}
 
 
 class LedgerError(Exception):
@@ -72,7 +82,7 @@ def connect(
     while True:
         attempts += 1
         try:
-            return duckdb.connect(str(path), read_only=read_only)
+            return duckdb.connect(str(path), read_only=read_only, config=CONFIG)
         except (duckdb.IOException, duckdb.ConnectionException) as exc:
             if isinstance(exc, duckdb.ConnectionException) and not _is_lock_error(exc):
                 raise
@@ -120,11 +130,72 @@ def unit_of_work(
 
 
 def ensure_schema(path: str | os.PathLike, *, timeout_s: float = DEFAULT_LOCK_TIMEOUT_S) -> None:
-    """Create the file or migrate it to the latest schema (a read-only look first, so readers rarely write)."""
+    """Create the file or migrate it to the latest schema and to :data:`STORAGE_VERSION` (a read-only look first,
+    so readers rarely write)."""
     path = Path(path)
     if path.exists():
         with unit_of_work(path, read_only=True, timeout_s=timeout_s) as con:
-            if current_version(con) == LATEST_VERSION:
+            readable = _version_tuple(storage_version(con)) <= _version_tuple(STORAGE_VERSION)
+            if readable and current_version(con) == LATEST_VERSION:
                 return
+        if not readable:
+            rewrite_storage(path, timeout_s=timeout_s)
     with unit_of_work(path, timeout_s=timeout_s) as con:
         apply_migrations(con)
+
+
+def storage_version(con: duckdb.DuckDBPyConnection, database: str | None = None) -> str:
+    """The storage format a database file was created with, as DuckDB names it (``v1.4.0+``)."""
+    row = con.execute(
+        "SELECT tags['storage_version'] FROM duckdb_databases() WHERE database_name = coalesce(?, current_database())",
+        [database],
+    ).fetchone()
+    value = row[0] if row else None
+    if isinstance(value, list):  # a MAP lookup returns a list in some DuckDB releases
+        value = value[0] if value else None
+    return value or STORAGE_VERSION
+
+
+def _version_tuple(version: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in re.findall(r"\d+", version)[:3])
+
+
+def rewrite_storage(path: str | os.PathLike, *, timeout_s: float = DEFAULT_LOCK_TIMEOUT_S) -> None:
+    """Rewrite the ledger ``path`` in :data:`STORAGE_VERSION` (once, for a file written in a newer format).
+
+    The write-ahead log is checkpointed first; the copy (tables, views, sequences) goes to ``<path>.rewrite`` and
+    replaces the file while the old one is still attached, so no writer can slip in between; a crash leaves the old
+    file whole (and a stray ``.rewrite`` file, replaced next time)."""
+    path = Path(path)
+    tmp = Path(str(path) + ".rewrite")
+    with _file_lock(path):
+        con = connect(path, timeout_s=timeout_s)
+        try:
+            con.execute("CHECKPOINT")
+        finally:
+            con.close()
+        for suffix in ("", ".wal"):
+            Path(str(tmp) + suffix).unlink(missing_ok=True)
+        con = duckdb.connect(config=CONFIG)
+        try:
+            start = time.monotonic()
+            while True:
+                try:
+                    con.execute(f"ATTACH '{_sql(path)}' AS old_ledger (READ_ONLY)")
+                    break
+                except (duckdb.IOException, duckdb.ConnectionException) as exc:
+                    if not _is_lock_error(exc) or time.monotonic() - start >= timeout_s:
+                        raise LedgerError(f"cannot rewrite the ledger {path}: {exc}") from None
+                    time.sleep(0.05)
+            con.execute(f"ATTACH '{_sql(tmp)}' AS new_ledger (STORAGE_VERSION '{STORAGE_VERSION}')")
+            con.execute("COPY FROM DATABASE old_ledger TO new_ledger")
+            con.execute("DETACH new_ledger")
+            os.replace(tmp, path)
+            con.execute("DETACH old_ledger")
+        finally:
+            con.close()
+            Path(str(tmp) + ".wal").unlink(missing_ok=True)
+
+
+def _sql(path: Path) -> str:
+    return str(path).replace("'", "''")
