@@ -25,12 +25,12 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -n 2 --dist loadfile $(PYTEST_ARGS)
 
 bench: $(STAMP)
-	$(BIN)/python bench/localnet.py
-	$(BIN)/python bench/commitment.py
-	$(BIN)/python bench/serving.py
-	$(BIN)/python bench/cpu_engine.py
-	$(BIN)/python bench/ledger.py
-	$(BIN)/python bench/settlement_run.py
+	$(BIN)/python -m bench.localnet
+	$(BIN)/python -m bench.commitment
+	$(BIN)/python -m bench.serving
+	$(BIN)/python -m bench.cpu_engine
+	$(BIN)/python -m bench.ledger
+	$(BIN)/python -m bench.settlement_run
 
 # The reliability harness (docs/reliability.md): crash injection, the bad-input table, concurrent load, security.
 # Every part runs even if another fails (the leading '-'); the report says which passed and fails the target if any
@@ -38,7 +38,7 @@ bench: $(STAMP)
 reliability: $(STAMP)
 	-$(BIN)/python -m reliability.crash
 	-$(BIN)/python -m reliability.bad_inputs
-	-$(BIN)/python bench/load.py
+	-$(BIN)/python -m bench.load
 	-$(BIN)/python -m reliability.security
 	$(BIN)/python -m reliability.report
 

@@ -41,10 +41,8 @@ import statistics
 import sys
 import time
 import timeit
-from pathlib import Path
 from typing import Any, Callable
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from atoma_ops.protocol.commitments import (  # noqa: E402
     MerkleFrontier,

@@ -24,12 +24,10 @@ import argparse
 import asyncio
 import json
 import statistics
-import sys
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
 from atoma_ops.serving.engines.base import Generation, Sampling  # noqa: E402
 

@@ -35,7 +35,6 @@ import duckdb
 import numpy as np
 import pandas as pd
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from atoma_ops.chain.types import ChainEvent, DbConfig, EventId, EventPage, TxResult  # noqa: E402
 from atoma_ops.ledger import Ledger  # noqa: E402

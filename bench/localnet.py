@@ -28,13 +28,11 @@ import pstats
 import shutil
 import statistics
 import sqlite3
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from atoma_ops.chain.localnet.adapter import LocalnetChain  # noqa: E402
 from atoma_ops.chain.localnet.engine import WAL_AUTOCHECKPOINT_PAGES, Localnet  # noqa: E402

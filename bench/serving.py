@@ -39,7 +39,6 @@ from pathlib import Path
 import httpx
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
 from atoma_ops.home import LocalnetHome  # noqa: E402
 from atoma_ops.testing.openai_standin import STANDIN_MODEL  # noqa: E402

@@ -26,7 +26,6 @@ goal (or with ``--profile``) it profiles both flow runs with cProfile on a third
 from __future__ import annotations
 
 import os
-import sys
 import tempfile
 from pathlib import Path
 
@@ -38,8 +37,6 @@ os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 os.environ["DO_NOT_TRACK"] = "1"
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests" / "flows"))
 
 import argparse  # noqa: E402
 import asyncio  # noqa: E402
@@ -53,8 +50,8 @@ import shutil  # noqa: E402
 import time  # noqa: E402
 from typing import Any  # noqa: E402
 
-import kit  # noqa: E402
-from kit import NODE, served_stacks  # noqa: E402
+from atoma_ops.testing import served as kit  # noqa: E402
+from atoma_ops.testing.served import NODE, served_stacks  # noqa: E402
 
 from atoma_ops.home import LocalnetHome  # noqa: E402
 from atoma_ops.protocol.commitments import commit  # noqa: E402

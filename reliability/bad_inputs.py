@@ -42,8 +42,6 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT / "tests" / "flows") not in sys.path:
-    sys.path.insert(0, str(ROOT / "tests" / "flows"))  # kit.served_stacks: stacks served with recorded outputs
 
 from reliability.digests import StateDigests, state_digests  # noqa: E402
 
@@ -364,7 +362,7 @@ class Scenario:
 
 
 async def _build(home: Path) -> dict[str, int]:
-    from kit import recorded_response, served_stacks_async
+    from atoma_ops.testing.served import recorded_response, served_stacks_async
 
     from atoma_ops import lifecycle
     from atoma_ops.home import LocalnetHome

@@ -118,8 +118,7 @@ SETTLE_BATCH = 2
 
 
 def _served_stacks(home: Path) -> None:
-    sys.path.insert(0, str(ROOT / "tests" / "flows"))
-    from kit import served_stacks  # the flow tests' kit: stacks served with recorded outputs, no engine
+    from atoma_ops.testing.served import served_stacks  # stacks served with recorded outputs, no engine
 
     served_stacks(home, SETTLE_STACKS)
 
@@ -594,7 +593,6 @@ def main(argv: list[str] | None = None) -> int:
             server = PrefectServer(work / "prefect")
             os.environ["PREFECT_API_URL"] = server.start()
         os.environ.setdefault("PREFECT_HOME", str(work / "prefect"))
-        sys.path.insert(0, str(ROOT))
         import flows  # noqa: F401 - imported once here, shared by every forked run
 
         if any(SCENARIOS[n].needs_engine for n in names):

@@ -50,7 +50,6 @@ def main(argv: list[str] | None = None) -> int:
     opts = parser.parse_args(argv)
     os.chdir(ROOT)
     quiet_prefect(ROOT / "data" / "prefect")
-    sys.path.insert(0, str(ROOT))
 
     from rich.console import Console
     from rich.markdown import Markdown

@@ -11,15 +11,8 @@ from __future__ import annotations
 import atexit
 import os
 import shutil
-import sys
 import tempfile
 from collections import deque
-from pathlib import Path
-
-# the repository's root, for the test kits that share the reliability harness's pieces (reliability/)
-_ROOT = str(Path(__file__).resolve().parents[1])
-if _ROOT not in sys.path:
-    sys.path.insert(0, _ROOT)
 
 _PREFECT_HOME = tempfile.mkdtemp(prefix="atoma-ops-prefect-")
 atexit.register(shutil.rmtree, _PREFECT_HOME, True)

@@ -16,14 +16,11 @@ that parameter is simply not generated.
 from __future__ import annotations
 
 import os
-import sys
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
 
-from chainkit import Net  # noqa: E402
+from tests.chain.chainkit import Net  # noqa: E402
 
 PATHS = ("localnet", "sui")
 #: environment variable -> SuiNetwork field (the keystore is ATOMA_OPS_SUI_CLIENT_YAML)
@@ -70,7 +67,7 @@ def localnet_net(chain, draws):
 @pytest.fixture
 def real_net(request):
     """See tests/chain/test_real_network.py: a ``RealNet`` on ``request.param``."""
-    from chainkit import RealNet
+    from tests.chain.chainkit import RealNet
 
     if request.param == "sui-network":
         settings = {field: os.environ[name] for name, field in REAL_NETWORK_SETTINGS.items() if field}

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import copy
 
-from chainkit import SAMPLING, h, sid
+from tests.chain.chainkit import SAMPLING, h, sid
 
 from atoma_ops.protocol.commitments import commit, historical_node_proof, leaves_of
 

@@ -6,7 +6,7 @@ Honest commitment (§8.3, the self-consistent scheme): leaf_i = blake2b256(u8(i)
 
 from __future__ import annotations
 
-from chainkit import CONFIDENTIAL, L32, NO_SECURITY, P32, SAMPLING, h, honest_commitment, sid
+from tests.chain.chainkit import CONFIDENTIAL, L32, NO_SECURITY, P32, SAMPLING, h, honest_commitment, sid
 
 DF_MISSING = ("dynamic_field", 1)
 ROOT = h(b"merkle root of the stack's requests and responses")

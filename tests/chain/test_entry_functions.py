@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from chainkit import CONFIDENTIAL, NO_SECURITY, SAMPLING, InvalidArgument, TransactionRejected, sid, transfer
+from tests.chain.chainkit import CONFIDENTIAL, NO_SECURITY, SAMPLING, InvalidArgument, TransactionRejected, sid, transfer
 
 
 # ====================================================================== §4.1 register_node_entry

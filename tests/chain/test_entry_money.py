@@ -3,7 +3,7 @@ minted == coins + fee_treasury + communal_treasury + collateral."""
 
 from __future__ import annotations
 
-from chainkit import CONFIDENTIAL, NO_SECURITY, SAMPLING, h, honest_commitment
+from tests.chain.chainkit import CONFIDENTIAL, NO_SECURITY, SAMPLING, h, honest_commitment
 
 ROOT = h(b"stack history")
 PROOF, (LEAF0, LEAF1) = honest_commitment(ROOT)

@@ -6,7 +6,7 @@ test_entry_attestation.py; §14.10 (payouts beyond the treasury) in test_entry_m
 
 from __future__ import annotations
 
-from chainkit import CONFIDENTIAL, NO_SECURITY, SAMPLING, P32, h, honest_commitment, sid
+from tests.chain.chainkit import CONFIDENTIAL, NO_SECURITY, SAMPLING, P32, h, honest_commitment, sid
 
 DF_MISSING = ("dynamic_field", 1)
 ROOT = h(b"R")

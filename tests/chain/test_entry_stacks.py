@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from chainkit import (
+from tests.chain.chainkit import (
     CONFIDENTIAL,
     L32,
     NO_SECURITY,

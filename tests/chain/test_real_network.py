@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 
-from chainkit import sid
+from tests.chain.chainkit import sid
 
 ASK = 1_000  # USDC base units per one million compute units
 UNITS = 1_000  # so a stack costs floor(1_000 × 1_000 / 10^6) = 1 base unit (0.000001 USDC)

@@ -24,7 +24,7 @@ from atoma_ops.chain.sui import tables as T
 from atoma_ops.chain.sui.client import pysui_client_for
 from atoma_ops.testing.sui import BackgroundLoopbackNode
 from atoma_ops.testing.sui.entries import table_uid
-from chainkit import CONFIDENTIAL, NO_SECURITY, P32, SAMPLING, USDC
+from tests.chain.chainkit import CONFIDENTIAL, NO_SECURITY, P32, SAMPLING, USDC
 
 OBJECT = sp.OwnerOwnerKind.OBJECT
 

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
 
-from clikit import Cli  # noqa: E402
+from tests.cli.clikit import Cli  # noqa: E402
 
 
 @pytest.fixture

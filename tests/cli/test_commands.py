@@ -13,7 +13,7 @@ from atoma_ops.chain.localnet.adapter import LocalnetChain
 from atoma_ops.cli import app
 from atoma_ops.protocol import abi
 
-from clikit import Cli, event, sid
+from tests.cli.clikit import Cli, event, sid
 
 # Move parameter -> flag where the Atoma CLI names it differently.
 FLAG_OF = {"nodes": "--nodes-small-ids"}

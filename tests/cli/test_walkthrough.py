@@ -11,7 +11,7 @@ import json
 
 from atoma_ops.wallet import Wallet
 
-from clikit import Cli, balance_changes, event, events, proof, sid
+from tests.cli.clikit import Cli, balance_changes, event, events, proof, sid
 
 MINT = 5_000_000
 BID = 1_000_000  # the user's price per 1M compute units

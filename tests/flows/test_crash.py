@@ -35,10 +35,9 @@ from atoma_ops.serving.store import NodeStore
 from blocks import AtomaNetwork, InferenceEngine
 from flows.settlement import settlement_run
 from flows.stages import serve_stack
-from kit import NODE, served_stacks
+from atoma_ops.testing.served import NODE, served_stacks
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "tests" / "serving"))  # test_kit's stub engine
 N_STACKS = 3
 AFTER_WRITE = "journal:after-write"
 AFTER_SUBMIT = "journal:after-submit"
@@ -311,17 +310,16 @@ async def _assert_no_stacks_or_tickets_left(chain) -> None:
 # The child: one serve-stack run (stub engine, concurrency 2, windows of 4) over argv[1], stack argv[2], workload argv[3].
 SERVE_CHILD = """
 import asyncio, json, sys
-sys.path.insert(0, {serving!r})
-from test_kit import stub_engine
+from atoma_ops.testing.stub_engine import StubEngine
 from blocks import AtomaNetwork, InferenceEngine
 from flows import serve_stack
 from tasks.runtime import _engines
 engine = InferenceEngine(kind="openai", model="stub", base_url="http://stub.invalid", batch_size=2)
-_engines[engine.cache_key()] = stub_engine()
+_engines[engine.cache_key()] = StubEngine()
 summary = asyncio.run(serve_stack(int(sys.argv[2]), "node-1", sys.argv[3], network=AtomaNetwork(home=sys.argv[1]),
                                   engine=engine, window=4))
 print("SUMMARY " + json.dumps(summary))
-""".format(serving=str(ROOT / "tests" / "serving"))
+"""
 
 
 def test_serve_stack_killed_mid_workload_then_rerun_serves_only_the_rest(tmp_path):
@@ -342,9 +340,9 @@ def test_serve_stack_killed_mid_workload_then_rerun_serves_only_the_rest(tmp_pat
 
     def serve(stack: int) -> dict:  # in this process, with the child's engine and windows
         from tasks.runtime import _engines
-        from test_kit import stub_engine
+        from atoma_ops.testing.stub_engine import StubEngine
 
-        _engines[engine.cache_key()] = stub_engine()
+        _engines[engine.cache_key()] = StubEngine()
         try:
             return asyncio.run(serve_stack(stack, NODE, str(path), network=AtomaNetwork(home=str(home)), engine=engine, window=4))
         finally:

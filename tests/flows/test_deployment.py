@@ -23,8 +23,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-import kit
-from kit import NODE, PRICE, UNITS, served_stacks
+from atoma_ops.testing import served as kit
+from atoma_ops.testing.served import NODE, PRICE, UNITS, served_stacks
 
 ROOT = Path(__file__).resolve().parents[2]
 PREFECT = [sys.executable, "-m", "prefect"]

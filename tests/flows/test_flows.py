@@ -10,14 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sys
-from pathlib import Path
 
 import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
-import kit
+from atoma_ops.testing import served as kit
 from atoma_ops.home import LocalnetHome
 from atoma_ops.ledger import Ledger
 from atoma_ops.lifecycle import StageError
@@ -38,7 +36,6 @@ from flows import (
 )
 
 PRICE = 1_000_000
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "serving"))  # test_kit's stub engine
 
 
 def run(coro):
@@ -166,9 +163,9 @@ STUB = InferenceEngine(kind="openai", model="stub", base_url="http://stub.invali
 @pytest.fixture
 def stub_engine_block():
     from tasks.runtime import _engines
-    from test_kit import stub_engine
+    from atoma_ops.testing.stub_engine import StubEngine
 
-    _engines[STUB.cache_key()] = stub_engine()
+    _engines[STUB.cache_key()] = StubEngine()
     yield STUB
     _engines.pop(STUB.cache_key(), None)
 

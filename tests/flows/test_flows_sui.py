@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-import kit
+from atoma_ops.testing import served as kit
 from atoma_ops.chain.localnet.engine import Localnet
 from atoma_ops.testing.sui import BackgroundLoopbackNode
 from atoma_ops.chain.sui.txbuild import transaction_digest

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from scenario import Built, build  # noqa: E402
+from tests.ledger.scenario import Built, build  # noqa: E402
 
 
 from atoma_ops.ledger import Ledger  # noqa: E402

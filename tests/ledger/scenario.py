@@ -30,14 +30,12 @@ G is never settled.
 
 from __future__ import annotations
 
-import sys
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "chain"))
 
-from chainkit import CONFIDENTIAL, NO_SECURITY, SAMPLING, Net, h, honest_commitment  # noqa: E402
+from tests.chain.chainkit import CONFIDENTIAL, NO_SECURITY, SAMPLING, Net, h, honest_commitment  # noqa: E402
 
 from atoma_ops.home import LocalnetHome  # noqa: E402
 

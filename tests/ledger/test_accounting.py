@@ -3,7 +3,7 @@ atoma-protocol.md §6 (scenario.py's docstring shows the arithmetic)."""
 
 from __future__ import annotations
 
-from scenario import CREDIT_NODE3, MINTED, NODE_FEE, PAID, PAID_IN, PAID_OUT, REFUND, TREASURY
+from tests.ledger.scenario import CREDIT_NODE3, MINTED, NODE_FEE, PAID, PAID_IN, PAID_OUT, REFUND, TREASURY
 
 NODE1, NODE2, NODE3 = 1, 2, 3
 

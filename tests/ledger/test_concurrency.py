@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from ledgerkit import ledger_digest
+from tests.ledger.ledgerkit import ledger_digest
 
 from atoma_ops.ledger import Ledger, LedgerBusy
 

@@ -8,8 +8,8 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from chainproxy import all_events
-from ledgerkit import ledger_digest
+from tests.ledger.chainproxy import all_events
+from tests.ledger.ledgerkit import ledger_digest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -138,7 +138,7 @@ def test_process_killed_mid_batch_then_rerun_gives_the_same_ledger(tmp_path, sce
 
 
 def test_incremental_sync_equals_a_sync_from_scratch(tmp_path):
-    from scenario import build
+    from tests.ledger.scenario import build
 
     b = build(tmp_path / "net", claim_d=False)
     try:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from chainproxy import ChainProxy, with_balance_changes
-from scenario import build
+from tests.ledger.chainproxy import ChainProxy, with_balance_changes
+from tests.ledger.scenario import build
 
 from atoma_ops.ledger import Ledger
 
@@ -102,7 +102,7 @@ def test_admin_removal_and_a_ledger_behind_the_chain_are_drift(tmp_path):
 
 def _sc_setup(tmp_path):
     """Task 3 (SamplingConsensus) with node-1 and node-3 subscribed, lottery forced, user funded."""
-    from scenario import MINTED, SAMPLING, Draws, LocalnetHome, Net
+    from tests.ledger.scenario import MINTED, SAMPLING, Draws, LocalnetHome, Net
 
     home = LocalnetHome(tmp_path / "localnet")
     home.init(seed=1)[0].close()
@@ -121,7 +121,7 @@ def _sc_setup(tmp_path):
 def test_final_attestation_check_failure_is_mirrored_without_drift(tmp_path):
     """§4.11 step 9: the last attester's leaf is written and counted, then the hash check fails ⇒ dispute. The
     leaf is in no event: the ledger infers the attester and marks the buffer incomplete rather than guess it."""
-    from scenario import h
+    from tests.ledger.scenario import h
 
     net, task = _sc_setup(tmp_path)
     try:
@@ -145,7 +145,7 @@ def test_final_attestation_check_failure_is_mirrored_without_drift(tmp_path):
 def test_an_attester_drawn_twice_is_credited_twice(tmp_path):
     """extra_nodes_count 2, attesters drawn with replacement = [node-3, node-3]; the same node attests twice
     (completion counts submissions); claim credits node_fee / 2 per entry: floor(5e5·1e6·1200/1e9) / 2 × 2."""
-    from scenario import h
+    from tests.ledger.scenario import h
 
     net, task = _sc_setup(tmp_path)
     try:

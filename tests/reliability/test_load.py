@@ -62,13 +62,9 @@ def test_past_max_pending_the_node_answers_429_and_charges_nothing(tmp_path):
     """The same burst on the stub engine with ``max_pending`` 12 for 48 requests (units for half of them): the
     engine holds every request for 2 s after the first, so the rest arrive while the node is full and must be
     answered 429 with Retry-After, nothing recorded; /metrics agrees with what the clients got."""
-    import sys
-    from pathlib import Path
+    from atoma_ops.testing.stub_engine import StubEngine
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "serving"))
-    from test_kit import stub_engine
-
-    class Held(type(stub_engine())):
+    class Held(StubEngine):
         """Every stream waits until ``hold_s`` after the first one started: the node stays full meanwhile."""
 
         def __init__(self, hold_s: float):

@@ -10,8 +10,6 @@ included: this is the seed that gets a second node to replay the stack).
 
 from __future__ import annotations
 
-import os
-import sys
 
 import pytest
 
@@ -26,8 +24,7 @@ from atoma_ops.protocol.commitments import (
 from atoma_ops.serving.history import export_jsonl, import_jsonl
 from atoma_ops.serving.replay import replay
 
-sys.path.insert(0, os.path.dirname(__file__))
-from test_kit import PRICE, SAMPLING, ask, market, net, open_node  # noqa: E402,F401
+from tests.serving.test_kit import PRICE, SAMPLING, ask, market, net, open_node  # noqa: E402,F401
 
 
 def sampling_market(net) -> int:

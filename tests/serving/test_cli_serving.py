@@ -16,13 +16,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "cli"))
-from clikit import Cli, event, sid  # noqa: E402
+from tests.cli.clikit import Cli, event, sid  # noqa: E402
 
 from atoma_ops.cli import app  # noqa: E402
 
-sys.path.insert(0, os.path.dirname(__file__))
-from test_kit import REPO, STUB_ENGINE_SRC, ask, stub_engine  # noqa: E402
+from tests.serving.test_kit import REPO, STUB_ENGINE_SRC, ask, stub_engine  # noqa: E402
 
 SCRIPT = Path(sys.executable).parent / "atoma-ops"
 

@@ -3,13 +3,10 @@ DuckDB."""
 
 from __future__ import annotations
 
-import os
-import sys
 
 from atoma_ops.ledger import Ledger
 
-sys.path.insert(0, os.path.dirname(__file__))
-from test_kit import NO_SECURITY, PRICE, ask, market, net, open_node  # noqa: E402,F401
+from tests.serving.test_kit import NO_SECURITY, PRICE, ask, market, net, open_node  # noqa: E402,F401
 
 
 def test_node_usage_is_imported_once_with_its_hashes(engine, net, localnet_home, tmp_path):

@@ -7,7 +7,6 @@ out by hand over the per-text token counts.
 
 from __future__ import annotations
 
-import os
 import random
 import sqlite3
 import subprocess
@@ -32,8 +31,7 @@ from atoma_ops.serving.metering import (
 )
 from atoma_ops.serving.store import NodeStore, Reservation, Settlement, StackFacts
 
-sys.path.insert(0, os.path.dirname(__file__))
-from test_kit import stub_engine  # noqa: E402
+from tests.serving.test_kit import stub_engine  # noqa: E402
 
 
 def facts(stack: int = 1, units: int = 1_000) -> StackFacts:

@@ -26,8 +26,7 @@ from atoma_ops.serving.metering import (
 from atoma_ops.serving.node import NodeService, StoreFailure
 from atoma_ops.serving.store import NodeStore
 
-sys.path.insert(0, os.path.dirname(__file__))
-from test_kit import CONFIDENTIAL, NO_SECURITY, PRICE, REPO, STUB_ENGINE_SRC, ask, market, net, open_node, stub_engine  # noqa: E402,F401
+from tests.serving.test_kit import CONFIDENTIAL, NO_SECURITY, PRICE, REPO, STUB_ENGINE_SRC, ask, market, net, open_node, stub_engine  # noqa: E402,F401
 
 
 def snapshot(node: NodeService, stack: int):

@@ -6,21 +6,20 @@ exactly; a dropped stream is charged what was produced and its history still rep
 from __future__ import annotations
 
 import asyncio
-import os
-import sys
 import time
 
 import httpx
 import openai
 import pytest
 
+from atoma_ops.client import AtomaAuth, openai_client
 from atoma_ops.protocol.commitments import response_hash
 from atoma_ops.serving.node import NodeService
 from atoma_ops.serving.replay import replay
 from atoma_ops.serving.server import BackgroundServer, create_app
 
-sys.path.insert(0, os.path.dirname(__file__))
-from test_kit import NO_SECURITY, PRICE, ask, market, net, stub_engine  # noqa: E402,F401
+from tests.serving.buyer_kit import buyer, signed_headers
+from tests.serving.test_kit import NO_SECURITY, PRICE, ask, market, net, stub_engine  # noqa: E402,F401
 
 MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"  # the task's model (test_kit.market)
 
@@ -30,17 +29,19 @@ class Node:
 
     def __init__(self, net, home, engine, keepalive_s: float = 15.0, **options):
         self.net = net
+        self.signer = buyer(net)  # the stacks' owner: every request is signed with its key
         self.service = net.run(NodeService.open(home.path, "node-1", engine, **options))
         self.server = BackgroundServer(create_app(self.service, keepalive_s=keepalive_s)).start()
         self.url = self.server.url
 
     def client(self, stack: int, **options) -> openai.OpenAI:
-        return openai.OpenAI(base_url=self.url + "/v1", api_key="unused", max_retries=options.pop("max_retries", 2),
-                             default_headers={"X-Stack-Small-Id": str(stack)}, **options)
+        return openai_client(self.url + "/v1", self.signer, stack, max_retries=options.pop("max_retries", 2), **options)
 
     def aclient(self, stack: int) -> openai.AsyncOpenAI:
-        return openai.AsyncOpenAI(base_url=self.url + "/v1", api_key="unused", max_retries=0,
-                                  default_headers={"X-Stack-Small-Id": str(stack)})
+        return openai_client(self.url + "/v1", self.signer, stack, asynchronous=True, max_retries=0)
+
+    def auth(self, stack: int) -> AtomaAuth:
+        return AtomaAuth(self.signer, stack)
 
     def usage(self, stack: int):
         return self.service.store.usage(stack)
@@ -212,9 +213,9 @@ REFUSALS = [
     ("temperature 3", {"temperature": 3}, "own", openai.BadRequestError, 400, "temperature"),
     ("top_p 0", {"top_p": 0}, "own", openai.BadRequestError, 400, "top_p"),
     ("five stops", {"stop": ["a", "b", "c", "d", "e"]}, "own", openai.BadRequestError, 400, "stop"),
-    ("stack of another node", {}, "foreign", openai.PermissionDeniedError, 403, None),
-    ("no such stack", {}, 999, openai.NotFoundError, 404, None),
-    ("too few units left", {"max_tokens": 30}, "tiny", openai.APIStatusError, 402, None),
+    ("stack of another node", {}, "foreign", openai.BadRequestError, 400, None),
+    ("no such stack", {}, 999, openai.BadRequestError, 400, None),
+    ("too few units left", {"max_tokens": 30}, "tiny", openai.APIStatusError, 425, None),
 ]
 
 
@@ -250,11 +251,11 @@ def test_non_finite_numbers_are_refused_at_admission_and_affect_no_other_request
     with httpx.Client(base_url=node.url, timeout=120) as http:
         async def both():
             async with httpx.AsyncClient(base_url=node.url, timeout=120) as a:
-                headers = {"X-Stack-Small-Id": str(sid), "content-type": "application/json"}
+                headers = {**signed_headers(node.signer, sid, body), "content-type": "application/json"}
                 return await asyncio.gather(
                     a.post("/v1/chat/completions", content=body, headers=headers),
                     a.post("/v1/chat/completions", json={"messages": messages("Hi."), "max_tokens": 4},
-                           headers={"X-Stack-Small-Id": str(sid)}),
+                           auth=node.auth(sid)),
                 )
 
         bad, good = asyncio.run(both())
@@ -270,13 +271,12 @@ def test_overload_answers_429_with_retry_after(net, localnet_home, stacks):
     slow = Node(net, localnet_home, stub_engine(delay=3.0), max_pending=2)
     try:
         async def three():
-            async with httpx.AsyncClient(base_url=slow.url, timeout=60) as a:
-                headers = {"X-Stack-Small-Id": str(stacks["own"])}
+            async with httpx.AsyncClient(base_url=slow.url, timeout=60, auth=slow.auth(stacks["own"])) as a:
                 body = {"messages": messages("Hi."), "max_tokens": 3}
-                first = [asyncio.create_task(a.post("/v1/chat/completions", json=body, headers=headers)) for _ in range(2)]
+                first = [asyncio.create_task(a.post("/v1/chat/completions", json=body)) for _ in range(2)]
                 while slow.service.pending < 2:
                     await asyncio.sleep(0.01)
-                third = await a.post("/v1/chat/completions", json=body, headers=headers)
+                third = await a.post("/v1/chat/completions", json=body)
                 return third, await asyncio.gather(*first)
 
         third, first = asyncio.run(three())
@@ -296,8 +296,8 @@ def test_a_dropped_stream_is_charged_what_was_produced_and_replays(node, stacks)
     sid = stacks["other"]
     body = {"model": MODEL, "messages": messages("Write a long story about the sea."), "max_tokens": 200, "stream": True}
     received = ""
-    with httpx.Client(base_url=node.url, timeout=120) as http:
-        with http.stream("POST", "/v1/chat/completions", json=body, headers={"X-Stack-Small-Id": str(sid)}) as r:
+    with httpx.Client(base_url=node.url, timeout=120, auth=node.auth(sid)) as http:
+        with http.stream("POST", "/v1/chat/completions", json=body) as r:
             assert r.status_code == 200
             pieces = 0
             for line in r.iter_lines():

@@ -1,4 +1,5 @@
-"""Helpers for the flow tests and the settlement benchmark: a localnet with many stacks already served.
+"""A localnet with many stacks already served, for the flow tests, the reliability harness and the settlement
+benchmark.
 
 Serving here writes *recorded* model outputs into the node's real store (reserve + settle, so usage, histories,
 hashes and the settlement state are exactly what serving leaves behind); no engine runs. Flows that serve or replay
