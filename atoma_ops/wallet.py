@@ -682,6 +682,12 @@ class Wallet:
         text = yaml.safe_dump(self._config, sort_keys=False, default_flow_style=False)
         _atomic_write(self.client_yaml, text.encode(), 0o644)
 
+    def point_keystore_at(self, folder: str | os.PathLike) -> None:
+        """Rewrite client.yaml so that it names the keystore at ``folder`` (absolute, as Sui writes it): a wallet
+        built in one folder and then moved there whole (``localnet init`` builds the new home beside the old)."""
+        self._config["keystore"] = {**self._config.get("keystore", {}), "File": str(Path(folder).absolute() / KEYSTORE_FILE)}
+        self._save_client_yaml()
+
     # -- queries --------------------------------------------------------------------------------------------
 
     def accounts(self) -> list[Account]:

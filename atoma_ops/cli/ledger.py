@@ -229,11 +229,16 @@ def sync(
     opts = _opts(ctx)
 
     def body():
+        from ..ledger.node_usage import import_node_usage, node_stores, read_store_usage
+        from ..ledger.store import check_ledger_file
+
         ledger = opts.ledger_obj()
+        check_ledger_file(ledger.path)
+        for store in node_stores(opts.home_path()):  # check, then act: an unreadable store stops the sync first
+            read_store_usage(store)
         report = asyncio.run(
             _with_chain(opts, lambda chain: ledger.sync(chain, batch_events=batch_events, page_limit=page_limit))
         )
-        from ..ledger.node_usage import import_node_usage
 
         usage_rows = import_node_usage(ledger, opts.home_path())
         doc = {"ledger": str(ledger.path), **report.to_json(), "usage_rows_added": usage_rows}
@@ -355,6 +360,13 @@ def export(
     opts = _opts(ctx)
     if parquet is None and duckdb_file is None:
         raise typer.BadParameter("give --parquet DIR and/or --duckdb FILE")
+    from ..ledger.api import EXPORTED
+    from .inputs import output_dir, output_file
+
+    if parquet is not None:
+        output_dir("--parquet", str(parquet), [f"{name}.parquet" for name in EXPORTED])
+    if duckdb_file is not None:
+        output_file("--duckdb", str(duckdb_file))
 
     def body():
         ledger = opts.ledger_obj()
@@ -382,6 +394,10 @@ def plot(
 ) -> None:
     """Earnings per epoch and node as a stacked bar chart (needs matplotlib)."""
     opts = _opts(ctx)
+
+    from .inputs import output_file
+
+    output_file("--out", str(out))
 
     def body():
         path = opts.ledger_obj().plot_earnings(out)

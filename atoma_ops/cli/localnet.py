@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 import typer
 
 from .core import Render, State, esc, run, sub_app
+from .errors import CliInputError
 from .session import Session, with_chain
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -147,6 +148,11 @@ def localnet_advance_epoch(
 ) -> None:
     """Move the localnet to a later epoch (what ~24 h does on Sui)."""
 
+    from ..protocol.epochs import MAX_EPOCH
+
+    if not 1 <= count <= MAX_EPOCH:
+        raise CliInputError(f"--count must be between 1 and {MAX_EPOCH}, not {count}")
+
     async def action(s: Session) -> int:
         return await s.chain.advance_epoch(count)
 
@@ -162,6 +168,11 @@ def localnet_seed_rng(
     ctx: typer.Context, seed: int = typer.Option(..., "--seed", metavar="N", help="New seed; the draw counter restarts.")
 ) -> None:
     """Reseed the localnet's random stream (stands in for sui::random)."""
+
+    from ..protocol.epochs import MAX_SEED
+
+    if not 0 <= seed <= MAX_SEED:
+        raise CliInputError(f"--seed must be between 0 and {MAX_SEED}, not {seed}")
 
     async def action(s: Session) -> None:
         await s.chain.seed_rng(seed)

@@ -8,6 +8,7 @@ import typer
 
 from .core import Render, State, esc, note, run, sub_app
 from .errors import CliInputError
+from .inputs import port_free, tcp_port
 from .serving import BASE_URL_OPT, ENGINE_OPT, MODEL_OPT, NODE_SMALL_ID_PICK_OPT, engine_loader, with_node
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -36,7 +37,9 @@ def node_serve(
     def produce(state: State) -> tuple[Any, Render]:
         if max_pending < 1:
             raise CliInputError("--max-pending must be >= 1")
+        tcp_port("--port", port)
         load = engine_loader(state, engine, openai_base_url, model)
+        port_free(host, port)  # before the engine loads (tens of seconds); checked again when uvicorn binds
 
         async def action(service: Any) -> dict:
             import uvicorn
@@ -51,7 +54,10 @@ def node_serve(
             )
             config = uvicorn.Config(create_app(service), host=host, port=port, log_level="info")
             server = uvicorn.Server(config)
-            await server.serve()
+            try:
+                await server.serve()
+            except SystemExit:  # uvicorn exits when it cannot bind (the port was taken after the check above)
+                raise CliInputError(f"cannot listen on {host}:{port}", kind="PortUnavailable") from None
             if not server.started:
                 raise OSError(f"could not listen on {host}:{port}")
             return {"node_small_id": service.node_small_id, "host": host, "port": port, "stopped": True}

@@ -9,6 +9,7 @@ import typer
 
 from .core import Render, State, console, esc, note, run, sub_app
 from .errors import CliInputError
+from .inputs import input_text_file, output_file
 from .serving import (
     BASE_URL_OPT, ENGINE_OPT, MODEL_OPT, NODE_OPT, NODE_SMALL_ID_PICK_OPT, engine_loader, usage_lines, with_node,
 )
@@ -44,6 +45,7 @@ def stack_serve(
     def produce(state: State) -> tuple[Any, Render]:
         from ..serving.workload import load_workload
 
+        input_text_file("--workload", workload)
         requests = load_workload(workload)
         if batch_size is not None:
             note(state, "--batch-size is deprecated (nothing is batched any more): use --concurrency")
@@ -206,6 +208,9 @@ def stack_history(
     """The stack's served requests in order (units, hashes), and the Merkle root; --export writes the file."""
 
     def produce(state: State) -> tuple[Any, Render]:
+        if export is not None:
+            output_file("--export", export)
+
         async def action(service: Any) -> tuple:
             from ..serving.history import export_jsonl
 
@@ -337,6 +342,7 @@ def stack_replay(
         if history_file is not None:
             from ..serving.history import import_jsonl
 
+            input_text_file("--history", history_file)
             history = import_jsonl(history_file, expect_stack=stack)
             eng = load()
             try:
@@ -380,6 +386,7 @@ def stack_attest(
 
         if node is None and state.address is None:
             raise CliInputError("say which node attests with --node ALIAS (or --address)")
+        input_text_file("--history", history_file)
         history = import_jsonl(history_file, expect_stack=stack)
         load = engine_loader(state, engine, openai_base_url, model)
 

@@ -8,6 +8,8 @@ stays open, take a snapshot (:meth:`Ledger.snapshot`, or Parquet with :meth:`Led
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
@@ -343,41 +345,81 @@ class Ledger:
 
     # ------------------------------------------------------------------------------------------ export
     def export_parquet(self, directory: str | os.PathLike) -> list[Path]:
-        """Every table and analyst view as ``DIR/<name>.parquet`` (DuckDB's own writer; no pyarrow needed)."""
+        """Every table and analyst view as ``DIR/<name>.parquet`` (DuckDB's own writer; no pyarrow needed).
+
+        All or nothing: the files are written in a temporary folder inside ``DIR`` and renamed into place only when
+        every one is complete; an existing file of the same name is refused (LedgerError naming it), never replaced.
+        """
         out = Path(directory)
+        targets = [out / f"{name}.parquet" for name in EXPORTED]
+        _refuse_existing(targets)
         out.mkdir(parents=True, exist_ok=True)
-        files = []
-        with self.reader() as con:
-            for name in EXPORTED:
-                target = out / f"{name}.parquet"
-                con.execute(f"COPY (SELECT * FROM {name}) TO '{_sql_path(target)}' (FORMAT parquet)")
-                files.append(target)
-        return files
+        staging = Path(tempfile.mkdtemp(prefix=".export-", dir=out))
+        try:
+            with self.reader() as con:
+                for name in EXPORTED:
+                    con.execute(f"COPY (SELECT * FROM {name}) TO '{_sql_path(staging / (name + '.parquet'))}' (FORMAT parquet)")
+            for target in targets:
+                _publish(staging / target.name, target)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        return targets
 
     def snapshot(self, target: str | os.PathLike) -> Path:
-        """A standalone copy of the ledger (tables and views) that analysts can keep open as long as they like."""
+        """A standalone copy of the ledger (tables and views) that analysts can keep open as long as they like.
+
+        Written under a temporary name beside ``target`` and renamed into place when complete; an existing
+        ``target`` is refused (LedgerError naming it), never replaced."""
         target = Path(target)
         if target.resolve() == self.path.resolve():
             raise LedgerError("the snapshot must be another file than the ledger itself")
-        for suffix in ("", ".wal"):
-            Path(str(target) + suffix).unlink(missing_ok=True)
+        _refuse_existing([target, Path(str(target) + ".wal")])
         target.parent.mkdir(parents=True, exist_ok=True)
-        with self.reader() as con:
-            source = first(con.execute("SELECT current_database()").fetchall())[0]
-            # the storage format DuckDB 1.4 and later read (the analysts' CLI), whatever this package writes by default
-            con.execute(
-                f"ATTACH '{_sql_path(target)}' AS _ledger_snapshot (READ_WRITE, STORAGE_VERSION '{STORAGE_VERSION}')"
-            )
-            try:
-                con.execute(f'COPY FROM DATABASE "{source}" TO _ledger_snapshot')
-            finally:
-                con.execute("DETACH _ledger_snapshot")
+        fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
+        os.close(fd)
+        staging = Path(name)
+        staging.unlink()  # DuckDB creates the file itself
+        try:
+            with self.reader() as con:
+                source = first(con.execute("SELECT current_database()").fetchall())[0]
+                # the storage format DuckDB 1.4 and later read (the analysts' CLI), whatever this package writes by default
+                con.execute(
+                    f"ATTACH '{_sql_path(staging)}' AS _ledger_snapshot (READ_WRITE, STORAGE_VERSION '{STORAGE_VERSION}')"
+                )
+                try:
+                    con.execute(f'COPY FROM DATABASE "{source}" TO _ledger_snapshot')
+                finally:
+                    con.execute("DETACH _ledger_snapshot")
+            _publish(staging, target)
+        finally:
+            for leftover in (staging, Path(str(staging) + ".wal")):
+                leftover.unlink(missing_ok=True)
         return target
 
     def plot_earnings(self, out: str | os.PathLike) -> Path:
         from .plot import plot_earnings
 
         return plot_earnings(self.earnings(by="epoch_node"), out)
+
+
+def _refuse_existing(targets: list[Path]) -> None:
+    for target in targets:
+        if target.exists() or target.is_symlink():
+            raise LedgerError(f"{target} already exists: remove it or choose another name (exports never replace a file)")
+
+
+def _publish(staging: Path, target: Path) -> None:
+    """Move a complete file into place without replacing one that appeared meanwhile (a hard link fails if
+    ``target`` exists)."""
+    try:
+        os.link(staging, target)
+    except FileExistsError:
+        raise LedgerError(f"{target} already exists: remove it or choose another name (exports never replace a file)") from None
+    except OSError:  # a file system without hard links: check, then rename
+        _refuse_existing([target])
+        os.replace(staging, target)
+        return
+    staging.unlink()
 
 
 def _sql_path(path: Path) -> str:

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from .store import LedgerError
+
 STORE_GLOB = "nodes/*/serving.sqlite"
 
 
@@ -42,17 +44,27 @@ def read_store_usage(store_path: str | os.PathLike) -> pd.DataFrame:
     and first-token times have no such columns (``PRAGMA table_info`` says which are there), and rows recorded
     without them hold NULL: both give NULL, never a made-up 0.
     """
-    uri = f"file:{Path(store_path)}?mode=ro"
-    conn = sqlite3.connect(uri, uri=True, timeout=30)
+    path = Path(store_path)
+    if not path.is_file():
+        raise LedgerError(f"the node store {path} is not a regular file")
+    if path.stat().st_size == 0:  # created, never written: nothing served
+        return pd.DataFrame.from_records([], columns=USAGE_COLUMNS).astype({"latency_ms": "float64", "ttft_ms": "float64"})
+    uri = f"file:{path}?mode=ro"
     try:
-        present = {row[1] for row in conn.execute("PRAGMA table_info(history)").fetchall()}
-        times = ", ".join(c if c in present else f"NULL AS {c}" for c in TIME_COLUMNS)
-        rows = conn.execute(
-            "SELECT stack_small_id, idx, response, units, reserved_units, payload_hash, response_hash, served_at_ms, "
-            f"{times} FROM history ORDER BY stack_small_id, idx"
-        ).fetchall()
-    finally:
-        conn.close()
+        conn = sqlite3.connect(uri, uri=True, timeout=30)
+        try:
+            present = {row[1] for row in conn.execute("PRAGMA table_info(history)").fetchall()}
+            if not present:
+                raise LedgerError(f"the node store {path} has no history table: it is not a serving store")
+            times = ", ".join(c if c in present else f"NULL AS {c}" for c in TIME_COLUMNS)
+            rows = conn.execute(
+                "SELECT stack_small_id, idx, response, units, reserved_units, payload_hash, response_hash, served_at_ms, "
+                f"{times} FROM history ORDER BY stack_small_id, idx"
+            ).fetchall()
+        finally:
+            conn.close()
+    except sqlite3.DatabaseError as exc:
+        raise LedgerError(f"the node store {path} cannot be read: {exc}") from None
     records = []
     for stack, idx, response, units, reserved, payload, resp_hash, served_at, arrived, first_token in rows:
         usage = (json.loads(response).get("usage") or {}) if response else {}

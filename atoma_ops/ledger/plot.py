@@ -59,6 +59,17 @@ def plot_earnings(by_epoch_node: pd.DataFrame, out: str | os.PathLike) -> Path:
     ax.set_ylabel("earned (USDC): node fees + attester credits")
     ax.set_title("Earnings per epoch and node")
     fig.tight_layout()
-    fig.savefig(out, format="png")
-    plt.close(fig)
+    import tempfile
+
+    # written under a temporary name and renamed into place when complete: never half a PNG under ``out``
+    fd, name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".part", dir=out.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            fig.savefig(f, format="png")
+        os.replace(name, out)
+    except BaseException:
+        Path(name).unlink(missing_ok=True)
+        raise
+    finally:
+        plt.close(fig)
     return out

@@ -32,8 +32,16 @@ LEDGER_FILE = "ledger.duckdb"
 #: the storage format of every ledger and snapshot: readable by DuckDB 1.4 and later (its header's version number
 #: is 67; DuckDB 1.4 reads 64-67, 1.5 reads 64-68)
 STORAGE_VERSION = "v1.4.0"
-#: every connection to a ledger file (one configuration per file and process: DuckDB refuses a second one)
-CONFIG = {"storage_compatibility_version": STORAGE_VERSION}
+#: every connection to a ledger file (one configuration per file and process: DuckDB refuses a second one).
+#: Extensions are never installed or loaded on demand: nothing downloads at run time (DuckDB would otherwise fetch
+#: ``sqlite_scanner`` to open a SQLite file given as the ledger).
+CONFIG = {
+    "storage_compatibility_version": STORAGE_VERSION,
+    "autoinstall_known_extensions": False,
+    "autoload_known_extensions": False,
+}
+#: a DuckDB database file says so at bytes 8..12
+_DUCKDB_MAGIC = b"DUCK"
 
 
 class LedgerError(Exception):
@@ -74,6 +82,7 @@ def connect(
     path = Path(path)
     if read_only and not path.exists():
         raise LedgerNotFound(f"no ledger at {path}: run `atoma-ops ledger sync` first")
+    check_ledger_file(path)
     if not read_only:
         path.parent.mkdir(parents=True, exist_ok=True)
     start = time.monotonic()
@@ -98,6 +107,32 @@ def connect(
                 ) from None
             time.sleep(min(delay, max(0.0, timeout_s - waited)) * random.uniform(0.5, 1.5))
             delay = min(delay * 2, max_delay_s)
+
+
+def check_ledger_file(path: Path) -> None:
+    """Refuse, by name, a ledger path that is not a DuckDB database: a directory, a FIFO or device, a SQLite or
+    any other file (an empty file is refused too: DuckDB cannot open it). A missing file is fine (a sync creates
+    it)."""
+    import stat
+
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise LedgerError(f"cannot open the ledger {path}: {exc.strerror}") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise LedgerError(f"the ledger {path} is a directory, not a DuckDB file")
+    if not stat.S_ISREG(st.st_mode):
+        raise LedgerError(f"the ledger {path} is not a regular file (a FIFO, socket or device)")
+    try:
+        with open(path, "rb") as f:
+            head = f.read(16)
+    except OSError as exc:
+        raise LedgerError(f"cannot open the ledger {path}: {exc.strerror}") from None
+    if head[8:12] != _DUCKDB_MAGIC:
+        what = "a SQLite database" if head.startswith(b"SQLite format 3") else "empty" if not head else "another kind of file"
+        raise LedgerError(f"the ledger {path} is not a DuckDB ledger ({what})")
 
 
 _file_locks: dict[str, threading.RLock] = {}

@@ -21,6 +21,7 @@ import base58
 
 from ..._sqlite import connect_wal, immediate
 from ...protocol import abi
+from ...protocol.epochs import MAX_EPOCH_DURATION_MS, MAX_SEED, check_epoch_advance
 from ...protocol.constants import (
     INITIAL_COLLATERAL_REQUIRED_FOR_REGISTRATION,
     INITIAL_CROSS_VALIDATION_EXTRA_NODES_CHARGE_PERMILLE,
@@ -223,8 +224,8 @@ class Localnet:
                 raise InvalidArgument(f"a localnet already exists at {path} (use --force to replace it)")
             for suffix in ("", "-wal", "-shm"):
                 Path(str(path) + suffix).unlink(missing_ok=True)
-        if seed < 0 or epoch_duration_ms < 0:
-            raise InvalidArgument("seed and epoch duration must be >= 0")
+        if not 0 <= seed <= MAX_SEED or not 0 <= epoch_duration_ms <= MAX_EPOCH_DURATION_MS:
+            raise InvalidArgument(f"seed must be between 0 and {MAX_SEED}, epoch duration between 0 and {MAX_EPOCH_DURATION_MS} ms")
         publisher = normalize_address(publisher)
         path.parent.mkdir(parents=True, exist_ok=True)
         conn = cls._connect(path, 60.0)
@@ -354,14 +355,17 @@ class Localnet:
             raise InvalidArgument("count must be >= 1")
         with self._write() as conn:
             clock = self._tick(conn)
-            clock["epoch"] += count
+            try:
+                clock["epoch"] = check_epoch_advance(clock["epoch"], count)
+            except ValueError as exc:
+                raise InvalidArgument(str(exc)) from None
             clock["epoch_start_ms"] = now_ms()
             self._set_meta(conn, "clock", dumps(clock))
         return clock["epoch"]
 
     def seed_rng(self, seed: int) -> None:
-        if seed < 0:
-            raise InvalidArgument("seed must be >= 0")
+        if not 0 <= seed <= MAX_SEED:
+            raise InvalidArgument(f"seed must be between 0 and {MAX_SEED}")
         with self._write() as conn:
             self._set_meta(conn, "rng", dumps({"seed": str(seed), "counter": 0}))
 
