@@ -37,19 +37,11 @@ from typing import Any
 from atoma_ops.chain.localnet.adapter import LocalnetChain  # noqa: E402
 from atoma_ops.chain.localnet.engine import WAL_AUTOCHECKPOINT_PAGES, Localnet  # noqa: E402
 from atoma_ops.wallet import Wallet  # noqa: E402
+from atoma_ops.testing.drive import run_sync  # noqa: E402
 
 GOAL = 0.3
 NODES = ("node-1", "node-2", "node-3")
 TASKS = 4  # NoSecurity, ConfidentialCompute, SamplingConsensus, NoSecurity
-
-
-def run_sync(coro: Any) -> Any:
-    """Drive a coroutine that never suspends (``LocalnetChain.prepare``) without an event loop."""
-    try:
-        coro.send(None)
-    except StopIteration as stop:
-        return stop.value
-    raise RuntimeError("coroutine suspended")
 
 
 def raw_commit_rate(folder: Path, commits: int) -> float:

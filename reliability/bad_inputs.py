@@ -48,7 +48,7 @@ from reliability.digests import StateDigests, state_digests  # noqa: E402
 RESULTS = ROOT / "data" / "reliability"
 PART = "bad_inputs"
 TITLE = "## 2. Bad input"
-U64_MAX = 2**64 - 1
+from atoma_ops.protocol.constants import U64_MAX  # noqa: E402
 PRICE = 1_000_000
 
 

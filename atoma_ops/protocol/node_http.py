@@ -27,6 +27,8 @@ import math
 from decimal import Decimal
 from typing import Any
 
+from .constants import U64_MAX
+
 STACK_HEADER = "X-Stack-Small-Id"
 SIGNATURE_HEADER = "X-Signature"
 TX_DIGEST_HEADER = "X-Tx-Digest"
@@ -35,7 +37,7 @@ REQUEST_ID_HEADER = "X-Request-Id"
 RESPONSE_HASH_KEY = "response_hash"
 SIGNATURE_KEY = "signature"
 
-_I64_MIN, _U64_MAX = -(2**63), 2**64 - 1
+_I64_MIN = -(2**63)
 
 
 class BodyError(ValueError):
@@ -103,7 +105,7 @@ def _write(value: Any, out: list[str]) -> None:
     elif isinstance(value, str):
         out.append(json.dumps(value, ensure_ascii=False))
     elif isinstance(value, int):
-        out.append(str(value) if _I64_MIN <= value <= _U64_MAX else ryu_float(float(value)))
+        out.append(str(value) if _I64_MIN <= value <= U64_MAX else ryu_float(float(value)))
     elif isinstance(value, float):
         if not math.isfinite(value):
             raise BodyError(f"{value!r} is not JSON")

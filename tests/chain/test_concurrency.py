@@ -27,6 +27,7 @@ from atoma_ops.chain.errors import MoveAbort, TransactionRejected
 from atoma_ops.chain.localnet.adapter import LocalnetChain
 from atoma_ops.chain.localnet.engine import Localnet
 from atoma_ops.protocol import money
+from atoma_ops.testing.drive import run_sync
 from atoma_ops.wallet import Wallet
 
 ALIASES = ["admin", "user", "node-1", "node-2", "node-3"]
@@ -38,20 +39,13 @@ from pathlib import Path
 from atoma_ops.chain.errors import ChainError
 from atoma_ops.chain.localnet.adapter import LocalnetChain
 from atoma_ops.chain.localnet.engine import Localnet
+from atoma_ops.testing.drive import run_sync
 from atoma_ops.wallet import Wallet
 
 cfg = json.loads(sys.stdin.read())
 ln = Localnet(cfg["chain"])
 chain = LocalnetChain(ln, Wallet.load(cfg["client_yaml"]))
 address = chain.wallet.aliases().get(cfg.get("alias", "admin"))
-
-
-def run_sync(coro):
-    try:
-        coro.send(None)
-    except StopIteration as stop:
-        return stop.value
-    raise RuntimeError("suspended")
 
 
 def outcome(call):
@@ -94,14 +88,6 @@ end = time.time()
 ln.close()
 print(json.dumps({"start": start, "end": end, "results": results}))
 """
-
-
-def run_sync(coro: Any) -> Any:
-    try:
-        coro.send(None)
-    except StopIteration as stop:
-        return stop.value
-    raise RuntimeError("coroutine suspended")
 
 
 class ChainFile:

@@ -44,6 +44,7 @@ from atoma_ops.chain.localnet.engine import Localnet
 from atoma_ops.protocol import money
 from atoma_ops.protocol.constants import U64_MAX, SecurityLevel
 from atoma_ops.wallet import Wallet
+from atoma_ops.testing.drive import run_sync
 
 ALIASES = ("admin", "user", "node-1", "node-2", "node-3")
 NODE_ALIASES = ("node-1", "node-2", "node-3")
@@ -61,16 +62,6 @@ SETTINGS = settings(
 
 PAYOUT_EVENTS = ("StackSettlementTicketClaimedEvent", "ClaimedStackEvent")
 COUNTERS = ("next_node_small_id", "next_task_small_id", "next_stack_small_id")
-
-
-def run_sync(coro: Any) -> Any:
-    """Run a coroutine that never suspends (``LocalnetChain.prepare``) without an event loop."""
-    try:
-        coro.send(None)
-    except StopIteration as stop:
-        return stop.value
-    coro.close()
-    raise RuntimeError("coroutine suspended; it cannot be driven synchronously")
 
 
 def h32(data: bytes) -> bytes:

@@ -28,7 +28,7 @@ from atoma_ops.chain.sui.adapter import SuiChain, event_json
 from atoma_ops.testing.sui import LoopbackSuiNode, gas_coin_ref
 from atoma_ops.testing.sui import COMPUTATION_COST, STORAGE_COST
 from atoma_ops.chain.sui.networks import SuiNetwork
-from atoma_ops.chain.sui.txbuild import transaction_digest
+from atoma_ops.chain.digests import transaction_digest
 from atoma_ops.testing.sui.txdecode import decode_transaction
 from atoma_ops.home import LocalnetHome
 from atoma_ops.journal import ErrorClass, Intent, classify, execute_intent, execute_intents

@@ -27,7 +27,8 @@ from atoma_ops.testing.sui.objects import object_digest
 from atoma_ops.testing.sui import COMPUTATION_COST, STORAGE_COST
 from atoma_ops.testing.sui.events import event_cursor, parse_event_cursor
 from atoma_ops.testing.sui.execute import ReplayedDraws
-from atoma_ops.chain.sui.txbuild import GasConfig, OwnedRef, SharedRef, move_call_transaction, transaction_digest
+from atoma_ops.chain.sui.txbuild import GasConfig, OwnedRef, SharedRef, move_call_transaction
+from atoma_ops.chain.digests import transaction_digest
 from atoma_ops.chain.types import TxResult
 from atoma_ops.protocol import abi
 from atoma_ops.protocol.aborts import code_of

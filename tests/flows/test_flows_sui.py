@@ -23,7 +23,7 @@ import pytest
 from atoma_ops.testing import served as kit
 from atoma_ops.chain.localnet.engine import Localnet
 from atoma_ops.testing.sui import BackgroundLoopbackNode
-from atoma_ops.chain.sui.txbuild import transaction_digest
+from atoma_ops.chain.digests import transaction_digest
 from atoma_ops.testing.sui.txdecode import decode_transaction
 from atoma_ops.home import LocalnetHome
 from atoma_ops.ledger import Ledger

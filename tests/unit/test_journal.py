@@ -16,7 +16,7 @@ import pytest
 
 from atoma_ops import lifecycle
 from atoma_ops.chain.errors import InvalidArgument, MoveAbort, TransactionRejected
-from atoma_ops.chain.localnet.engine import tx_digest
+from atoma_ops.chain.digests import transaction_digest
 from atoma_ops.journal import (
     ActionFailed,
     ActionResult,
@@ -129,7 +129,7 @@ def test_fresh_intent_executes_once_and_a_rerun_does_nothing(chain, ledger):
     assert row["digest"] == r.digest
     assert row["sender"] == chain.wallet.resolve("node-1")
     # the journal holds the very bytes that were executed: they hash to the digest, and the chain knows them
-    assert isinstance(row["signed_tx_bytes"], bytes) and tx_digest(row["signed_tx_bytes"]) == r.digest
+    assert isinstance(row["signed_tx_bytes"], bytes) and transaction_digest(row["signed_tx_bytes"]) == r.digest
     assert row["signature"]
     assert row["attempts"] == 1
     assert row["last_error_code"] is None

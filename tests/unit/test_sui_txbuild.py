@@ -37,8 +37,8 @@ from atoma_ops.chain.sui.txbuild import (
     encode_pure,
     encode_transaction,
     move_call_transaction,
-    transaction_digest,
 )
+from atoma_ops.chain.digests import transaction_digest
 from atoma_ops.testing.sui.txdecode import EntryCall, decode_entry_call, decode_pure, decode_transaction
 from atoma_ops.protocol import abi
 from atoma_ops.wallet import Wallet

@@ -24,7 +24,8 @@ from ..types import (
     Ticket,
     TxResult,
 )
-from .engine import Localnet, tx_digest
+from ..digests import transaction_digest
+from .engine import Localnet
 
 # Hints that pick a badge among the sender's objects; not Move parameters.
 class LocalnetChain(Chain):
@@ -136,7 +137,7 @@ class LocalnetChain(Chain):
             {"kind": "MoveCall", "package": self.localnet.package_id, "module": "db", "function": function, "arguments": arguments}
         )
         tx_bytes = self.localnet.build_transaction(sender, commands)
-        return PreparedTransaction(tx_bytes=tx_bytes, digest=tx_digest(tx_bytes), sender=sender, function=function)
+        return PreparedTransaction(tx_bytes=tx_bytes, digest=transaction_digest(tx_bytes), sender=sender, function=function)
 
     def sign(self, prepared: PreparedTransaction) -> str:
         return self.wallet.sign(prepared.sender, prepared.tx_bytes)

@@ -6,9 +6,7 @@ back everything it did, and several processes can submit at once without a lost 
 
 from __future__ import annotations
 
-import functools
 import hashlib
-import json
 import os
 import secrets
 import sqlite3
@@ -17,10 +15,9 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any, Callable
 
-import base58
-
 from ..._sqlite import connect_wal, immediate
 from ...protocol import abi
+from ...protocol.commitments import canonical_json
 from ...protocol.epochs import MAX_EPOCH_DURATION_MS, MAX_SEED, check_epoch_advance
 from ...protocol.constants import (
     INITIAL_COLLATERAL_REQUIRED_FOR_REGISTRATION,
@@ -36,6 +33,7 @@ from ...protocol.constants import (
 from ...wallet import InvalidSignatureError, normalize_address, verify_signature
 from .. import codec
 from .._json import dumps, loads
+from ..digests import transaction_digest
 from ..errors import ChainError, ExecutionFailure, InvalidArgument, MoveAbort, MoveArithmeticError, NotFound, TransactionRejected, abort_from_json
 from ..types import (
     Badge,
@@ -76,16 +74,6 @@ CREATE TABLE IF NOT EXISTS events (
     timestamp_ms INTEGER NOT NULL, epoch INTEGER NOT NULL, UNIQUE (tx_digest, event_seq)
 );
 """
-
-
-def canonical_json(value: Any) -> bytes:
-    return json.dumps(value, sort_keys=True, separators=(",", ":")).encode()
-
-
-@functools.lru_cache(maxsize=256)  # prepare and execute hash the same bytes; base58 is slow pure Python
-def tx_digest(tx_bytes: bytes) -> str:
-    """Sui's transaction digest: base58 of blake2b-256 over ``"TransactionData::" ‖ bytes``."""
-    return base58.b58encode(hashlib.blake2b(b"TransactionData::" + tx_bytes, digest_size=32).digest()).decode()
 
 
 def check_signature(tx_bytes: bytes, signatures: list[str], sender: str) -> None:
@@ -232,7 +220,7 @@ class Localnet:
         conn.executescript(SCHEMA)
         chain_id = secrets.token_hex(4)
         publish_bytes = canonical_json({"chain": chain_id, "kind": "Publish", "sender": publisher})
-        digest = tx_digest(publish_bytes)
+        digest = transaction_digest(publish_bytes)
 
         def oid(i: int) -> str:
             return "0x" + hashlib.blake2b(digest.encode() + i.to_bytes(8, "little"), digest_size=32).hexdigest()
@@ -381,7 +369,7 @@ class Localnet:
         tx_bytes = canonical_json(
             {"chain": self.chain_id, "kind": "FaucetMint", "recipient": recipient, "amount": str(amount), "nonce": secrets.token_hex(16)}
         )
-        digest = tx_digest(tx_bytes)
+        digest = transaction_digest(tx_bytes)
         with self._write() as conn:
             minted = int(self._meta(conn, "usdc_minted")) + amount
             if minted > U64_MAX:
@@ -409,7 +397,7 @@ class Localnet:
             MoveAbort / MoveArithmeticError: execution failed; nothing changed, the failure is recorded under the
                 digest.
         """
-        digest = tx_digest(tx_bytes)
+        digest = transaction_digest(tx_bytes)
         # Signature first, as a Sui validator does: known bytes with a forged signature are refused too.
         tx = self._parse(tx_bytes)
         check_signature(tx_bytes, signatures, tx["sender"])

@@ -61,7 +61,6 @@ import binascii
 import collections
 import datetime as _dt
 import math
-import re
 from typing import Any, Iterable
 
 import base58
@@ -96,7 +95,9 @@ from ..types import (
 )
 from . import tables
 from .networks import SuiNetwork
-from .txbuild import GasConfig, OwnedRef, SharedRef, move_call_transaction, transaction_digest
+from ..digests import transaction_digest
+from .movetypes import canonical_type
+from .txbuild import GasConfig, OwnedRef, SharedRef, move_call_transaction
 
 __all__ = ["SuiChain"]
 
@@ -120,7 +121,6 @@ _MAX_EVENT_LIMIT = 1000  # Sui's ListEvents limit
 _CURSOR_MEMORY = 100_000
 _TX_MEMORY = 4096
 _FETCH_CONCURRENCY = 16
-_ADDRESS_IN_TYPE = re.compile(r"0[xX][0-9a-fA-F]+(?=::)")
 _EPOCH0 = _dt.datetime(1970, 1, 1, tzinfo=_dt.timezone.utc)
 
 
@@ -132,11 +132,6 @@ def _pysui():
     import pysui.sui.sui_grpc.suimsgs.sui.rpc.v2 as sui
 
     return rn, sui, grpclib.const.Status, grpclib.exceptions.GRPCError
-
-
-def _canonical_type(type_str: str) -> str:
-    """A Move type with every address padded to 32 bytes."""
-    return _ADDRESS_IN_TYPE.sub(lambda m: normalize_address(m.group(0)), (type_str or "").strip())
 
 
 def _plain(value: Any) -> Any:
@@ -217,7 +212,7 @@ class SuiChain(Chain):
         self._random_ref: SharedRef | None = None
         self._event_cursors: _Lru = _Lru(_CURSOR_MEMORY)  # (tx digest, event seq) -> the node's cursor bytes
         self._transactions: _Lru = _Lru(_TX_MEMORY)  # digest -> TxResult (checkpointed transactions only)
-        self._usdc_canonical = _canonical_type(network.usdc_coin_type)
+        self._usdc_canonical = canonical_type(network.usdc_coin_type)
 
     @classmethod
     async def connect(
@@ -489,7 +484,7 @@ class SuiChain(Chain):
         ]
         balances: dict[str, int] = {}
         for bc in executed.balance_changes or []:
-            if _canonical_type(bc.coin_type or "") == self._usdc_canonical and bc.address:
+            if canonical_type(bc.coin_type or "") == self._usdc_canonical and bc.address:
                 address = normalize_address(bc.address)
                 balances[address] = balances.get(address, 0) + int(bc.amount or 0)
         ok = bool(effects.status.success)

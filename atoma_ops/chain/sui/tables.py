@@ -69,9 +69,10 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from ...protocol.constants import U64_MAX
 from ..errors import ChainError, NotFound
 from ..types import DbConfig, Node, Stack, Subscription, Task, Ticket
-from .bcs import uleb128
+from .movetypes import address_bytes, type_tag_bcs
 
 __all__ = [
     "AtomaTables",
@@ -112,7 +113,6 @@ ID_TYPE = "0x2::object::ID"
 #: pysui's limit for one BatchGetObjects (``MAX_MULTI_OBJECT_FETCH``).
 BATCH_LIMIT = 50
 _OBJECT_FIELDS = ["object_id", "version", "object_type", "json"]
-_U64_MAX = 2**64 - 1
 _NOT_FOUND = 5  # google.rpc.Code.NOT_FOUND
 
 
@@ -123,94 +123,12 @@ class UnexpectedObject(ChainError):
 
 
 # ------------------------------------------------------------------------------------------------ Move types, BCS
-_TOKEN = re.compile(r"\s*(::|<|>|,|[A-Za-z_0-9]+)")
-# TypeTag variant indices (move_core_types::language_storage::TypeTag).
-_PRIMITIVE_TAGS = {
-    "bool": 0, "u8": 1, "u64": 2, "u128": 3, "address": 4, "signer": 5, "u16": 8, "u32": 9, "u256": 10,
-}
-_VECTOR_TAG, _STRUCT_TAG = 6, 7
-
-
-
-
-def _address_bytes(text: str) -> bytes:
-    body = text[2:] if text[:2] in ("0x", "0X") else text
-    if not body or len(body) > 64 or not re.fullmatch(r"[0-9a-fA-F]+", body):
-        raise ValueError(f"not an address: {text!r}")
-    return bytes.fromhex(body.rjust(64, "0"))
-
-
-def _tokens(type_str: str) -> list[str]:
-    pos, out = 0, []
-    text = type_str.strip()
-    while pos < len(text):
-        m = _TOKEN.match(text, pos)
-        if m is None:
-            raise ValueError(f"cannot parse Move type {type_str!r} at {pos}")
-        out.append(m.group(1))
-        pos = m.end()
-    return out
-
-
-def _parse_type(tokens: list[str], i: int) -> tuple[bytes, int]:
-    """BCS of the TypeTag starting at ``tokens[i]``; returns (bytes, next index)."""
-    if i >= len(tokens):
-        raise ValueError("unexpected end of Move type")
-    tok = tokens[i]
-    if tok in _PRIMITIVE_TAGS:
-        return bytes([_PRIMITIVE_TAGS[tok]]), i + 1
-    if tok == "vector":
-        if tokens[i + 1 : i + 2] != ["<"]:
-            raise ValueError("vector needs a type parameter")
-        inner, j = _parse_type(tokens, i + 2)
-        if tokens[j : j + 1] != [">"]:
-            raise ValueError("unclosed vector<")
-        return bytes([_VECTOR_TAG]) + inner, j + 1
-    # address::module::Name<T, ...>
-    if tokens[i + 1 : i + 2] != ["::"] or tokens[i + 3 : i + 4] != ["::"] or len(tokens) < i + 5:
-        raise ValueError(f"expected address::module::Name, got {' '.join(tokens[i:i + 5])!r}")
-    address, module, name = tokens[i], tokens[i + 2], tokens[i + 4]
-    j = i + 5
-    params: list[bytes] = []
-    if tokens[j : j + 1] == ["<"]:
-        j += 1
-        while True:
-            param, j = _parse_type(tokens, j)
-            params.append(param)
-            if tokens[j : j + 1] == [","]:
-                j += 1
-                continue
-            if tokens[j : j + 1] == [">"]:
-                j += 1
-                break
-            raise ValueError("unclosed type parameter list")
-    for ident in (module, name):
-        if not re.fullmatch(r"[A-Za-z_][A-Za-z_0-9]*", ident):
-            raise ValueError(f"not a Move identifier: {ident!r}")
-    body = (
-        _address_bytes(address)
-        + uleb128(len(module)) + module.encode()
-        + uleb128(len(name)) + name.encode()
-        + uleb128(len(params)) + b"".join(params)
-    )
-    return bytes([_STRUCT_TAG]) + body, j
-
-
-def type_tag_bcs(type_str: str) -> bytes:
-    """BCS of a Move ``TypeTag`` written as a string (``u64``, ``vector<u8>``, ``0x2::m::S<0xa::n::T>``)."""
-    tokens = _tokens(type_str)
-    out, end = _parse_type(tokens, 0)
-    if end != len(tokens):
-        raise ValueError(f"trailing tokens in Move type {type_str!r}")
-    return out
-
-
 def dynamic_field_id(parent_id: str, key_type: str, key_bcs: bytes) -> str:
     """Sui's ``derive_dynamic_field_id``: the object id of the dynamic field keyed ``key_bcs`` (a value of Move type
     ``key_type``) under the UID ``parent_id``."""
     material = (
         bytes([CHILD_OBJECT_ID_SCOPE])
-        + _address_bytes(parent_id)
+        + address_bytes(parent_id)
         + len(key_bcs).to_bytes(8, "little")
         + bytes(key_bcs)
         + type_tag_bcs(key_type)
@@ -234,7 +152,7 @@ def small_id_type(package_id: str, kind: str) -> str:
 
 
 def u64_bcs(value: int) -> bytes:
-    if not 0 <= int(value) <= _U64_MAX:
+    if not 0 <= int(value) <= U64_MAX:
         raise ValueError(f"{value} is not a u64")
     return int(value).to_bytes(8, "little")
 
@@ -320,7 +238,7 @@ def _u64(value: Any, what: str) -> int:
     if not isinstance(value, str) or not value.isdigit():
         raise UnexpectedObject(f"{what}: expected a u64 as a decimal string, got {value!r}")
     n = int(value)
-    if n > _U64_MAX:
+    if n > U64_MAX:
         raise UnexpectedObject(f"{what}: {value} overflows u64")
     return n
 
@@ -406,7 +324,7 @@ def _type_package(object_type: str, expected_suffix: str) -> str:
     parts = (object_type or "").split("<", 1)[0].split("::")
     if len(parts) != 3 or "::".join(parts[1:]) != expected_suffix:
         raise UnexpectedObject(f"expected a <package>::{expected_suffix}, got {object_type!r}")
-    return "0x" + _address_bytes(parts[0]).hex()
+    return "0x" + address_bytes(parts[0]).hex()
 
 
 def parse_db(object_id: str, object_type: str, version: int, data: dict) -> tuple[DbConfig, AtomaTables]:
@@ -620,7 +538,7 @@ async def _get_objects(client: Any, object_ids: list[str]) -> list[Any | None]:
 
 async def read_db(client: Any, db_id: str) -> tuple[DbConfig, AtomaTables]:
     """The AtomaDb object: its scalar fields as the port's :class:`DbConfig`, and its tables."""
-    db_id = "0x" + _address_bytes(db_id).hex()
+    db_id = "0x" + address_bytes(db_id).hex()
     obj = await _get_object(client, db_id)
     if obj is None:
         raise NotFound(f"no AtomaDb {db_id}")

@@ -22,7 +22,6 @@ node does, so it lives with the test double: :mod:`atoma_ops.testing.sui.txdecod
 
 from __future__ import annotations
 
-import hashlib
 import re
 from dataclasses import dataclass
 from typing import Any, Union
@@ -30,13 +29,13 @@ from typing import Any, Union
 import base58
 
 from ...protocol import abi
+from ...protocol.constants import U64_MAX
 from .. import codec
 from ..errors import InvalidArgument, TransactionRejected
 from .bcs import uleb128
 
 MODULE = "db"
 _HEX_RE = re.compile(r"[0-9a-fA-F]+")
-_U64_MAX = 2**64 - 1
 INT_SIZES = {abi.U8: 1, abi.U16: 2, abi.U64: 8}
 _ASCII_NAMES = ("String", "ascii::String", "std::ascii::String", "0x1::ascii::String")
 _OPTION_PREFIXES = ("Option<", "option::Option<", "std::option::Option<", "0x1::option::Option<")
@@ -67,7 +66,7 @@ def _address(name: str, text: Any) -> str:
 def _u64(name: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise InvalidArgument(f"{name}: expected an integer, got {type(value).__name__}")
-    if not 0 <= value <= _U64_MAX:
+    if not 0 <= value <= U64_MAX:
         raise InvalidArgument(f"{name}: {value} does not fit u64")
     return value
 
@@ -463,6 +462,3 @@ def move_call_transaction(
     return encode_transaction(tx)
 
 
-def transaction_digest(tx_bytes: bytes) -> str:
-    """Sui's transaction digest: base58 of blake2b-256 over ``b"TransactionData::" ‖ tx_bytes``."""
-    return base58.b58encode(hashlib.blake2b(b"TransactionData::" + bytes(tx_bytes), digest_size=32).digest()).decode()

@@ -12,7 +12,13 @@ Modules, lowest first (none imports one listed after it):
 
 from .effects import COMPUTATION_COST, STORAGE_COST
 from .node import BackgroundLoopbackNode, LoopbackSuiNode
-from .objects import GAS_COIN_BALANCE, GAS_COIN_TYPE, REFERENCE_GAS_PRICE, gas_coin_id, gas_coin_ref
+from .objects import (
+    GAS_COIN_BALANCE,
+    GAS_COIN_TYPE,
+    REFERENCE_GAS_PRICE,
+    gas_coin_id,
+    gas_coin_ref,
+)
 
 __all__ = [
     "COMPUTATION_COST",

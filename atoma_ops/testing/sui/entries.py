@@ -10,6 +10,7 @@ import hashlib
 from typing import Any, Callable
 
 from atoma_ops.chain.sui.bcs import uleb128
+from atoma_ops.chain.sui.movetypes import address_bytes
 from atoma_ops.chain.sui.tables import (
     u64_bcs,
 )
@@ -20,15 +21,11 @@ _UID_DOMAIN = b"atoma-ops/loopback/uid"
 
 def table_uid(parent_id: str, field: str) -> str:
     """The double's UID for the table ``field`` of object ``parent_id``."""
-    raw = bytes.fromhex(normalize_address(parent_id)[2:])
+    raw = address_bytes(parent_id)
     return "0x" + hashlib.blake2b(_UID_DOMAIN + raw + field.encode(), digest_size=32).hexdigest()
 
 
 # ------------------------------------------------------------------------------------------------ BCS, JSON pieces
-def addr_bytes(a: str) -> bytes:
-    return bytes.fromhex(normalize_address(a)[2:])
-
-
 def u16_bcs(n: int) -> bytes:
     return int(n).to_bytes(2, "little")
 
@@ -116,7 +113,7 @@ def stack_json(d: dict) -> dict:
 
 def stack_bcs(d: dict) -> bytes:
     return (
-        addr_bytes(d["owner"])
+        address_bytes(d["owner"])
         + u64_bcs(d["price_per_one_million_compute_units"])
         + u64_bcs(d["num_compute_units"])
         + u64_bcs(d["selected_node_id"])
@@ -158,7 +155,7 @@ def ticket_json(stack_small_id: int, d: dict) -> dict:
 
 def ticket_bcs(stack_small_id: int, d: dict) -> bytes:
     return (
-        addr_bytes(d["ticket_id"])
+        address_bytes(d["ticket_id"])
         + u64_bcs(stack_small_id)
         + u64_bcs(d["selected_node_id"])
         + u64_bcs(d["num_claimed_compute_units"])

@@ -13,12 +13,12 @@ from grpclib.exceptions import GRPCError
 
 from atoma_ops.chain._json import loads
 from atoma_ops.chain.localnet.engine import Localnet
+from atoma_ops.chain.sui.movetypes import canonical_type
 from atoma_ops.wallet import normalize_address
 
 from .effects import event_message
 from .objects import (
     SCAN_CHUNK,
-    canonical_type,
     mask_fields,
     refuse,
 )

@@ -79,6 +79,7 @@ import pysui.sui.sui_grpc.suimsgs.sui.rpc.v2 as sui
 from grpclib.exceptions import GRPCError
 
 from atoma_ops.chain import codec
+from atoma_ops.chain.digests import transaction_digest
 from atoma_ops.chain.errors import (
     ChainError,
     ExecutionFailure,
@@ -88,7 +89,7 @@ from atoma_ops.chain.errors import (
     TransactionRejected,
 )
 from atoma_ops.chain.localnet.engine import Localnet, check_signature
-from atoma_ops.chain.sui.txbuild import TransactionData, transaction_digest
+from atoma_ops.chain.sui.txbuild import TransactionData
 from atoma_ops.chain.types import TxResult
 from atoma_ops.protocol import abi
 from atoma_ops.wallet import normalize_address

@@ -18,6 +18,7 @@ import pysui.sui.sui_grpc.suimsgs.sui.rpc.v2 as sui
 from grpclib.exceptions import GRPCError
 
 from atoma_ops.chain.localnet.engine import Localnet
+from atoma_ops.chain.sui.movetypes import address_bytes
 from atoma_ops.protocol import abi
 from atoma_ops.wallet import normalize_address
 
@@ -56,19 +57,13 @@ PAGE_TOKEN_TAG = b"\x01"
 OBJECT_FIELDS_DEFAULT = frozenset({"object_id", "version", "digest"})
 OWNED_FIELDS_DEFAULT = frozenset({"object_id", "version", "object_type"})
 EPOCH_FIELDS_DEFAULT = frozenset({"epoch"})
-_ADDRESS_IN_TYPE = re.compile(r"0[xX][0-9a-fA-F]+(?=::)")
 STRUCT_TAG = re.compile(r"^0x[0-9a-f]{64}::[A-Za-z_][A-Za-z0-9_]*::[A-Za-z_][A-Za-z0-9_]*$")
 
 
 # --------------------------------------------------------------------------------------------------- helpers
-def canonical_type(type_str: str) -> str:
-    """A Move type with every address padded to 32 bytes (``0x2::coin::Coin<0xa::usdc::USDC>`` → long form)."""
-    return _ADDRESS_IN_TYPE.sub(lambda m: normalize_address(m.group(0)), type_str.strip())
-
-
 def object_digest(object_id: str, version: int) -> str:
     """The double's object digest: base58 of blake2b-256 over ``"ObjectDigest::" ‖ id ‖ u64-LE version``."""
-    raw = bytes.fromhex(normalize_address(object_id)[2:])
+    raw = address_bytes(object_id)
     material = b"ObjectDigest::" + raw + int(version).to_bytes(8, "little")
     return base58.b58encode(hashlib.blake2b(material, digest_size=32).digest()).decode()
 
@@ -81,7 +76,7 @@ GAS_COIN_BALANCE = 10**12
 
 def gas_coin_id(address: str) -> str:
     """The object id of ``address``'s virtual gas coin: blake2b-256 over ``b"loopback-gas" ‖ address bytes``."""
-    raw = bytes.fromhex(normalize_address(address)[2:])
+    raw = address_bytes(address)
     return "0x" + hashlib.blake2b(b"loopback-gas" + raw, digest_size=32).hexdigest()
 
 

@@ -15,6 +15,7 @@ from grpclib.exceptions import GRPCError
 
 from atoma_ops.chain._json import loads
 from atoma_ops.chain.localnet.engine import SHARED, Localnet
+from atoma_ops.chain.sui.movetypes import canonical_type
 from atoma_ops.protocol import abi
 from atoma_ops.wallet import normalize_address
 
@@ -34,7 +35,6 @@ from .objects import (
     SCAN_CHUNK,
     STRUCT_TAG,
     SUI_TYPE,
-    canonical_type,
     function_descriptor,
     gas_coin_id,
     gas_coin_ref,

@@ -42,6 +42,7 @@ from grpclib.exceptions import GRPCError
 
 from atoma_ops.chain._json import loads
 from atoma_ops.chain.localnet.engine import Localnet
+from atoma_ops.chain.sui.movetypes import address_bytes
 from atoma_ops.chain.sui.tables import (
     ID_TYPE,
     dynamic_field_id,
@@ -52,7 +53,6 @@ from atoma_ops.chain.sui.tables import (
 from atoma_ops.wallet import normalize_address
 
 from .entries import (
-    addr_bytes,
     bool_bcs,
     bytes_vec_bcs,
     node_bcs,
@@ -226,11 +226,11 @@ class LoopbackTables:
     def db_contents(self, data: dict) -> bytes:
         """BCS of ``AtomaDb`` in field order (atoma-protocol.md §2.3)."""
         j = self.db_json(data)
-        out = addr_bytes(self.db_id) + addr_bytes(j["tickets"])
+        out = address_bytes(self.db_id) + address_bytes(j["tickets"])
         for name in ("next_node_small_id", "next_task_small_id", "next_stack_small_id"):
             out += u64_bcs(data[name])
         for name in DB_TABLES:
-            out += addr_bytes(j[name]["id"]) + u64_bcs(int(j[name]["size"]))
+            out += address_bytes(j[name]["id"]) + u64_bcs(int(j[name]["size"]))
         for name in (
             "fee_treasury", "communal_treasury", "cross_validation_probability_permille",
             "cross_validation_extra_nodes_count", "sampling_consensus_charge_permille",
@@ -272,14 +272,14 @@ class LoopbackTables:
     def _task_bcs(self, j: dict) -> bytes:
         name = j["model_name"]
         return (
-            addr_bytes(j["id"])
+            address_bytes(j["id"])
             + u16_bcs(j["role"]["inner"])
             + opt_bcs(name, lambda s: bytes_vec_bcs(s.encode("ascii")))
             + bool_bcs(j["is_deprecated"])
             + opt_bcs(j["deprecated_at_epoch"], lambda s: u64_bcs(int(s)))
             + u16_bcs(j["security_level"]["inner"])
-            + addr_bytes(j["subscribed_nodes"]["id"]) + u64_bcs(int(j["subscribed_nodes"]["size"]))
-            + addr_bytes(j["subscribed_nodes_small_ids"]["contents"]["id"])
+            + address_bytes(j["subscribed_nodes"]["id"]) + u64_bcs(int(j["subscribed_nodes"]["size"]))
+            + address_bytes(j["subscribed_nodes_small_ids"]["contents"]["id"])
             + u64_bcs(int(j["subscribed_nodes_small_ids"]["contents"]["size"]))
             + bytes([j["minimum_reputation_score"]["inner"]])
             + bool_bcs(j["is_public"])
@@ -297,7 +297,7 @@ class LoopbackTables:
             "version": version,
             "data": {},
             "json": {"id": fid, "name": name, "value": value},
-            "contents": addr_bytes(fid) + contents,
+            "contents": address_bytes(fid) + contents,
         }
 
     def _render(self, object_id: str, loc: tuple) -> dict | None:
@@ -323,7 +323,7 @@ class LoopbackTables:
             fid = self._object_field_id("tasks", key)
             if kind == "task_field":
                 return self._field_row(fid, self.uids["tasks"], dynamic_object_field_key_type(self.task_sid), ID_TYPE,
-                                       {"name": small_id_json(key)}, task_id, u64_bcs(key) + addr_bytes(task_id), version)
+                                       {"name": small_id_json(key)}, task_id, u64_bcs(key) + address_bytes(task_id), version)
             j = self._task_json(key, d)
             return {"id": task_id, "type": f"{pkg}::db::Task", "owner": fid, "owner_kind": "object",
                     "version": version, "data": {}, "json": j, "contents": self._task_bcs(j)}
@@ -337,7 +337,7 @@ class LoopbackTables:
             if kind == "ticket_field":
                 return self._field_row(fid, self.uids["stack_settlement_tickets"],
                                        dynamic_object_field_key_type(self.stack_sid), ID_TYPE,
-                                       {"name": small_id_json(key)}, ticket_id, u64_bcs(key) + addr_bytes(ticket_id), version)
+                                       {"name": small_id_json(key)}, ticket_id, u64_bcs(key) + address_bytes(ticket_id), version)
             return {"id": ticket_id, "type": f"{pkg}::db::StackSettlementTicket", "owner": fid,
                     "owner_kind": "object", "version": version, "data": {},
                     "json": ticket_json(key, d), "contents": ticket_bcs(key, d)}
