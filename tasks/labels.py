@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import inspect
 import re
+import typing
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -156,6 +157,14 @@ class RunLabels:
             with tags(*labels):
                 return await fn(*args, **kwargs)
 
+        # Prefect validates a run's parameters against the signature, resolving string annotations (``from
+        # __future__ import annotations``) in the wrapper's globals, which are this module's: hand it the flow's
+        # own annotations, already resolved, or a deployment's run fails with "`AtomaNetwork` is not defined".
+        hints = typing.get_type_hints(fn)
+        run.__signature__ = signature.replace(  # type: ignore[attr-defined]
+            parameters=[p.replace(annotation=hints.get(p.name, p.annotation)) for p in signature.parameters.values()],
+            return_annotation=hints.get("return", signature.return_annotation),
+        )
         return run
 
 
