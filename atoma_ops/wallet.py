@@ -373,6 +373,27 @@ def _parse_key_entry(entry: Any, index: int, path: Path) -> SuiKeyPair:
     return kp
 
 
+def _check_aliases_held(keypairs: list[SuiKeyPair], aliases: dict[str, str], keystore: Path, aliases_path: Path) -> None:
+    """An alias whose key the keystore does not hold, while an entry holds a key no alias names: that entry is
+    damaged (a changed byte still decodes to *a* key, of another address). Sui writes the aliases in keystore
+    order, so the alias's position names the entry. (An alias of a key that is simply absent, with every entry
+    named, is ignored, as Sui does.)"""
+    addresses = [address_from_public_key(int(kp.scheme), kp.public_key_bytes) for kp in keypairs]
+    named = set(aliases.values())
+    unnamed = [i for i, a in enumerate(addresses) if a not in named]
+    if not unnamed:
+        return
+    for position, (alias, address) in enumerate(aliases.items()):
+        if address in addresses:
+            continue
+        entry = position if position in unnamed else unnamed[0] if len(unnamed) == 1 else None
+        which = f"entry {entry}" if entry is not None else "an entry"
+        raise KeystoreError(
+            f"keystore {keystore}: {which} is damaged: it no longer holds the key of alias {alias!r} "
+            f"(named in {aliases_path}); restore the keystore from a backup"
+        )
+
+
 def _client_dir_path(client_yaml: Path, value: str) -> Path:
     """Resolve a path from client.yaml: absolute as is, relative to the client.yaml's folder."""
     p = Path(os.path.expanduser(value))
@@ -514,6 +535,7 @@ class Wallet:
                 if aliases.get(alias, address) != address:
                     raise KeystoreError(f"{where}: alias {alias!r} is given to two different keys")
                 aliases[alias] = address
+        _check_aliases_held(keypairs, aliases, keystore_path, aliases_path)
 
         raw_active = config.get("active_address")
         if raw_active is None:

@@ -400,6 +400,21 @@ def test_alias_for_key_not_in_keystore_is_ignored(wallet: Wallet) -> None:
         loaded.resolve("alice2")
 
 
+def test_damaged_entry_of_the_right_length_is_named(wallet: Wallet) -> None:
+    """One flipped byte of bob's key still decodes to a key (of another address): reported as entry 1 damaged,
+    with the file, not as an unknown alias."""
+    entries = json.loads(wallet.keystore_path.read_text())
+    raw = bytearray(base64.b64decode(entries[1]))
+    raw[7] ^= 0x01
+    entries[1] = base64.b64encode(bytes(raw)).decode()
+    wallet.keystore_path.write_text(json.dumps(entries))
+    with pytest.raises(KeystoreError) as info:
+        Wallet.load(wallet.client_yaml)
+    message = str(info.value)
+    assert "entry 1 is damaged" in message and "'bob'" in message and str(wallet.keystore_path) in message
+    assert entries[1] not in message and entries[0] not in message  # no key material in the message
+
+
 def test_same_alias_for_two_keys_is_rejected(wallet: Wallet) -> None:
     items = json.loads(wallet.aliases_path.read_text())
     items[1]["alias"] = items[0]["alias"]
