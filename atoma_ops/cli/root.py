@@ -42,6 +42,18 @@ app.add_typer(stack_app, name="stack")
 app.add_typer(ledger_app, name="ledger", help="DuckDB ledger: sync, earnings, stacks, tickets, reconcile, export, plot.")
 
 
+@app.command(
+    "prefect",
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []},
+    help="Prefect automations that notify the team: `atoma-ops prefect automations install --webhook-url URL`.",
+)
+def _prefect(ctx: typer.Context) -> None:
+    # Prefect (and the flows) load only when this command runs; flows.alerts holds the group and its logic.
+    from flows.alerts import main as prefect_main
+
+    prefect_main(list(ctx.args))
+
+
 @app.callback()
 def _root(
     ctx: typer.Context,

@@ -1,0 +1,229 @@
+"""Alerts and the signer limit on a real ``prefect server`` (one per module, started here on 127.0.0.1): the
+automations installed by ``atoma-ops prefect automations install``, a webhook receiver on 127.0.0.1 that must get a
+notification for a failing settlement run, a short balance (an event) and a late run; and two deployments' runs
+signing for one address, which must take turns on the address's global concurrency limit.
+
+Runs of deployments are executed by ``run_flow_run.py`` in a subprocess each (what a worker's subprocess does, without
+the worker), with ``PREFECT_API_URL`` pointing at this server. The server marks a run Late one second after its
+scheduled time (``PREFECT_SERVER_SERVICES_LATE_RUNS_*``), so the Late notification needs no waiting.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import time
+from datetime import datetime, timedelta, timezone
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from atoma_ops.home import LocalnetHome
+from atoma_ops.testing.served import NODE, opened, served_stacks
+from tests.flows.prefect_server import ROOT, PrefectServer, tail
+
+RUNNER = Path(__file__).with_name("run_flow_run.py")
+SCRIPT = Path(sys.executable).parent / "atoma-ops"
+SERVER_ENV = {
+    "PREFECT_SERVER_SERVICES_LATE_RUNS_AFTER_SECONDS": "1",
+    "PREFECT_SERVER_SERVICES_LATE_RUNS_LOOP_SECONDS": "1",
+}
+WRITE_TASKS = ("try_settle_stacks", "register_node", "subscribe_node")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    with PrefectServer(tmp_path_factory.mktemp("prefect"), SERVER_ENV) as s:
+        yield s
+
+
+class Hooks:
+    """A webhook receiver on 127.0.0.1: every POSTed JSON body, in arrival order."""
+
+    def __init__(self):
+        self.bodies: list[dict] = []
+        self.changed = threading.Condition()
+        hooks = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802 - http.server's name
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                with hooks.changed:
+                    hooks.bodies.append(body)
+                    hooks.changed.notify_all()
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/hook"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def wait_for(self, what: str, predicate, timeout: float = 90) -> dict:
+        deadline = time.monotonic() + timeout
+        with self.changed:
+            while True:
+                found = next((b for b in self.bodies if predicate(b)), None)
+                if found is not None:
+                    return found
+                left = deadline - time.monotonic()
+                assert left > 0, f"no notification {what} in {timeout} s; got {[b['subject'] for b in self.bodies]}"
+                self.changed.wait(left)
+
+
+@pytest.fixture(scope="module")
+def hooks():
+    h = Hooks()
+    yield h
+    h.httpd.shutdown()
+
+
+def atoma_ops(server: PrefectServer, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(SCRIPT), *args], cwd=ROOT, env=server.env, capture_output=True,
+                          text=True, timeout=120)
+
+
+def deployment(server: PrefectServer, name: str, entrypoint: str) -> str:
+    flow_id = server.api.post("/flows/", json={"name": name}).raise_for_status().json()["id"]
+    return server.api.post(
+        "/deployments/", json={"name": name, "flow_id": flow_id, "entrypoint": entrypoint, "path": str(ROOT)}
+    ).raise_for_status().json()["id"]
+
+
+def flow_run(server: PrefectServer, deployment_id: str, parameters: dict, state: dict | None = None) -> str:
+    body = {"parameters": parameters, **({"state": state} if state else {})}
+    return server.api.post(f"/deployments/{deployment_id}/create_flow_run", json=body).raise_for_status().json()["id"]
+
+
+def execute(server: PrefectServer, flow_run_id: str, log: Path) -> subprocess.Popen:
+    out = log.open("wb")
+    try:
+        return subprocess.Popen([sys.executable, str(RUNNER), flow_run_id], cwd=ROOT, env=server.env, stdout=out,
+                                stderr=subprocess.STDOUT)
+    finally:
+        out.close()
+
+
+def finished(proc: subprocess.Popen, log: Path, timeout: float = 180) -> str:
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise AssertionError(f"the run did not end in {timeout} s:\n{tail(log)}") from None
+    assert proc.returncode == 0, tail(log)
+    return log.read_text().strip().splitlines()[-1]
+
+
+def test_automations_notify_a_webhook_of_failed_late_runs_and_events(server, hooks, tmp_path):
+    # nothing to install without a channel: a named error, no traceback, nothing created
+    refused = atoma_ops(server, "prefect", "automations", "install")
+    assert refused.returncode == 2 and "give exactly one of --webhook-url" in refused.stderr
+    assert "Traceback" not in refused.stderr + refused.stdout
+    assert server.api.post("/automations/filter", json={}).raise_for_status().json() == []
+
+    first = atoma_ops(server, "prefect", "automations", "install", "--webhook-url", hooks.url)
+    assert first.returncode == 0, first.stderr
+    ours = {a["name"]: a for a in server.api.post("/automations/filter", json={}).json()}
+    # one per event (8) and one for the scheduled deployments' runs
+    assert len(ours) == 9 and all(name.startswith("atoma-ops: ") for name in ours)
+    assert {"atoma-ops: atoma.balance.low", "atoma-ops: scheduled runs failed, crashed or late"} <= set(ours)
+    again = atoma_ops(server, "prefect", "automations", "install", "--webhook-url", hooks.url)
+    assert again.returncode == 0 and "updated" in again.stdout and "created" not in again.stdout
+    assert {a["name"]: a["id"] for a in server.api.post("/automations/filter", json={}).json()} == {
+        name: a["id"] for name, a in ours.items()
+    }
+
+    home = tmp_path / "localnet"
+    LocalnetHome(home).init(seed=7)[0].close()
+    # the user holds no USDC; a threshold of 1,000,000 USDC for it makes its balance short
+    server.api.post("/variables/", json={"name": "atoma_ops_min_usdc", "value": {"user": 10**12}}).raise_for_status()
+    settle = flow_run(server, deployment(server, "settlement-run", "flows/settlement.py:settlement_run"),
+                      {"network": {"home": str(tmp_path / "no-such-localnet")}})
+    balances = flow_run(server, deployment(server, "balance-watch", "flows/balance_watch.py:balance_watch"),
+                        {"network": {"home": str(home)}})
+    past = (datetime.now(timezone.utc) - timedelta(minutes=2)).isoformat()
+    late = flow_run(server, deployment(server, "ledger-sync", "flows/ledger_sync.py:ledger_sync"), {},
+                    {"type": "SCHEDULED", "name": "Scheduled", "state_details": {"scheduled_time": past}})
+
+    procs = [(execute(server, settle, tmp_path / "settle.log"), tmp_path / "settle.log"),
+             (execute(server, balances, tmp_path / "balances.log"), tmp_path / "balances.log")]
+    assert [finished(p, log) for p, log in procs] == ["FAILED", "COMPLETED"]
+
+    failed_name = server.api.get(f"/flow_runs/{settle}").json()["name"]
+    failed = hooks.wait_for("for the failed settlement run", lambda b: failed_name in b["subject"] and "Failed" in b["subject"])
+    assert failed["subject"] == f"atoma-ops: run {failed_name} is Failed"
+    late_name = server.api.get(f"/flow_runs/{late}").json()["name"]
+    assert hooks.wait_for("for the late run", lambda b: late_name in b["subject"])["subject"].endswith("is Late")
+    low = hooks.wait_for("for the short balance", lambda b: "atoma.balance.low" in b["subject"])
+    assert low["subject"] == "atoma-ops: atoma.balance.low (user)"
+    details = json.loads(low["body"].split("Details: ", 1)[1])
+    assert (details["alias"], details["coin"], details["balance"], details["threshold"]) == ("user", "USDC", 0, 10**12)
+    assert "less SUI (gas) or USDC than its threshold" in low["body"] and low["text"].startswith(low["subject"])
+    # the other addresses were not short (no threshold for them; the localnet charges no gas)
+    assert [b for b in hooks.bodies if "atoma.balance.low" in b["subject"] and b is not low] == []
+
+
+def test_two_deployments_signing_for_one_address_take_turns(server, tmp_path):
+    served = served_stacks(tmp_path / "localnet", 2)
+    with opened(served.home) as chain:
+        address = chain.wallet.resolve(NODE)
+        transactions = lambda: chain.localnet.conn.execute("SELECT COUNT(*) FROM transactions").fetchone()[0]  # noqa: E731
+        before = transactions()
+    name = f"signer-{address}"
+    network = {"home": str(served.home)}
+    settle = flow_run(server, deployment(server, "settlement-run", "flows/settlement.py:settlement_run"),
+                      {"network": network, "nodes": [NODE], "idle_after_s": 0})
+    reprice = flow_run(
+        server, deployment(server, "register-and-subscribe-node", "flows/stages.py:register_and_subscribe_node"),
+        {"network": network, "node": NODE, "task_small_id": served.task_small_id,
+         "price_per_one_million_compute_units": 777},
+    )
+
+    # this test holds the address's slot first (as a long write of a third run would), so both runs must queue
+    api = server.api
+    api.post("/v2/concurrency_limits/", json={"name": name, "limit": 1}).raise_for_status()
+    lease = api.post("/v2/concurrency_limits/increment-with-lease",
+                     json={"names": [name], "slots": 1, "mode": "concurrency", "lease_duration": 60}).json()["lease_id"]
+    logs = [tmp_path / "settle.log", tmp_path / "reprice.log"]
+    procs = [execute(server, settle, logs[0]), execute(server, reprice, logs[1])]
+    deadline = time.monotonic() + 120
+    while True:  # until each run sits in a chain-writing task, waiting for the slot
+        runs = api.post("/task_runs/filter", json={"flow_runs": {"id": {"any_": [settle, reprice]}}}).json()
+        waiting = {r["flow_run_id"] for r in runs
+                   if r["state_type"] == "RUNNING" and r["task_key"].startswith(WRITE_TASKS)}
+        if waiting == {settle, reprice}:
+            break
+        assert time.monotonic() < deadline, f"runs not both waiting: {runs}\n{tail(logs[0])}\n{tail(logs[1])}"
+        assert all(p.poll() is None for p in procs), f"{tail(logs[0])}\n{tail(logs[1])}"
+        api.post(f"/v2/concurrency_limits/leases/{lease}/renew", json={"lease_duration": 60}).raise_for_status()
+        time.sleep(0.5)
+    assert api.get(f"/v2/concurrency_limits/{name}").json()["active_slots"] == 1  # ours, and neither run's
+    with opened(served.home) as chain:
+        assert chain.localnet.conn.execute("SELECT COUNT(*) FROM transactions").fetchone()[0] == before
+
+    api.post("/v2/concurrency_limits/decrement-with-lease", json={"lease_id": lease}).raise_for_status()
+    assert [finished(p, log) for p, log in zip(procs, logs)] == ["COMPLETED", "COMPLETED"]
+    assert api.get(f"/v2/concurrency_limits/{name}").json()["active_slots"] == 0  # every lease given back
+
+    with opened(served.home) as chain:
+        ln = chain.localnet
+        assert sorted(t.stack_small_id for t in ln.list_tickets()) == sorted(served.stack_small_ids)
+        assert {s.node_small_id: s.price_per_one_million_compute_units
+                for s in ln.subscriptions(served.task_small_id)}[served.node_small_id] == 777
+    # each run's writes, as the journal stamped them while holding the slot, never overlap the other run's
+    from atoma_ops.ledger.api import Ledger, default_path
+
+    rows = [r for r in Ledger(default_path(str(served.home))).actions().values() if r["sender"] == address]
+    spans = {}
+    for r in rows:
+        run = "settle" if r["kind"] == "try_settle_stack" else "reprice"
+        lo, hi = spans.get(run, (r["created_at"], r["updated_at"]))
+        spans[run] = (min(lo, r["created_at"]), max(hi, r["updated_at"]))
+    assert set(spans) == {"settle", "reprice"}, rows
+    (a_lo, a_hi), (b_lo, b_hi) = spans["settle"], spans["reprice"]
+    assert a_hi <= b_lo or b_hi <= a_lo, spans
