@@ -13,12 +13,11 @@ before signing). :func:`execute_intents` runs a batch of intents:
 3. for the rest: preflight (done ⇒ ``already_done``), resolve the arguments, prepare and sign every intent, journal
    the whole batch as ``pending`` in one ledger transaction, submit them one by one, journal the outcomes.
 
-Errors fall in three classes (:func:`classify`) that drive retries: *retryable* (a busy file, a dropped connection
+Errors fall in three classes (:func:`atoma_ops.core.errors.classify`) that drive retries: *retryable* (a busy file, a dropped connection
 before anything was submitted), *in doubt* (submitted, outcome unknown: retrying resolves it by digest) and
 *terminal* (the chain refused: a Move abort, a bad argument; retrying cannot help).
 
-``ATOMA_OPS_FAILPOINTS`` (comma-separated names) kills the process with SIGKILL at the named step boundary, so
-tests can prove that a re-run converges: ``journal:before-write``, ``journal:after-write`` (journaled, not
+Failpoints (:mod:`atoma_ops.core.failpoints`) at every step boundary let tests prove that a re-run converges: ``journal:before-write``, ``journal:after-write`` (journaled, not
 submitted), ``journal:after-submit`` (executed, outcome not recorded).
 """
 
@@ -26,29 +25,23 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import signal
-import sqlite3
 from dataclasses import dataclass, field
-from enum import Enum
 from typing import Any, Awaitable, Callable, Protocol, Sequence
 
+from .core.errors import ErrorClass, classify
+from .core.failpoints import failpoint
 from .chain.errors import (
     ChainError,
     ExecutionFailure,
     InvalidArgument,
     MoveAbort,
     MoveArithmeticError,
-    NotFound,
     TransactionRejected,
 )
 from .chain.port import Chain
 from .chain.types import PreparedTransaction, TxResult
 
 log = logging.getLogger("atoma_ops.journal")
-
-FAILPOINTS_ENV = "ATOMA_OPS_FAILPOINTS"
-FAILPOINT_TRACE_ENV = "ATOMA_OPS_FAILPOINT_TRACE"
 
 # journal statuses
 PENDING = "pending"  # signed and journaled; submitted or not, the outcome is unknown
@@ -58,46 +51,13 @@ FAILED = "failed"  # the chain refused it (terminal)
 FINISHED = (SUCCESS, ALREADY_DONE)
 
 
-_failpoint_hits: dict[str, int] = {}
-
-
-def failpoint(name: str) -> None:
-    """Die here (SIGKILL, no cleanup, like a power cut) when ``$ATOMA_OPS_FAILPOINTS`` arms ``name``.
-
-    The variable is a comma-separated list of ``point[@n]``: ``point`` arms ``name`` itself and every name below it
-    (``journal:after-write`` arms ``journal:after-write:claim_funds``), ``@n`` its n-th hit in this process (default
-    the first). With ``$ATOMA_OPS_FAILPOINT_TRACE`` set to a file, every hit is appended to it, one name a line: the
-    reliability harness takes its list of crash points from a traced run.
-    """
-    trace = os.environ.get(FAILPOINT_TRACE_ENV)
-    if trace:
-        with open(trace, "a") as f:
-            f.write(name + "\n")
-    armed = os.environ.get(FAILPOINTS_ENV)
-    if not armed:
-        return
-    for spec in (p.strip() for p in armed.split(",")):
-        point, _, nth = spec.partition("@")
-        if name != point and not name.startswith(point + ":"):
-            continue
-        _failpoint_hits[spec] = hits = _failpoint_hits.get(spec, 0) + 1
-        if hits == (int(nth) if nth else 1):
-            log.warning("failpoint %s: killing process %d", name, os.getpid())
-            os.kill(os.getpid(), signal.SIGKILL)
-
-
 # ----------------------------------------------------------------------------------------------- error taxonomy
-class ErrorClass(str, Enum):
-    RETRYABLE = "retryable"
-    IN_DOUBT = "in_doubt"
-    TERMINAL = "terminal"
-
-
 class InDoubt(ChainError):
     """A transaction was submitted and its outcome is unknown. Retrying looks it up by digest and, if it never
     arrived, submits the identical bytes again."""
 
     kind = "InDoubt"
+    error_class = ErrorClass.IN_DOUBT
 
     def __init__(self, message: str, digest: str):
         super().__init__(message)
@@ -115,36 +75,6 @@ class ActionFailed(ChainError):
         detail = "; ".join(f"{k}: {e}" for k, e in list(failures.items())[:5])
         more = f" (and {len(failures) - 5} more)" if len(failures) > 5 else ""
         super().__init__(f"{len(failures)} chain write(s) refused: {detail}{more}")
-
-
-_TERMINAL = (MoveAbort, MoveArithmeticError, ExecutionFailure, TransactionRejected, InvalidArgument, NotFound, ActionFailed)
-
-
-def classify(exc: BaseException) -> ErrorClass:
-    """Which class an error is in (see the module docstring)."""
-    if isinstance(exc, InDoubt):
-        return ErrorClass.IN_DOUBT
-    if isinstance(exc, _TERMINAL):
-        return ErrorClass.TERMINAL
-    from .serving.metering import StackBusy
-
-    if isinstance(exc, StackBusy):  # requests still in flight: settle once they are done
-        return ErrorClass.RETRYABLE
-    from .ledger.store import LedgerBusy  # lazy: duckdb
-
-    if isinstance(exc, (LedgerBusy, TimeoutError, ConnectionError, asyncio.TimeoutError)):
-        return ErrorClass.RETRYABLE
-    if isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc).lower():
-        return ErrorClass.RETRYABLE
-    if type(exc).__module__.startswith(("httpx", "httpcore", "grpclib", "aiohttp")):
-        return ErrorClass.RETRYABLE
-    if isinstance(exc, OSError) and not isinstance(exc, (FileNotFoundError, PermissionError, IsADirectoryError)):
-        return ErrorClass.RETRYABLE
-    return ErrorClass.TERMINAL
-
-
-def is_retryable(exc: BaseException) -> bool:
-    return classify(exc) is not ErrorClass.TERMINAL
 
 
 # ----------------------------------------------------------------------------------------------- intents

@@ -2,7 +2,7 @@
 and inside every chain-writing task, then run again and check that the run converged.
 
 How the crash points are found: each scenario runs once, clean, with ``$ATOMA_OPS_FAILPOINT_TRACE`` set; every
-failpoint it passes is traced (``atoma_ops.journal.failpoint``):
+failpoint it passes is traced (``atoma_ops.core.failpoints``):
 
 - ``step:<task or stage>:start`` / ``:done``: every Prefect task and stage flow (hooks in ``tasks/runtime.py``);
 - ``journal:before-write:<fn>``: signed, not journaled; ``journal:after-write:<fn>``: journaled, not submitted;
@@ -70,7 +70,7 @@ from dataclasses import dataclass, field  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Callable  # noqa: E402
 
-from atoma_ops.journal import FAILPOINT_TRACE_ENV, FAILPOINTS_ENV  # noqa: E402
+from atoma_ops.core.failpoints import FAILPOINT_TRACE_ENV, FAILPOINTS_ENV  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "data" / "reliability"

@@ -10,7 +10,8 @@ from typing import Any, AsyncIterator
 from prefect.cache_policies import NO_CACHE
 from prefect.tasks import exponential_backoff
 
-from atoma_ops.journal import FAILPOINT_TRACE_ENV, FAILPOINTS_ENV, classify, ErrorClass, failpoint
+from atoma_ops.core.errors import ErrorClass, classify
+from atoma_ops.core.failpoints import FAILPOINT_TRACE_ENV, FAILPOINTS_ENV, failpoint
 
 from blocks import AtomaNetwork, InferenceEngine, Ledger, SuiWallet
 
@@ -50,7 +51,7 @@ def step_hooks_armed() -> bool:
 
 
 #: hooks of every task and stage flow: a step boundary the reliability harness can crash at
-#: (``$ATOMA_OPS_FAILPOINTS=step:claim-funds:start``, see ``atoma_ops.journal.failpoint``); none unless armed
+#: (``$ATOMA_OPS_FAILPOINTS=step:claim-funds:start``, see ``atoma_ops.core.failpoints``); none unless armed
 STEP_HOOKS = (
     dict(on_running=[_step_boundary("start")], on_completion=[_step_boundary("done")]) if step_hooks_armed() else {}
 )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ..core.errors import ErrorClass
 from ..protocol.aborts import DB_MODULE, code_of, name_of
 
 
@@ -9,6 +10,8 @@ class ChainError(Exception):
     """Base class. ``kind`` names the error in JSON output."""
 
     kind = "ChainError"
+    #: refused or failed for good: retrying the same call cannot help (an in-doubt write says otherwise)
+    error_class = ErrorClass.TERMINAL
     #: digest of the failed transaction, when it was executed and recorded (None for errors before submission)
     digest: str | None = None
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any
 
 
 @dataclass(frozen=True)
@@ -217,18 +216,3 @@ class Badge:
     kind: str  # AtomaManagerBadge | NodeBadge | TaskBadge | StackBadge
     small_id: int | None
     version: int
-
-
-def to_jsonable(value: Any) -> Any:
-    """Dataclasses (and bytes) to plain JSON values, for ``--json`` output."""
-    if hasattr(value, "to_json"):
-        return value.to_json()
-    if hasattr(value, "__dataclass_fields__"):
-        return {k: to_jsonable(v) for k, v in asdict(value).items()}
-    if isinstance(value, bytes):
-        return "0x" + value.hex()
-    if isinstance(value, dict):
-        return {k: to_jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [to_jsonable(v) for v in value]
-    return value

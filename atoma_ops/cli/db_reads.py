@@ -38,7 +38,7 @@ def _get_one(ctx: typer.Context, title: str, missing: str, fetch: Callable[[Sess
     """One object read by small id: its fields, or NotFound (exit 1)."""
 
     async def action(s: Session):
-        from ..chain.types import to_jsonable
+        from ..core.jsonable import to_jsonable
 
         found = await fetch(s)
         if found is None:
@@ -88,7 +88,7 @@ def db_get_subscriptions(ctx: typer.Context, task_small_id: int = typer.Option(.
     """The nodes subscribed to a task and their prices."""
 
     async def action(s: Session):
-        from ..chain.types import to_jsonable
+        from ..core.jsonable import to_jsonable
 
         if await s.chain.get_task(task_small_id) is None:
             raise not_found(f"task {task_small_id} not found")
@@ -161,7 +161,7 @@ def db_badges(
     """The Atoma badges (manager, node, task, stack) an address owns."""
 
     async def action(s: Session):
-        from ..chain.types import to_jsonable
+        from ..core.jsonable import to_jsonable
 
         address = s.resolve_any(who)
         badges = await s.chain.badges(address)

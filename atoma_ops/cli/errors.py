@@ -21,7 +21,9 @@ from __future__ import annotations
 import sqlite3
 import sys
 import traceback
-from typing import Any, Optional
+from typing import Optional
+
+from ..core.jsonable import to_jsonable
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -111,7 +113,7 @@ def report(exc: BaseException, *, json_mode: bool, debug: bool) -> int:
     if debug:
         traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
     if json_mode:
-        sys.stdout.write(json.dumps({"error": _jsonable(doc)}, indent=2, default=str) + "\n")
+        sys.stdout.write(json.dumps({"error": to_jsonable(doc)}, indent=2, default=str) + "\n")
         sys.stdout.flush()
     else:
         from rich.console import Console
@@ -119,13 +121,3 @@ def report(exc: BaseException, *, json_mode: bool, debug: bool) -> int:
 
         Console(stderr=True, soft_wrap=True, highlight=False).print(f"[bold red]Error:[/] {escape(text)}")
     return status
-
-
-def _jsonable(doc: Any) -> Any:
-    if isinstance(doc, dict):
-        return {str(k): _jsonable(v) for k, v in doc.items()}
-    if isinstance(doc, (list, tuple)):
-        return [_jsonable(v) for v in doc]
-    if isinstance(doc, (bytes, bytearray)):
-        return "0x" + bytes(doc).hex()
-    return doc

@@ -27,6 +27,7 @@ from typing import Any, Callable, Optional
 
 import typer
 
+from ..core.jsonable import to_jsonable
 from .core import CONTEXT, CliGroup, remember
 
 app = typer.Typer(
@@ -93,35 +94,14 @@ def _opts(ctx: typer.Context) -> Opts:
 
 
 # ------------------------------------------------------------------------------------------------ output
-def _plain(v: Any) -> Any:
-    if isinstance(v, (bytes, bytearray)):
-        return "0x" + bytes(v).hex()
-    if isinstance(v, dict):
-        return {k: _plain(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_plain(x) for x in v]
-    if hasattr(v, "tolist") and not isinstance(v, (str, int, float)):
-        return _plain(v.tolist())
-    try:
-        import pandas as pd
-
-        if v is pd.NA or v is pd.NaT or (isinstance(v, float) and v != v):
-            return None
-        if isinstance(v, pd.Timestamp):
-            return v.isoformat()
-    except ImportError:  # pragma: no cover
-        pass
-    if hasattr(v, "item"):
-        return v.item()
-    return v
 
 
 def _records(df) -> list[dict]:
-    return [{k: _plain(v) for k, v in row.items()} for row in df.to_dict(orient="records")]
+    return [{k: to_jsonable(v) for k, v in row.items()} for row in df.to_dict(orient="records")]
 
 
 def _short(v: Any) -> Any:
-    v = _plain(v)
+    v = to_jsonable(v)
     if isinstance(v, str) and v.startswith("0x") and len(v) > 18:
         return v[:8] + "…" + v[-6:]
     if isinstance(v, list):
@@ -200,7 +180,7 @@ def _records_view(console, columns: list[str], rows: list[list[str]], title: str
 
 def _emit(opts: Opts, doc: Any, human: Callable[[], None]) -> None:
     if opts.json:
-        sys.stdout.write(json.dumps(_plain(doc), default=str) + "\n")
+        sys.stdout.write(json.dumps(to_jsonable(doc), default=str) + "\n")
     else:
         human()
 

@@ -79,7 +79,7 @@ def localnet_status(ctx: typer.Context) -> None:
     async def action(s: Session) -> dict:
         net = s.chain.localnet
         cfg = await s.chain.db_config()
-        from ..chain.types import to_jsonable
+        from ..core.jsonable import to_jsonable
 
         return {
             "home": str(net.path.parent.absolute()),

@@ -80,7 +80,7 @@ def usdc_coins(
         return address, await s.chain.usdc_coins(address)
 
     def produce(state: State) -> tuple[Any, Render]:
-        from ..chain.types import to_jsonable
+        from ..core.jsonable import to_jsonable
         from ..protocol.money import format_usdc
 
         (address, coins), s = with_chain(state, action)

@@ -16,6 +16,7 @@ from typing import Any
 
 import pandas as pd
 
+from ..core.jsonable import to_jsonable
 from .migrations import first
 
 DRIFT_COLUMNS = ["entity", "key", "field", "ledger", "chain", "note"]
@@ -34,22 +35,10 @@ class ReconcileReport:
         return {
             "ok": self.ok,
             "checked": self.checked,
-            "drift": [{k: _plain(v) for k, v in row.items()} for row in self.drift.to_dict(orient="records")],
+            "drift": [{k: to_jsonable(v) for k, v in row.items()} for row in self.drift.to_dict(orient="records")],
         }
 
 
-def _plain(v: Any) -> Any:
-    if isinstance(v, (bytes, bytearray)):
-        return "0x" + bytes(v).hex()
-    if isinstance(v, (list, tuple)):
-        return [_plain(x) for x in v]
-    if hasattr(v, "tolist"):
-        return _plain(v.tolist())
-    if v is None or (isinstance(v, float) and pd.isna(v)):
-        return None
-    if hasattr(v, "item"):
-        return v.item()
-    return v
 
 
 def _list(v: Any) -> list:
@@ -81,7 +70,7 @@ async def reconcile(ledger, chain) -> ReconcileReport:
 
     def add(entity, key, field_, ledger_v, chain_v, note=""):
         drift.append(
-            {"entity": entity, "key": str(key), "field": field_, "ledger": _plain(ledger_v), "chain": _plain(chain_v),
+            {"entity": entity, "key": str(key), "field": field_, "ledger": to_jsonable(ledger_v), "chain": to_jsonable(chain_v),
              "note": note}
         )
 
@@ -246,7 +235,7 @@ async def reconcile(ledger, chain) -> ReconcileReport:
     # ---- USDC moved vs the protocol rules
     for r in mismatches.to_dict(orient="records"):
         add("usdc", f"{r['tx_digest']}:{r['address']}", "balance_change", _int(r["expected"]), _int(r["actual"]),
-            f"{r['status']}: {', '.join(_plain(r['kinds']) or [])}")
+            f"{r['status']}: {', '.join(to_jsonable(r['kinds']) or [])}")
 
     df = pd.DataFrame(drift, columns=DRIFT_COLUMNS)
     checked = {

@@ -25,6 +25,7 @@ from typing import Iterator
 
 import duckdb
 
+from ..core.errors import ErrorClass
 from .migrations import LATEST_VERSION, apply_migrations, current_version
 
 DEFAULT_LOCK_TIMEOUT_S = 30.0
@@ -50,6 +51,8 @@ class LedgerError(Exception):
 
 class LedgerBusy(LedgerError):
     """Another process held the ledger file for longer than the lock timeout."""
+
+    error_class = ErrorClass.RETRYABLE
 
 
 class LedgerNotFound(LedgerError):

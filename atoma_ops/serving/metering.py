@@ -28,6 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+from ..core.errors import ErrorClass
 from ..protocol.compute_units import chat_estimate, max_output_tokens
 from .engines.base import Engine, EngineError, Sampling
 
@@ -141,6 +142,7 @@ class StackBusy(ServingError):
     """try-settle while requests are in flight on the stack (try again when they are done)."""
 
     status, type = 425, "stack_busy"
+    error_class = ErrorClass.RETRYABLE  # settle once the requests in flight are done
 
     @property
     def final(self) -> bool:

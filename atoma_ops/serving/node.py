@@ -26,7 +26,7 @@ from typing import Any, Sequence
 
 from ..chain.errors import ChainError, InvalidArgument
 from ..chain.port import Chain
-from ..journal import failpoint
+from ..core.failpoints import failpoint
 from ..protocol.commitments import Commitment, commit
 from ..protocol.node_http import TX_DIGEST_HEADER
 from .engines import ENGINE_KINDS

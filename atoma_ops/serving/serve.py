@@ -27,7 +27,7 @@ import weakref
 from dataclasses import dataclass
 from typing import Any, AsyncIterator, Callable, Sequence
 
-from ..journal import failpoint
+from ..core.failpoints import failpoint
 from .engines.base import FINISH_ABORTED, Delta, EngineError, Generation, Sampling
 from .metering import EngineFailure, Estimate, InsufficientUnits, ServingError
 from .store import Reservation, Settlement

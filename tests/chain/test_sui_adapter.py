@@ -31,7 +31,8 @@ from atoma_ops.chain.sui.networks import SuiNetwork
 from atoma_ops.chain.digests import transaction_digest
 from atoma_ops.testing.sui.txdecode import decode_transaction
 from atoma_ops.home import LocalnetHome
-from atoma_ops.journal import ErrorClass, Intent, classify, execute_intent, execute_intents
+from atoma_ops.core.errors import ErrorClass, classify
+from atoma_ops.journal import Intent, execute_intent, execute_intents
 from atoma_ops.ledger import Ledger
 from atoma_ops.protocol.aborts import code_of
 from atoma_ops.protocol.commitments import commit, leaves_of

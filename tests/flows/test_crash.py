@@ -29,7 +29,8 @@ import pytest
 
 from atoma_ops.chain.localnet.engine import CHAIN_FILE
 from atoma_ops.home import LocalnetHome
-from atoma_ops.journal import FAILPOINTS_ENV, PENDING, SUCCESS
+from atoma_ops.core.failpoints import FAILPOINTS_ENV
+from atoma_ops.journal import PENDING, SUCCESS
 from atoma_ops.ledger import Ledger
 from atoma_ops.serving.store import NodeStore
 from blocks import AtomaNetwork, InferenceEngine

@@ -17,13 +17,13 @@ from pathlib import Path
 import prefect.settings
 import pytest
 
-from atoma_ops.journal import FAILPOINT_TRACE_ENV, FAILPOINTS_ENV
+from atoma_ops.core.failpoints import FAILPOINT_TRACE_ENV, FAILPOINTS_ENV
 from reliability.crash import CHECKS, point_group
 
 ROOT = Path(__file__).resolve().parents[2]
 
 CHILD = """
-from atoma_ops.journal import failpoint
+from atoma_ops.core.failpoints import failpoint
 for name in ("serve:after-reserve", "journal:after-write:claim_funds", "journal:after-writer", "journal:after-write:claim_funds"):
     failpoint(name)
 print("survived")

@@ -200,7 +200,7 @@ app(sys.argv[1:], prog_name="atoma-ops")
 def test_stack_serve_killed_mid_workload_resumes_and_charges_what_a_clean_run_does(stub_cli, tmp_path):
     """The issue's case: ``stack serve`` killed (SIGKILL after the third recorded request) and run again serves
     only the rest: the stack is charged what an uninterrupted run charges another stack, not more."""
-    from atoma_ops.journal import FAILPOINTS_ENV
+    from atoma_ops.core.failpoints import FAILPOINTS_ENV
 
     w = workload(tmp_path, 10)
     tx = stub_cli.ok("db", "acquire-new-stack-entry", "--task-small-id", "1", "--num-compute-units", "100000", "--price",

@@ -388,7 +388,7 @@ def test_a_workload_killed_mid_way_resumes_where_it_stopped_and_charges_what_a_c
     """``stack serve`` / ``serve-stack`` re-run after a SIGKILL (``serve:after-record@3``): only the rest is served,
     the history is the workload in order, and it charges exactly what an uninterrupted run charges."""
     from atoma_ops import lifecycle
-    from atoma_ops.journal import FAILPOINTS_ENV
+    from atoma_ops.core.failpoints import FAILPOINTS_ENV
 
     t = market(net, NO_SECURITY)
     clean, crashed = net.buy(t, 10_000, PRICE, draw=0), net.buy(t, 10_000, PRICE, draw=0)

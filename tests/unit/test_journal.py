@@ -17,16 +17,14 @@ import pytest
 from atoma_ops import lifecycle
 from atoma_ops.chain.errors import InvalidArgument, MoveAbort, TransactionRejected
 from atoma_ops.chain.digests import transaction_digest
+from atoma_ops.core.errors import ErrorClass, classify, is_retryable
 from atoma_ops.journal import (
     ActionFailed,
     ActionResult,
-    ErrorClass,
     InDoubt,
     Intent,
-    classify,
     execute_intent,
     execute_intents,
-    is_retryable,
 )
 from atoma_ops.ledger import Ledger
 from atoma_ops.ledger.store import LedgerBusy
