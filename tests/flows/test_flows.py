@@ -111,7 +111,8 @@ def test_stack_lifecycle_sampling_consensus_end_to_end(network, tmp_path):
     assert earnings[attester]["attester_credits"] == node_fee  # node_fee / extra_nodes_count (1)
     journal = Ledger(network.home_path / "ledger.duckdb").actions()
     assert journal and {r["status"] for r in journal.values()} <= {"success", "already_done"}
-    assert run(artifact_keys("earnings", "stack-lifecycle", "serve-stack")) == {"earnings", "stack-lifecycle", "serve-stack"}
+    stack_keys = {f"localnet-stack-{summary['stack_small_id']}-{what}" for what in ("lifecycle", "served", "claim")}
+    assert run(artifact_keys("localnet-earnings", *stack_keys)) == {"localnet-earnings", *stack_keys}
 
     before = event_count(network)
     again = run(stack_lifecycle(workload=workload(tmp_path, 3), network=network))
@@ -194,16 +195,16 @@ def test_serve_stack_reruns_after_a_refusal_without_serving_or_charging_twice(tm
     assert (first["requests"], first["served"], first["refused"], first["failed"]) == (5, 4, 1, 0)
     assert (first["served_now"], first["refused_now"], first["already_served"], first["already_refused"]) == (4, 1, 0, 0)
     assert first["units_used"] == first["units_charged"] > 0 and first["units_left"] == 10_000 - first["units_used"]
-    refused = json.loads(run(latest_artifact("serve-stack-refused")).data)
+    refused = json.loads(run(latest_artifact(f"ln-stack-{stack}-refused")).data)
     assert [(r["index"], r["type"]) for r in refused] == [(1, "invalid_request_error")]
 
     again = run(serve_stack(stack, "node-1", str(path), network=network, engine=stub_engine_block, window=2))
     assert (again["served"], again["refused"], again["served_now"], again["refused_now"]) == (4, 1, 0, 0)
     assert (again["already_served"], again["already_refused"], again["units_charged"]) == (4, 1, 0)
     assert again["units_used"] == first["units_used"] and again["workload_id"] == first["workload_id"]
-    (table,) = json.loads(run(latest_artifact("serve-stack")).data)
+    (table,) = json.loads(run(latest_artifact(f"ln-stack-{stack}-served")).data)
     assert (table["already_served"], table["already_refused"], table["served_now"]) == (4, 1, 0)
-    assert run(latest_artifact(f"serve-stack-{stack}")).data == 100.0
+    assert run(latest_artifact(f"ln-stack-{stack}-serving")).data == 100.0
     with NodeStore(NodeStore.path_for(served.home, "node-1")) as store:
         assert store.usage(stack).num_requests == 4
 
@@ -237,7 +238,7 @@ def test_settlement_run_settles_then_claims_in_one_batch(tmp_path):
     chain = chain_of(network)
     assert chain.localnet.list_stacks() == []
     chain.localnet.close()
-    assert run(artifact_keys("settlement-run")) == {"settlement-run"}
+    assert run(artifact_keys("ln-settlement-run")) == {"ln-settlement-run"}
 
 
 def test_settlement_run_exhausted_and_confidential(tmp_path):
@@ -288,7 +289,7 @@ def test_attestation_watch_attests_once_and_fails_loudly_past_the_window(network
     chain.localnet.close()
     with pytest.raises(StageError, match="window closed"):
         run(attestation_watch(nodes=["node-1"], network=network))
-    assert run(artifact_keys("attestation-watch-problems")) == {"attestation-watch-problems"}
+    assert run(artifact_keys("localnet-attestation-watch-problems")) == {"localnet-attestation-watch-problems"}
     ticket = chain_of(network)
     try:
         assert ticket.localnet.get_ticket(second).already_attested_nodes == []
