@@ -99,10 +99,18 @@ def _chat(content: str = "hi", **fields: Any) -> dict:
     return {"messages": [{"role": "user", "content": content}], "max_tokens": 4, **fields}
 
 
-def _post(stack: str | None, body: Any, **headers: str) -> tuple:
+def _post(stack: str | None, body: Any, sign: str | None = "user", **headers: str) -> tuple:
+    """A chat request; ``sign`` says how run_http signs it: ``"<alias>"`` (that key over the body, the stack's buyer
+    ``user`` by default), ``"other-body:<alias>"`` (over another body), ``"flag1:<alias>"`` (its bytes under the
+    secp256k1 flag), ``"forged"`` (the buyer's public key, random signature bytes) or None (unsigned)."""
     if stack is not None:
         headers = {"X-Stack-Small-Id": stack, **headers}
+    if sign is not None:
+        headers = {SIGN: sign, **headers}
     return ("http", "POST", "/v1/chat/completions", headers, body)
+
+
+SIGN = "x-sign-as"  # a marker run_http replaces with the X-Signature it asks for (never sent)
 
 
 CLI, FLOW, HTTP, CONFIG = "cli", "flow", "http", "config"
@@ -244,20 +252,38 @@ CASES: tuple[Case, ...] = (
     Case("http-stack-header-text", HTTP, "X-Stack-Small-Id that is not an integer", "missing_stack", 400, _post("seven", _chat())),
     Case("http-stack-header-negative", HTTP, "X-Stack-Small-Id -1", "missing_stack", 400, _post("-1", _chat())),
     Case("http-stack-header-overflow", HTTP, "X-Stack-Small-Id past u64", "missing_stack", 400, _post(str(2**70), _chat())),
-    Case("http-unknown-stack", HTTP, "a stack that does not exist", "stack_not_found", 404, _post("99", _chat())),
-    Case("http-foreign-stack", HTTP, "another node's stack", "stack_not_served_by_this_node", 403, _post("{foreign}", _chat())),
-    Case("http-exhausted-stack", HTTP, "an exhausted stack", "insufficient_compute_units", 402, _post("{exhausted}", _chat())),
-    Case("http-oversized-max-tokens", HTTP, "max_tokens larger than the stack", "insufficient_compute_units", 402,
+    Case("http-unknown-stack", HTTP, "a stack that does not exist", "stack_not_found", 400, _post("99", _chat())),
+    Case("http-foreign-stack", HTTP, "another node's stack", "stack_not_served_by_this_node", 400, _post("{foreign}", _chat())),
+    Case("http-exhausted-stack", HTTP, "an exhausted stack", "insufficient_compute_units", 425, _post("{exhausted}", _chat())),
+    Case("http-oversized-max-tokens", HTTP, "max_tokens larger than the stack", "insufficient_compute_units", 425,
          _post("{open}", _chat(max_tokens=1_000_000))),
     Case("http-overflowing-max-tokens", HTTP, "max_tokens past u64", "invalid_request_error", 400, _post("{open}", _chat(max_tokens=2**70))),
-    Case("http-settled-stack", HTTP, "a stack in settlement", "stack_in_settlement", 409, _post("{settled}", _chat())),
-    Case("http-claimed-stack", HTTP, "a claimed stack", "stack_claimed", 410, _post("{claimed}", _chat())),
+    Case("http-settled-stack", HTTP, "a stack in settlement", "stack_in_settlement", 423, _post("{settled}", _chat())),
+    Case("http-claimed-stack", HTTP, "a claimed stack", "stack_claimed", 423, _post("{claimed}", _chat())),
+    # who may spend a stack (atoma-protocol.md §17): the owner's valid signature over this very body, or nothing
+    Case("http-unsigned", HTTP, "no X-Signature", "invalid_signature_header", 400, _post("{open}", _chat(), sign=None)),
+    Case("http-signature-not-base64", HTTP, "X-Signature that is not base64", "invalid_signature_header", 400,
+         _post("{open}", _chat(), sign=None, **{"X-Signature": "%%%"})),
+    Case("http-forged-signature", HTTP, "a forged signature (the owner's key, random bytes)", "invalid_signature", 401,
+         _post("{open}", _chat(), sign="forged")),
+    Case("http-signature-other-body", HTTP, "the owner's signature over another body", "invalid_signature", 401,
+         _post("{open}", _chat(), sign="other-body:user")),
+    Case("http-signature-wrong-flag", HTTP, "a signature under the wrong scheme flag", "invalid_signature_header", 400,
+         _post("{open}", _chat(), sign="flag1:user")),
+    Case("http-signature-other-address", HTTP, "a valid signature by an address that owns no stack", "stack_not_found",
+         400, _post("{open}", _chat(), sign="node-3")),
+    Case("http-other-owners-stack", HTTP, "a request for another owner's stack", "stack_not_found", 400,
+         _post("{theirs}", _chat(), sign="user")),
+    Case("http-oversized-body", HTTP, "a body past the node's limit (4 MiB)", "invalid_request_error", 400,
+         _post("{open}", b'{"messages": [], "pad": "' + b"x" * (4 * 1024 * 1024) + b'"}')),
+    Case("http-tx-digest-not-digest", HTTP, "X-Tx-Digest that is not a digest (unknown stack)", "invalid_request_error",
+         400, _post("99", _chat(), **{"X-Tx-Digest": "not-a-digest"})),
     Case("http-wrong-method", HTTP, "GET on the chat endpoint", "method_not_allowed", 405, ("http", "GET", "/v1/chat/completions", {}, None)),
     Case("http-wrong-path", HTTP, "an unknown path", "not_found", 404, ("http", "POST", "/v1/completions", {}, _chat())),
-    Case("http-usage-unknown-stack", HTTP, "usage of a stack that does not exist", "stack_not_found", 404, ("http", "GET", "/v1/stacks/99/usage", {}, None)),
-    Case("http-usage-foreign-stack", HTTP, "usage of another node's stack", "stack_not_served_by_this_node", 403,
+    Case("http-usage-unknown-stack", HTTP, "usage of a stack that does not exist", "stack_not_found", 400, ("http", "GET", "/v1/stacks/99/usage", {}, None)),
+    Case("http-usage-foreign-stack", HTTP, "usage of another node's stack", "stack_not_served_by_this_node", 400,
          ("http", "GET", "/v1/stacks/{foreign}/usage", {}, None)),
-    Case("http-usage-overflow", HTTP, "usage of a stack id past u64", "stack_not_found", 404,
+    Case("http-usage-overflow", HTTP, "usage of a stack id past u64", "stack_not_found", 400,
          ("http", "GET", f"/v1/stacks/{2**70}/usage", {}, None)),
     Case("http-usage-not-int", HTTP, "usage of a stack id that is not an integer", "invalid_request_error", 400,
          ("http", "GET", "/v1/stacks/seven/usage", {}, None)),
@@ -325,8 +351,9 @@ CASES: tuple[Case, ...] = (
 class Scenario:
     """A localnet home built once: task ``task`` (node-1 subscribed; recorded serving, no engine), stacks
     ``open`` (served, no ticket), ``settled`` (ticket opened in the current epoch: claimable from the next),
-    ``claimed`` (settled and claimed), ``exhausted`` (every unit served) and ``foreign`` (sold to node-2 on a
-    second task); the ledger synced."""
+    ``claimed`` (settled and claimed), ``exhausted`` (every unit served), ``foreign`` (sold to node-2 on a
+    second task) and ``theirs`` (node-1's, bought by admin); the ledger synced. Every stack but ``theirs`` is
+    user's."""
 
     home: Path
     ids: dict[str, int]
@@ -392,6 +419,11 @@ async def _build(home: Path) -> dict[str, int]:
         await chain.subscribe_node_to_task(node2, task_small_id=task2, price_per_one_million_compute_units=PRICE)
         tx = await chain.acquire_new_stack_entry(user, task_small_id=task2, num_compute_units=1_000, price=PRICE)
         foreign = lifecycle.small_id_in(tx, "StackCreatedEvent", "stack_small_id")
+        # a stack of node-1's that admin bought: another owner's stack for user's key
+        await chain.faucet_mint(admin, 1_000_000)
+        tx = await chain.acquire_new_stack_entry(admin, task_small_id=served.task_small_id, num_compute_units=1_000,
+                                                 price=PRICE)
+        theirs = lifecycle.small_id_in(tx, "StackCreatedEvent", "stack_small_id")
         # settle and claim one stack, then settle another in the next epoch (claimable one epoch later)
         service = await NodeService.open(home, "node-1", None, chain=chain)
         try:
@@ -405,7 +437,7 @@ async def _build(home: Path) -> dict[str, int]:
     finally:
         await chain.close()
     return dict(task=served.task_small_id, open=opened, settled=settled, claimed=claimed, exhausted=exhausted,
-                foreign=foreign, task2=task2)
+                foreign=foreign, task2=task2, theirs=theirs)
 
 
 def build_scenario(home: Path) -> Scenario:
@@ -516,6 +548,9 @@ def run_http(scenario: Scenario, url: str, case: Case) -> tuple[str | None, int,
     content = body if isinstance(body, (bytes, type(None))) else json.dumps(body).encode()
     if content is not None:
         headers.setdefault("Content-Type", "application/json")
+    sign = headers.pop(SIGN, None)
+    if sign is not None:
+        headers["X-Signature"] = _signature(scenario.home, sign, content or b"")
     response = httpx.request(method, url + path, headers=headers, content=content, timeout=60)
     try:
         error = response.json().get("error")
@@ -524,6 +559,33 @@ def run_http(scenario: Scenario, url: str, case: Case) -> tuple[str | None, int,
     if not isinstance(error, dict):
         return None, response.status_code, f"no error object in {response.text[:200]!r}"
     return error.get("type"), response.status_code, error.get("message", "")
+
+
+def _signature(home: Path, how: str, content: bytes) -> str:
+    """The X-Signature a row asks for (see ``_post``), made with the home's wallet."""
+    import base64
+    import secrets
+
+    from atoma_ops.client import RequestSigner
+    from atoma_ops.home import LocalnetHome
+    from atoma_ops.protocol.node_http import BodyError, blake2b256
+    from atoma_ops.wallet import Wallet
+
+    wallet = Wallet.load(LocalnetHome(home).client_yaml)
+    if how == "forged":
+        return base64.b64encode(bytes([0]) + secrets.token_bytes(64) + wallet.public_key("user")).decode()
+    variant, _, alias = how.rpartition(":")
+    signer = RequestSigner(wallet, alias)
+    if variant == "other-body":
+        return signer.sign({"messages": [{"role": "user", "content": "another body"}]})[1]
+    try:
+        signature = signer.sign(content)[1]
+    except BodyError:  # a body that is not JSON: any well-formed signature (the node refuses the body first)
+        signature = signer.sign_hash(blake2b256(content))
+    if variant == "flag1":
+        raw = base64.b64decode(signature)
+        signature = base64.b64encode(bytes([1]) + raw[1:]).decode()
+    return signature
 
 
 def _break(home: Path, breaks: tuple[str, ...]) -> None:

@@ -20,6 +20,10 @@ from tests.cli.clikit import Cli, event, sid  # noqa: E402
 
 from atoma_ops.cli import app  # noqa: E402
 
+from atoma_ops.client import RequestSigner  # noqa: E402
+from atoma_ops.home import LocalnetHome  # noqa: E402
+from atoma_ops.wallet import Wallet  # noqa: E402
+from tests.serving.buyer_kit import signed_headers  # noqa: E402
 from tests.serving.test_kit import REPO, STUB_ENGINE_SRC, ask, stub_engine  # noqa: E402
 
 SCRIPT = Path(sys.executable).parent / "atoma-ops"
@@ -31,7 +35,7 @@ def _market(home: Path, model: str) -> Cli:
     c = Cli(home)
     c.aliases = c.ok("localnet", "init", "--seed", "1")["aliases"]
     c.ok("usdc", "mint", "--amount", "10000000", "--to", "user")
-    c.ok("db", "create-task-entry", "--role", "0", "--model-name", model, "--security-level", "2")
+    c.ok("db", "create-task-entry", "--role", "0", "--model-name", model, "--security-level", "2", "--is-public")
     for alias in ("node-1", "node-2"):
         c.ok("db", "register-node", address=alias)
         c.ok("db", "subscribe-node-to-task", "--task-small-id", "1", "--price-per-one-million-compute-units", "1000000",
@@ -241,7 +245,7 @@ def test_node_serve_console_script(tmp_path):
     c = Cli(tmp_path / "home")
     c.ok("localnet", "init", "--seed", "1")
     c.ok("usdc", "mint", "--amount", "10000000", "--to", "user")
-    c.ok("db", "create-task-entry", "--role", "0")
+    c.ok("db", "create-task-entry", "--role", "0", "--is-public")
     c.ok("db", "register-node", address="node-1")
     c.ok("db", "subscribe-node-to-task", "--task-small-id", "1", "--price-per-one-million-compute-units", "1000000",
          address="node-1")
@@ -265,11 +269,15 @@ def test_node_serve_console_script(tmp_path):
                 pass
             assert time.monotonic() < deadline, "the server did not come up"
             time.sleep(0.25)
-        r = httpx.post(url + "/v1/chat/completions", json=ask(0, 3), headers={"X-Stack-Small-Id": "1"}, timeout=60)
+        owner = RequestSigner(Wallet.load(LocalnetHome(c.home).client_yaml), "user")  # the stack's buyer signs
+        body = json.dumps(ask(0, 3)).encode()
+        r = httpx.post(url + "/v1/chat/completions", content=body, headers=signed_headers(owner, 1, body), timeout=60)
         assert r.status_code == 200, r.text
         units = int(r.headers["X-Compute-Units"])
         assert httpx.get(url + "/v1/stacks/1/usage").json()["used_units"] == units
-        bad = httpx.post(url + "/v1/chat/completions", content=b"nope", headers={"X-Stack-Small-Id": "1"})
+        unsigned = httpx.post(url + "/v1/chat/completions", json=ask(0, 3), headers={"X-Stack-Small-Id": "1"})
+        assert unsigned.status_code == 400 and unsigned.json()["error"]["type"] == "invalid_signature_header"
+        bad = httpx.post(url + "/v1/chat/completions", content=b"nope", headers=signed_headers(owner, 1, b"nope"))
         assert bad.status_code == 400 and bad.json()["error"]["type"] == "invalid_request_error"
     finally:
         proc.send_signal(signal.SIGINT)

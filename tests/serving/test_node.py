@@ -160,19 +160,19 @@ def test_refusals_charge_nothing_and_leave_history_unchanged(engine, net, localn
     err = refused(node, net, small, InsufficientUnits, second)
     assert err.fields == {"stack_small_id": small, "units_left": left, "estimate": est}
     assert f"stack {small}" in str(err) and f"{left} compute units left" in str(err) and f"estimate is {est}" in str(err)
-    assert err.status == 402
+    assert err.status == 425  # the Atoma node's Too Early: buy a new stack or wait for requests in flight
 
     err = refused(node, net, foreign, StackNotServedHere)
-    assert "sold to node 2" in str(err) and "this is node 1" in str(err) and err.status == 403
+    assert "sold to node 2" in str(err) and "this is node 1" in str(err) and err.status == 400
 
     err = refused(node, net, 999, StackNotFound)
-    assert err.status == 404
+    assert err.status == 400
 
     # in settlement: a ticket opened on chain (here by the node's own CLI call, outside this service)
     net.run(node.serve(settling, [ask(2, 2)]))
     net.settle("node-1", settling, 1)
     err = refused(node, net, settling, StackSettling)
-    assert err.status == 409
+    assert err.status == 423  # Locked: please buy a new stack
 
     # settled by this service: closed in the store first
     s = net.buy(t, 10_000, PRICE, draw=0)
@@ -188,7 +188,7 @@ def test_refusals_charge_nothing_and_leave_history_unchanged(engine, net, localn
     net.claim("node-1", s)
     assert net.get_stack(s) is None
     err = refused(node, net, s, StackClaimed)
-    assert err.status == 410
+    assert err.status == 423
 
 
 def test_claimed_confidential_stack_is_refused(engine, net, localnet_home):
