@@ -31,7 +31,10 @@ def db_create_task_entry(
         None, "--security-level", help="0 none (default), 1 confidential compute, 2 sampling consensus."
     ),
     minimum_reputation_score: Optional[int] = typer.Option(None, "--minimum-reputation-score", help="0..100."),
-    is_public: bool = typer.Option(True, "--is-public/--is-private", help="Any node may subscribe (default), or whitelisted ones only."),
+    is_public: bool = typer.Option(
+        False, "--is-public/--is-private",
+        help="Any node may subscribe; without it the task is private (whitelisted nodes only), as with the Atoma CLI.",
+    ),
     badge: Optional[str] = MANAGER_BADGE_OPT,
 ) -> None:
     """Create a task (admin: needs the AtomaManagerBadge)."""

@@ -107,6 +107,19 @@ def test_whitelist_with_comma_and_repeated_flags(cli):
     assert cli.ok("db", "get-subscriptions", "--task-small-id", "1")["subscriptions"][0]["node_small_id"] == 1
 
 
+def test_create_task_entry_is_private_unless_is_public(cli):
+    """As with the Atoma CLI, ``--is-public`` is a flag that is off unless given: a command copied from Atoma's docs
+    makes the same task here as there."""
+    cli.ok("db", "create-task-entry", "--role", "0")
+    cli.ok("db", "create-task-entry", "--role", "0", "--is-public")
+    assert cli.ok("db", "get-task", "--task-small-id", "1")["is_public"] is False
+    assert cli.ok("db", "get-task", "--task-small-id", "2")["is_public"] is True
+    cli.ok("db", "register-node", address="node-1")
+    err = cli.fail("db", "subscribe-node-to-task", "--task-small-id", "1", "--price-per-one-million-compute-units", "9", address="node-1")
+    assert err["kind"] == "MoveAbort" and err["name"] == "ENodeNotWhitelistedForTask"
+    cli.ok("db", "subscribe-node-to-task", "--task-small-id", "2", "--price-per-one-million-compute-units", "9", address="node-1")
+
+
 def test_task_lifecycle_with_task_badge_flags(cli):
     tx = cli.ok("db", "create-task-entry", "--role", "0")
     badge_id = [o["object_id"] for o in tx["objectChanges"] if o["type"].endswith("::db::TaskBadge")][0]
@@ -241,7 +254,7 @@ def test_seeded_node_selection_is_reproducible(tmp_path):
         c = Cli(tmp_path / name)
         c.ok("localnet", "init", "--seed", str(seed))
         c.ok("usdc", "mint", "--amount", "100", "--to", "user")
-        c.ok("db", "create-task-entry", "--role", "0")
+        c.ok("db", "create-task-entry", "--role", "0", "--is-public")
         for node in ("node-1", "node-2", "node-3"):
             c.ok("db", "register-node", address=node)
             c.ok("db", "subscribe-node-to-task", "--task-small-id", "1", "--price-per-one-million-compute-units", "1", address=node)

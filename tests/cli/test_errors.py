@@ -21,7 +21,7 @@ def scenario(tmp_path_factory) -> Cli:
     c = Cli(tmp_path_factory.mktemp("scenario") / "home")
     c.aliases = c.ok("localnet", "init", "--seed", "1")["aliases"]
     c.ok("usdc", "mint", "--amount", "2000000", "--to", "user")
-    c.ok("db", "create-task-entry", "--role", "0")
+    c.ok("db", "create-task-entry", "--role", "0", "--is-public")
     c.ok("db", "create-task-entry", "--role", "1", "--is-private")
     c.ok("db", "register-node", address="node-1")
     c.ok("db", "register-node", address="node-2")

@@ -32,7 +32,7 @@ def test_stack_lifecycle_through_the_cli(tmp_path):
     assert balance_changes(tx) == {user: MINT}
 
     # Task 1 (NoSecurity), by the admin (the active address after init).
-    tx = c.ok("db", "create-task-entry", "--role", "0", "--model-name", "meta-llama/Llama-3.3-70B-Instruct")
+    tx = c.ok("db", "create-task-entry", "--role", "0", "--model-name", "meta-llama/Llama-3.3-70B-Instruct", "--is-public")
     ev = event(tx, "TaskRegisteredEvent")
     assert sid(ev["task_small_id"]) == 1 and sid(ev["security_level"]) == 0
     assert ev["model_name"] == "meta-llama/Llama-3.3-70B-Instruct" and ev["minimum_reputation_score"] is None
@@ -42,7 +42,7 @@ def test_stack_lifecycle_through_the_cli(tmp_path):
     # Admin setter, then task 2 (SamplingConsensus).
     c.ok("db", "set-cross-validation-probability-permille", "--value", "0")
     assert c.ok("localnet", "status")["config"]["cross_validation_probability_permille"] == 0
-    tx = c.ok("db", "create-task-entry", "--role", "0", "--security-level", "2")
+    tx = c.ok("db", "create-task-entry", "--role", "0", "--security-level", "2", "--is-public")
     assert sid(event(tx, "TaskRegisteredEvent")["task_small_id"]) == 2
     task2 = c.ok("db", "get-task", "--task-small-id", "2")
     assert task2["security_level"] == 2 and task2["is_public"] is True and task2["model_name"] is None
