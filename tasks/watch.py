@@ -72,10 +72,10 @@ async def balances(network: AtomaNetwork, wallet: SuiWallet | None) -> list[dict
 
 
 @task(name="intents-in-doubt", **READ)
-def intents_in_doubt(network: AtomaNetwork, ledger: Ledger | None) -> list[dict]:
+async def intents_in_doubt(network: AtomaNetwork, ledger: Ledger | None) -> list[dict]:
     """Journal rows a crash left ``pending``: signed, maybe submitted, outcome unknown (a run resolves them by
     digest)."""
-    rows = journal_for(network, ledger).actions(statuses=[PENDING])
+    rows = await asyncio.to_thread(journal_for(network, ledger).actions, statuses=[PENDING])
     return [{"key": k, "kind": r["kind"], "sender": r["sender"], "digest": r["digest"]} for k, r in sorted(rows.items())]
 
 

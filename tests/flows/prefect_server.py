@@ -133,6 +133,20 @@ def wait_healthy(api: httpx.Client, server: subprocess.Popen, log: Path, timeout
     raise AssertionError(f"the Prefect server did not become healthy in {timeout} s:\n{tail(log)}")
 
 
+class _Retrying(httpx.HTTPTransport):
+    """Retries what Prefect's own client retries: 503 (SQLite busy under the server's services) and 429."""
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        for attempt in range(8):
+            response = super().handle_request(request)
+            if response.status_code not in (429, 503):
+                return response
+            response.read()
+            response.close()
+            time.sleep(0.25 * (attempt + 1))
+        return response
+
+
 class PrefectServer:
     """``with PrefectServer(tmp) as server:`` a running server; ``server.env`` for its clients' subprocesses,
     ``server.api`` (httpx, base URL the API), ``server.cli(...)`` for ``prefect …`` commands.
@@ -158,7 +172,7 @@ class PrefectServer:
 
     def wait(self, timeout: float = 120) -> "PrefectServer":
         """Block until the API answers (start first, do other work, then wait: migrating takes seconds)."""
-        self.api = httpx.Client(base_url=self.api_url, timeout=30)
+        self.api = httpx.Client(base_url=self.api_url, timeout=30, transport=_Retrying())
         wait_healthy(self.api, self.proc, self.log, timeout)
         return self
 

@@ -190,6 +190,7 @@ def test_two_deployments_signing_for_one_address_take_turns(server, tmp_path):
     lease = api.post("/v2/concurrency_limits/increment-with-lease",
                      json={"names": [name], "slots": 1, "mode": "concurrency", "lease_duration": 60}).json()["lease_id"]
     logs = [tmp_path / "settle.log", tmp_path / "reprice.log"]
+    started = datetime.now(timezone.utc).replace(tzinfo=None)  # the journal's clock: naive UTC
     procs = [execute(server, settle, logs[0]), execute(server, reprice, logs[1])]
     deadline = time.monotonic() + 120
     while True:  # until each run sits in a chain-writing task, waiting for the slot
@@ -218,7 +219,8 @@ def test_two_deployments_signing_for_one_address_take_turns(server, tmp_path):
     # each run's writes, as the journal stamped them while holding the slot, never overlap the other run's
     from atoma_ops.ledger.api import Ledger, default_path
 
-    rows = [r for r in Ledger(default_path(str(served.home))).actions().values() if r["sender"] == address]
+    rows = [r for r in Ledger(default_path(str(served.home))).actions().values()
+            if r["sender"] == address and r["created_at"] >= started]  # not the kit's registration
     spans = {}
     for r in rows:
         run = "settle" if r["kind"] == "try_settle_stack" else "reprice"
