@@ -377,7 +377,9 @@ async def http_load(
     from atoma_ops.ledger import Ledger
     from atoma_ops.serving.metering import estimate
     from atoma_ops.serving.node import NodeService
-    from atoma_ops.serving.server import STACK_HEADER, BackgroundServer, create_app
+    from atoma_ops.client import RequestSigner
+    from atoma_ops.protocol.node_http import SIGNATURE_HEADER, STACK_HEADER
+    from atoma_ops.serving.server import BackgroundServer, create_app
 
     if engine is None:
         from blocks import InferenceEngine
@@ -407,6 +409,8 @@ async def http_load(
             tx = await chain.acquire_new_stack_entry(user, task_small_id=task, num_compute_units=n, price=PRICE)
             stack_ids.append(lifecycle.small_id_in(tx, "StackCreatedEvent", "stack_small_id"))
 
+        buyer = RequestSigner(chain.wallet, "user")  # the stacks' owner signs every request, before the burst
+        signed = [buyer.sign(b)[:2] for b in bodies]
         service = await NodeService.open(home, "node-1", engine)  # its own chain connection, as a node server has
         service.max_pending = pending_limit = max_pending or requests
         server = BackgroundServer(create_app(service)).start()
@@ -419,7 +423,9 @@ async def http_load(
                     sid = stack_ids[i % stacks]
                     start = time.perf_counter()
                     try:
-                        r = await client.post("/v1/chat/completions", json=bodies[i], headers={STACK_HEADER: str(sid)})
+                        raw, signature = signed[i]
+                        r = await client.post("/v1/chat/completions", content=raw, headers={
+                            STACK_HEADER: str(sid), SIGNATURE_HEADER: signature, "content-type": "application/json"})
                         outcomes[i] = {"stack": sid, "status": r.status_code, "headers": dict(r.headers), "body": r.json()}
                     except Exception as exc:  # noqa: BLE001 - counted: a connection error fails the load
                         outcomes[i] = {"stack": sid, "status": None, "error": repr(exc)}
@@ -489,7 +495,7 @@ async def http_load(
 def http_figures(outcomes: list[dict], wall: float) -> dict:
     """Throughput and latency of one burst (measured; never judged)."""
     ok = [o for o in outcomes if o.get("status") == 200]
-    refused = [o for o in outcomes if o.get("status") == 402]
+    refused = [o for o in outcomes if o.get("status") == 425]
     latencies = [o["latency_s"] for o in outcomes]
     return dict(
         wall_s=round(wall, 2),
@@ -521,23 +527,34 @@ def request_counts(metrics_text: str) -> Counter:
 def check_http_outcomes(result: LoadResult, store, bodies: list[dict], outcomes: list[dict], stack_ids: list[int],
                         units: list[int]) -> None:
     """The burst's invariants, from what the clients got (``outcomes``) against the node's store (``store``).
-    Answers are 200 (served), 402 (the stack's units are taken) or 429 (past the node's ``max_pending``)."""
+    Answers are 200 (served), 425 (the stack's units are taken) or 429 (past the node's ``max_pending``)."""
     ok = [i for i, o in enumerate(outcomes) if o.get("status") == 200]
-    refused = [i for i, o in enumerate(outcomes) if o.get("status") == 402]
+    refused = [i for i, o in enumerate(outcomes) if o.get("status") == 425]
     overloaded = [i for i, o in enumerate(outcomes) if o.get("status") == 429]
-    other = [i for i, o in enumerate(outcomes) if o.get("status") not in (200, 402, 429)]
+    other = [i for i, o in enumerate(outcomes) if o.get("status") not in (200, 425, 429)]
     errors = Counter(str(outcomes[i].get("status") or outcomes[i].get("error", "?"))[:80] for i in other)
-    result.check("counts add up: 200s + 402s + 429s = requests, no 5xx, no connection error",
+    result.check("counts add up: 200s + 425s + 429s = requests, no 5xx, no connection error",
                  len(ok) + len(refused) + len(overloaded) == len(outcomes) and not other and ok and (refused or overloaded),
                  f"{len(ok)} served + {len(refused)} refused + {len(overloaded)} overloaded of {len(outcomes)}; "
                  f"other: {dict(errors)}")
     wrong = [i for i in refused if outcomes[i]["body"].get("error", {}).get("type") != "insufficient_compute_units"]
-    result.check("every refusal is 402 insufficient_compute_units", not wrong,
+    result.check("every refusal is 425 insufficient_compute_units", not wrong,
                  f"{len(wrong)} other refusal(s)" + (f", e.g. {outcomes[wrong[0]]['body']}" if wrong else ""))
     busy = [i for i in overloaded if outcomes[i]["body"].get("error", {}).get("type") != "overloaded"
             or not outcomes[i]["headers"].get("retry-after")]
     result.check("every 429 is overloaded with a Retry-After", not busy,
                  f"{len(busy)} without, e.g. {outcomes[busy[0]]}" if busy else f"{len(overloaded)} overloaded")
+    from atoma_ops.client import ResponseSignatureError, verify_response
+
+    node_address = (store.node() or {}).get("address")
+    unsigned = []
+    for i in ok:
+        try:
+            verify_response(outcomes[i]["body"], node_address)
+        except ResponseSignatureError as exc:
+            unsigned.append(f"request {i}: {exc}")
+    result.check("every 200 is signed by the stack's node (response_hash, signature)", not unsigned and node_address,
+                 "; ".join(unsigned[:3]) or f"{len(ok)} signatures of {node_address}")
 
     lost, over, charged_lost, leaked = [], [], [], []
     for sid, n in zip(stack_ids, units):

@@ -48,7 +48,7 @@ def test_concurrent_requests_never_lose_an_update_nor_over_serve(tmp_path):
     tampered = copy.deepcopy(raw["outcomes"])
     served = next(o for o in tampered if o["status"] == 200)
     served["body"]["choices"][0]["message"]["content"] += " (not what was recorded)"
-    refused = next(i for i, o in enumerate(tampered) if o["status"] == 402)
+    refused = next(i for i, o in enumerate(tampered) if o["status"] == 425)
     tampered[refused] = {**copy.deepcopy(served), "stack": tampered[refused]["stack"]}
     again = LoadResult("tampered", {}, {})
     with NodeStore(NodeStore.path_for(raw["home"], "node-1")) as store:
