@@ -20,6 +20,7 @@ PARTS = (
     ("bad_inputs", "2. Bad input"),
     ("load", "3. Load"),
     ("security", "4. Security"),
+    ("cli_fuzz", "5. Generative CLI test"),
 )
 
 HEADER = """# Reliability report

@@ -77,16 +77,44 @@ def _names(command: Any) -> set[str]:
 
 
 def _flags_as_flags(command: Any) -> None:
-    """typer 0.29 shows a flag as ``--json <bool>``; a flag takes no value, so show none (help option included)."""
+    """typer 0.29 shows a flag as ``--json <bool>``; a flag takes no value, so show none (help option included).
+    Text values must be UTF-8 (``_utf8_only``)."""
     from typer._click.decorators import help_option
 
     for p in command.params:
         if getattr(p, "is_flag", False):
             p.metavar = ""
+        elif p.name != "help":
+            _utf8_only(p)
     if getattr(command, "add_help_option", False) and getattr(command, "_help_option", True) is None:
         help_option(HELP_OPTIONS)(command)
         command._help_option = command.params.pop()
         command._help_option.metavar = ""
+
+
+# parameters that name files or folders: any bytes the OS allows (a non-UTF-8 name is a valid Linux path)
+_PATH_PARAMS = {"home", "workload", "history_file", "export", "ledger", "parquet", "duckdb_file", "out"}
+
+
+def _utf8_only(param: Any) -> None:
+    """Refuse, as a usage error naming the option, a text value that is not UTF-8 (the shell passes such bytes
+    through as lone surrogates, which no store, JSON document or chain call can hold)."""
+    if param.name in _PATH_PARAMS or getattr(param, "_utf8_checked", False):
+        return
+    original = param.callback
+
+    def check(ctx: Any, p: Any, value: Any) -> Any:
+        values = value if isinstance(value, (list, tuple)) else [value]
+        for v in values:
+            if isinstance(v, str):
+                try:
+                    v.encode("utf-8")
+                except UnicodeEncodeError:
+                    raise typer.BadParameter("not UTF-8 text", ctx=ctx, param=p) from None
+        return original(ctx, p, value) if original is not None else value
+
+    param.callback = check
+    param._utf8_checked = True
 
 
 def _inject(group: Any, inherited: list) -> None:
@@ -94,6 +122,8 @@ def _inject(group: Any, inherited: list) -> None:
     own = [p for p in group.params if any(o in _ATTRIBUTES for o in p.opts)]
     passed = [*inherited, *own]
     for command in group.commands.values():
+        if (command.context_settings or {}).get("ignore_unknown_options"):
+            continue  # a pass-through to another program's command line: its options are its own
         taken = _names(command)
         for original in passed:
             if taken & set(original.opts):
@@ -101,6 +131,7 @@ def _inject(group: Any, inherited: list) -> None:
             option = copy.copy(original)
             option.expose_value = False
             option.callback = _store
+            option._utf8_checked = False
             option.rich_help_panel = GLOBAL_PANEL
             option.required = False
             command.params.append(option)

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import sys
-from typing import List, Optional
+from typing import Any, List, Optional
 
 import typer
 
@@ -72,6 +73,13 @@ def _root(
     ctx.obj = st
 
 
+@functools.lru_cache(maxsize=1)
+def _command() -> Any:
+    """The click command tree, built once per process (typer builds it on every ``app()`` call: tenths of a second
+    that a process running many commands, the generative test, would pay each time)."""
+    return typer.main.get_command(app)
+
+
 def _json_requested(args: list[str]) -> bool:
     return "--json" in (args[: args.index("--")] if "--" in args else args)
 
@@ -85,7 +93,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     args = list(sys.argv[1:] if argv is None else argv)
     try:
-        rv = app(args=args, prog_name="atoma-ops", standalone_mode=False)
+        rv = _command().main(args=args, prog_name="atoma-ops", standalone_mode=False)
     except ClickException as exc:
         is_help = type(exc).__name__ == "NoArgsIsHelpError"  # typer already printed the help
         if isinstance(exc, UsageError) and _json_requested(args) and not is_help:
