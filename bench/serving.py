@@ -90,11 +90,19 @@ async def setup(home_dir: Path, model: str, units: int) -> tuple[LocalnetHome, i
 
 
 # ------------------------------------------------------------------------------------------------ the client
-async def one(client: httpx.AsyncClient, url: str, body: dict, headers: dict) -> tuple[float, float]:
+def buyer(home: LocalnetHome):
+    """The stack owner's signer (``user`` of the home's wallet)."""
+    from atoma_ops.client import RequestSigner
+    from atoma_ops.wallet import Wallet
+
+    return RequestSigner(Wallet.load(home.client_yaml), "user")
+
+
+async def one(client: httpx.AsyncClient, url: str, body: bytes, headers: dict) -> tuple[float, float]:
     """One streamed request: (seconds to the first content chunk, seconds to the end)."""
     t0 = time.perf_counter()
     first = None
-    async with client.stream("POST", url, json=body, headers=headers) as r:
+    async with client.stream("POST", url, content=body, headers={"content-type": "application/json", **headers}) as r:
         if r.status_code != 200:
             raise RuntimeError(f"{url}: HTTP {r.status_code}: {(await r.aread())[:300]!r}")
         async for line in r.aiter_lines():
@@ -106,7 +114,9 @@ async def one(client: httpx.AsyncClient, url: str, body: dict, headers: dict) ->
 
 
 async def sweep_point(url: str, model: str, concurrency: int, rounds: int, max_tokens: int,
-                      headers: dict | None = None) -> dict:
+                      headers: dict | None = None, signer=None) -> dict:
+    """``signer`` (a RequestSigner): each body is signed by the stack's owner, before the clock starts (the node's
+    side of a request is checking the signature, not making it)."""
     # pools of at most 16 connections: httpx scans every connection of a pool on each request, which at hundreds of
     # connections in one pool makes the client, not the server, the bottleneck (measured: 18 vs 8.5 ms CPU each)
     pools = [httpx.AsyncClient(timeout=600, limits=httpx.Limits(max_connections=16, max_keepalive_connections=16))
@@ -114,13 +124,21 @@ async def sweep_point(url: str, model: str, concurrency: int, rounds: int, max_t
 
     nonce = os.urandom(3).hex()
 
+    def request(w: int, r: int) -> tuple[bytes, dict]:
+        body = {"model": model, "stream": True, "max_tokens": max_tokens,
+                # a different text each time: nothing is served from the node's token-count cache
+                "messages": [{"role": "user", "content": f"{QUESTIONS[(w + r) % len(QUESTIONS)]} (#{nonce}.{w}.{r})"}]}
+        if signer is None:
+            return json.dumps(body).encode(), dict(headers or {})
+        raw, signature, _ = signer.sign(body)
+        return raw, {**(headers or {}), "X-Signature": signature}
+
+    prepared = [[request(w, r) for r in range(rounds)] for w in range(concurrency)]
+
     async def worker(w: int) -> list[tuple[float, float]]:
         out = []
-        for r in range(rounds):
-            body = {"model": model, "stream": True, "max_tokens": max_tokens,
-                    # a different text each time: nothing is served from the node's token-count cache
-                    "messages": [{"role": "user", "content": f"{QUESTIONS[(w + r) % len(QUESTIONS)]} (#{nonce}.{w}.{r})"}]}
-            out.append(await one(pools[w // 16], url, body, headers or {}))
+        for raw, h in prepared[w]:
+            out.append(await one(pools[w // 16], url, raw, h))
         return out
 
     try:
@@ -137,7 +155,7 @@ async def sweep_point(url: str, model: str, concurrency: int, rounds: int, max_t
 
 
 def compare(name: str, bare_url: str, node_url: str, model: str, levels: list[int], rounds: int, max_tokens: int,
-            stack: int) -> list[dict]:
+            stack: int, signer) -> list[dict]:
     print(f"\n## {name}")
     print(f"{'clients':>7} | {'bare req/s':>10} {'node req/s':>10} {'ratio':>6} | {'bare p50':>8} {'node p50':>8} "
           f"{'+p50 ms':>7} | {'bare p99':>8} {'node p99':>8}   (first token, ms)")
@@ -148,7 +166,8 @@ def compare(name: str, bare_url: str, node_url: str, model: str, levels: list[in
         for side in order:
             url = (bare_url if side == "bare" else node_url) + "/chat/completions"
             headers = {"X-Stack-Small-Id": str(stack)} if side == "node" else None
-            pair[side] = asyncio.run(sweep_point(url, model, c, rounds, max_tokens, headers))
+            pair[side] = asyncio.run(sweep_point(url, model, c, rounds, max_tokens, headers,
+                                                 signer if side == "node" else None))
         b, n = pair["bare"], pair["node"]
         row = {"engine": name, "clients": c, "bare": b, "node": n, "ratio": n["rps"] / b["rps"],
                "ttft_overhead_p50_ms": n["ttft_p50_ms"] - b["ttft_p50_ms"]}
@@ -173,7 +192,8 @@ def run_openai(name: str, bare_url: str, model: str, tmp: Path, levels: list[int
     proc = node_process(home.path, bare_url, model, port, tmp / f"node-{name}.log")
     try:
         wait_http(f"http://127.0.0.1:{port}/health", proc)
-        return compare(name, bare_url, f"http://127.0.0.1:{port}/v1", model, levels, rounds, max_tokens, stack)
+        return compare(name, bare_url, f"http://127.0.0.1:{port}/v1", model, levels, rounds, max_tokens, stack,
+                       buyer(home))
     finally:
         proc.terminate()
         proc.wait(30)
@@ -194,7 +214,8 @@ def run_cpu(tmp: Path, levels: list[int], rounds: int, max_tokens: int) -> list[
     node = BackgroundServer(create_app(service)).start()
     try:
         asyncio.run(sweep_point(bare.base_url + "/chat/completions", SMOLLM2_MODEL, 2, 1, max_tokens))  # warm-up
-        return compare("cpu", bare.base_url, node.url + "/v1", SMOLLM2_MODEL, levels, rounds, max_tokens, stack)
+        return compare("cpu", bare.base_url, node.url + "/v1", SMOLLM2_MODEL, levels, rounds, max_tokens, stack,
+                       buyer(home))
     finally:
         node.stop()
         bare.stop()

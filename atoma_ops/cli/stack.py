@@ -409,3 +409,65 @@ def stack_attest(
     run(ctx, produce)
 
 
+
+
+# ------------------------------------------------------------------------------------------------ the buyer's side
+@stack_app.command("chat")
+def stack_chat(
+    ctx: typer.Context,
+    prompt: str = typer.Argument(..., metavar="PROMPT", help="The user message."),
+    stack: int = typer.Option(..., "--stack", metavar="N", help="Stack small id (yours: you bought it)."),
+    url: str = typer.Option(..., "--url", metavar="URL", help="The stack's node, e.g. http://127.0.0.1:8000."),
+    model: Optional[str] = typer.Option(None, "--model", metavar="NAME", help="Model name (default: the task's)."),
+    max_tokens: Optional[int] = typer.Option(None, "--max-tokens", metavar="N", min=1, help="Output budget."),
+    tx_digest: Optional[str] = typer.Option(None, "--tx-digest", metavar="DIGEST",
+                                            help="The purchase's digest, for a stack bought moments ago."),
+    no_stream: bool = typer.Option(False, "--no-stream", help="One JSON answer instead of a stream."),
+) -> None:
+    """Ask the stack's node, as the stack's buyer (--address, else the active address): the request is signed with
+    your key, the answer streams as it comes and must be signed by the node the stack was sold to (checked on chain)."""
+    import sys
+
+    from ..client import buyer
+
+    def produce(state: State) -> tuple[Any, Render]:
+        def show(text: str) -> None:
+            sys.stdout.write(text)
+            sys.stdout.flush()
+
+        doc = buyer.chat(state.home, url, stack, prompt, buyer=state.address, model=model, max_tokens=max_tokens,
+                         tx_digest=tx_digest, stream=not no_stream, on_text=None if state.json else show)
+
+        def render(con: "Console") -> None:
+            sys.stdout.write("\n")
+            console(stderr=True).print(
+                f"[green]signed by node {doc['node_small_id']}[/] ({doc['signed_by']}); "
+                f"{doc['compute_units'] or (doc['atoma'] or {}).get('compute_units')} compute units"
+            )
+
+        return doc, render
+
+    run(ctx, produce)
+
+
+@stack_app.command("verify-response")
+def stack_verify_response(
+    ctx: typer.Context,
+    file: str = typer.Argument(..., metavar="FILE", help="A saved JSON answer, or a saved stream (its data: lines)."),
+    stack: Optional[int] = typer.Option(None, "--stack", metavar="N",
+                                        help="Also check the signer holds the NodeBadge of this stack's node."),
+    node_address: Optional[str] = typer.Option(None, "--node-address", metavar="0x…", help="The expected signer."),
+) -> None:
+    """Check a node's signature on a saved answer (response_hash and signature, as the Atoma node signs them)."""
+    from ..client import buyer
+
+    def produce(state: State) -> tuple[Any, Render]:
+        doc = buyer.verify_file(file, home=state.home, stack=stack, node_address=node_address)
+
+        def render(con: "Console") -> None:
+            where = f" (node {doc['node_small_id']} of stack {stack})" if stack is not None else ""
+            con.print(f"[green]verified[/]: the {doc['kind']} is signed by {doc['signed_by']}{where}")
+
+        return doc, render
+
+    run(ctx, produce)

@@ -19,8 +19,9 @@ from .verify import ResponseSignatureError, StreamCheck, verify_response
 CHAT_PATH = "/v1/chat/completions"
 
 
-class NodeRefusal(Exception):
-    """The node refused the request: ``status`` (the Atoma node's codes), the error ``type`` and its fields."""
+class NodeRefusal(ValueError):
+    """The node refused the request: ``status`` (the Atoma node's codes), the error ``type`` and its fields (a
+    ValueError: what was sent is what the node would not take)."""
 
     kind = "NodeRefusal"
 

@@ -20,8 +20,6 @@ from ..wallet import InvalidSignatureError, normalize_address, verify_hash_signa
 class ResponseSignatureError(ValueError):
     """A node answer whose signature is missing, does not match its body, or is not the expected node's."""
 
-    kind = "InvalidResponseSignature"
-
 
 def _b64(value: Any, what: str) -> bytes:
     if not isinstance(value, str):
