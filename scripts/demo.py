@@ -80,8 +80,8 @@ def main(argv: list[str] | None = None) -> int:
     from atoma_ops.protocol.money import format_usdc
 
     table = Table(title="Earnings per node (USDC; base units in the ledger)")
-    money = {"node_fees", "attester_credits", "total"}
     columns = ["node_small_id", "stacks_claimed", "units_claimed", "node_fees", "attester_credits", "total"]
+    money = {"node_fees", "attester_credits", "total"}
     for header in ("node", "stacks", "units", "node fees", "attester credits", "total"):
         table.add_column(header, justify="right", no_wrap=True)
     for row in s["earnings"]:
