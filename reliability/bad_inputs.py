@@ -173,6 +173,41 @@ CASES: tuple[Case, ...] = (
     Case("cli-missing-flag", CLI, "a required flag left out", "UsageError", 2, (CLI, ["db", "get-task"])),
     Case("cli-ticket-ids-not-int", CLI, "a ticket id list with a non-integer", "InvalidArgument", 1,
          (CLI, ["db", "claim-funds", "--settled-ticket-ids", "1,x"]), address="node-1"),
+    # bounds, input files, exports and the ledger file: refused before anything is loaded or changed
+    Case("cli-init-force-epoch-duration-2^64", CLI, "localnet init --force with an epoch length past u64 (the old home, "
+         "keys included, stays)", "InvalidArgument", 1,
+         (CLI, ["localnet", "init", "--force", "--epoch-duration-ms", str(2**64)])),
+    Case("cli-init-seed-2^64", CLI, "localnet init --force with a seed past u64", "InvalidArgument", 1,
+         (CLI, ["localnet", "init", "--force", "--seed", str(2**64)])),
+    Case("cli-advance-epoch-2^64", CLI, "advance-epoch by 2^64 epochs", "InvalidArgument", 1,
+         (CLI, ["localnet", "advance-epoch", "--count", str(2**64)])),
+    Case("cli-advance-epoch-past-last", CLI, "advance-epoch past the last epoch the stores hold (2^63-1 less the "
+         "contract's delays)", "InvalidArgument", 1, (CLI, ["localnet", "advance-epoch", "--count", str(2**63 - 5)])),
+    Case("cli-seed-rng-2^64", CLI, "seed-rng with a seed past u64", "InvalidArgument", 1, (CLI, ["localnet", "seed-rng", "--seed", str(2**64)])),
+    Case("cli-text-not-utf8", CLI, "a text value that is not UTF-8 (bytes 0xff 0xfe from the shell)", "UsageError", 2,
+         (CLI, ["db", "get-transaction", "--digest", "\udcff\udcfe"])),
+    Case("cli-workload-not-utf8", CLI, "a workload file with bytes that are not UTF-8", "NotUtf8", 1,
+         (CLI, ["stack", "serve", "--stack", "{open}", "--node", "node-1", "--workload", "{home}/bytes.jsonl"]),
+         breaks=("bytes.jsonl", "bytes", b'{"messages": [{"role": "user", "content": "\xff\xfe"}]}\n'.hex())),
+    Case("cli-workload-fifo", CLI, "a workload that is a FIFO (reading it would block)", "NotAFile", 1,
+         (CLI, ["stack", "serve", "--stack", "{open}", "--node", "node-1", "--workload", "{home}/fifo"]), breaks=("fifo", "fifo")),
+    Case("cli-workload-directory", CLI, "a workload that is a directory", "NotAFile", 1,
+         (CLI, ["stack", "serve", "--stack", "{open}", "--node", "node-1", "--workload", "{home}/nodes"])),
+    Case("cli-history-not-utf8", CLI, "a history file with bytes that are not UTF-8 (replay, before the engine loads)",
+         "NotUtf8", 1, (CLI, ["stack", "replay", "--stack", "{open}", "--node", "node-1", "--history", "{home}/bytes.jsonl"]),
+         breaks=("bytes.jsonl", "bytes", b"\x80\x81\n".hex())),
+    Case("cli-history-export-exists", CLI, "stack history --export onto an existing file", "FileExists", 1,
+         (CLI, ["stack", "history", "--stack", "{open}", "--node", "node-1", "--export", "{home}/client.yaml"])),
+    Case("cli-export-parquet-is-file", CLI, "ledger export --parquet naming an existing file", "NotADirectory", 1,
+         (CLI, ["ledger", "export", "--parquet", "{home}/client.yaml"])),
+    Case("cli-export-duckdb-exists", CLI, "ledger export --duckdb onto an existing file", "FileExists", 1,
+         (CLI, ["ledger", "export", "--duckdb", "{home}/chain.sqlite"])),
+    Case("cli-ledger-is-sqlite", CLI, "ledger --ledger naming a SQLite file (DuckDB would fetch sqlite_scanner)",
+         "LedgerError", 1, (CLI, ["ledger", "--ledger", "{home}/chain.sqlite", "sync"])),
+    Case("cli-ledger-is-directory", CLI, "ledger --ledger naming a directory", "LedgerError", 1,
+         (CLI, ["ledger", "--ledger", "{home}/nodes", "earnings"])),
+    Case("cli-node-serve-port-99999", CLI, "node serve on port 99999 (refused before the model loads)", "InvalidArgument", 1,
+         (CLI, ["node", "serve", "--node", "node-1", "--port", "99999"])),
 
     # ---------------------------------------------------------------- the flows' parameters (the run ends Failed)
     Case("flow-mint-negative", FLOW, "mint-usdc with a negative amount", "InvalidArgument", "Failed", (FLOW, "mint_usdc", {"amount": -1})),
@@ -306,6 +341,10 @@ CASES: tuple[Case, ...] = (
          (CLI, ["usdc", "balance"]), breaks=("client.yaml", "yaml", "active_address", "0xnothex")),
     Case("config-active-address-unknown", CONFIG, "client.yaml's active_address has no key in the keystore", "UnknownAddressError", 1,
          (CLI, ["db", "register-node"]), breaks=("client.yaml", "yaml", "active_address", "0x" + "ab" * 32)),
+    Case("config-keystore-damaged-entry", CONFIG, "sui.keystore entry 1 damaged, of the right length (it decodes to "
+         "another key)", "KeystoreError", 1, (CLI, ["usdc", "balance"]), address="user", breaks=("sui.keystore", "flip-key", "1")),
+    Case("config-node-store-empty", CONFIG, "a node store emptied to 0 bytes (ledger sync stops before indexing)",
+         "LedgerError", 1, (CLI, ["ledger", "sync"]), breaks=("nodes/node-1/serving.sqlite", "empty")),
     Case("config-aliases-not-json", CONFIG, "sui.aliases is not JSON", "KeystoreError", 1, (CLI, ["usdc", "balance"]), breaks=("sui.aliases", "text", "[{")),
     Case("config-aliases-duplicate", CONFIG, "sui.aliases gives one alias to two keys", "KeystoreError", 1,
          (CLI, ["usdc", "balance"]), breaks=("sui.aliases", "duplicate-alias")),
@@ -604,6 +643,22 @@ def _break(home: Path, breaks: tuple[str, ...]) -> None:
         doc = yaml.safe_load(target.read_text())
         doc[args[0]] = args[1]
         target.write_text(yaml.safe_dump(doc))
+    elif how == "bytes":
+        target.write_bytes(bytes.fromhex(args[0]))
+    elif how == "fifo":
+        os.mkfifo(target)
+    elif how == "empty":
+        for suffix in ("-wal", "-shm"):
+            Path(str(target) + suffix).unlink(missing_ok=True)
+        target.write_bytes(b"")
+    elif how == "flip-key":
+        import base64
+
+        entries = json.loads(target.read_text())
+        raw = bytearray(base64.b64decode(entries[int(args[0])]))
+        raw[7] ^= 0x01
+        entries[int(args[0])] = base64.b64encode(bytes(raw)).decode()
+        target.write_text(json.dumps(entries))
     elif how == "duplicate-alias":
         entries = json.loads(target.read_text())
         entries[1]["alias"] = entries[0]["alias"]
@@ -633,6 +688,8 @@ def run_isolated(scenario: Scenario, case: Case, workdir: Path, before: Snapshot
     home = workdir / case.id
     copy_home(scenario.home, home)
     _break(home, case.breaks)
+    if case.breaks and case.breaks[0].startswith("nodes/"):  # the broken file is a digested one: compare with it
+        before = Snapshot.of(home)
     started = time.perf_counter()
     runner = run_cli if case.call[0] == CLI else run_flow
     try:

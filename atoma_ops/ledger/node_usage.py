@@ -47,8 +47,6 @@ def read_store_usage(store_path: str | os.PathLike) -> pd.DataFrame:
     path = Path(store_path)
     if not path.is_file():
         raise LedgerError(f"the node store {path} is not a regular file")
-    if path.stat().st_size == 0:  # created, never written: nothing served
-        return pd.DataFrame.from_records([], columns=USAGE_COLUMNS).astype({"latency_ms": "float64", "ttft_ms": "float64"})
     uri = f"file:{path}?mode=ro"
     try:
         conn = sqlite3.connect(uri, uri=True, timeout=30)

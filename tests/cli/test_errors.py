@@ -252,3 +252,101 @@ def test_main_usage_error_with_json_prints_one_json_document(cli, capsys):
     assert rc == 0 and json.loads(capsys.readouterr().out)["base_units"] == 0
     assert main(["--help"]) == 0
     assert "localnet" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------ check, then act
+def test_init_force_that_fails_keeps_the_old_home_and_its_keys(cli, tmp_path):
+    home = cli.home
+    keystore = (home / "sui.keystore").read_bytes()
+    files = sorted(p.name for p in home.iterdir())
+    err = cli.fail("localnet", "init", "--force", "--epoch-duration-ms", str(2**64))
+    assert err["kind"] == "InvalidArgument" and "--epoch-duration-ms" in err["message"]
+    assert (home / "sui.keystore").read_bytes() == keystore and sorted(p.name for p in home.iterdir()) == files
+    assert sorted(p.name for p in home.parent.iterdir()) == ["home"]  # nothing built beside it is left
+    assert cli.ok("usdc", "balance", "user")["address"] == cli.aliases["user"]
+    # a successful --force swaps in a new wallet and keeps files that no localnet owns
+    (home / "notes.txt").write_text("mine")
+    doc = cli.ok("localnet", "init", "--force", "--seed", "2")
+    assert doc["aliases"]["user"] != cli.aliases["user"] and (home / "notes.txt").read_text() == "mine"
+    assert sorted(p.name for p in home.parent.iterdir()) == ["home"]
+    assert cli.ok("usdc", "balance", "user")["address"] == doc["aliases"]["user"]
+
+
+def test_epochs_stop_at_the_last_one_the_stores_hold(cli):
+    from atoma_ops.protocol.epochs import MAX_EPOCH
+
+    assert MAX_EPOCH == 2**63 - 1 - 4  # the contract adds at most NODE_DESTROY_DELAY (4) to a stored epoch
+    assert cli.fail("localnet", "advance-epoch", "--count", str(2**64))["kind"] == "InvalidArgument"
+    assert cli.ok("localnet", "advance-epoch", "--count", str(MAX_EPOCH))["epoch"] == MAX_EPOCH
+    err = cli.fail("localnet", "advance-epoch")
+    assert err["kind"] == "InvalidArgument" and str(MAX_EPOCH) in err["message"]
+    assert cli.ok("localnet", "status")["epoch"] == MAX_EPOCH
+
+
+def test_node_serve_refuses_a_busy_port_before_loading_the_engine(cli):
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        # the default engine is cpu: had it loaded, this would take tens of seconds and print "loading"
+        result = cli.invoke("node", "serve", "--node", "node-1", "--port", str(port))
+    assert result.exit_code == 1 and "PortUnavailable" in result.stderr and "loading" not in result.stderr
+    assert cli.fail("node", "serve", "--node", "node-1", "--port", "0")["kind"] == "InvalidArgument"
+
+
+def test_ledger_refuses_a_sqlite_file_without_fetching_an_extension(cli, monkeypatch, tmp_path):
+    monkeypatch.setenv("HOME", str(tmp_path))  # where DuckDB would install an extension
+    err = cli.fail("ledger", "--ledger", str(cli.home / "chain.sqlite"), "sync")
+    assert err["kind"] == "LedgerError" and "not a DuckDB ledger (a SQLite database)" in err["message"]
+    assert not (tmp_path / ".duckdb").exists()
+    from atoma_ops.ledger.store import CONFIG
+
+    assert CONFIG["autoinstall_known_extensions"] is False and CONFIG["autoload_known_extensions"] is False
+
+
+def test_exports_refuse_existing_files_by_name(cli, tmp_path):
+    cli.ok("ledger", "sync")
+    existing = tmp_path / "taken.duckdb"
+    existing.write_text("keep")
+    err = cli.fail("ledger", "export", "--duckdb", str(existing))
+    assert err["kind"] == "FileExists" and str(existing) in err["message"] and existing.read_text() == "keep"
+    err = cli.fail("ledger", "export", "--parquet", str(existing))
+    assert err["kind"] == "NotADirectory"
+    out = tmp_path / "pq"
+    assert len(cli.ok("ledger", "export", "--parquet", str(out))["parquet"]) > 5
+    err = cli.fail("ledger", "export", "--parquet", str(out))
+    assert err["kind"] == "FileExists" and ".parquet" in err["message"]
+    assert not [p for p in tmp_path.rglob("*") if p.name.startswith(".")]  # no staging file or folder left
+
+
+def test_readme_commands_paste_as_they_are():
+    """Every ``atoma-ops`` line of the README's shell blocks names a real command and its real options, and is no
+    shell pipe (``a | b`` in a command line would run as one)."""
+    import re
+    import shlex
+    from pathlib import Path
+
+    import typer
+
+    root = typer.main.get_command(app)
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    lines = []
+    for block in re.findall(r"```bash\n(.*?)```", readme, re.S):
+        lines += [ln for ln in block.replace("\\\n", " ").splitlines() if ln.startswith("atoma-ops ")]
+    assert len(lines) >= 20
+    for line in lines:
+        words = shlex.split(line.split("  #")[0], comments=True)
+        assert "|" not in words, line
+        if "&&" in words:
+            words = words[: words.index("&&")]
+        command, names = root, set()
+        for w in words[1:]:
+            if w.startswith("-"):
+                names.add(w.split("=")[0])
+            elif hasattr(command, "commands") and w in command.commands:
+                command = command.commands[w]
+        assert not hasattr(command, "commands"), line  # a leaf command was reached
+        known = {o for p in command.params for o in (*p.opts, *p.secondary_opts)} | {"--home", "--json", "--address"}
+        assert names <= known, (line, names - known)
