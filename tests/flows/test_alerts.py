@@ -10,6 +10,7 @@ scheduled time (``PREFECT_SERVER_SERVICES_LATE_RUNS_*``), so the Late notificati
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
@@ -229,3 +230,60 @@ def test_two_deployments_signing_for_one_address_take_turns(server, tmp_path):
     assert set(spans) == {"settle", "reprice"}, rows
     (a_lo, a_hi), (b_lo, b_hi) = spans["settle"], spans["reprice"]
     assert a_hi <= b_lo or b_hi <= a_lo, spans
+
+
+# ------------------------------------------------------------------------------------- settlement's own alarms
+async def _events(name: str, expected: int, timeout: float = 30) -> list[dict]:
+    """The events called ``name`` on the session's Prefect API, once ``expected`` of them are persisted."""
+    from prefect.client.orchestration import get_client
+    from prefect.events.worker import EventsWorker
+
+    drained = EventsWorker.drain_all()  # an awaitable when called from a running event loop
+    if drained is not None and hasattr(drained, "__await__"):
+        await drained
+    deadline = time.monotonic() + timeout
+    async with get_client() as client:
+        while True:
+            found = (await client.request(
+                "POST", "/events/filter", json={"filter": {"event": {"name": [name]}}, "limit": 50}
+            )).json()["events"]
+            if len(found) >= expected or time.monotonic() > deadline:
+                return found
+            await asyncio.sleep(0.5)
+
+
+def test_settlement_run_skips_what_pays_less_than_the_minimum_and_tells_claimable_tickets(tmp_path):
+    from prefect.variables import Variable
+
+    from atoma_ops.testing.served import advance_epoch
+    from blocks import AtomaNetwork
+    from flows import settlement_run
+
+    served = served_stacks(tmp_path / "alerts-ln", 2)  # each stack: 2 requests x 15 units at 1 USDC / 1M units
+    network = AtomaNetwork(home=str(served.home))
+    asyncio.run(Variable.aset("atoma_ops_min_settle_value", 31, overwrite=True))
+    try:
+        # a settle would pay the node 30 base units, less than 31: skipped, and the table says why
+        first = asyncio.run(settlement_run(idle_after_s=0, network=network))
+    finally:
+        asyncio.run(Variable.aunset("atoma_ops_min_settle_value"))
+    assert sorted((a["action"], a["stack_small_id"], a["status"]) for a in first) == [
+        ("try_settle", sid, "skipped") for sid in served.stack_small_ids
+    ]
+    assert {a["note"] for a in first} == {"pays 30 USDC base units, less than the minimum 31 (gas would cost more)"}
+    with opened(served.home) as chain:
+        assert chain.localnet.list_tickets() == []
+
+    # without the Variable the localnet's minimum is 0: settled; one epoch later claimable, told, and claimed
+    assert {a["status"] for a in asyncio.run(settlement_run(idle_after_s=0, network=network))
+            if a["action"] == "try_settle"} == {"success"}
+    advance_epoch(served.home)
+    claims = asyncio.run(settlement_run(idle_after_s=0, network=network))
+    assert sorted(a["stack_small_id"] for a in claims if a["action"].startswith("claim")) == served.stack_small_ids
+    told = asyncio.run(_events("atoma.ticket.claimable", 2))
+    ours = [e for e in told if e["resource"]["atoma.network"] == "alerts-ln"
+            and e["payload"]["stack_small_id"] in served.stack_small_ids]
+    assert sorted(e["resource"]["prefect.resource.id"] for e in ours) == [f"atoma.stack.{s}" for s in served.stack_small_ids]
+    assert {e["payload"]["node"] for e in ours} == {NODE}
+    assert all({"prefect.resource.id": f"atoma.node.{NODE}", "prefect.resource.role": "node",
+                "prefect.resource.name": NODE} in e["related"] for e in ours)
