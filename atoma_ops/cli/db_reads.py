@@ -12,7 +12,7 @@ from ..protocol import abi
 from .core import Render, State, esc, run
 from .db import db_app
 from .errors import CliInputError
-from .inputs import kebab
+from .inputs import I64_MAX, kebab, stored_id
 from .session import Session, event_summary, render_fields, render_tx, with_chain
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -125,6 +125,10 @@ def db_list_events(
 
         if (cursor_tx_digest is None) != (cursor_event_seq is None):
             raise CliInputError("give both --cursor-tx-digest and --cursor-event-seq, or neither")
+        if cursor_event_seq is not None:
+            stored_id("--cursor-event-seq", cursor_event_seq)
+        if not 1 <= limit <= I64_MAX:
+            raise CliInputError(f"--limit must be between 1 and {I64_MAX}, not {limit}")
         cursor = None if cursor_tx_digest is None else EventId(cursor_tx_digest, cursor_event_seq)
         page = await s.chain.events(cursor, limit)
         doc = {

@@ -69,6 +69,21 @@ NODE_SMALL_ID_OPT = typer.Option(None, "--node-small-id", metavar="N", help="Pic
 MANAGER_BADGE_OPT = typer.Option(None, "--badge", metavar="ID", help="AtomaManagerBadge object id (default: the signer's).")
 
 
+I64_MAX = 2**63 - 1
+U64_MAX = 2**64 - 1
+
+
+def stored_id(flag: str, value: int) -> int:
+    """A small id or index this machine looks up in its own stores (node stores, the localnet's event log): a u64
+    on Sui, but SQLite holds signed 64-bit integers, and no id past 2^63-1 is ever issued here."""
+    if not 0 <= value <= U64_MAX:
+        raise CliInputError(f"{flag}: {value} is not a u64 (0..{U64_MAX})")
+    if value > I64_MAX:
+        raise CliInputError(f"{flag}: no such id here: {value} is past the last one this node's stores hold ({I64_MAX})",
+                            kind="NotFound")
+    return value
+
+
 # --------------------------------------------------------------------------------------------------- files and ports
 MAX_INPUT_BYTES = 256 * 1024 * 1024  # a workload or history file larger than this is refused before reading
 

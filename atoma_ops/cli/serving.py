@@ -9,6 +9,7 @@ import typer
 
 from .core import State, note
 from .errors import CliInputError
+from .inputs import stored_id
 
 if TYPE_CHECKING:  # pragma: no cover
     from rich.console import Console
@@ -59,10 +60,15 @@ def with_node(
     from ..home import LocalnetHome, resolve_home
     from ..serving.node import NodeService
 
+    if stack_small_id is not None:
+        stored_id("--stack", stack_small_id)
+
     async def main() -> Any:
         home = resolve_home(state.home)
         chain = LocalnetHome(home).open()
         service = None
+        created = _NewStores(home)
+        failed = True
         try:
             who = node or state.address or await _node_for_stack(chain, stack_small_id)
             options = {} if max_pending is None else {"max_pending": max_pending}
@@ -71,13 +77,17 @@ def with_node(
                 await service.check_stack(stack_small_id)
             if engine is not None:
                 service.engine = await asyncio.to_thread(engine)
-            return await action(service)
+            result = await action(service)
+            failed = False
+            return result
         finally:
             if service is not None:
                 await service.close()
             if service is not None and service.engine is not None:
                 service.engine.close()
             await chain.close()
+            if failed:
+                created.remove()
 
     if fast_loop:  # the HTTP server: uvloop (what uvicorn picks for itself), the relay of every token is cheaper
         try:
@@ -88,6 +98,31 @@ def with_node(
             with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
                 return runner.run(main())
     return asyncio.run(main())
+
+
+class _NewStores:
+    """The node stores a command creates (opening a node's service creates its store): a command that fails
+    removes the ones it created, so a refusal leaves the home as it was."""
+
+    def __init__(self, home: Any):
+        from pathlib import Path
+
+        from ..serving.store import NODES_DIR
+
+        self.root = Path(home) / NODES_DIR
+        self.had_root = self.root.exists()
+        self.before = set(self.root.iterdir()) if self.had_root else set()
+
+    def remove(self) -> None:
+        import shutil
+
+        if not self.root.exists():
+            return
+        if not self.had_root:
+            shutil.rmtree(self.root, ignore_errors=True)
+            return
+        for entry in set(self.root.iterdir()) - self.before:
+            shutil.rmtree(entry, ignore_errors=True) if entry.is_dir() else entry.unlink(missing_ok=True)
 
 
 def engine_loader(state: State, kind: str, base_url: Optional[str], model: Optional[str]) -> Callable[[], Any]:
