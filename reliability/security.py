@@ -8,7 +8,10 @@
    cover further refusals: another chain id, stale object versions, the localnet's own JSON transactions.)
 2. Keystore modes: every ``sui.keystore`` that ``LocalnetHome.init``, ``Wallet.create``/``new_key``, the CLI's
    ``localnet init`` and ``make demo`` write is 0600, even under a umask of 0.
-3. Key scan (:mod:`reliability.keyscan`): positive controls first (a throwaway wallet's key planted in a file, a
+3. Who may spend a stack on the node's HTTP surface (:mod:`reliability.http_security`): forged, another address's,
+   over another body, wrong scheme flag, unsigned, oversized, another owner's stack; each refused with the Atoma
+   node's status, nothing charged, no key in the log records.
+4. Key scan (:mod:`reliability.keyscan`): positive controls first (a throwaway wallet's key planted in a file, a
    SQLite and a DuckDB table, a Prefect log and an artifact must all be found), then the real demo exactly as
    ``make demo`` runs it (``scripts/demo.py``, its output captured to ``data/reliability/security-demo.log``), then
    every file, database table, Prefect log line and artifact under ``data/`` and the captured log: zero hits.
@@ -548,6 +551,10 @@ def markdown(data: dict) -> str:
     out += ["", f"{sum(r['ok'] for r in refusals)} of {len(refusals)} refusals passed "
                 f"({len(refusals) // max(1, len(PATHS))} cases × {len(PATHS)} paths)."]
 
+    if "http" in data:
+        from .http_security import markdown as http_markdown
+
+        out += http_markdown(data["http"])
     out += ["", "**Keystore modes** (created under umask 0):", "", "| created by | mode | verdict |", "|---|---|---|"]
     for r in data["keystores"]:
         out.append(f"| {r['creator']} | {r['mode']} | {'pass' if r['ok'] else '**FAIL**'} |")
@@ -605,6 +612,12 @@ def main(argv: list[str] | None = None) -> int:
     scene = asyncio.run(build_scene(work / "scene"))
     data["refusals"] = [r for path in PATHS for r in asyncio.run(run_refusals(scene, path))]
     print(f"refusals: {sum(r['ok'] for r in data['refusals'])}/{len(data['refusals'])} passed")
+    from . import http_security
+
+    data["http"] = http_security.run(scene, units=UNITS, price=PRICE)
+    print(f"HTTP: {sum(r['ok'] for r in data['http']['rows'])}/{len(data['http']['rows'])} refused as the Atoma node, "
+          f"control {'served' if data['http']['control'].get('ok') else 'FAILED'}, "
+          f"{len(data['http']['key_hits'])} key hits in {data['http']['log_records']} log records")
     (work / "controls").mkdir()
     data["controls"] = run_controls(work / "controls")
     print(f"positive controls: {sum(r['ok'] for r in data['controls'])}/{len(data['controls'])} found")
@@ -625,7 +638,7 @@ def main(argv: list[str] | None = None) -> int:
     data["keystores"] = keystore_modes(work / "keystores", demo_home)
     data["seconds"] = round(time.monotonic() - started, 1)
     data["ok"] = bool(
-        all(r["ok"] for r in data["refusals"]) and all(r["ok"] for r in data["controls"])
+        all(r["ok"] for r in data["refusals"]) and all(r["ok"] for r in data["controls"]) and data["http"]["ok"]
         and all(r["ok"] for r in data["keystores"])
         and (opts.skip_demo or (data["demo"]["rc"] == 0 and not data["scan"]["hits"] and not data["scan"]["unreadable"]))
     )

@@ -65,3 +65,18 @@ def test_markdown_section_reports_each_path(scene):
     text = security.markdown(data)
     assert text.startswith("## 4. Security")
     assert "| forged signature |" in text and "digests unchanged" in text and "not run" in text
+
+
+def test_only_the_stacks_owner_spends_it_over_http(scene):
+    """Section 5 (last: it serves the control request and buys a stack on the shared scene)."""
+    from reliability import http_security
+
+    section = http_security.run(scene, units=security.UNITS, price=security.PRICE)
+    assert section["ok"], section
+    got = {r["case"]: (r["status"], r["error"]) for r in section["rows"]}
+    assert got["forged signature (the owner's key, random bytes)"] == (401, "invalid_signature")
+    assert got["the owner's request for another owner's stack"] == (400, "stack_not_found")
+    assert len(got) == 7 and all(r["final"] and not r["changed"] for r in section["rows"])
+    assert section["control"]["status"] == 200 and section["log_records"] > 0 and not section["key_hits"]
+    text = "\n".join(http_security.markdown(section))
+    assert "| no signature | 400 invalid_signature_header |" in text

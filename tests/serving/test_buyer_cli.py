@@ -74,3 +74,12 @@ def test_stack_chat_streams_a_signed_answer_and_refuses_what_it_cannot_check(mar
     changed["usage"]["completion_tokens"] += 1
     saved.write_text(json.dumps(changed))
     assert c.fail("stack", "verify-response", str(saved))["kind"] == "ResponseSignatureError"
+
+    # a stream saved as curl -N saves it: its signed final chunk covers every content piece
+    raw = json.dumps({"messages": [{"role": "user", "content": "Hi."}], "max_tokens": 4, "stream": True}).encode()
+    r = httpx.post(url + "/v1/chat/completions", content=raw, headers={
+        "X-Signature": signer.sign(raw)[1], "X-Stack-Small-Id": str(stack), "content-type": "application/json"})
+    saved.write_text(r.text)
+    assert c.ok("stack", "verify-response", str(saved), "--node-address", service.address)["kind"] == "stream"
+    saved.write_text(r.text.replace('"content":"', '"content":"X', 1))
+    assert "content" in c.fail("stack", "verify-response", str(saved))["message"]
