@@ -26,6 +26,7 @@ from atoma_ops.protocol import money
 from atoma_ops.protocol.constants import SecurityLevel
 from blocks import AtomaNetwork, Ledger, SuiWallet
 
+from .labels import RunLabels
 from .runtime import READ, journal_for, open_chain
 
 #: on Sui, a settle or claim worth less than this many USDC base units (0.02 USDC) costs more gas than it pays: a
@@ -60,7 +61,7 @@ async def threshold(name: str, network: AtomaNetwork, who: tuple[str, ...] = ())
     return value
 
 
-@task(name="read-balances", **READ)
+@task(name="read-balances", task_run_name=RunLabels("read-balances", network="network").name, **READ)
 async def balances(network: AtomaNetwork, wallet: SuiWallet | None) -> list[dict]:
     """SUI (MIST; None on the localnet) and USDC (base units) of every address of the wallet."""
     async with open_chain(network, wallet) as chain:
@@ -71,7 +72,7 @@ async def balances(network: AtomaNetwork, wallet: SuiWallet | None) -> list[dict
         return out
 
 
-@task(name="intents-in-doubt", **READ)
+@task(name="intents-in-doubt", task_run_name=RunLabels("intents-in-doubt", network="network").name, **READ)
 async def intents_in_doubt(network: AtomaNetwork, ledger: Ledger | None) -> list[dict]:
     """Journal rows a crash left ``pending``: signed, maybe submitted, outcome unknown (a run resolves them by
     digest)."""
@@ -79,7 +80,7 @@ async def intents_in_doubt(network: AtomaNetwork, ledger: Ledger | None) -> list
     return [{"key": k, "kind": r["kind"], "sender": r["sender"], "digest": r["digest"]} for k, r in sorted(rows.items())]
 
 
-@task(name="stack-values", **READ)
+@task(name="stack-values", task_run_name=RunLabels("stack-values", stack="items").name, **READ)
 async def stack_values(network: AtomaNetwork, wallet: SuiWallet | None, items: list[tuple[int, int | None]]) -> dict[int, int]:
     """What settling or claiming each stack pays its node, in USDC base units: ``(stack, units)`` with units None
     for a settled ticket (its claimed units). A stack gone from chain is worth 0."""
@@ -106,7 +107,7 @@ async def stack_values(network: AtomaNetwork, wallet: SuiWallet | None, items: l
     return out
 
 
-@task(name="our-node-ids", **READ)
+@task(name="our-node-ids", task_run_name=RunLabels("our-node-ids", node="nodes").name, **READ)
 async def node_ids(network: AtomaNetwork, wallet: SuiWallet | None, nodes: list[str]) -> dict[int, str]:
     """The NodeBadge small ids of ``nodes`` (aliases or addresses of the wallet): ``{small id: node}``."""
     from atoma_ops import lifecycle
@@ -119,7 +120,11 @@ async def node_ids(network: AtomaNetwork, wallet: SuiWallet | None, nodes: list[
         return out
 
 
-@task(name="disputes-after", **READ)
+@task(
+    name="disputes-after",
+    task_run_name=RunLabels("disputes-after", network="network", suffix="after-{after_seq}").name,
+    **READ,
+)
 async def disputes_after(network: AtomaNetwork, wallet: SuiWallet | None, ledger: Ledger | None, after_seq: int) -> list[dict]:
     """Disputes recorded after ledger event ``after_seq``, oldest first (the ledger is synced first, so a dispute
     that the caller's own attestation just opened is in)."""
