@@ -18,7 +18,8 @@ served, settled and claimed stacks, node stores, a synced ledger), with ``--json
 
 Not drawn: ``--engine cpu`` (it loads SmolLM2 for tens of seconds per case; the serving tests cover it), a free
 port for ``node serve`` (it would serve until stopped), and ``atoma-ops prefect`` (Prefect's own commands against
-a Prefect API). Nothing opens a device: no path under /dev is drawn.
+a Prefect API). Nothing opens a device (no path under /dev is drawn) and nothing leaves this machine: URLs name a
+closed port of 127.0.0.1, hosts are addresses or ``localhost``.
 
     .venv/bin/python -m reliability.cli_fuzz [--examples N] [--seed S] [--results DIR]
 
@@ -187,10 +188,11 @@ def value_for(param: Any, places: Places, own: Path) -> st.SearchStrategy[str]:
         return st.sampled_from(["0", "-1", "65536", str(2**64), "http", str(places.busy_port)])
     if flag == "--engine":
         return st.sampled_from(["openai", "vllm", "bogus", "", "CPU "])
-    if flag == "--openai-base-url":
-        return st.sampled_from(["http://127.0.0.1:9", "not a url", "", "http://[::1", "ftp://127.0.0.1:9"])
-    if flag == "--host":
-        return st.sampled_from(["127.0.0.1", "256.1.1.1", "", "nonexistent.invalid", "\udcff"])
+    if "url" in flag:  # only this machine: a closed port (refused at once), or no URL at all
+        return st.sampled_from(["http://127.0.0.1:9", "not a url", "", "http://[::1", "ftp://127.0.0.1:9",
+                                "http://127.0.0.1:99999", "\udcff"])
+    if flag == "--host":  # names /etc/hosts or the address parser answers: no name is looked up elsewhere
+        return st.sampled_from(["127.0.0.1", "localhost", "", "::1", "\udcff"])
     if flag == "--by":
         return st.sampled_from(["node", "task", "epoch", "epoch_node", "planet", ""])
     if flag in _HEX_FLAGS:
@@ -417,17 +419,18 @@ class Harness:
             listener.close()
 
     def fresh(self) -> Path:
-        """A new case folder holding a copy of the scenario home (client.yaml naming the copy's keystore)."""
-        from reliability.bad_inputs import copy_home
-
+        """The next case's folder (made by :meth:`check`, after the command line is drawn: a draw hypothesis
+        abandons leaves nothing behind)."""
         self._n += 1
-        own = self.workdir / "cases" / f"c{self._n}"
-        own.mkdir(parents=True)
-        copy_home(self.scenario_home, own / "home")
-        return own
+        return self.workdir / "cases" / f"c{self._n}"
 
     def check(self, own: Path, argv: list[str]) -> Outcome:
+        """Copy the scenario home into ``own`` (client.yaml naming the copy's keystore), run and check ``argv``."""
+        from reliability.bad_inputs import copy_home
+
+        own.mkdir(parents=True)
         try:
+            copy_home(self.scenario_home, own / "home")
             return check_case(argv, own, self.before, self.places, self.places_before, self.before_files)
         finally:
             shutil.rmtree(own, ignore_errors=True)

@@ -38,6 +38,8 @@ def node_serve(
         if max_pending < 1:
             raise CliInputError("--max-pending must be >= 1")
         tcp_port("--port", port)
+        if not host.strip():
+            raise CliInputError("--host: give an address to listen on (e.g. 127.0.0.1)")
         load = engine_loader(state, engine, openai_base_url, model)
         port_free(host, port)  # before the engine loads (tens of seconds); checked again when uvicorn binds
 

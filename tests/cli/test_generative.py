@@ -44,8 +44,17 @@ def test_every_command_meets_its_edges(harness, path, command):
 
 
 # ------------------------------------------------------------------ the rules find what they look for
-def test_a_failure_that_changed_state_is_found(harness):
+def _copy(harness):
+    from reliability.bad_inputs import copy_home
+
     own = harness.fresh()
+    own.mkdir(parents=True)
+    copy_home(harness.scenario_home, own / "home")
+    return own
+
+
+def test_a_failure_that_changed_state_is_found(harness):
+    own = _copy(harness)
     home = str(own / "home")
     assert cli_fuzz.run(["--home", home, "--json", "usdc", "mint", "--amount", "5", "--to", "user"])[0] == 0
     outcome = cli_fuzz.check_case(["--home", home, "--json", "usdc", "mint", "--amount", "-1"], own, harness.before,
@@ -55,7 +64,7 @@ def test_a_failure_that_changed_state_is_found(harness):
 
 
 def test_an_internal_error_and_a_leftover_are_found(harness, monkeypatch):
-    own = harness.fresh()
+    own = _copy(harness)
     (own / "half.json.tmp").write_text("{")
 
     def broken(*args, **kwargs):
