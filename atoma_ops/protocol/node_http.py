@@ -139,7 +139,10 @@ def compact_json(value: Any) -> bytes:
         BodyError: the value holds something JSON cannot carry (NaN, a lone surrogate, a non-string key).
     """
     out: list[str] = []
-    _write(value, out)
+    try:
+        _write(value, out)
+    except RecursionError:
+        raise BodyError("the body is nested too deeply") from None
     try:
         return "".join(out).encode("utf-8")
     except UnicodeEncodeError:

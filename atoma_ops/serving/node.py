@@ -474,8 +474,8 @@ class NodeService:
     def _recorded(self, stack_small_id: int, request: dict, entry: HistoryEntry) -> Outcome:
         usage = self.store.usage(stack_small_id)
         self.metrics.ended(getattr(self.engine, "model", "") or "", "duplicate")
-        return Outcome(
-            0, stack_small_id, request, response=entry.response, units=entry.units, history_index=entry.index,
+        return Outcome(  # the recorded request: the answer (and the hash a signed stream names) are its
+            0, stack_small_id, entry.request, response=entry.response, units=entry.units, history_index=entry.index,
             units_left=usage.units_left if usage else None, request_id=entry.request_id, arrived_ms=entry.arrived_ms,
             first_token_ms=entry.first_token_ms, finished_ms=entry.served_at_ms, duplicate=True,
         )

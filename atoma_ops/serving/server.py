@@ -278,9 +278,10 @@ def create_app(service: NodeService, *, keepalive_s: float = KEEPALIVE_S, max_bo
         admission = await service.admit(stack, body, request_id=request_id, arrived_ms=arrived, owner=signer,
                                         tx_digest=tx_digest.strip() if tx_digest else None)
         streaming = bool(body.get("stream"))
-        if isinstance(admission, Outcome):  # this request id was served before
+        if isinstance(admission, Outcome):  # this request id was served before: its recorded request and answer
             if streaming:
-                return StreamingResponse(recorded_stream(service, admission, payload), media_type="text/event-stream")
+                return StreamingResponse(recorded_stream(service, admission, body_hash(admission.request)),
+                                         media_type="text/event-stream")
             return JSONResponse(signed(service, admission.response or {}), headers=_headers(admission))
         run = service.start(admission)
         if streaming:

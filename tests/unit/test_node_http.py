@@ -130,3 +130,13 @@ def test_malformed_signatures_are_told_apart_from_wrong_ones():
     with pytest.raises(InvalidSignatureError) as info:
         verify_hash_signature(digest, base64.b64encode(bytes(raw)).decode())
     assert not isinstance(info.value, MalformedSignatureError)
+
+
+def test_a_body_nested_past_the_parsers_depth_is_refused_not_crashed():
+    with pytest.raises(nh.BodyError):
+        nh.parse_body(b"[" * 5000 + b"]" * 5000)
+    deep: list = []
+    for _ in range(5000):
+        deep = [deep]
+    with pytest.raises(nh.BodyError):
+        nh.compact_json(deep)
