@@ -6,7 +6,8 @@ node's signature on every answer.
   client, the official ``openai`` SDK's included (``openai.OpenAI(http_client=httpx.Client(auth=...))``,
   :func:`openai_client`);
 - :func:`verify_response` / :class:`StreamCheck` check a response body or a stream's final chunk;
-- :class:`AtomaClient` is a small standalone client: ``chat`` and ``stream_chat`` with both checks done.
+- :class:`AtomaClient` is a small standalone client: ``chat`` and ``stream_chat`` with both checks done;
+- :func:`send_workload` sends a workload as its buyer does (signed, request ids, ``concurrency`` at a time).
 
 Nothing here imports the node's serving code: the bytes both sides hash are in ``atoma_ops.protocol.node_http``.
 """
@@ -14,6 +15,7 @@ Nothing here imports the node's serving code: the bytes both sides hash are in `
 from .signing import AtomaAuth, RequestSigner, openai_client
 from .verify import ResponseSignatureError, StreamCheck, verify_response
 from .chat import AtomaClient, ChatResult, NodeRefusal
+from .workload import Sent, WorkloadReport, send_workload
 
 __all__ = [
     "AtomaAuth",
@@ -22,7 +24,10 @@ __all__ = [
     "NodeRefusal",
     "RequestSigner",
     "ResponseSignatureError",
+    "Sent",
     "StreamCheck",
+    "WorkloadReport",
     "openai_client",
+    "send_workload",
     "verify_response",
 ]

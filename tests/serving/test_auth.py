@@ -258,3 +258,26 @@ def test_a_just_bought_stack_is_found_through_its_purchase(world):
     assert verify_response(ok.json(), w["node"]) == w["node"]
     used, reserved, requests, history = charged(w, sid)
     assert requests == history == 1 and reserved == 0 and used == int(ok.headers["X-Compute-Units"]) > 0
+
+
+# ====================================================================== a workload, as its buyer sends it
+def test_a_workload_sent_by_its_buyer_is_served_once_and_signed(world):
+    import asyncio
+
+    from atoma_ops.client import send_workload
+
+    w, sid = world, world["stacks"]["own"]
+    bodies = [hi(f"Question {i}.") for i in range(6)]
+    ids = [f"wl-test-{i}" for i in range(6)]
+    first = asyncio.run(send_workload(w["url"], w["user"], sid, bodies, request_ids=ids, concurrency=3,
+                                      node_address=w["node"]))
+    assert first.served == 6 and {s.signer for s in first.sent} == {w["node"]}
+    used = w["service"].store.usage(sid).used_units
+    assert used == first.units > 0 and sorted(s.history_index for s in first.sent) == list(range(6))
+    again = asyncio.run(send_workload(w["url"], w["user"], sid, bodies, request_ids=ids, concurrency=3))
+    assert again.served == 6 and charged(w, sid)[:3] == (used, 0, 6)  # answered from the history, charged once
+    assert [s.response["choices"] for s in again.sent] == [s.response["choices"] for s in first.sent]
+    # another key's workload on the same stack: every line refused, final, nothing charged
+    stolen = asyncio.run(send_workload(w["url"], buyer(w["net"], "node-2"), sid, bodies[:2], concurrency=2))
+    assert stolen.served == 0 and {s.error["type"] for s in stolen.sent} == {"stack_not_found"}
+    assert all(s.attempts == 1 for s in stolen.sent) and charged(w, sid)[:3] == (used, 0, 6)
