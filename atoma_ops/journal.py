@@ -102,7 +102,8 @@ class Intent:
         args: the call's arguments when known up front.
         resolve: computes the arguments at send time instead (overrides ``args``).
         done: preflight; True when the chain already shows this write as done.
-        stack_small_id: recorded with the journal row, for operators.
+        stack_small_ids: the stacks the write covers, kept in the journal row's ``stack_small_ids`` column (one for a
+            try-settle or an attestation, a batch for a claim), so recovering a row never parses its key.
         repeatable: a *set-to-value* write (a subscription price, an admin setting): a finished journal row does
             not stand on its own, the preflight decides, so going back to an earlier value is written again.
     """
@@ -113,8 +114,13 @@ class Intent:
     args: dict = field(default_factory=dict)
     resolve: Resolver | None = None
     done: Preflight | None = None
-    stack_small_id: int | None = None
+    stack_small_ids: tuple[int, ...] = ()
     repeatable: bool = False
+
+    @property
+    def stack_small_id(self) -> int | None:
+        """The stack of a single-stack write (None for none or several): the row's ``stack_small_id`` column."""
+        return self.stack_small_ids[0] if len(self.stack_small_ids) == 1 else None
 
 
 @dataclass
@@ -132,6 +138,7 @@ class ActionResult:
     recovered: bool = False
     args: dict = field(default_factory=dict)
     resent: bool = False
+    stack_small_ids: tuple[int, ...] = ()  # the stacks the write covers (its journal row's column)
 
     @property
     def ok(self) -> bool:
@@ -220,6 +227,8 @@ async def execute_intents(
         await asyncio.to_thread(journal.record_actions, outcomes)
 
     ordered = [results[k] for k in keys]
+    for intent in intents:
+        results[intent.key].stack_small_ids = intent.stack_small_ids
     failures = {r.key: r.error for r in ordered if r.status == FAILED and r.error is not None}
     if failures and raise_on_failure:
         raise ActionFailed(failures, ordered)
@@ -252,6 +261,7 @@ async def _sign_journal_submit(
                 "kind": intent.function,
                 "status": PENDING,
                 "stack_small_id": intent.stack_small_id,
+                "stack_small_ids": list(intent.stack_small_ids),
                 "sender": p.sender,
                 "args": _jsonable_args(args),
                 "signed_tx_bytes": p.tx_bytes,
@@ -306,8 +316,9 @@ async def resolve_pending(
                 continue
             if kinds is not None and row["kind"] not in kinds:
                 continue
-            intent = Intent(key, row["kind"], row["sender"], stack_small_id=row.get("stack_small_id"))
+            intent = Intent(key, row["kind"], row["sender"], stack_small_ids=_row_stacks(row))
             result = await _recover(chain, intent, row, resend=resend)
+            result.stack_small_ids = intent.stack_small_ids
             out.append(result)
             outcomes.append(_outcome_row(intent, result))
     finally:
@@ -361,12 +372,23 @@ async def _recover(chain: Chain, intent: Intent, row: dict, *, resend: bool = Tr
     return result
 
 
+def _row_stacks(row: dict) -> tuple[int, ...]:
+    """The stacks a journal row covers: its ``stack_small_ids`` column (rows journaled before it existed: their
+    ``stack_small_id``)."""
+    ids = row.get("stack_small_ids")
+    if ids is not None and len(ids):
+        return tuple(int(i) for i in ids)
+    single = row.get("stack_small_id")
+    return () if single is None else (int(single),)
+
+
 def _outcome_row(intent: Intent, result: ActionResult) -> dict:
     row: dict[str, Any] = {
         "idempotency_key": intent.key,
         "kind": intent.function,
         "status": result.status,
         "stack_small_id": intent.stack_small_id,
+        "stack_small_ids": list(intent.stack_small_ids) or None,
         "digest": result.digest,
     }
     if result.resent:

@@ -254,9 +254,9 @@ def profile_flow(folder: Path, n: int, requests: int, settlement_run: Any, netwo
     prepare = cum("adapter.py", "prepare")
     sign = cum("adapter.py", "sign")
     rows = [
-        ("lifecycle.try_settle_stacks (all below it)", cum("lifecycle.py", "try_settle_stacks")),
-        ("lifecycle.plan_claims", cum("lifecycle.py", "plan_claims")),
-        ("lifecycle._claim", cum("lifecycle.py", "_claim")),
+        ("lifecycle.try_settle_stacks (all below it)", cum("lifecycle/settle.py", "_try_settle")),
+        ("lifecycle.plan_claims", cum("lifecycle/claim.py", "plan_claims")),
+        ("lifecycle._claim", cum("lifecycle/claim.py", "_claim")),
         ("  chain: Localnet.execute", chain_exec),
         ("  chain: prepare + sign", prepare + sign),
         ("  journal: Ledger.actions + record_actions (DuckDB)", cum("ledger/api.py", "actions") + cum("ledger/api.py", "record_actions")),
@@ -266,7 +266,7 @@ def profile_flow(folder: Path, n: int, requests: int, settlement_run: Any, netwo
          + cum("serving/store.py", "note_claimed_many")),
         ("  chain reads: get_stack/get_task/get_ticket", cum("adapter.py", "get_stack") + cum("adapter.py", "get_task") + cum("adapter.py", "get_ticket")),
         ("  commit (merkle root)", cum("commitments.py", "commit")),
-        ("settle_candidates", cum("lifecycle.py", "settle_candidates")),
+        ("settle_candidates", cum("lifecycle/settle.py", "settle_candidates")),
         ("open_node (NodeService.open: chain, wallet, store) + close",
          cum("serving/node.py", "open") + cum("serving/node.py", "close")),
         ("  Wallet.load", cum("wallet.py", "load")),

@@ -104,7 +104,7 @@ async def settlement_run(
             if not items:
                 continue
             try:
-                claimed += await claim(network, wallet, ledger, node, items, claim_batch_size)
+                claimed += await claim(network, wallet, ledger, node, items, claim_batch_size, plan.facts)
             except Exception as exc:  # noqa: BLE001 - told to the operator, in the table, and the run fails below
                 _report_refused_claim(network, node, items, exc)
                 actions.append({"node": node, "action": "claim", "stack_small_id": None, "units": None,

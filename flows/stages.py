@@ -378,9 +378,9 @@ async def claim(
     tickets = [s for s in plan.tickets if stack_small_ids is None or s in stack_small_ids]
     confidential = [c for c in plan.confidential if stack_small_ids is None or c[0] in stack_small_ids]
     if tickets:
-        claimed += await node_tasks.claim_tickets(network, wallet, ledger, node, tickets, batch_size)
+        claimed += await node_tasks.claim_tickets(network, wallet, ledger, node, tickets, batch_size, plan.facts)
     if confidential:
-        claimed += await node_tasks.claim_confidential(network, wallet, ledger, node, confidential, batch_size)
+        claimed += await node_tasks.claim_confidential(network, wallet, ledger, node, confidential, batch_size, plan.facts)
     rows = lifecycle.as_rows(claimed)
     log = get_run_logger()
     for r in rows:

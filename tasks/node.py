@@ -162,11 +162,13 @@ async def plan_claims(network: AtomaNetwork, wallet: SuiWallet | None, ledger: L
 )
 async def claim_tickets(
     network: AtomaNetwork, wallet: SuiWallet | None, ledger: Ledger | None, node: str, stack_small_ids: list[int],
-    batch_size: int = 100,
+    batch_size: int = 100, facts: list[lifecycle.ClaimFacts] | None = None,
 ) -> list[lifecycle.Claimed]:
-    """``claim_funds`` for the tickets, ``batch_size`` per transaction."""
+    """``claim_funds`` for the tickets, ``batch_size`` per transaction (``facts``: what the plan read of them)."""
     async with open_node(network, wallet, node) as service, signer_turn(service.address):
-        return await lifecycle.claim_tickets(service, journal_for(network, ledger), stack_small_ids, batch_size=batch_size)
+        return await lifecycle.claim_tickets(
+            service, journal_for(network, ledger), stack_small_ids, batch_size=batch_size, facts=facts
+        )
 
 
 @task(
@@ -176,11 +178,13 @@ async def claim_tickets(
 )
 async def claim_confidential(
     network: AtomaNetwork, wallet: SuiWallet | None, ledger: Ledger | None, node: str,
-    stacks: list[tuple[int, int]], batch_size: int = 100,
+    stacks: list[tuple[int, int]], batch_size: int = 100, facts: list[lifecycle.ClaimFacts] | None = None,
 ) -> list[lifecycle.Claimed]:
     """``claim_funds_for_stacks`` for ConfidentialCompute stacks: (stack small id, units served)."""
     async with open_node(network, wallet, node) as service, signer_turn(service.address):
-        return await lifecycle.claim_confidential(service, journal_for(network, ledger), stacks, batch_size=batch_size)
+        return await lifecycle.claim_confidential(
+            service, journal_for(network, ledger), stacks, batch_size=batch_size, facts=facts
+        )
 
 
 __all__ = [

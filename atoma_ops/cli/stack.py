@@ -281,19 +281,28 @@ def stack_try_settle(
     node: Optional[str] = NODE_OPT,
     node_small_id: Optional[int] = NODE_SMALL_ID_PICK_OPT,
 ) -> None:
-    """Stop serving the stack, commit to its history and call try_settle_stack (claimed = metered usage)."""
+    """Stop serving the stack, commit to its history and call try_settle_stack (claimed = metered usage), journaled
+    in the ledger like the try-settle flow's (the same stage: ``lifecycle.try_settle_stack``)."""
 
     def produce(state: State) -> tuple[Any, Render]:
         async def action(service: Any) -> tuple:
-            return await service.try_settle(stack), service
+            from ..lifecycle import try_settle_stack
 
-        result, service = with_node(state, node, stack, node_small_id, action)
-        doc = result.to_json()
+            settled = await try_settle_stack(service, _journal(state), stack)
+            tx = await service.chain.get_transaction(settled.digest) if settled.status == "success" else None
+            return settled, tx, service
+
+        settled, tx, service = with_node(state, node, stack, node_small_id, action)
+        doc = {
+            **settled.settlement_doc(),
+            "already_settled": settled.status == "already_done",
+            "transaction": tx.to_json() if tx is not None else None,
+        }
 
         def render(con: "Console") -> None:
-            if result.tx is not None:
+            if tx is not None:
                 sess = Session(service.chain, state)
-                render_tx(result.tx, "stack try-settle (db::try_settle_stack)", sess)(con)
+                render_tx(tx, "stack try-settle (db::try_settle_stack)", sess)(con)
             else:
                 con.print(f"[green]✓[/] stack {stack} was already settled with this commitment")
             con.print(f"  R {doc['root']}; claimed {doc['num_claimed_compute_units']} compute units")
@@ -302,6 +311,13 @@ def stack_try_settle(
         return doc, render
 
     run(ctx, produce)
+
+
+def _journal(state: State) -> Any:
+    """The intent journal the flows write to: the ledger of the home (``<home>/ledger.duckdb``)."""
+    from ..ledger.api import Ledger, default_path
+
+    return Ledger(default_path(state.home))
 
 
 def _replay_render(doc: dict) -> Render:
@@ -379,7 +395,8 @@ def stack_attest(
     model: Optional[str] = MODEL_OPT,
     node_small_id: Optional[int] = NODE_SMALL_ID_PICK_OPT,
 ) -> None:
-    """As a requested attestation node: replay the history and submit the replayed commitment."""
+    """As a requested attestation node: replay the history and submit the replayed commitment, journaled in the
+    ledger like the attest flow's (the same stage: ``lifecycle.attest_stack``)."""
 
     def produce(state: State) -> tuple[Any, Render]:
         from ..serving.history import import_jsonl
@@ -391,14 +408,32 @@ def stack_attest(
         load = engine_loader(state, engine, openai_base_url, model)
 
         async def action(service: Any) -> tuple:
-            return await service.attest(stack, history), service
+            from ..lifecycle import attest_stack
 
-        result, service = with_node(state, node, stack, node_small_id, action, engine=load)
-        doc = result.to_json()
+            attested = await attest_stack(service, _journal(state), stack, history)
+            tx = await service.chain.get_transaction(attested.digest) if attested.status == "success" else None
+            return attested, tx, service
+
+        attested, tx, service = with_node(state, node, stack, node_small_id, action, engine=load)
+        doc = {
+            "stack_small_id": attested.stack_small_id,
+            "position": attested.position,
+            "replay": attested.replay,
+            "history_matches_ticket": attested.history_matches_ticket,
+            "committed_stack_proof": attested.committed_stack_proof,
+            "stack_merkle_leaf": attested.stack_merkle_leaf,
+            "disputed": attested.disputed,
+            "attestations_complete": attested.completed,
+            "already_attested": attested.status == "already_done",
+            "transaction": tx.to_json() if tx is not None else None,
+        }
 
         def render(con: "Console") -> None:
             _replay_render(doc["replay"])(con)
-            render_tx(result.tx, f"attestation at position {doc['position']}", Session(service.chain, state))(con)
+            if tx is not None:
+                render_tx(tx, f"attestation at position {doc['position']}", Session(service.chain, state))(con)
+            else:
+                con.print(f"[green]✓[/] node {service.node_small_id} had already attested stack {stack}")
             if doc["disputed"]:
                 con.print("[red]the attestation opened a dispute[/]")
             elif doc["attestations_complete"]:

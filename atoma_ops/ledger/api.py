@@ -50,8 +50,8 @@ EXPORTED = (
 
 
 _ACTION_FIELDS = (
-    "idempotency_key", "kind", "stack_small_id", "status", "sender", "args", "signed_tx_bytes", "signature", "digest",
-    "last_error_code", "last_error",
+    "idempotency_key", "kind", "stack_small_id", "stack_small_ids", "status", "sender", "args", "signed_tx_bytes",
+    "signature", "digest", "last_error_code", "last_error",
 )
 
 
@@ -199,7 +199,8 @@ class Ledger:
     def record_actions(self, rows: list[dict]) -> None:
         """Insert or update ``chain_actions`` rows (the intent journal) in one transaction.
 
-        Each row names ``idempotency_key``, ``kind`` and ``status``, and may give ``stack_small_id``, ``sender``,
+        Each row names ``idempotency_key``, ``kind`` and ``status``, and may give ``stack_small_id``,
+        ``stack_small_ids`` (a list: the stacks the write covers), ``sender``,
         ``args`` (a dict), ``signed_tx_bytes``, ``signature``, ``digest``, ``attempt`` (True counts one more
         submission), ``last_error_code`` and ``last_error``. Fields left out or None keep their stored value.
         """
@@ -211,23 +212,26 @@ class Ledger:
             raise ValueError(f"record_actions: unknown field(s) {sorted(unknown)}")
         frame = pd.DataFrame(
             {
-                **{f: [r.get(f) for r in rows] for f in _ACTION_FIELDS if f != "args"},
+                **{f: [r.get(f) for r in rows] for f in _ACTION_FIELDS if f not in ("args", "stack_small_ids")},
                 "args": [None if r.get("args") is None else dumps(r["args"]) for r in rows],
+                "stack_small_ids": [None if r.get("stack_small_ids") is None else dumps(r["stack_small_ids"]) for r in rows],
                 "attempts": [1 if r.get("attempt") else 0 for r in rows],
             }
         ).astype(object)
         keep = ", ".join(
             f"{c} = COALESCE(excluded.{c}, chain_actions.{c})"
-            for c in ("stack_small_id", "sender", "args", "signed_tx_bytes", "signature", "digest",
+            for c in ("stack_small_id", "stack_small_ids", "sender", "args", "signed_tx_bytes", "signature", "digest",
                       "last_error_code", "last_error")
         )
         with self.writer() as con:
             con.register("_journal_rows", frame)
             try:
                 con.execute(
-                    "INSERT INTO chain_actions (idempotency_key, kind, stack_small_id, status, sender, args, "
-                    "signed_tx_bytes, signature, digest, attempts, last_error_code, last_error, created_at, updated_at) "
-                    "SELECT idempotency_key::VARCHAR, kind::VARCHAR, stack_small_id::BIGINT, status::VARCHAR, "
+                    "INSERT INTO chain_actions (idempotency_key, kind, stack_small_id, stack_small_ids, status, sender, "
+                    "args, signed_tx_bytes, signature, digest, attempts, last_error_code, last_error, created_at, "
+                    "updated_at) "
+                    "SELECT idempotency_key::VARCHAR, kind::VARCHAR, stack_small_id::BIGINT, "
+                    "CAST(stack_small_ids::JSON AS BIGINT[]), status::VARCHAR, "
                     "sender::VARCHAR, args::JSON, signed_tx_bytes::BLOB, signature::VARCHAR, digest::VARCHAR, "
                     "attempts::BIGINT, last_error_code::VARCHAR, last_error::VARCHAR, $now, $now FROM _journal_rows "
                     "ON CONFLICT (idempotency_key) DO UPDATE SET kind = excluded.kind, status = excluded.status, "

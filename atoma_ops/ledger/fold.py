@@ -11,9 +11,8 @@ TaskRole/SecurityLevel ``{"inner": n}``, ``vector<u8>`` as arrays of numbers.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Iterable
 
-from ..protocol import money
+from ..protocol import events, money
 from ..protocol.constants import (
     BYTES_PER_HASH_COMMITMENT,
     INITIAL_CROSS_VALIDATION_EXTRA_NODES_CHARGE_PERMILLE,
@@ -59,31 +58,11 @@ class Ev:
 
 
 # ------------------------------------------------------------------------------------------------ decoding
-def u64(value: Any) -> int | None:
-    return None if value is None else int(value)
-
-
-def small_id(value: Any) -> int | None:
-    """``{"inner": "7"}`` → 7 (also accepts a bare number or string)."""
-    if value is None:
-        return None
-    if isinstance(value, dict):
-        return int(value["inner"])
-    return int(value)
-
-
-def small_ids(values: Iterable[Any] | None) -> list[int]:
-    return [small_id(v) for v in values or []]
-
-
-def blob(value: Any) -> bytes | None:
-    if value is None:
-        return None
-    if isinstance(value, (bytes, bytearray)):
-        return bytes(value)
-    if isinstance(value, str):  # some RPCs render vector<u8> as base64 / hex; the port gives number arrays
-        return bytes.fromhex(value[2:] if value.startswith("0x") else value)
-    return bytes(value)
+#: parsedJson values, decoded by :mod:`atoma_ops.protocol.events`; a field an event may lack stays None
+u64 = events.optional(events.u64)
+small_id = events.optional(events.small_id)
+small_ids = events.small_ids
+blob = events.optional(events.byte_vector)
 
 
 def event_keys(name: str, j: dict) -> tuple[int | None, int | None, int | None]:

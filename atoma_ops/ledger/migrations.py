@@ -554,10 +554,18 @@ GROUP BY s.selected_node_id, s.task_small_id
 ORDER BY s.selected_node_id, s.task_small_id;
 """
 
+M0004_ACTION_STACKS = """
+-- the stacks each journaled chain write covers (a claim batch covers many): recovery reads them from here instead
+-- of parsing them out of the idempotency key. Rows from before: their stack_small_id, where they had one.
+ALTER TABLE chain_actions ADD COLUMN stack_small_ids BIGINT[];
+UPDATE chain_actions SET stack_small_ids = [stack_small_id] WHERE stack_small_id IS NOT NULL;
+"""
+
 MIGRATIONS: list[tuple[int, str, str]] = [
     (1, "core tables: events, cursor, chain mirror, usage, chain_actions", M0001_CORE),
     (2, "analyst views", M0002_VIEWS),
     (3, "usage.ttft_ms; latency and time to first token in stack_utilisation and request_latency", M0003_USAGE_TIMES),
+    (4, "chain_actions.stack_small_ids: the stacks a journaled write covers", M0004_ACTION_STACKS),
 ]
 
 LATEST_VERSION = MIGRATIONS[-1][0]

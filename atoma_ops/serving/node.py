@@ -1,16 +1,18 @@
-"""The serving node: admit, run and record chat requests on stacks; commit, try-settle and attest.
+"""The serving node: admit, run and record chat requests on stacks, and commit to what it recorded.
 
-``NodeService`` ties together one node identity (an address and its NodeBadge small id), the Chain port (stack
-facts, tickets, settlement and attestation calls), the node's durable store (usage, reservations, history) and an
-inference engine. Each request takes one path (serve.py): admission (validate, check the stack on chain, check the
-model, estimate, reserve — every refusal decided here, before inference), the engine's stream, then the charge and
-the history append in one store transaction. Requests never wait for one another: the engine batches them as it
-likes, and the store coalesces concurrent writes.
+``NodeService`` serves and commits, nothing more: writing a stage to the chain (try-settle, attest, claim) is
+:mod:`atoma_ops.lifecycle`'s, journaled, whoever asks for it (a flow or the CLI). It ties together one node
+identity (an address and its NodeBadge small id), the Chain port (stack facts and tickets it reads), the node's
+durable store (usage, reservations, history) and an inference engine. Each request takes one path (serve.py):
+admission (validate, check the stack on chain, check the model, estimate, reserve — every refusal decided here,
+before inference), the engine's stream, then the charge and the history append in one store transaction. Requests
+never wait for one another: the engine batches them as it likes, and the store coalesces concurrent writes.
 
 The chain checks run before the reservation (and are cached for ``chain_check_ttl_s``), so a ticket opened by
-*another* tool in between could let a request in; this node's own ``try_settle`` closes the stack in the store first
-(no new reservations) and refuses while requests are in flight, so its commitment always covers everything it
-charged. ``max_pending`` bounds the requests in progress: past it, admission answers 429.
+*another* tool in between could let a request in; this node's own try-settle (``lifecycle.try_settle_stack``)
+closes the stack in the store first (no new reservations) and refuses while requests are in flight, so its
+commitment always covers everything it charged. ``max_pending`` bounds the requests in progress: past it,
+admission answers 429.
 """
 
 from __future__ import annotations
@@ -20,22 +22,22 @@ import logging
 import os
 import re
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from ..chain.errors import ChainError, InvalidArgument
+from ..chain.errors import InvalidArgument
 from ..chain.port import Chain
 from ..core.failpoints import failpoint
-from ..protocol.commitments import Commitment, commit
+from ..protocol.commitments import Commitment
 from ..protocol.node_http import TX_DIGEST_HEADER
 from .engines import ENGINE_KINDS
 from .engines.base import SMOLLM2_MODEL, Engine
+from ..protocol.events import small_id
 from .history import HistoryEntry, StackHistory
 from .metering import (
     BadRequest,
     EngineFailure,
-    NotAttester,
     Overloaded,
     NothingToCommit,
     PurchaseNotOwned,
@@ -50,7 +52,6 @@ from .metering import (
     validate_request,
 )
 from .metrics import NodeMetrics
-from .replay import ReplayReport, replay
 from .serve import Admission, GroupCommit, Outcome, RequestRun, StoreFailure, now_ms, serve_all  # noqa: F401 (re-exported)
 from .store import NodeStore, Reservation, StackFacts
 
@@ -61,10 +62,10 @@ _DIGEST_RE = re.compile(r"[1-9A-HJ-NP-Za-km-z]{32,44}")
 
 
 def _small_id(value: Any) -> int | None:
-    """A small id in an event's parsed JSON (``{"inner": "7"}``), or None."""
+    """A small id in an event's parsed JSON (:func:`atoma_ops.protocol.events.small_id`), or None."""
     try:
-        return int(value["inner"]) if isinstance(value, dict) else int(value)
-    except (KeyError, TypeError, ValueError):
+        return small_id(value)
+    except ValueError:
         return None
 
 
@@ -87,47 +88,6 @@ class CommitInfo:
             "num_requests": self.num_requests,
             "num_claimed_compute_units": self.claimed_units,
             "cross_validation_extra_nodes_count": self.extra_nodes_count,
-        }
-
-
-@dataclass
-class SettleResult:
-    info: CommitInfo
-    tx: Any | None  # TxResult; None when the ticket already existed (idempotent re-run)
-    requested_attestation_nodes: list[int] = field(default_factory=list)
-    already_settled: bool = False
-
-    def to_json(self) -> dict:
-        return {
-            **self.info.to_json(),
-            "already_settled": self.already_settled,
-            "requested_attestation_nodes": self.requested_attestation_nodes,
-            "transaction": self.tx.to_json() if self.tx is not None else None,
-        }
-
-
-@dataclass
-class AttestResult:
-    report: ReplayReport
-    commitment: Commitment
-    position: int
-    history_matches_ticket: bool
-    tx: Any
-    disputed: bool
-    completed: bool
-
-    def to_json(self) -> dict:
-        c = self.commitment
-        return {
-            "stack_small_id": self.report.stack_small_id,
-            "position": self.position,
-            "replay": self.report.to_json(),
-            "history_matches_ticket": self.history_matches_ticket,
-            "committed_stack_proof": "0x" + c.committed_stack_proof.hex(),
-            "stack_merkle_leaf": "0x" + c.stack_merkle_leaf.hex(),
-            "disputed": self.disputed,
-            "attestations_complete": self.completed,
-            "transaction": self.tx.to_json(),
         }
 
 
@@ -532,86 +492,3 @@ class NodeService:
         num_requests, units, frontier = kept
         extra = (await self.chain.db_config()).cross_validation_extra_nodes_count
         return CommitInfo(stack_small_id, frontier.commit(extra, 0), units, num_requests, extra)
-
-    async def try_settle(self, stack_small_id: int) -> SettleResult:
-        """Close the stack to new requests, commit to its history and call ``try_settle_stack`` with
-        claimed units = settled usage. Idempotent: a ticket already opened with the same proof is success."""
-        stack = await self.chain.get_stack(stack_small_id)
-        if stack is None:
-            raise StackNotFound(f"stack {stack_small_id} does not exist (or was claimed)", stack_small_id=stack_small_id)
-        if stack.selected_node_id != self.node_small_id:
-            raise StackNotServedHere(
-                f"stack {stack_small_id} was sold to node {stack.selected_node_id}; this is node {self.node_small_id}",
-                stack_small_id=stack_small_id,
-            )
-        await asyncio.to_thread(self.store.begin_settlement, stack_small_id)
-        info = await self.commitment(stack_small_id)
-        ticket = await self.chain.get_ticket(stack_small_id)
-        if ticket is not None:
-            if ticket.committed_stack_proof == info.commitment.committed_stack_proof:
-                await asyncio.to_thread(self.store.finish_settlement, stack_small_id, self._settlement_doc(info, None, ticket.requested_attestation_nodes))
-                return SettleResult(info, None, list(ticket.requested_attestation_nodes), already_settled=True)
-            raise StackSettling(
-                f"stack {stack_small_id} already has a settlement ticket with another proof", stack_small_id=stack_small_id
-            )
-        try:
-            tx = await self.chain.try_settle_stack(
-                self.address,
-                stack_small_id=stack_small_id,
-                num_claimed_compute_units=info.claimed_units,
-                committed_stack_proof=info.commitment.committed_stack_proof,
-                stack_merkle_leaf=info.commitment.stack_merkle_leaf,
-                node_small_id=self.node_small_id,
-            )
-        except ChainError:
-            await asyncio.to_thread(self.store.abort_settlement, stack_small_id)
-            raise
-        nodes = [int(n["inner"]) if isinstance(n, dict) else int(n) for n in tx.event("StackTrySettleEvent").parsed_json.get("requested_attestation_nodes", [])]
-        await asyncio.to_thread(self.store.finish_settlement, stack_small_id, self._settlement_doc(info, tx.digest, nodes))
-        return SettleResult(info, tx, nodes)
-
-    @staticmethod
-    def _settlement_doc(info: CommitInfo, digest: str | None, nodes: list[int]) -> dict:
-        return {**info.to_json(), "digest": digest, "requested_attestation_nodes": list(nodes)}
-
-    async def attest(self, stack_small_id: int, history: StackHistory, *, batch_size: int = 16) -> AttestResult:
-        """As a requested attestation node: replay ``history`` (e.g. imported from the serving node's export)
-        through this node's engine, commit to the replayed root at this node's position and submit it."""
-        engine = self._require_engine()
-        if history.stack_small_id != stack_small_id:
-            raise ServingError(f"the history is of stack {history.stack_small_id}, not stack {stack_small_id}")
-        ticket = await self.chain.get_ticket(stack_small_id)
-        if ticket is None:
-            raise StackNotFound(
-                f"stack {stack_small_id} has no settlement ticket: there is nothing to attest", stack_small_id=stack_small_id
-            )
-        if self.node_small_id not in ticket.requested_attestation_nodes:
-            raise NotAttester(
-                f"node {self.node_small_id} is not among stack {stack_small_id}'s requested attestation nodes "
-                f"{ticket.requested_attestation_nodes}",
-                stack_small_id=stack_small_id,
-            )
-        if not history.entries:
-            raise NothingToCommit(f"the history of stack {stack_small_id} is empty: nothing to replay")
-        position = ticket.requested_attestation_nodes.index(self.node_small_id) + 1
-        extra = (await self.chain.db_config()).cross_validation_extra_nodes_count
-        report = await asyncio.to_thread(replay, history, engine, batch_size=batch_size)
-        mine = commit(report.replayed_leaves, extra, position)
-        matches = commit(history.leaves, extra, 0).committed_stack_proof == ticket.committed_stack_proof
-        tx = await self.chain.submit_stack_settlement_attestation(
-            self.address,
-            stack_small_id=stack_small_id,
-            committed_stack_proof=mine.committed_stack_proof,
-            stack_merkle_leaf=mine.stack_merkle_leaf,
-            node_small_id=self.node_small_id,
-        )
-        names = {e.name for e in tx.events}
-        return AttestResult(
-            report,
-            mine,
-            position,
-            matches,
-            tx,
-            disputed="StackAttestationDisputeEvent" in names,
-            completed="StackSettlementTicketEvent" in names,
-        )

@@ -24,7 +24,7 @@ from atoma_ops.protocol.commitments import (
 from atoma_ops.serving.history import export_jsonl, import_jsonl
 from atoma_ops.serving.replay import replay
 
-from tests.serving.test_kit import PRICE, SAMPLING, ask, market, net, open_node  # noqa: E402,F401
+from tests.serving.test_kit import PRICE, SAMPLING, ask, attest, market, net, open_node, try_settle  # noqa: E402,F401
 
 
 def sampling_market(net) -> int:
@@ -47,25 +47,26 @@ def test_honest_stack_is_attested_without_dispute(engine, net, localnet_home, tm
     file = export_jsonl(node1.history(s), tmp_path / "stack.jsonl")
 
     net.draws.push(0, 1)
-    settled = net.run(node1.try_settle(s))
+    settled = try_settle(net, node1, localnet_home, s)
     assert settled.requested_attestation_nodes == [2]
     ticket = net.get_ticket(s)
-    assert ticket.num_claimed_compute_units == used == settled.info.claimed_units
-    assert ticket.committed_stack_proof == settled.info.commitment.committed_stack_proof
-    assert ticket.stack_merkle_leaves_vector[:32] == settled.info.commitment.stack_merkle_leaf
+    assert ticket.num_claimed_compute_units == used == settled.claimed_units
+    assert "0x" + ticket.committed_stack_proof.hex() == settled.committed_stack_proof
+    assert "0x" + ticket.stack_merkle_leaves_vector[:32].hex() == settled.stack_merkle_leaf
 
     node2 = open_node(net, localnet_home, "node-2", engine)
     history = import_jsonl(file, expect_stack=s)
-    result = net.run(node2.attest(s, history))
-    assert result.report.equal and result.report.first_divergence is None
+    result = attest(net, node2, localnet_home, s, history)
+    assert result.status == "success" and result.replay["equal"] and result.replay["first_divergence"] is None
     assert result.history_matches_ticket and result.position == 1
     assert not result.disputed and result.completed
-    assert net.names(result.tx) == ["NewStackSettlementAttestationEvent", "StackSettlementTicketEvent"]
+    tx = net.run(node2.chain.get_transaction(result.digest))
+    assert net.names(tx) == ["NewStackSettlementAttestationEvent", "StackSettlementTicketEvent"]
     assert net.get_ticket(s).is_in_dispute is False
 
     # a second, independent replay gives the same root
     again = replay(history, engine)
-    assert again.equal and again.replayed_root == result.report.replayed_root == settled.info.commitment.root
+    assert again.equal and "0x" + again.replayed_root.hex() == result.replay["replayed_root"] == settled.root
 
     # and the node is paid for exactly the metered units once the window is over
     net.epoch()
@@ -96,20 +97,21 @@ def test_forged_history_is_reported_at_the_right_index_and_disputed(engine, net,
     )
     file = export_jsonl(node1.history(s), tmp_path / "forged.jsonl")
     net.draws.push(0, 1)
-    settled = net.run(node1.try_settle(s))
+    settled = try_settle(net, node1, localnet_home, s)
     assert settled.requested_attestation_nodes == [2]
 
     node2 = open_node(net, localnet_home, "node-2", engine)
     imported = import_jsonl(file)  # the file is self-consistent: it imports
-    result = net.run(node2.attest(s, imported))
-    report = result.report
-    assert not report.equal and report.diverging == [2]
-    d = report.first_divergence
-    assert d.index == 2 and d.stored_content == "forged" and d.replayed_content == real["choices"][0]["message"]["content"]
+    result = attest(net, node2, localnet_home, s, imported)
+    report = result.replay
+    assert not report["equal"] and report["diverging"] == [2]
+    d = report["first_divergence"]
+    assert d["index"] == 2 and d["stored_content"] == "forged"
+    assert d["replayed_content"] == real["choices"][0]["message"]["content"]
     assert result.history_matches_ticket  # node 1 committed to what it exported ...
     assert result.disputed and not result.completed  # ... which its model does not produce
-    assert net.names(result.tx) == ["StackAttestationDisputeEvent"]
+    assert net.names(net.run(node2.chain.get_transaction(result.digest))) == ["StackAttestationDisputeEvent"]
     assert net.get_ticket(s).is_in_dispute is True
     # the honest replay's root differs from the committed one only through leaf 2
     honest = commit([request_leaf(payload_hash(e.request), response_hash(e.response)) for e in history.entries], 1)
-    assert honest.root == report.replayed_root != settled.info.commitment.root
+    assert "0x" + honest.root.hex() == report["replayed_root"] != settled.root

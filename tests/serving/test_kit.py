@@ -53,6 +53,28 @@ def ask(i: int | str, max_tokens: int = 8, **extra) -> dict:
     return {"messages": [{"role": "user", "content": f"Say something about {topic}."}], "max_tokens": max_tokens, **extra}
 
 
+def try_settle(net: Net, node: NodeService, home, stack_small_id: int):
+    """The node's try-settle, as the CLI and the flows make it (``lifecycle.try_settle_stack``, journaled in the
+    home's ledger)."""
+    from atoma_ops import lifecycle
+
+    return net.run(lifecycle.try_settle_stack(node, journal(home), stack_small_id))
+
+
+def attest(net: Net, node: NodeService, home, stack_small_id: int, history):
+    """The node's attestation of ``history`` (``lifecycle.attest_stack``: replay, then submit, journaled)."""
+    from atoma_ops import lifecycle
+
+    return net.run(lifecycle.attest_stack(node, journal(home), stack_small_id, history))
+
+
+def journal(home):
+    """The intent journal of a localnet home: its ledger."""
+    from atoma_ops.ledger.api import Ledger, default_path
+
+    return Ledger(default_path(home.path))
+
+
 # Subprocess scripts start with this line to have the stub engine.
 STUB_ENGINE_SRC = "from atoma_ops.testing.stub_engine import StubEngine\n"
 

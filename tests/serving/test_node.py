@@ -26,7 +26,7 @@ from atoma_ops.serving.metering import (
 from atoma_ops.serving.node import NodeService, StoreFailure
 from atoma_ops.serving.store import NodeStore
 
-from tests.serving.test_kit import CONFIDENTIAL, NO_SECURITY, PRICE, REPO, STUB_ENGINE_SRC, ask, market, net, open_node, stub_engine  # noqa: E402,F401
+from tests.serving.test_kit import CONFIDENTIAL, NO_SECURITY, PRICE, REPO, STUB_ENGINE_SRC, ask, market, net, open_node, stub_engine, try_settle  # noqa: E402,F401
 
 
 def snapshot(node: NodeService, stack: int):
@@ -177,11 +177,11 @@ def test_refusals_charge_nothing_and_leave_history_unchanged(engine, net, localn
     # settled by this service: closed in the store first
     s = net.buy(t, 10_000, PRICE, draw=0)
     net.run(node.serve(s, [ask(3, 2)]))
-    result = net.run(node.try_settle(s))
-    assert result.info.claimed_units == node.store.usage(s).used_units
+    result = try_settle(net, node, localnet_home, s)
+    assert result.status == "success" and result.claimed_units == node.store.usage(s).used_units
     refused(node, net, s, StackSettling)
-    again = net.run(node.try_settle(s))  # idempotent
-    assert again.already_settled and again.info.commitment == result.info.commitment
+    again = try_settle(net, node, localnet_home, s)  # idempotent
+    assert again.status == "already_done" and again.committed_stack_proof == result.committed_stack_proof
 
     # claimed (ticket path): the stack is deleted from the chain
     net.epoch()

@@ -15,7 +15,7 @@ from atoma_ops.serving.node import NodeService
 from atoma_ops.serving.server import BackgroundServer, create_app
 
 from tests.serving.buyer_kit import buyer, signed_headers
-from tests.serving.test_kit import NO_SECURITY, PRICE, ask, market, net, open_node  # noqa: E402,F401
+from tests.serving.test_kit import NO_SECURITY, PRICE, ask, market, net, open_node, try_settle  # noqa: E402,F401
 
 SIGNER = None  # the buyer's signer, set by the ``served`` fixture
 
@@ -112,7 +112,7 @@ def test_chat_models_health_usage_and_errors(served, engine, net, localnet_home)
 
     # settling: the node try-settles the stack (another service on the same store and chain)
     other = open_node(net, localnet_home, "node-1", None)
-    net.run(other.try_settle(st["own"]))
+    try_settle(net, other, localnet_home, st["own"])
     error_of(post(client, st["own"], ask(3, 4)), 423, "stack_in_settlement")
     assert client.get(f"/v1/stacks/{st['own']}/usage").json()["state"] == "settled"
 
