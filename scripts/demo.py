@@ -88,9 +88,10 @@ def main(argv: list[str] | None = None) -> int:
         table.add_row(*(format_usdc(int(row[c])) if c in money and row.get(c) is not None else str(row.get(c, ""))
                         for c in columns))
     console.print(table)
-    console.print(f"Ledger: {opts.home / 'ledger.duckdb'}. Its commands (README, \"The ledger\") read it with")
-    console.print(f"  export ATOMA_OPS_HOME={opts.home}   # then: .venv/bin/atoma-ops ledger earnings")
-    console.print("Prefect runs: PREFECT_HOME=data/prefect .venv/bin/prefect server start   (then open the UI)")
+    console.print(f"Ledger: {opts.home / 'ledger.duckdb'}; for the README's ledger commands:")
+    console.print(f"  export ATOMA_OPS_HOME={opts.home}", soft_wrap=True)
+    console.print("Prefect runs, in the UI at http://127.0.0.1:4200:")
+    console.print("  PREFECT_HOME=data/prefect .venv/bin/prefect server start", soft_wrap=True)
     console.print(f"Done in {took:.0f} s.")
     return 0
 

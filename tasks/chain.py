@@ -8,7 +8,7 @@ from prefect.logging import get_run_logger
 from atoma_ops import lifecycle
 from blocks import AtomaNetwork, Ledger, SuiWallet
 
-from .labels import RunLabels
+from .labels import RunLabels, usdc
 from .runtime import CHAIN_WRITE, READ, journal_for, open_chain
 from .signer import signer_turn
 
@@ -29,7 +29,7 @@ async def mint_usdc(
     """
     async with open_chain(network, wallet) as chain:
         report = await lifecycle.mint_usdc(chain, recipient, amount, journal=journal_for(network, ledger), key=key)
-    get_run_logger().info("%s holds %d USDC base units (minted %d)", recipient, report.balance_after, report.minted)
+    get_run_logger().info("%s holds %s (minted %s)", recipient, usdc(report.balance_after), usdc(report.minted))
     return report
 
 
