@@ -80,13 +80,14 @@ class AtomaNetwork(Block):
         return LocalnetChain(chain.localnet, wallet.get_wallet())
 
     async def connect(self, wallet: "SuiWallet | None" = None) -> "Chain":
-        """The Chain port for this network: the localnet adapter, or the Sui adapter (pysui over gRPC)."""
+        """The Chain port for this network: the localnet adapter, or the Sui adapter (pysui over gRPC), through
+        ``atoma_ops.connect.connect_chain`` (the factory the CLI's ``--network`` uses too)."""
         from atoma_ops.chain.errors import InvalidArgument
+        from atoma_ops.connect import connect_chain
 
         if self.kind == "localnet":
             return self.open_chain(wallet)
         if wallet is None or wallet.is_default:
             raise InvalidArgument("AtomaNetwork(kind='sui') needs a SuiWallet block (client_yaml or keystore)")
-        from atoma_ops.chain.sui.adapter import SuiChain
-
-        return await SuiChain.connect(self.sui_settings(), wallet.get_wallet(), active=wallet.address)
+        return await connect_chain("sui", self.home_path, sui=self.sui_settings(), wallet=wallet.get_wallet(),
+                                   active=wallet.address)

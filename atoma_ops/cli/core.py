@@ -40,12 +40,18 @@ class State:
     debug: bool = False
     ledger: Optional[str] = None
     lock_timeout: float = 30.0
+    network: str = "localnet"
+    client_yaml: Optional[str] = None
+    sui_endpoint: Optional[str] = None
+    package_id: Optional[str] = None
+    db_id: Optional[str] = None
+    usdc_coin_type: Optional[str] = None
 
 
 # option string -> State attribute (the parameter names differ: ``json_output`` for ``--json``)
 _ATTRIBUTES = {
     "--address": "address", "--home": "home", "--json": "json", "--debug": "debug",
-    "--ledger": "ledger", "--lock-timeout": "lock_timeout",
+    "--ledger": "ledger", "--lock-timeout": "lock_timeout", "--network": "network", "--client-yaml": "client_yaml",
 }
 
 
@@ -93,7 +99,7 @@ def _flags_as_flags(command: Any) -> None:
 
 
 # parameters that name files or folders: any bytes the OS allows (a non-UTF-8 name is a valid Linux path)
-_PATH_PARAMS = {"home", "workload", "history_file", "export", "ledger", "parquet", "duckdb_file", "out"}
+_PATH_PARAMS = {"home", "workload", "history_file", "export", "ledger", "parquet", "duckdb_file", "out", "client_yaml"}
 
 
 def _utf8_only(param: Any) -> None:

@@ -12,7 +12,9 @@ from ..protocol import abi
 from .core import Render, State, esc, run
 from .db import db_app
 from .errors import CliInputError
-from .inputs import I64_MAX, kebab, stored_id
+from .inputs import kebab, stored_id
+
+MAX_PAGE = 1000  # events per page (Sui answers at most 50)
 from .session import Session, event_summary, render_fields, render_tx, with_chain
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -127,8 +129,8 @@ def db_list_events(
             raise CliInputError("give both --cursor-tx-digest and --cursor-event-seq, or neither")
         if cursor_event_seq is not None:
             stored_id("--cursor-event-seq", cursor_event_seq)
-        if not 1 <= limit <= I64_MAX:
-            raise CliInputError(f"--limit must be between 1 and {I64_MAX}, not {limit}")
+        if not 1 <= limit <= MAX_PAGE:
+            raise CliInputError(f"--limit must be between 1 and {MAX_PAGE}, not {limit}")
         cursor = None if cursor_tx_digest is None else EventId(cursor_tx_digest, cursor_event_seq)
         page = await s.chain.events(cursor, limit)
         doc = {

@@ -29,6 +29,7 @@ import typer
 
 from ..core.jsonable import to_jsonable
 from .core import CONTEXT, CliGroup, remember
+from .session import open_chain
 
 app = typer.Typer(
     name="ledger",
@@ -59,10 +60,7 @@ class Opts:
         path = Path(self.ledger) if self.ledger else default_path(self.home)
         return Ledger(path, lock_timeout_s=self.lock_timeout)
 
-    def chain(self):
-        from ..home import LocalnetHome, resolve_home
-
-        return LocalnetHome(resolve_home(self.home)).open()
+    state: Any = None  # the root's options (the network to open)
 
 
 @app.callback()
@@ -90,6 +88,7 @@ def _opts(ctx: typer.Context) -> Opts:
         ledger=getattr(root, "ledger", None),
         json=bool(getattr(root, "json", False)),
         lock_timeout=getattr(root, "lock_timeout", 30.0),
+        state=root,
     )
 
 
@@ -191,7 +190,7 @@ def _run(opts: Opts, fn: Callable[[], Any]) -> Any:
 
 
 async def _with_chain(opts: Opts, body):
-    chain = opts.chain()
+    chain = await open_chain(opts.state)
     try:
         return await body(chain)
     finally:
@@ -202,8 +201,8 @@ async def _with_chain(opts: Opts, body):
 @app.command()
 def sync(
     ctx: typer.Context,
-    batch_events: int = typer.Option(1000, "--batch-events", min=1, help="Events per ledger transaction."),
-    page_limit: int = typer.Option(50, "--page-limit", min=1, help="Events per chain query."),
+    batch_events: int = typer.Option(1000, "--batch-events", min=1, max=1_000_000, help="Events per ledger transaction."),
+    page_limit: int = typer.Option(50, "--page-limit", min=1, max=1000, help="Events per chain query (Sui answers at most 50)."),
 ) -> None:
     """Index the chain's events after the cursor into the ledger."""
     opts = _opts(ctx)

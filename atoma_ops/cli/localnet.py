@@ -8,7 +8,7 @@ import typer
 
 from .core import Render, State, esc, run, sub_app
 from .errors import CliInputError
-from .session import Session, with_chain
+from .session import Session, localnet_only, with_chain
 
 if TYPE_CHECKING:  # pragma: no cover
     from rich.console import Console
@@ -29,6 +29,7 @@ def localnet_init(
     """Publish a fresh localnet and write a wallet (admin, user, node-1..3) in the home."""
 
     def produce(state: State) -> tuple[Any, Render]:
+        localnet_only(state, "`localnet init`")
         from ..home import LocalnetHome, resolve_home
 
         home = LocalnetHome(resolve_home(state.home).absolute())
@@ -102,6 +103,7 @@ def localnet_status(ctx: typer.Context) -> None:
         }
 
     def produce(state: State) -> tuple[Any, Render]:
+        localnet_only(state, "`localnet status`")
         doc, s = with_chain(state, action)
 
         def render(con: "Console") -> None:
@@ -157,6 +159,7 @@ def localnet_advance_epoch(
         return await s.chain.advance_epoch(count)
 
     def produce(state: State) -> tuple[Any, Render]:
+        localnet_only(state, "`localnet advance-epoch`")
         epoch, _ = with_chain(state, action)
         return {"epoch": epoch}, lambda con: con.print(f"[green]✓[/] epoch is now {epoch}")
 
@@ -178,6 +181,7 @@ def localnet_seed_rng(
         await s.chain.seed_rng(seed)
 
     def produce(state: State) -> tuple[Any, Render]:
+        localnet_only(state, "`localnet seed-rng`")
         with_chain(state, action)
         return {"seed": seed}, lambda con: con.print(f"[green]✓[/] random stream reseeded with {seed}")
 

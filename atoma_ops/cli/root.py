@@ -66,10 +66,27 @@ def _root(
     ),
     json_output: bool = typer.Option(False, "--json", help="Print exactly one JSON document on stdout, also on failure."),
     debug: bool = typer.Option(False, "--debug", help="On an error, also print the traceback (stderr)."),
+    network: str = typer.Option(
+        "localnet", "--network", metavar="localnet|testnet|custom",
+        help="The embedded localnet of --home, or Sui: testnet (the published ids) or custom (the ids below).",
+    ),
+    client_yaml: Optional[str] = typer.Option(
+        None, "--client-yaml", metavar="FILE", help="Sui: the wallet's client.yaml (default: <home>/client.yaml)."
+    ),
+    sui_endpoint: Optional[str] = typer.Option(None, "--sui-endpoint", metavar="URL", help="Sui: the full node's gRPC URL."),
+    package_id: Optional[str] = typer.Option(None, "--package-id", metavar="0x…", help="Sui: the Atoma package id."),
+    db_id: Optional[str] = typer.Option(None, "--db-id", metavar="0x…", help="Sui: the AtomaDb object id."),
+    usdc_coin_type: Optional[str] = typer.Option(None, "--usdc-coin-type", metavar="0x…::usdc::USDC", help="Sui: USDC's type."),
 ) -> None:
     st = ctx.obj if isinstance(ctx.obj, State) else State()
     st.address, st.home = address or st.address, home or st.home
     st.json, st.debug = json_output or st.json, debug or st.debug
+    source = ctx.get_parameter_source("network")
+    if source is not None and source.name != "DEFAULT":
+        st.network = network
+    st.client_yaml = client_yaml or st.client_yaml
+    st.sui_endpoint, st.package_id, st.db_id = sui_endpoint, package_id, db_id
+    st.usdc_coin_type = usdc_coin_type
     ctx.obj = st
 
 

@@ -57,15 +57,16 @@ def with_node(
     close everything. ``max_pending``: the requests the service takes in progress at once (past it: 429)."""
     import asyncio
 
-    from ..home import LocalnetHome, resolve_home
+    from ..home import resolve_home
     from ..serving.node import NodeService
+    from .session import open_chain
 
     if stack_small_id is not None:
         stored_id("--stack", stack_small_id)
 
     async def main() -> Any:
         home = resolve_home(state.home)
-        chain = LocalnetHome(home).open()
+        chain = await open_chain(state)
         service = None
         created = _NewStores(home)
         failed = True

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable, Optional
 import typer
 
 from .core import Render, State, esc, run
+from .errors import CliInputError
 
 if TYPE_CHECKING:  # pragma: no cover
     from rich.console import Console
@@ -47,14 +48,44 @@ class Session:
         return self.wallet.alias_of(address) or address
 
 
+NETWORKS = ("localnet", "testnet", "custom")
+
+
+async def open_chain(state: Any) -> Any:
+    """The Chain port of ``--network`` through the factory the Prefect blocks use (``atoma_ops.connect``): the
+    localnet of ``--home``, or Sui (``testnet``: the published ids, each overridable; ``custom``: all given) acting
+    through ``--client-yaml`` (default: the home's wallet)."""
+    from ..connect import connect_chain
+    from ..home import resolve_home
+
+    network = getattr(state, "network", "localnet")
+    home = resolve_home(getattr(state, "home", None))
+    if network not in NETWORKS:
+        raise CliInputError(f"--network: {network!r} is not one of {', '.join(NETWORKS)}")
+    if network == "localnet":
+        return await connect_chain("localnet", home)
+    from ..chain.sui.networks import sui_network
+    from ..wallet import Wallet
+
+    settings = sui_network(network, endpoint=state.sui_endpoint, package_id=state.package_id, db_id=state.db_id,
+                           usdc_coin_type=state.usdc_coin_type)
+    wallet = Wallet.load(state.client_yaml or home / "client.yaml")
+    return await connect_chain("sui", home, sui=settings, wallet=wallet, active=state.address)
+
+
+def localnet_only(state: State, what: str) -> None:
+    """Refuse, by name, what only the embedded localnet has (its faucet, its clock, its random stream)."""
+    if state.network != "localnet":
+        raise CliInputError(f"{what} exists on the embedded localnet only (--network {state.network})",
+                            kind="LocalnetOnly")
+
+
 def with_chain(state: State, action: Callable[[Session], Awaitable[Any]]) -> tuple[Any, Session]:
-    """Open the home, run ``action`` in a fresh event loop, close the chain."""
+    """Open the network's chain, run ``action`` in a fresh event loop, close the chain."""
     import asyncio
 
-    from ..home import LocalnetHome, resolve_home
-
     async def main() -> tuple[Any, Session]:
-        chain = LocalnetHome(resolve_home(state.home)).open()
+        chain = await open_chain(state)
         try:
             session = Session(chain, state)
             return await action(session), session

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any, Optional
 import typer
 
 from .core import Render, State, esc, run, sub_app
-from .session import Session, with_chain
+from .session import Session, localnet_only, with_chain
 
 if TYPE_CHECKING:  # pragma: no cover
     from rich.console import Console
@@ -32,6 +32,7 @@ def usdc_mint(
         return tx, recipient, await s.chain.usdc_balance(recipient)
 
     def produce(state: State) -> tuple[Any, Render]:
+        localnet_only(state, "the USDC faucet (`usdc mint`; on Sui testnet: https://faucet.circle.com)")
         from ..protocol.money import format_usdc
 
         (tx, recipient, balance), s = with_chain(state, action)
