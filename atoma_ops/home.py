@@ -1,4 +1,12 @@
-"""The localnet home: one folder holding the chain file and a Sui-format wallet."""
+"""The localnet home: one folder holding the chain file, a Sui-format wallet, the ledger and the nodes' stores.
+
+This module owns the on-disk layout of a home; every other module asks it where a file lives::
+
+    <home>/chain.sqlite                     the localnet (chain/localnet/engine.py)
+    <home>/client.yaml, sui.keystore, sui.aliases   the wallet (wallet/)
+    <home>/ledger.duckdb                    the ledger and the intent journal (ledger/)
+    <home>/nodes/<alias>/serving.sqlite     each node's serving store (serving/store.py)
+"""
 
 from __future__ import annotations
 
@@ -19,6 +27,24 @@ from .wallet import ALIASES_FILE, CLIENT_YAML, KEYSTORE_FILE, Wallet
 DEFAULT_HOME = Path("data") / "localnet"
 HOME_ENV = "ATOMA_OPS_HOME"
 DEFAULT_ALIASES = ("admin", "user", "node-1", "node-2", "node-3")
+LEDGER_FILE = "ledger.duckdb"
+NODES_DIR = "nodes"
+NODE_STORE_FILE = "serving.sqlite"
+
+
+def node_store_path(home: str | os.PathLike, node: str) -> Path:
+    """``<home>/nodes/<node>/serving.sqlite``: the serving store of node ``node`` (its wallet alias or address)."""
+    return Path(home) / NODES_DIR / node / NODE_STORE_FILE
+
+
+def node_store_paths(home: str | os.PathLike) -> list[Path]:
+    """Every node store of the home, in name order."""
+    return sorted((Path(home) / NODES_DIR).glob(f"*/{NODE_STORE_FILE}"))
+
+
+def ledger_path(home: str | os.PathLike | None = None) -> Path:
+    """``<home>/ledger.duckdb`` (home: ``--home``, else ``$ATOMA_OPS_HOME``, else ``data/localnet``)."""
+    return resolve_home(home) / LEDGER_FILE
 
 
 def resolve_home(home: str | os.PathLike | None = None) -> Path:
@@ -47,9 +73,6 @@ class LocalnetHome:
     def owned(self) -> tuple[Path, ...]:
         """What a localnet owns in its home: the chain, the wallet, and the ledger and node stores that go with the
         chain (kept, a re-run would take the old chain's finished writes for done on the new one)."""
-        from .ledger.store import LEDGER_FILE
-        from .serving.store import NODES_DIR
-
         chain = str(self.chain_file)
         return (self.chain_file, Path(chain + "-wal"), Path(chain + "-shm"), self.client_yaml,
                 self.path / KEYSTORE_FILE, self.path / ALIASES_FILE, self.path / LEDGER_FILE,

@@ -121,3 +121,10 @@ def test_product_code_never_imports_the_test_doubles():
 @pytest.mark.parametrize("layer", ["atoma_ops.chain", "atoma_ops.serving", "atoma_ops.ledger"])
 def test_lower_layers_never_import_the_journal_the_lifecycle_or_the_cli(layer):
     assert violations(layer, ("atoma_ops.journal", "atoma_ops.lifecycle", "atoma_ops.cli")) == []
+
+
+def test_the_home_owns_the_layout_and_imports_nothing_above_the_chain():
+    """Serving and the ledger ask the home where their files live, never the reverse."""
+    above = ("atoma_ops.serving", "atoma_ops.ledger", "atoma_ops.journal", "atoma_ops.lifecycle", "atoma_ops.cli")
+    assert violations("atoma_ops.home", above) == []
+    assert "atoma_ops.home" in GRAPH["atoma_ops.serving.store"] and "atoma_ops.home" in GRAPH["atoma_ops.ledger.store"]

@@ -22,7 +22,8 @@ from ..chain._json import dumps
 from .frames import table_columns
 from .indexer import Indexer, SyncReport
 from .migrations import first
-from .store import DEFAULT_LOCK_TIMEOUT_S, LEDGER_FILE, STORAGE_VERSION, LedgerError, ensure_schema, unit_of_work
+from ..home import ledger_path
+from .store import DEFAULT_LOCK_TIMEOUT_S, STORAGE_VERSION, LedgerError, ensure_schema, unit_of_work
 
 if TYPE_CHECKING:  # pragma: no cover
     from .reconcile import ReconcileReport
@@ -57,9 +58,7 @@ _ACTION_FIELDS = (
 
 def default_path(home: str | os.PathLike | None = None) -> Path:
     """``<localnet home>/ledger.duckdb`` (home: ``--home``, else ``$ATOMA_OPS_HOME``, else ``data/localnet``)."""
-    from ..home import resolve_home
-
-    return resolve_home(home) / LEDGER_FILE
+    return ledger_path(home)
 
 
 class Ledger:

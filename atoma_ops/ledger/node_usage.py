@@ -16,8 +16,8 @@ from pathlib import Path
 import pandas as pd
 
 from .store import LedgerError
+from ..home import node_store_paths
 
-STORE_GLOB = "nodes/*/serving.sqlite"
 
 
 #: history columns added when the node began recording per-request times (served_at_ms = when it finished)
@@ -87,7 +87,7 @@ def read_store_usage(store_path: str | os.PathLike) -> pd.DataFrame:
 
 
 def node_stores(home: str | os.PathLike) -> list[Path]:
-    return sorted(Path(home).glob(STORE_GLOB))
+    return node_store_paths(home)
 
 
 def import_node_usage(ledger, home: str | os.PathLike) -> int:

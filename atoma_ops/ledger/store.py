@@ -26,10 +26,10 @@ from typing import Iterator
 import duckdb
 
 from ..core.errors import ErrorClass
+from ..home import LEDGER_FILE  # noqa: F401 - the home owns the layout; the ledger package names it too
 from .migrations import LATEST_VERSION, apply_migrations, current_version
 
 DEFAULT_LOCK_TIMEOUT_S = 30.0
-LEDGER_FILE = "ledger.duckdb"
 #: the storage format of every ledger and snapshot: readable by DuckDB 1.4 and later (its header's version number
 #: is 67; DuckDB 1.4 reads 64-67, 1.5 reads 64-68)
 STORAGE_VERSION = "v1.4.0"

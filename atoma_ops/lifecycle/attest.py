@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+from ..home import node_store_paths
 from ..journal import (
     FINISHED,
     Intent,
@@ -49,7 +50,7 @@ def find_history(stack_small_id: int, *, home: str | Path | None = None, history
         if path.exists():
             return import_jsonl(path, expect_stack=stack_small_id)
     if home is not None:
-        for db in sorted((Path(home) / "nodes").glob("*/serving.sqlite")):
+        for db in node_store_paths(home):
             with NodeStore(db) as store:
                 if store.usage(stack_small_id) is not None:
                     history = store.history(stack_small_id)

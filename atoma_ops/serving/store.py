@@ -31,13 +31,12 @@ from typing import Iterator, Sequence
 import orjson
 
 from .._sqlite import connect_wal, immediate
+from ..home import node_store_path
 from ..protocol.commitments import MerkleFrontier, canonical_json, canonical_request
 from ..protocol.compute_units import actual_units
 from .history import HistoryEntry, StackHistory
 from .metering import InsufficientUnits, NothingToCommit, ServingError, StackBusy, StackSettling
 
-NODES_DIR = "nodes"
-STORE_FILE = "serving.sqlite"
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -246,8 +245,8 @@ class NodeStore:
 
     @staticmethod
     def path_for(home: str | os.PathLike, node: str) -> Path:
-        """``<home>/nodes/<node>/serving.sqlite``."""
-        return Path(home) / NODES_DIR / node / STORE_FILE
+        """``<home>/nodes/<node>/serving.sqlite`` (the home's layout: :func:`atoma_ops.home.node_store_path`)."""
+        return node_store_path(home, node)
 
     def close(self) -> None:
         with self._lock:
