@@ -128,3 +128,9 @@ def test_the_home_owns_the_layout_and_imports_nothing_above_the_chain():
     above = ("atoma_ops.serving", "atoma_ops.ledger", "atoma_ops.journal", "atoma_ops.lifecycle", "atoma_ops.cli")
     assert violations("atoma_ops.home", above) == []
     assert "atoma_ops.home" in GRAPH["atoma_ops.serving.store"] and "atoma_ops.home" in GRAPH["atoma_ops.ledger.store"]
+
+
+def test_the_localnet_contract_and_engine_do_not_import_each_other():
+    """Both use the execution context (ctx.py); the contract never reaches for the engine, even for a type."""
+    assert violations("atoma_ops.chain.localnet.contract", ("atoma_ops.chain.localnet.engine",)) == []
+    assert "atoma_ops.chain.localnet.ctx" in GRAPH["atoma_ops.chain.localnet.contract"]

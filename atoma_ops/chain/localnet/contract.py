@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import sqlite3
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
 from ...protocol import money
 from ...protocol.constants import (
@@ -32,9 +32,7 @@ from ...protocol.epochs import (
 )
 from .._json import dumps, loads
 from ..errors import ExecutionFailure, MoveAbort, MoveArithmeticError
-
-if TYPE_CHECKING:
-    from .engine import Ctx
+from .ctx import Ctx
 
 
 def abort(name: str) -> MoveAbort:
