@@ -468,7 +468,7 @@ class Indexer:
                 write_snapshot(con, cfg, epoch)
                 con.execute("COMMIT")
             except BaseException:
-                con.execute("ROLLBACK")
+                _rollback(con)
                 raise
             cursor = read_cursor(con)
         while max_batches is None or report.batches < max_batches:
@@ -500,3 +500,12 @@ class Indexer:
         report.cursor = cursor
         report.seconds = time.monotonic() - started
         return report
+
+
+def _rollback(con) -> None:
+    """Roll back, keeping the error that got us here: when a write failed (a full disk, say) DuckDB may have ended
+    the transaction already, and its "no transaction is active" would hide the real cause."""
+    try:
+        con.execute("ROLLBACK")
+    except duckdb.Error:
+        pass

@@ -12,6 +12,8 @@ Sums are cast back to BIGINT in every view (DuckDB widens SUM(BIGINT) to HUGEINT
 
 from __future__ import annotations
 
+import duckdb
+
 M0001_CORE = """
 -- raw events, in chain order; seq is the ledger's position of the event (chain order, gap-free from 1)
 CREATE TABLE events (
@@ -611,7 +613,16 @@ def apply_migrations(con) -> list[int]:
             con.execute("INSERT INTO schema_migrations (version, name) VALUES (?, ?)", [version, name])
             con.execute("COMMIT")
         except BaseException:
-            con.execute("ROLLBACK")
+            _rollback(con)
             raise
         applied.append(version)
     return applied
+
+
+def _rollback(con) -> None:
+    """Roll back, keeping the error that got us here: when a write failed (a full disk, say) DuckDB may have ended
+    the transaction already, and its "no transaction is active" would hide the real cause."""
+    try:
+        con.execute("ROLLBACK")
+    except duckdb.Error:
+        pass

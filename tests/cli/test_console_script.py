@@ -91,3 +91,21 @@ def test_db_help_imports_neither_the_wallet_nor_prefect():
     heavy = {m.split(".")[0] for m in modules} & {"prefect", "pysui", "pandas", "duckdb"}
     assert not heavy
     assert "atoma_ops.wallet" not in modules and "atoma_ops.home" not in modules
+
+
+def test_a_full_disk_is_one_named_error_and_the_ledger_recovers(home, tmp_path):
+    """A file-size limit stands in for a full disk (a write past it fails with EFBIG, SIGXFSZ ignored, as a write
+    to a full disk fails with ENOSPC): ``ledger sync`` ends with one named error, exit 1, and the next sync
+    (no limit) indexes everything."""
+    from reliability.bad_inputs import copy_home
+
+    copy = tmp_path / "home"
+    copy_home(Path(home), copy)
+    script = f"trap '' XFSZ; ulimit -f 40; exec {sys.executable} {SCRIPT} --home {copy} --json ledger sync"
+    env = {k: v for k, v in os.environ.items() if k != "ATOMA_OPS_HOME"}
+    full = subprocess.run(["bash", "-c", script], capture_output=True, text=True, env=env, timeout=60)
+    assert full.returncode == 1 and "Traceback" not in full.stderr, full.stderr
+    error = json.loads(full.stdout)["error"]
+    assert error["kind"] == "TransactionException" and "File too large" in error["message"]
+    again = run("--home", str(copy), "--json", "ledger", "sync")
+    assert again.returncode == 0 and json.loads(again.stdout)["events_applied"] >= 1, again.stderr
