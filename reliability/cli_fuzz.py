@@ -239,6 +239,8 @@ def argv_for(draw: Any, path: tuple[str, ...], command: Any, places: Places, own
         glob.append("--json")
     if draw(st.floats(0, 1)) < 0.4:
         glob += ["--address", draw(st.sampled_from(["user", "node-1", "node-2", "admin", "nobody", "0x" + "ab" * 32]))]
+    if draw(st.floats(0, 1)) < 0.1:  # Sui without its settings, or no network at all (never testnet: no way out)
+        glob += ["--network", draw(st.sampled_from(["custom", "mainnet", "", "localnet"]))]
     after = draw(st.booleans())
     return [*path, *args, *glob] if after else [*glob, *path, *args]
 
@@ -256,6 +258,7 @@ class Outcome:
     problems: list[str]
     kind: str | None
     seconds: float
+    said: str = ""  # the end of what the command printed, kept for a failed case
 
 
 def run(argv: list[str]) -> tuple[int, str, str]:
@@ -362,7 +365,7 @@ def check_case(argv: list[str], own: Path, before: Any, places: Places, places_b
         problems.append(f"left behind: {left[:5]}")
     if places.snapshot() != places_before:
         problems.append("an input file changed")
-    return Outcome(argv, status, problems, kind, seconds)
+    return Outcome(argv, status, problems, kind, seconds, (out[-300:] + err[-500:]) if problems else "")
 
 
 def argv_command(argv: list[str]) -> tuple[str, ...]:
@@ -486,7 +489,7 @@ def main(argv: list[str] | None = None) -> int:
                 outcomes.append(outcome)
                 if outcome.problems:
                     failures.append(outcome)
-                    print(f"FAIL {' '.join(outcome.argv)[:200]}: {outcome.problems}", file=sys.__stderr__)
+                    print(f"FAIL {outcome.argv!r}: {outcome.problems}\n  said: {outcome.said!r}", file=sys.__stderr__)
 
             campaign()
             workdir = str(Path(tmp))
@@ -497,7 +500,8 @@ def main(argv: list[str] | None = None) -> int:
     (opts.results / f"{PART}.json").write_text(json.dumps({
         "ok": not failures, "cases": len(outcomes), "failed": len(failures), "seconds": round(seconds, 1),
         "seed": opts.seed, "commands": len(tree),
-        "failures": [{"argv": o.argv, "status": o.status, "problems": o.problems} for o in failures[:200]],
+        "failures": [{"argv": o.argv, "status": o.status, "problems": o.problems, "said": o.said.replace(workdir, "<tmp>")}
+                     for o in failures[:200]],
     }, indent=2))
     (opts.results / f"{PART}.md").write_text(markdown(outcomes, failures, seconds, opts.seed, len(tree)))
     print(f"{len(outcomes)} cases, {len(failures)} failed, {seconds:.0f} s", file=sys.__stderr__)

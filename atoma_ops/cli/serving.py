@@ -108,7 +108,7 @@ class _NewStores:
     def __init__(self, home: Any):
         from pathlib import Path
 
-        from ..serving.store import NODES_DIR
+        from ..home import NODES_DIR
 
         self.root = Path(home) / NODES_DIR
         self.had_root = self.root.exists()
