@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable, Optional
 
 import typer
 
+from ..protocol.events import small_id
 from .core import Render, State, esc, run
 from .errors import CliInputError
 
@@ -96,12 +97,11 @@ def with_chain(state: State, action: Callable[[Session], Awaitable[Any]]) -> tup
 
 
 def sid(value: Any) -> Any:
-    """A small id from parsed JSON (``{"inner": "3"}``) or a plain value."""
-    if isinstance(value, dict) and "inner" in value:
-        value = value["inner"]
+    """A small id from parsed JSON (``{"inner": "3"}``, :func:`atoma_ops.protocol.events.small_id`), or the value as
+    it is when it is not one."""
     try:
-        return int(value)
-    except (TypeError, ValueError):
+        return small_id(value)
+    except ValueError:
         return value
 
 

@@ -95,6 +95,7 @@ from ..types import (
 )
 from . import tables
 from .networks import SuiNetwork
+from ...protocol.events import small_id
 from ..digests import transaction_digest
 from .movetypes import canonical_type
 from .txbuild import GasConfig, OwnedRef, SharedRef, move_call_transaction
@@ -382,7 +383,7 @@ class SuiChain(Chain):
             data = obj.json.to_dict()
             small = data.get("small_id") if isinstance(data, dict) else None
             if isinstance(small, dict) and "inner" in small:
-                return int(small["inner"])
+                return small_id(small)
         if obj.contents is not None and obj.contents.value and len(obj.contents.value) >= 40:
             return int.from_bytes(bytes(obj.contents.value)[32:40], "little")  # { id: UID, small_id: { inner } }
         return None
