@@ -323,7 +323,9 @@ def check_case(argv: list[str], own: Path, before: Any, places: Places, places_b
     status, out, err = run(argv)
     seconds = time.perf_counter() - t0
     problems: list[str] = []
-    json_mode = "--json" in (argv[: argv.index("--")] if "--" in argv else argv)  # after "--" it is no option
+    # "--json" after a "--" is an option only when that "--" was the value of an option: take what was printed
+    json_mode = "--json" in (argv[: argv.index("--")] if "--" in argv else argv) or (
+        "--json" in argv and out.lstrip().startswith("{"))
     if status not in HANDLED:
         problems.append(f"exit status {status} (not one of {HANDLED})")
     if "Traceback" in out or "Traceback" in err:
