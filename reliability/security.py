@@ -4,7 +4,7 @@
    signatures, a wrong sender, another node's badge and a non-admin calling the admin-only entry functions. Each
    must fail with its named error and leave the chain, the nodes' histories and the ledger unchanged
    (:mod:`reliability.digests`). A genuine signature over the same bytes is then accepted, so the refusals were
-   for the reason named. (tests/chain/test_concurrency.py, test_sui_loopback_exec.py and test_execute_verified.py
+   for the reason named. (tests/chain/test_concurrency.py, tests/testing/sui/test_execute.py and tests/chain/test_execute_verified.py
    cover further refusals: another chain id, stale object versions, the localnet's own JSON transactions.)
 2. Keystore modes: every ``sui.keystore`` that ``LocalnetHome.init``, ``Wallet.create``/``new_key``, the CLI's
    ``localnet init`` and ``make demo`` write is 0600, even under a umask of 0.

@@ -179,7 +179,7 @@ class MerkleFrontier:
     node that is promoted unchanged until the left block is one node too; so ``root(N) = H(P_a ‖ root(rest))``.
     Unrolled, that is the frontier combined from the smallest subtree up: ``acc = smallest;
     acc = H(bigger ‖ acc)`` for each bigger one. (Checked by hand for N = 1..8 and against :func:`merkle_root`
-    in tests/unit/test_commitments.py.)
+    in tests/protocol/test_commitments.py.)
 
     Immutable: :meth:`fold` returns a new frontier, so a store can fold, write the new frontier and the leaf in
     one transaction, and keep nothing half-updated in memory if that transaction rolls back. :meth:`to_bytes` is

@@ -1,7 +1,7 @@
 """The intent journal (atoma_ops.journal) and the idempotent lifecycle stages, on a real localnet and a real ledger.
 
-Every test gets a fresh localnet (the ``chain`` fixture) and its own DuckDB ledger in ``tmp_path``; the journal is
-the ledger's ``chain_actions`` table. "Nothing happened on chain" is checked by counting the localnet's events and
+Every test gets a fresh localnet (the ``chain`` fixture) and a journal of its own, once in each store: the DuckDB
+ledger's ``chain_actions`` table (a ledger in ``tmp_path``) and PostgreSQL (the ``ledger`` fixture's two params). "Nothing happened on chain" is checked by counting the localnet's events and
 transactions before and after.
 """
 
@@ -46,14 +46,24 @@ def migrated(tmp_path_factory) -> Path:
     return path
 
 
-@pytest.fixture
-def ledger(tmp_path, migrated) -> Ledger:
-    """A ledger of the test's own: a copy of the migrated empty one."""
+@pytest.fixture(params=["duckdb", "postgres"])
+def ledger(request, tmp_path, migrated):
+    """The journal of the test's own, in each store (one contract for both): the DuckDB ledger (a copy of the
+    migrated empty one), or PostgreSQL (the module's database, emptied)."""
+    if request.param == "postgres":
+        from atoma_ops.journal_postgres import PostgresJournal
+
+        journal = PostgresJournal(request.getfixturevalue("pg_database"))
+        with journal._transaction() as cur:
+            cur.execute("TRUNCATE chain_actions")
+        yield journal
+        journal.close()
+        return
     for suffix in ("", ".wal"):
         source = Path(str(migrated) + suffix)
         if source.exists():
             shutil.copyfile(source, tmp_path / ("ledger.duckdb" + suffix))
-    return Ledger(tmp_path / "ledger.duckdb")
+    yield Ledger(tmp_path / "ledger.duckdb")
 
 
 def events(chain) -> list:
