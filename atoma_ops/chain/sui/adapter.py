@@ -93,7 +93,7 @@ from ..types import (
     Ticket,
     TxResult,
 )
-from . import tables
+from . import table_reads, tables
 from .networks import SuiNetwork
 from ...protocol.events import small_id
 from ..digests import transaction_digest
@@ -308,7 +308,7 @@ class SuiChain(Chain):
         return int((await self._epoch(["epoch"])).epoch or 0)
 
     async def db_config(self) -> DbConfig:
-        config, found = await tables.read_db(self.client, self.network.db_id)
+        config, found = await table_reads.read_db(self.client, self.network.db_id)
         if self._tables is None:
             self._tables = found
         return config
@@ -324,29 +324,29 @@ class SuiChain(Chain):
 
     async def get_task(self, task_small_id: int) -> Task | None:
         key = self._u64_key(task_small_id)
-        return None if key is None else await tables.read_task(self.client, (await self._atoma_tables()).tasks, key)
+        return None if key is None else await table_reads.read_task(self.client, (await self._atoma_tables()).tasks, key)
 
     async def get_node(self, node_small_id: int) -> Node | None:
         key = self._u64_key(node_small_id)
-        return None if key is None else await tables.read_node(self.client, (await self._atoma_tables()).nodes, key)
+        return None if key is None else await table_reads.read_node(self.client, (await self._atoma_tables()).nodes, key)
 
     async def get_stack(self, stack_small_id: int) -> Stack | None:
         key = self._u64_key(stack_small_id)
         if key is None:
             return None
-        return await tables.read_stack(self.client, (await self._atoma_tables()).stacks, key)
+        return await table_reads.read_stack(self.client, (await self._atoma_tables()).stacks, key)
 
     async def get_ticket(self, stack_small_id: int) -> Ticket | None:
         key = self._u64_key(stack_small_id)
         if key is None:
             return None
-        return await tables.read_ticket(self.client, (await self._atoma_tables()).stack_settlement_tickets, key)
+        return await table_reads.read_ticket(self.client, (await self._atoma_tables()).stack_settlement_tickets, key)
 
     async def subscriptions(self, task_small_id: int) -> list[Subscription]:
         key = self._u64_key(task_small_id)
         if key is None:
             return []
-        return await tables.read_subscriptions(self.client, (await self._atoma_tables()).tasks, key)
+        return await table_reads.read_subscriptions(self.client, (await self._atoma_tables()).tasks, key)
 
     @staticmethod
     def _ref(obj: Any) -> OwnedRef:

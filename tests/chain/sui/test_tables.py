@@ -20,6 +20,7 @@ import pysui.sui.sui_grpc.suimsgs.sui.rpc.v2 as sp
 from grpclib.const import Status
 from pysui.sui.sui_bcs import bcs
 
+from atoma_ops.chain.sui import table_reads as R
 from atoma_ops.chain.sui import tables as T
 from atoma_ops.chain.sui.client import pysui_client_for
 from atoma_ops.testing.sui import BackgroundLoopbackNode
@@ -193,7 +194,7 @@ def test_every_table_entry_equals_the_localnet_read(net, world):
     ln = net.ln
 
     async def body(client, node):
-        config, tables = await T.read_db(client, ln.db_id)
+        config, tables = await R.read_db(client, ln.db_id)
         assert config == ln.db_config()
         assert (tables.db_id, tables.type_package_id) == (ln.db_id, ln.package_id)
         assert (tables.nodes.size, tables.tasks.size, tables.stacks.size, tables.stack_settlement_tickets.size) == (
@@ -204,18 +205,18 @@ def test_every_table_entry_equals_the_localnet_read(net, world):
 
         seen = {"node": 0, "task": 0, "stack": 0, "ticket": 0, "subscription": 0}
         for n in range(config.next_node_small_id + 1):
-            got = await T.read_node(client, tables.nodes, n)
+            got = await R.read_node(client, tables.nodes, n)
             assert got == ln.get_node(n)
             seen["node"] += got is not None
         for t in range(config.next_task_small_id + 1):
-            got = await T.read_task(client, tables.tasks, t)
+            got = await R.read_task(client, tables.tasks, t)
             assert got == ln.get_task(t)
-            subs = await T.read_subscriptions(client, tables.tasks, t)
+            subs = await R.read_subscriptions(client, tables.tasks, t)
             assert subs == ln.subscriptions(t)
             seen["task"] += got is not None
             seen["subscription"] += len(subs)
         for s in range(config.next_stack_small_id + 1):
-            stack, ticket = await T.read_stack(client, tables.stacks, s), await T.read_ticket(
+            stack, ticket = await R.read_stack(client, tables.stacks, s), await R.read_ticket(
                 client, tables.stack_settlement_tickets, s
             )
             assert stack == ln.get_stack(s)
@@ -248,16 +249,16 @@ def test_deleted_entries_read_as_none_and_are_not_found(net, world):
     claimed, gone = world["claimed"], world["gone"]
 
     async def body(client, node):
-        _, tables = await T.read_db(client, ln.db_id)
-        assert await T.read_stack(client, tables.stacks, claimed) is None
-        assert await T.read_ticket(client, tables.stack_settlement_tickets, claimed) is None
-        assert await T.read_task(client, tables.tasks, gone) is None
-        assert await T.read_subscriptions(client, tables.tasks, gone) == []
+        _, tables = await R.read_db(client, ln.db_id)
+        assert await R.read_stack(client, tables.stacks, claimed) is None
+        assert await R.read_ticket(client, tables.stack_settlement_tickets, claimed) is None
+        assert await R.read_task(client, tables.tasks, gone) is None
+        assert await R.read_subscriptions(client, tables.tasks, gone) == []
         field = tables.stacks.field_id(T.small_id_bcs(claimed))
         result = await client.execute(command=cmd.GetObject(object_id=field))
         assert not result.is_ok() and result.result_string[0] == Status.NOT_FOUND
         # A key that never existed is absent in the same way.
-        assert await T.read_node(client, tables.nodes, 999) is None
+        assert await R.read_node(client, tables.nodes, 999) is None
 
     assert ln.get_stack(claimed) is None and ln.get_ticket(claimed) is None and ln.get_task(gone) is None
     read(net, body)
@@ -270,7 +271,7 @@ def test_field_objects_as_a_full_node_serves_them(net, world):
     plain = world["tasks"][0]
 
     async def body(client, node):
-        _, tables = await T.read_db(client, ln.db_id)
+        _, tables = await R.read_db(client, ln.db_id)
         db = (await client.execute(command=cmd.GetObject(object_id=ln.db_id))).result_data
         assert db.json.to_dict()["stacks"] == {"id": tables.stacks.id, "size": "4"}
         assert db.json.to_dict()["next_task_small_id"] == {"inner": str(ln.db_config().next_task_small_id)}
@@ -335,39 +336,39 @@ def test_list_dynamic_fields_pages_every_table(net, world):
     n1, n2, _ = world["nodes"]
 
     async def body(client, node):
-        _, tables = await T.read_db(client, ln.db_id)
-        nodes = await T.list_dynamic_fields(client, tables.nodes.id, page_size=2)
+        _, tables = await R.read_db(client, ln.db_id)
+        nodes = await R.list_dynamic_fields(client, tables.nodes.id, page_size=2)
         expected = sorted(tables.nodes.field_id(T.small_id_bcs(n)) for n in world["nodes"])
         assert [e.field_id for e in nodes] == expected  # ordered by id, across two pages
         assert {e.kind for e in nodes} == {"field"} and {e.parent for e in nodes} == {tables.nodes.id}
         assert sorted(int.from_bytes(e.name_bcs, "little") for e in nodes) == sorted(world["nodes"])
         assert {e.name_type for e in nodes} == {f"{ln.package_id}::db::NodeSmallId"}
 
-        tasks = await T.list_dynamic_fields(client, tables.tasks.id)
+        tasks = await R.list_dynamic_fields(client, tables.tasks.id)
         assert {e.kind for e in tasks} == {"object"}
         assert sorted(e.child_id for e in tasks) == sorted(
             ln.get_task(t).task_id for t in world["tasks"] if ln.get_task(t) is not None
         )
         assert {e.value_type for e in tasks} == {f"{ln.package_id}::db::Task"}
 
-        stacks = await T.list_dynamic_fields(client, tables.stacks.id)
+        stacks = await R.list_dynamic_fields(client, tables.stacks.id)
         assert sorted(int.from_bytes(e.name_bcs, "little") for e in stacks) == sorted(
             s for s in world["stacks"] if s != world["claimed"]
         )
 
-        task = await T.read_task_object(client, tables.tasks, plain)
-        subs = await T.list_dynamic_fields(client, task.subscribed_nodes.id)
+        task = await R.read_task_object(client, tables.tasks, plain)
+        subs = await R.list_dynamic_fields(client, task.subscribed_nodes.id)
         assert sorted(int.from_bytes(e.name_bcs, "little") for e in subs) == [n1, n2]
-        vec = await T.list_dynamic_fields(client, task.subscribed_nodes_small_ids.id)
+        vec = await R.list_dynamic_fields(client, task.subscribed_nodes_small_ids.id)
         assert sorted(int.from_bytes(e.name_bcs, "little") for e in vec) == [0, 1, 2]
 
         # A NodeBadge's subscriptions are dynamic fields on its UID: Field<TaskSmallId, bool>.
         badge = net.badge("node-1", "NodeBadge")
-        on_badge = await T.list_dynamic_fields(client, badge.object_id)
+        on_badge = await R.list_dynamic_fields(client, badge.object_id)
         assert sorted(int.from_bytes(e.name_bcs, "little") for e in on_badge) == sorted(
             t for t in world["tasks"] if any(s.node_small_id == n1 for s in ln.subscriptions(t))
         )
-        assert await T.list_dynamic_fields(client, "0x" + "ee" * 32) == []
+        assert await R.list_dynamic_fields(client, "0x" + "ee" * 32) == []
         return node.calls
 
     assert "ListDynamicFields" in read(net, body)
@@ -379,15 +380,15 @@ def test_reads_follow_new_transactions(net, world):
     plain = world["tasks"][0]
 
     async def before(client, node):
-        config, tables = await T.read_db(client, ln.db_id)
+        config, tables = await R.read_db(client, ln.db_id)
         return config.next_stack_small_id, tables
 
     next_stack, tables = read(net, before)
     assert net.buy(plain, draw=0) == next_stack
 
     async def after(client, node):
-        assert await T.read_stack(client, tables.stacks, next_stack) == ln.get_stack(next_stack) is not None
-        config, now = await T.read_db(client, ln.db_id)
+        assert await R.read_stack(client, tables.stacks, next_stack) == ln.get_stack(next_stack) is not None
+        config, now = await R.read_db(client, ln.db_id)
         assert (config.next_stack_small_id, now.stacks.size) == (next_stack + 1, tables.stacks.size + 1)
 
     read(net, after)
