@@ -54,7 +54,7 @@ async def attestation_watch(
             continue
         try:
             history = lifecycle.find_history(stack, home=network.home, history_dir=history_dir)
-            replayed = await node_tasks.replay_stack(network, engine, stack, history.root.hex(), history_dir)
+            replayed = await node_tasks.replay_stack(network, engine, stack, history.root.hex(), history_dir, history)
             attested = await node_tasks.attest_stack(network, wallet, ledger, node, stack, replayed)
         except lifecycle.StageError as exc:
             problems.append({**request, "why": str(exc)})

@@ -344,7 +344,7 @@ async def attest(
     network = network_or_default(network)
     engine = engine or InferenceEngine()
     history = lifecycle.find_history(stack_small_id, home=network.home, history_dir=history_dir)
-    replayed = await node_tasks.replay_stack(network, engine, stack_small_id, history.root.hex(), history_dir)
+    replayed = await node_tasks.replay_stack(network, engine, stack_small_id, history.root.hex(), history_dir, history)
     attested = await node_tasks.attest_stack(network, wallet, ledger, node, stack_small_id, replayed)
     report = replayed["report"]
     verdict = "disputed" if attested.disputed else ("complete" if attested.completed else "recorded")

@@ -100,15 +100,18 @@ def _replay_key(context: Any, parameters: dict) -> str:
 )
 async def replay_stack(
     network: AtomaNetwork, engine: InferenceEngine, stack_small_id: int, history_root: str,
-    history_dir: str | None = None,
+    history_dir: str | None = None, history: Any = None,
 ) -> dict:
     """Replay the serving node's history of the stack through this node's engine (the expensive step of an
     attestation). Cached by stack, history root and engine, so a retried attestation does not replay twice.
 
+    ``history``: the ``StackHistory`` the flow found (its root is ``history_root``), else found here.
+
     Returns:
         ``{"leaves": [hex…], "report": {…}}``.
     """
-    history = lifecycle.find_history(stack_small_id, home=network.home, history_dir=history_dir)
+    if history is None:
+        history = lifecycle.find_history(stack_small_id, home=network.home, history_dir=history_dir)
     report = await asyncio.to_thread(
         lifecycle.replay_history, shared_engine(engine), history, batch_size=engine.batch_size
     )
