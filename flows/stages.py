@@ -203,10 +203,15 @@ async def serve_stack(
     wallet: SuiWallet | None = None,
     engine: InferenceEngine | None = None,
     window: int | None = None,
+    node_url: str | None = None,
+    buyer: str | None = None,
 ) -> dict:
-    """The selected node serves the workload on the stack: one task per window of ``window`` requests (default
-    4 × the engine's concurrency, ``engine.batch_size``), each serving its window ``batch_size`` at once, with a
-    progress bar in the UI. Re-runnable: lines served or refused before (same workload, same stack) are skipped.
+    """The buyer sends the workload to the stack's selected node, as a real user does: over HTTP, each request
+    signed with the buyer's key (``buyer``, default the stack's owner), each answer's signature checked. The node
+    is ``node_url`` when it already runs (``atoma-ops node serve``), else its HTTP server is started in the task on a
+    free loopback port around ``engine``. One task per window of ``window`` requests (default 4 × the engine's
+    concurrency, ``engine.batch_size``), each sending its window ``batch_size`` at once, with a progress bar in the
+    UI. Re-runnable: lines served or refused before (same workload, same stack) are answered from the node's record.
 
     Returns the whole workload's counts: ``served`` / ``refused`` in all (``served_now`` / ``refused_now`` by this
     run, ``already_served`` / ``already_refused`` skipped), ``failed`` (not charged; served by a re-run)."""
@@ -228,7 +233,8 @@ async def serve_stack(
     for start in range(0, len(requests), window):
         stop = min(start + window, len(requests))
         report = await node_tasks.serve_batch(
-            network, wallet, engine, node, stack_small_id, requests, start, stop, workload_id=key
+            network, wallet, engine, node, stack_small_id, requests, start, stop, workload_id=key, node_url=node_url,
+            buyer=buyer,
         )
         totals["served_now"] += report.served
         totals["refused_now"] += len(report.refused)

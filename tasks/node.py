@@ -25,21 +25,36 @@ from .signer import signer_turn
 async def serve_batch(
     network: AtomaNetwork, wallet: SuiWallet | None, engine: InferenceEngine, node: str, stack_small_id: int,
     workload: list[dict], start: int, stop: int, workload_id: str | None = None, concurrency: int | None = None,
+    node_url: str | None = None, buyer: str | None = None,
 ) -> lifecycle.ServeReport:
-    """Serve the window ``workload[start:stop]`` on the stack, ``concurrency`` requests at once on the engine
-    (default ``engine.batch_size``). Lines the stack already served or refused under the workload's request ids are
-    skipped, so a retry or a re-run resumes where serving stopped and never charges twice.
+    """Send the window ``workload[start:stop]`` to the stack's node as its buyer does (HTTP, signed with the
+    buyer's key, every answer's signature checked), ``concurrency`` requests at once (default
+    ``engine.batch_size``). Lines the stack already served or refused under the workload's request ids are answered
+    from the node's record, so a retry or a re-run resumes where serving stopped and never charges twice.
 
     Args:
-        node: the serving node's alias or address (the stack's selected node).
-        workload: every request of the stack, in serving order.
+        node: the serving node's alias or address (the stack's selected node): served here, on a loopback port,
+            unless ``node_url`` names where it already runs.
+        workload: every request of the stack, in the workload's order.
         workload_id: ``lifecycle.workload_id(workload)``, computed once by the flow (else here).
+        node_url: a running node (``atoma-ops node serve``) to send to instead.
+        buyer: who signs (alias or address of the wallet; default: the stack's owner).
     """
-    async with open_node(network, wallet, node, engine) as service:
-        report = await lifecycle.serve_batch(
-            service, stack_small_id, workload, start, stop,
-            concurrency=concurrency or engine.batch_size, workload_key=workload_id,
-        )
+    width = concurrency or engine.batch_size
+    if node_url is not None:
+        async with open_chain(network, wallet) as chain:
+            signer = await lifecycle.buyer_signer(chain, stack_small_id, buyer)
+            address = chain.wallet.resolve_any(node)  # the node signs its answers with this address
+            report = await lifecycle.serve_batch(
+                node_url, signer, stack_small_id, workload, start, stop, concurrency=width, workload_key=workload_id,
+                node_address=address,
+            )
+    else:
+        async with open_node(network, wallet, node, engine) as service:
+            signer = await lifecycle.buyer_signer(service.chain, stack_small_id, buyer)
+            report = await lifecycle.serve_batch(
+                service, signer, stack_small_id, workload, start, stop, concurrency=width, workload_key=workload_id,
+            )
     log = get_run_logger()
     log.info(
         "stack %d, requests %d-%d: %d served, %d refused, %d failed, %d served before, %d refused before; "
