@@ -26,21 +26,30 @@ def stack_serve(
     ctx: typer.Context,
     stack: int = typer.Option(..., "--stack", metavar="N", help="Stack small id."),
     workload: str = typer.Option(..., "--workload", metavar="FILE.jsonl", help="One chat request per line."),
+    url: Optional[str] = typer.Option(
+        None, "--url", metavar="URL",
+        help="Send to this running node (e.g. http://127.0.0.1:8000); default: the stack's node, its HTTP server "
+             "started here on a free loopback port.",
+    ),
+    buyer: Optional[str] = typer.Option(
+        None, "--buyer", metavar="ALIAS|0x…", help="Who signs the requests (default: the stack's owner, from the wallet)."
+    ),
     node: Optional[str] = NODE_OPT,
     engine: str = ENGINE_OPT,
     openai_base_url: Optional[str] = BASE_URL_OPT,
     model: Optional[str] = MODEL_OPT,
     concurrency: Optional[int] = typer.Option(
-        None, "--concurrency", metavar="N", help="Requests in progress at once on the engine (default 8)."
+        None, "--concurrency", metavar="N", help="Requests in progress at once (default 8)."
     ),
     batch_size: Optional[int] = typer.Option(
         None, "--batch-size", metavar="N", hidden=True, help="Deprecated alias of --concurrency."
     ),
     node_small_id: Optional[int] = NODE_SMALL_ID_PICK_OPT,
 ) -> None:
-    """Run a workload of chat requests on a stack (metered, recorded), CONCURRENCY at once; print the units used
-    and left. Resumable: each line is recorded under an id of the workload's content, so a re-run (after a kill,
-    a refusal or a finished run) serves only the lines not yet served or refused, and never charges twice."""
+    """Send a workload of chat requests to the stack's node as its buyer does (over HTTP, each request signed with
+    the buyer's key, each answer's signature checked), CONCURRENCY at once; print the units used and left.
+    Resumable: each line carries a request id of the workload's content, so a re-run (after a kill, a refusal or a
+    finished run) is answered from the node's record for the lines served or refused before, never charged twice."""
 
     def produce(state: State) -> tuple[Any, Render]:
         from ..serving.workload import load_workload
@@ -52,10 +61,19 @@ def stack_serve(
         width = concurrency if concurrency is not None else batch_size if batch_size is not None else 8
         if width < 1:
             raise CliInputError("--concurrency must be >= 1")
+        if url is not None:
+            if node is not None or node_small_id is not None:
+                raise CliInputError("--url sends to a running node: --node / --node-small-id name a local one")
+            doc = _serve_remote(state, url, buyer, stack, requests, width)
+            return doc, lambda con: _render_served(con, doc)
         load = engine_loader(state, engine, openai_base_url, model)
 
         async def action(service: Any) -> dict:
-            return await _serve_workload(state, service, stack, requests, width)
+            from ..lifecycle import buyer_signer
+
+            signer = await buyer_signer(service.chain, stack, buyer)
+            return await _serve_workload(state, service, signer, stack, requests, width,
+                                         node_small_id=service.node_small_id)
 
         doc = with_node(state, node, stack, node_small_id, action, engine=load, precheck=True)
         return doc, lambda con: _render_served(con, doc)
@@ -63,7 +81,37 @@ def stack_serve(
     run(ctx, produce)
 
 
-async def _serve_workload(state: State, service: Any, stack: int, requests: list, concurrency: int) -> dict:
+def _serve_remote(state: State, url: str, buyer: Optional[str], stack: int, requests: list, width: int) -> dict:
+    """``stack serve --url``: the node says who it is (``GET /health``), the chain says whether that address holds
+    the badge of the node the stack was sold to; only then is the workload sent, every answer signed by it."""
+    import asyncio
+
+    import httpx
+
+    from ..client.buyer import node_of_stack
+    from ..client.chat import base_url
+    from ..lifecycle import buyer_signer
+    from ..wallet import normalize_address
+    from .session import open_chain
+
+    async def main() -> dict:
+        chain = await open_chain(state)
+        try:
+            signer = await buyer_signer(chain, stack, buyer)
+            async with httpx.AsyncClient(timeout=60.0) as http:
+                health = (await http.get(base_url(url) + "/health")).json()
+            address = normalize_address(str(health.get("address")))
+            node_small_id = await node_of_stack(chain, stack, address)
+            return await _serve_workload(state, url, signer, stack, requests, width, node_small_id=node_small_id,
+                                         node_address=address)
+        finally:
+            await chain.close()
+
+    return asyncio.run(main())
+
+
+async def _serve_workload(state: State, node: Any, signer: Any, stack: int, requests: list, concurrency: int, *,
+                          node_small_id: int, node_address: Optional[str] = None) -> dict:
     """``lifecycle.serve_workload`` with a transient progress bar on stderr (not under --json); the JSON document
     of ``stack serve``."""
     import time
@@ -94,21 +142,21 @@ async def _serve_workload(state: State, service: Any, stack: int, requests: list
             progress.update(bar, advance=1, counts=text)
 
     def landed(o: Any) -> None:
-        tick("served" if o.ok else "refused" if o.error.final else "failed")
+        tick("served" if o.ok else "refused" if o.final else "failed")
 
     t0 = time.perf_counter()
     with progress if progress is not None else nullcontext():
         if progress is not None:
             bar = progress.add_task("serve", total=len(requests), stack=stack, counts="")
         report, outcomes = await serve_workload(
-            service, stack, requests, concurrency=concurrency,
+            node, signer, stack, requests, concurrency=concurrency, node_address=node_address,
             on_skipped=lambda i, seen: tick("skipped"), on_outcome=landed,
         )
     wall = time.perf_counter() - t0
-    usage = service.store.usage(stack)
     return {
         "stack_small_id": stack,
-        "node_small_id": service.node_small_id,
+        "node_small_id": node_small_id,
+        "buyer": signer.address,
         "workload_id": report.workload_id,
         "requests": len(requests),
         "concurrency": concurrency,
@@ -120,7 +168,7 @@ async def _serve_workload(state: State, service: Any, stack: int, requests: list
         "units_charged": report.units_charged,
         "completion_tokens": report.completion_tokens,
         "wall_s": round(wall, 3),
-        "usage": usage.to_json() if usage else None,
+        "usage": report.usage,
         "outcomes": [_outcome_doc(o) for o in outcomes],
     }
 
@@ -128,7 +176,7 @@ async def _serve_workload(state: State, service: Any, stack: int, requests: list
 def _outcome_doc(o: Any) -> dict:
     doc = o.to_json()
     if not o.ok:
-        doc["retry"] = not o.error.final  # failed, not refused: nothing recorded, a re-run serves it again
+        doc["retry"] = not o.final  # failed, not refused: nothing recorded, a re-run serves it again
     return doc
 
 
@@ -154,10 +202,10 @@ def _render_served(con: "Console", doc: dict) -> None:
         if o["ok"]:
             text = (o["content"] or "").replace("\n", " ")
             text = text if len(text) <= 60 else text[:57] + "…"
-            reserved = f"(reserved {o['estimate']['reserved']})" if o.get("estimate") else "(served before)"
-            con.print(f"  {o['index']:>3} → #{o['history_index']:<3} {o['units']:>5} units {reserved}  {esc(text)}")
+            con.print(f"  {o['index']:>3} → #{o['history_index']:<3} {o['units']:>5} units  {esc(text)}")
         else:
-            con.print(f"  {o['index']:>3} [red]{'failed' if o.get('retry') else 'refused'}[/]: {esc(o['error']['message'])}")
+            message = (o.get("error") or {}).get("message", "")
+            con.print(f"  {o['index']:>3} [red]{'failed' if o.get('retry') else 'refused'}[/]: {esc(message)}")
     if len(doc["outcomes"]) > len(shown):
         con.print(f"  … and {len(doc['outcomes']) - len(shown)} more (--json lists every one)")
     if doc["usage"]:

@@ -2,7 +2,8 @@
 node, ``concurrency`` at a time, every answer's signature checked.
 
 Each request carries its request id (``X-Request-Id``, e.g. the workload line's ``wl-<digest>-<index>``), so a
-re-run after a crash or a refusal is answered from the node's history for what was served, charged once. A refusal
+re-run after a crash or a refusal is answered from the node's history for what was served, charged once, and with
+the recorded refusal for what was refused (both marked ``Idempotent-Replayed: true``: :attr:`Sent.replayed`). A refusal
 the node calls final (``x-should-retry: false``) is not sent again; 425 while requests in flight hold the stack's
 units and 429 (overloaded) are sent again after ``Retry-After``, up to ``retries`` times. Over HTTP the node records
 requests in the order they finish, as for any buyer: the history's order is the node's, not the file's.
@@ -16,12 +17,10 @@ from typing import Any, Callable, Sequence
 
 import httpx
 
+from ..protocol.node_http import REPLAYED_HEADER, REQUEST_ID_HEADER
 from .chat import CHAT_PATH, base_url
 from .signing import AtomaAuth, RequestSigner
 from .verify import ResponseSignatureError, verify_response
-
-REQUEST_ID_HEADER = "X-Request-Id"
-
 
 @dataclass
 class Sent:
@@ -36,6 +35,8 @@ class Sent:
     history_index: int | None = None
     signer: str | None = None
     attempts: int = 1
+    replayed: bool = False  # answered from the node's record of this request id (served or refused before)
+    final: bool = False  # a refusal the node calls final (``x-should-retry: false``): sending it again is pointless
 
     @property
     def ok(self) -> bool:
@@ -43,13 +44,15 @@ class Sent:
 
     def to_json(self) -> dict:
         doc: dict = {"index": self.index, "request_id": self.request_id, "status": self.status, "ok": self.ok,
-                     "attempts": self.attempts}
+                     "attempts": self.attempts, "replayed": self.replayed}
         if self.ok:
             choice = ((self.response or {}).get("choices") or [{}])[0]
+            usage = (self.response or {}).get("usage") or {}
             doc.update(units=self.units, history_index=self.history_index, signed_by=self.signer,
+                       prompt_tokens=usage.get("prompt_tokens"), completion_tokens=usage.get("completion_tokens"),
                        content=(choice.get("message") or {}).get("content"), finish_reason=choice.get("finish_reason"))
         else:
-            doc["error"] = self.error
+            doc.update(error=self.error, final=self.final)
         return doc
 
 
@@ -64,11 +67,13 @@ class WorkloadReport:
 
     @property
     def units(self) -> int:
-        return sum(s.units for s in self.sent if s.ok)
+        """Units charged by this sending (an answer replayed from the node's record was charged before)."""
+        return sum(s.units for s in self.sent if s.ok and not s.replayed)
 
     def to_json(self) -> dict:
         return {"stack_small_id": self.stack_small_id, "served": self.served, "refused": len(self.sent) - self.served,
-                "units_charged": self.units, "outcomes": [s.to_json() for s in self.sent]}
+                "replayed": sum(1 for s in self.sent if s.replayed), "units_charged": self.units,
+                "outcomes": [s.to_json() for s in self.sent]}
 
 
 async def send_workload(url: str, signer: RequestSigner, stack: int, requests: Sequence[dict], *,
@@ -108,6 +113,8 @@ async def send_workload(url: str, signer: RequestSigner, stack: int, requests: S
 
 
 def _land(sent: Sent, r: httpx.Response, node_address: str | None) -> None:
+    sent.replayed = r.headers.get(REPLAYED_HEADER, "").lower() == "true"
+    sent.final = r.status_code != 200 and r.headers.get("x-should-retry") == "false"
     try:
         doc = r.json()
     except ValueError:

@@ -15,7 +15,9 @@ from .mint import MintReport, mint_usdc
 from .task import DbConfigChange, create_task, set_cross_validation
 from .nodes import register_node, subscribe_node
 from .stack import BoughtStack, alias_of_node, buy_stack
-from .serve import ServeReport, WORKLOAD_ID_PREFIX, serve_batch, serve_workload, workload_id, workload_request_id
+from .serve import (
+    ServeReport, WORKLOAD_ID_PREFIX, buyer_signer, serve_batch, serve_workload, workload_id, workload_request_id,
+)
 from .settle import SettleCandidate, Settled, settle_candidates, split_confidential, try_settle_stack, try_settle_stacks
 from .attest import Attested, attest_stack, attestation_position, attestation_requests, find_history, replay_history, submit_attestation
 from .wait import wait_for_epoch
@@ -40,6 +42,7 @@ __all__ = [
     "attestation_position",
     "attestation_requests",
     "buy_stack",
+    "buyer_signer",
     "checked_args",
     "claim_confidential",
     "claim_tickets",

@@ -33,6 +33,9 @@ STACK_HEADER = "X-Stack-Small-Id"
 SIGNATURE_HEADER = "X-Signature"
 TX_DIGEST_HEADER = "X-Tx-Digest"
 REQUEST_ID_HEADER = "X-Request-Id"
+#: ``true`` on an answer recorded earlier under the request's ``X-Request-Id`` (served or refused then, not now;
+#: the name and meaning of the IETF idempotency-key draft's and Stripe's header)
+REPLAYED_HEADER = "Idempotent-Replayed"
 #: fields a signed response body (and the final chunk of a stream) carries
 RESPONSE_HASH_KEY = "response_hash"
 SIGNATURE_KEY = "signature"

@@ -169,6 +169,31 @@ class Overloaded(ServingError):
     status, type = 429, "overloaded"
 
 
+def _refusal_statuses() -> dict[str, int]:
+    found: dict[str, int] = {}
+    todo = [ServingError]
+    while todo:
+        cls = todo.pop()
+        found.setdefault(cls.type, cls.status)
+        todo.extend(cls.__subclasses__())
+    return found
+
+
+class RecordedRefusal(ServingError):
+    """A request id this stack finally refused before, sent again: the recorded refusal (its type and message, the
+    status of that type) once more, so a re-sent workload line stays refused instead of being judged anew; the
+    answer says it is a replay (``Idempotent-Replayed: true``)."""
+
+    def __init__(self, type_: str, message: str, **fields: Any):
+        super().__init__(message, **fields)
+        self.type = type_
+        self.status = _refusal_statuses().get(type_, 400)
+
+    @property
+    def final(self) -> bool:
+        return True
+
+
 # --------------------------------------------------------------------------------------------------- requests
 #: parameters this node honours (``user`` is recorded with the request, as OpenAI does, and changes nothing)
 HONOURED = frozenset({

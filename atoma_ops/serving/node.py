@@ -42,6 +42,7 @@ from .metering import (
     NothingToCommit,
     PurchaseNotOwned,
     PurchaseNotVisible,
+    RecordedRefusal,
     ServingError,
     StackClaimed,
     StackNotFound,
@@ -379,10 +380,12 @@ class NodeService:
         already served, the recorded Outcome (nothing charged again; only to the stack's owner).
 
         Raises:
-            ServingError: the refusal (nothing reserved). With a request id, a final refusal is remembered.
+            ServingError: the refusal (nothing reserved). With a request id on the owner's stack, a final refusal
+            is remembered and answered again (:class:`RecordedRefusal`) when the id comes back.
         """
         arrived = arrived_ms if arrived_ms is not None else now_ms()
         slot = False  # this admission's place among the requests in progress, handed to its run on success
+        owned = False  # a request id whose stack ``owner`` may spend: its final refusal is remembered
         try:
             if self.overloaded:
                 raise Overloaded(
@@ -392,15 +395,19 @@ class NodeService:
             self.pending += 1
             slot = True
             engine = self._require_engine()
-            validate_request(request)
             if request_id is not None:
                 if not isinstance(request_id, str) or not 0 < len(request_id) <= 256:
                     raise BadRequest("a request id is a string of 1 to 256 characters", param="request_id")
-                # whose stack it is first: a recorded answer goes only to its owner
+                # whose stack it is first: a recorded answer or refusal goes only to its owner, and only the owner's
+                # refusals are remembered (another address cannot make the owner's request ids refused)
                 await self.stack_facts(stack_small_id, owner=owner, tx_digest=tx_digest, open_only=False)
+                owned = True
                 seen = await asyncio.to_thread(self.store.find_request, stack_small_id, request_id)
                 if isinstance(seen, HistoryEntry):
                     return self._recorded(stack_small_id, request, seen)
+                if seen is not None:  # finally refused before: the same refusal, not a new judgement
+                    raise RecordedRefusal(seen["type"], seen["message"])
+            validate_request(request)
             facts, task_model = await self.stack_facts(stack_small_id, owner=owner, tx_digest=tx_digest)
             self.check_model(request, task_model)
             est = await asyncio.to_thread(estimate, request, engine)
@@ -424,7 +431,7 @@ class NodeService:
             return admission
         except ServingError as exc:
             self.metrics.ended(getattr(self.engine, "model", "") or "", "overloaded" if isinstance(exc, Overloaded) else "refused")
-            if request_id is not None and isinstance(request_id, str) and exc.final:
+            if owned and exc.final and not isinstance(exc, RecordedRefusal):
                 await asyncio.to_thread(self.store.record_refusal, stack_small_id, request_id, exc.type, str(exc))
             raise
         finally:

@@ -1,7 +1,8 @@
 """The node's OpenAI-compatible HTTP server (FastAPI + uvicorn).
 
 - ``POST /v1/chat/completions`` with the stack in header ``X-Stack-Small-Id`` (and optionally ``X-Request-Id``, an
-  idempotency key: a request id the stack already served answers its recorded response, charged once). Admission
+  idempotency key: a request id the stack already served answers its recorded response, charged once, and one it
+  finally refused its recorded refusal; either carries ``Idempotent-Replayed: true``). Admission
   (validate, stack, model, estimate, reserve) decides every refusal before any inference; then the engine runs the
   request as soon as it can (no batch barrier: serve.py), and the charge and the history append happen when it ends.
   - ``stream: false``: the OpenAI ``chat.completion`` body; headers ``X-Compute-Units`` (charged),
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import logging
 import socket
 import threading
@@ -34,6 +36,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..protocol.constants import U64_MAX
 from ..protocol.node_http import (
+    REPLAYED_HEADER,
     REQUEST_ID_HEADER,
     RESPONSE_HASH_KEY,
     SIGNATURE_HEADER,
@@ -53,6 +56,7 @@ from .metering import (
     MissingSignature,
     MissingStack,
     Overloaded,
+    RecordedRefusal,
     ServingError,
     StackNotFound,
     StackNotServedHere,
@@ -79,6 +83,8 @@ def _from_error(exc: ServingError) -> JSONResponse:
         headers["x-should-retry"] = "false"
     if "retry_after_s" in exc.fields:
         headers["Retry-After"] = str(exc.fields["retry_after_s"])
+    if isinstance(exc, RecordedRefusal):
+        headers[REPLAYED_HEADER] = "true"
     return JSONResponse({"error": exc.to_json()}, status_code=exc.status, headers=headers)
 
 
@@ -223,12 +229,15 @@ def _stack_of(request: Request) -> int:
 
 
 def _headers(outcome: Outcome) -> dict:
-    return {
+    out = {
         STACK_HEADER: str(outcome.stack_small_id),
         "X-Compute-Units": str(outcome.units),
         "X-Stack-Units-Left": str(outcome.units_left),
         "X-History-Index": str(outcome.history_index),
     }
+    if outcome.duplicate:
+        out[REPLAYED_HEADER] = "true"
+    return out
 
 
 def create_app(service: NodeService, *, keepalive_s: float = KEEPALIVE_S, max_body_bytes: int = MAX_BODY_BYTES) -> FastAPI:
@@ -281,7 +290,7 @@ def create_app(service: NodeService, *, keepalive_s: float = KEEPALIVE_S, max_bo
         if isinstance(admission, Outcome):  # this request id was served before: its recorded request and answer
             if streaming:
                 return StreamingResponse(recorded_stream(service, admission, body_hash(admission.request)),
-                                         media_type="text/event-stream")
+                                         media_type="text/event-stream", headers={REPLAYED_HEADER: "true"})
             return JSONResponse(signed(service, admission.response or {}), headers=_headers(admission))
         run = service.start(admission)
         if streaming:
@@ -364,6 +373,49 @@ def serve_forever(service: NodeService, *, host: str = "127.0.0.1", port: int = 
 
     config = uvicorn.Config(create_app(service), host=host, port=port, log_level=log_level)
     uvicorn.Server(config).run()
+
+
+def _in_loop_server(config: Any) -> Any:
+    """A uvicorn server for the caller's event loop that leaves signals alone: uvicorn would otherwise take SIGINT
+    and SIGTERM from the CLI or the Prefect run it serves in."""
+    import uvicorn
+
+    class InLoopServer(uvicorn.Server):
+        def capture_signals(self):
+            return contextlib.nullcontext()
+
+    return InLoopServer(config)
+
+
+@contextlib.asynccontextmanager
+async def loopback_server(service: NodeService, host: str = "127.0.0.1", **app_options: Any) -> AsyncIterator[str]:
+    """The node's HTTP server around ``service``, in this event loop, on a free port of ``host``; yields its URL.
+
+    What ``atoma-ops stack serve --workload`` and the serve-stack flow send a workload to when no node URL is
+    given: the same server ``atoma-ops node serve`` runs, reached over loopback as a buyer reaches it, with the
+    service's own loop, engine and store (no thread, no second process). On exit the server stops taking requests
+    and records those in progress (the app's lifespan drains the service); the caller still owns the service."""
+    import uvicorn
+
+    sock = free_socket(host, 0)
+    config = uvicorn.Config(create_app(service, **app_options), log_config=None, log_level="warning",
+                            access_log=False, lifespan="on", timeout_graceful_shutdown=5)
+    server = _in_loop_server(config)
+    task = asyncio.get_running_loop().create_task(server.serve(sockets=[sock]))
+    try:
+        while not server.started:
+            if task.done():
+                task.result()  # its error, if any
+                raise RuntimeError("the node's HTTP server did not start")
+            await asyncio.sleep(0.005)
+        port = sock.getsockname()[1]
+        yield f"http://{host}:{port}"
+    finally:
+        server.should_exit = True
+        try:
+            await task
+        finally:
+            sock.close()
 
 
 class BackgroundServer:

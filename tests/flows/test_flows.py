@@ -208,6 +208,28 @@ def test_serve_stack_reruns_after_a_refusal_without_serving_or_charging_twice(tm
     with NodeStore(NodeStore.path_for(served.home, "node-1")) as store:
         assert store.usage(stack).num_requests == 4
 
+    # the same workload sent to node-1 where it already runs (``node_url``), by the stack's owner as before: every
+    # line answered from the node's record; then by another address, which the node refuses (not its stack)
+    from atoma_ops.serving.node import NodeService
+    from atoma_ops.serving.server import BackgroundServer, create_app
+    from atoma_ops.testing.stub_engine import StubEngine
+
+    service = asyncio.run(NodeService.open(served.home, "node-1", StubEngine()))
+    try:
+        with BackgroundServer(create_app(service)) as server:
+            remote = run(serve_stack(stack, "node-1", str(path), network=network, engine=stub_engine_block, window=2,
+                                     node_url=server.url))
+            assert (remote["already_served"], remote["already_refused"], remote["units_charged"]) == (4, 1, 0)
+            other = run(serve_stack(stack, "node-1", str(path), network=network, engine=stub_engine_block, window=5,
+                                    node_url=server.url, buyer="node-2"))
+            assert (other["served"], other["refused_now"], other["already_served"], other["units_charged"]) == (0, 5, 0, 0)
+            (why,) = {r["type"] for r in json.loads(run(latest_artifact(f"ln-stack-{stack}-refused")).data)}
+            assert why == "stack_not_found"
+    finally:
+        asyncio.run(service.close())
+    with NodeStore(NodeStore.path_for(served.home, "node-1")) as store:
+        assert store.usage(stack).num_requests == 4 and store.usage(stack).used_units == first["units_used"]
+
 
 def test_settlement_run_settles_then_claims_in_one_batch(tmp_path):
     served = kit.served_stacks(tmp_path / "ln", 5)

@@ -85,7 +85,7 @@ CLEAN = {
     "usdc_accounted": True,
     "minted": 8000,
     "balances": {"user": 7000, "node-1": 100},
-    "histories": {"node-1:1": {"requests": 2, "units": 30, "root": "ab", "state": "settled", "in_flight": 0, "refused": 0}},
+    "histories": {"node-1:1": {"requests": 2, "units": 30, "leaves": "ab", "state": "settled", "in_flight": 0, "refused": 0}},
     "journal_keys": ["claim_funds:x", "try_settle_stack:1"],
     "journal_pending": [],
     "reconcile_ok": True,
@@ -103,6 +103,7 @@ CLEAN = {
         ("usdc_conserved", lambda f: f.update(usdc_accounted=False)),
         ("usdc_conserved", lambda f: f["balances"].update(user=6000)),
         ("histories", lambda f: f["histories"]["node-1:1"].update(requests=3)),  # served twice
+        ("histories", lambda f: f["histories"]["node-1:1"].update(leaves="cd")),  # another answer recorded
         ("histories", lambda f: f["histories"]["node-1:1"].update(in_flight=1)),  # leaked reservation
         ("histories", lambda f: f["histories"]["node-1:1"].update(refused=1)),  # a re-run refused a line it owed
         ("journal", lambda f: f.update(journal_pending=["claim_funds:x"])),

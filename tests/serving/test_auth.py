@@ -276,6 +276,7 @@ def test_a_workload_sent_by_its_buyer_is_served_once_and_signed(world):
     assert used == first.units > 0 and sorted(s.history_index for s in first.sent) == list(range(6))
     again = asyncio.run(send_workload(w["url"], w["user"], sid, bodies, request_ids=ids, concurrency=3))
     assert again.served == 6 and charged(w, sid)[:3] == (used, 0, 6)  # answered from the history, charged once
+    assert all(s.replayed for s in again.sent) and not any(s.replayed for s in first.sent) and again.units == 0
     assert [s.response["choices"] for s in again.sent] == [s.response["choices"] for s in first.sent]
     # another key's workload on the same stack: every line refused, final, nothing charged
     stolen = asyncio.run(send_workload(w["url"], buyer(w["net"], "node-2"), sid, bodies[:2], concurrency=2))

@@ -220,16 +220,22 @@ def test_stack_serve_killed_mid_workload_resumes_and_charges_what_a_clean_run_do
          "--workload", w, "--concurrency", "2"], env=env, capture_output=True, text=True, timeout=120,
     )
     assert killed.returncode == -signal.SIGKILL and killed.stdout == "", killed.stderr[-3000:]
-    done = stub_cli.ok("stack", "usage", "--stack", "1")["num_requests"]
-    assert 3 <= done < 10
+    before = {int(e["request_id"].rsplit("-", 1)[1]) for e in stub_cli.ok("stack", "history", "--stack", "1")["entries"]}
+    assert 3 <= len(before) < 10
 
     resumed = stub_cli.ok("stack", "serve", "--stack", "1", "--workload", w, "--concurrency", "2")
+    done = len(before)
     assert (resumed["served"], resumed["already_served"], resumed["refused"]) == (10 - done, done, 0)
-    assert [o["index"] for o in resumed["outcomes"]] == list(range(done, 10))
+    # the node records requests as they end, not in the file's order: the re-run sends what the history lacks
+    assert [o["index"] for o in resumed["outcomes"]] == sorted(set(range(10)) - before)
     usage = resumed["usage"]
     assert (usage["used_units"], usage["num_requests"], usage["reserved_units"], usage["in_flight"]) == (
         reference["units_charged"], 10, 0, 0)
-    assert stub_cli.ok("stack", "commit", "--stack", "1")["root"] == stub_cli.ok("stack", "commit", "--stack", str(clean))["root"]
+    # the same requests and answers as the clean run's, each once (the order, and so the root, is the node's own)
+    recorded = {s: stub_cli.ok("stack", "history", "--stack", s) for s in ("1", str(clean))}
+    leaves = {s: sorted((e["request_id"], e["leaf"], e["units"]) for e in h["entries"]) for s, h in recorded.items()}
+    assert leaves["1"] == leaves[str(clean)] and len(leaves["1"]) == 10
+    assert stub_cli.ok("stack", "commit", "--stack", "1")["root"] == recorded["1"]["root"]
 
 
 def _free_port() -> int:
