@@ -11,7 +11,10 @@ before signing). :func:`execute_intents` runs a batch of intents:
    the chain executes the write at most once (Sui forbids re-signing a different transaction with the same gas coin
    until the first is known to have failed);
 3. for the rest: preflight (done ⇒ ``already_done``), resolve the arguments, prepare and sign every intent, journal
-   the whole batch as ``pending`` in one ledger transaction, submit them one by one, journal the outcomes.
+   the whole batch as ``pending`` in one transaction, submit them one by one, journal the outcomes. Journaling is a
+   *claim* (:meth:`JournalStore.claim_actions`): a key another writer (another process, another host on a shared
+   PostgreSQL journal) claimed first is not submitted here; its outcome is awaited and taken from the journal.
+   So each key has one signed transaction, which the chain executes at most once.
 
 Errors fall in three classes (:func:`atoma_ops.core.errors.classify`) that drive retries: *retryable* (a busy file, a dropped connection
 before anything was submitted), *in doubt* (submitted, outcome unknown: retrying resolves it by digest) and
@@ -79,11 +82,31 @@ class ActionFailed(ChainError):
 
 # ----------------------------------------------------------------------------------------------- intents
 class JournalStore(Protocol):
-    """Where intents are journaled (the ledger's ``chain_actions`` table)."""
+    """Where intents are journaled: the DuckDB ledger's ``chain_actions`` table (the embedded default,
+    :class:`atoma_ops.ledger.Ledger`) or PostgreSQL, shared by several hosts
+    (:class:`atoma_ops.journal_postgres.PostgresJournal`). The contract tests run against both."""
 
     def actions(self, keys: list[str] | None = None, *, statuses: list[str] | None = None) -> dict[str, dict]: ...
 
     def record_actions(self, rows: list[dict]) -> None: ...
+
+    def claim_actions(self, rows: list[dict]) -> list[str]:
+        """Journal ``rows`` as ``pending`` in one transaction, each only where its key is free (no row; or a row
+        not ``pending`` that is ``failed``, or finished and the row says ``repeatable``); the keys claimed. Two
+        writers claiming one key at once: exactly one gets it."""
+        ...
+
+
+class WrittenElsewhere(ChainError):
+    """Another writer (a process or host sharing the journal) claimed this intent's key and the chain refused its
+    transaction (terminal here: a later run tries the key afresh)."""
+
+    kind = "WrittenElsewhere"
+
+
+#: how long an intent whose key another writer claimed waits for that writer's outcome before it is in doubt
+#: (a retry then resolves the other writer's row by digest, as after a crash)
+CLAIM_WAIT_S = 30.0
 
 
 Preflight = Callable[[], Awaitable[bool]]
@@ -253,8 +276,8 @@ async def _sign_journal_submit(
     # named by entry function: "journal:after-write:claim_funds"
     where = ":" + "+".join(sorted({intent.function for intent, *_ in prepared}))
     failpoint("journal:before-write" + where)
-    await asyncio.to_thread(
-        journal.record_actions,
+    claimed = set(await asyncio.to_thread(
+        journal.claim_actions,
         [
             {
                 "idempotency_key": intent.key,
@@ -268,11 +291,17 @@ async def _sign_journal_submit(
                 "signature": sig,
                 "digest": p.digest,
                 "attempt": True,
+                "repeatable": intent.repeatable,
             }
             for intent, args, p, sig in prepared
         ],
-    )
+    ))
     failpoint("journal:after-write" + where)
+    # a key another writer claimed first is theirs to submit: these bytes are never sent, the outcome is theirs
+    lost = [intent for intent, *_ in prepared if intent.key not in claimed]
+    prepared = [x for x in prepared if x[0].key in claimed]
+    if lost:
+        await _await_other_writer(journal, lost, results)
 
     try:
         for i, (intent, args, p, sig) in enumerate(prepared):
@@ -287,6 +316,34 @@ async def _sign_journal_submit(
         if outcomes:
             await asyncio.to_thread(journal.record_actions, outcomes)
             del outcomes[:]  # recorded; the caller's final write must not repeat them
+
+
+async def _await_other_writer(journal: JournalStore, intents: list[Intent], results: dict) -> None:
+    """The outcome of intents whose keys another writer claimed: wait (up to :data:`CLAIM_WAIT_S`) until its rows
+    leave ``pending`` and take what they say; still pending then ⇒ :class:`InDoubt` (a retry resolves the row by
+    digest, as after a crash)."""
+    keys = [i.key for i in intents]
+    loop = asyncio.get_running_loop()
+    deadline, delay = loop.time() + CLAIM_WAIT_S, 0.05
+    while True:
+        rows = await asyncio.to_thread(journal.actions, keys)
+        pending = [k for k in keys if rows.get(k, {}).get("status") == PENDING]
+        if not pending:
+            break
+        if loop.time() >= deadline:
+            row = rows[pending[0]]
+            raise InDoubt(f"{row['kind']} ({pending[0]}) is being written by another writer, outcome unknown", row["digest"])
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 1.0)
+    for intent in intents:
+        row = rows.get(intent.key)
+        if row is not None and row["status"] in FINISHED:
+            log.info("journal: %s was written by another writer (%s)", intent.key, row["status"])
+            results[intent.key] = ActionResult(intent.key, intent.function, row["status"], row["digest"])
+        else:  # refused when the other writer sent it (or its row vanished): a later run tries afresh
+            detail = (row or {}).get("last_error") or "its row is gone"
+            error = WrittenElsewhere(f"{intent.function} ({intent.key}) was refused when another writer sent it: {detail}")
+            results[intent.key] = ActionResult(intent.key, intent.function, FAILED, (row or {}).get("digest"), error=error)
 
 
 async def execute_intent(chain: Chain, journal: JournalStore, intent: Intent) -> ActionResult:

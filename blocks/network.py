@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from prefect.blocks.core import Block
-from pydantic import Field
+from pydantic import Field, SecretStr
 
 if TYPE_CHECKING:  # pragma: no cover
     from atoma_ops.chain.port import Chain
@@ -46,6 +46,13 @@ class AtomaNetwork(Block):
     epoch_poll_s: float = Field(
         default=1.0, gt=0, description="How often waiting stages poll the chain's epoch (seconds)."
     )
+    journal_url: SecretStr | None = Field(
+        default=None,
+        description=(
+            "The intent journal on PostgreSQL, `postgresql://user:password@host:port/dbname`, shared by every host "
+            "that writes to the chain (default: `$ATOMA_OPS_JOURNAL_URL`, else the ledger's DuckDB file, one host)."
+        ),
+    )
 
     @property
     def home_path(self) -> Path:
@@ -63,6 +70,13 @@ class AtomaNetwork(Block):
             self.sui_preset, endpoint=self.sui_endpoint, package_id=self.package_id, db_id=self.db_id,
             usdc_coin_type=self.usdc_coin_type, gas_budget_cap=self.gas_budget_cap,
         )
+
+    def open_journal(self, ledger: Any) -> Any:
+        """The intent journal: PostgreSQL at ``journal_url`` (else ``$ATOMA_OPS_JOURNAL_URL``) when configured,
+        else ``ledger`` (the DuckDB ledger's journal, the embedded default)."""
+        from atoma_ops.journal_postgres import open_journal
+
+        return open_journal(self.journal_url.get_secret_value() if self.journal_url else None, ledger)
 
     def open_chain(self, wallet: "SuiWallet | None" = None) -> "Chain":
         """The Chain port for the localnet, acting through ``wallet`` (default: the localnet home's wallet).

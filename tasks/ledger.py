@@ -7,13 +7,13 @@ from prefect import task
 from blocks import AtomaNetwork, Ledger, SuiWallet
 
 from .labels import RunLabels
-from .runtime import READ, journal_for, open_chain
+from .runtime import READ, ledger_for, open_chain
 
 
 @task(name="sync-ledger", task_run_name=RunLabels("sync-ledger", network="network").name, **READ)
 async def sync_ledger(network: AtomaNetwork, wallet: SuiWallet | None, ledger: Ledger | None) -> dict:
     """Index new chain events and the nodes' served requests into the ledger (idempotent)."""
-    book = journal_for(network, ledger)
+    book = ledger_for(network, ledger)
     async with open_chain(network, wallet) as chain:
         report = await book.sync(chain)
     usage_rows = book.import_node_usage(network.home)
@@ -23,5 +23,5 @@ async def sync_ledger(network: AtomaNetwork, wallet: SuiWallet | None, ledger: L
 @task(name="earnings-table", task_run_name=RunLabels("earnings-table", network="network").name, **READ)
 def earnings_table(network: AtomaNetwork, ledger: Ledger | None, by: str = "node") -> list[dict]:
     """Earnings per node (or task, epoch) from the ledger, as table rows."""
-    df = journal_for(network, ledger).earnings(by)
+    df = ledger_for(network, ledger).earnings(by)
     return [{k: (v.item() if hasattr(v, "item") else v) for k, v in r.items()} for r in df.to_dict("records")]

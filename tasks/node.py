@@ -13,7 +13,9 @@ from atoma_ops.serving.store import NodeStore
 from blocks import AtomaNetwork, InferenceEngine, Ledger, SuiWallet
 
 from .labels import RunLabels
-from .runtime import CHAIN_WRITE, READ, REPLAY_TIMEOUT_S, STEP_HOOKS, journal_for, open_chain, open_node, shared_engine
+from .runtime import (
+    CHAIN_WRITE, READ, REPLAY_TIMEOUT_S, STEP_HOOKS, journal_for, ledger_for, open_chain, open_node, shared_engine,
+)
 from .signer import signer_turn
 
 
@@ -154,7 +156,7 @@ async def attest_stack(
 async def find_attestation_requests(network: AtomaNetwork, wallet: SuiWallet | None, ledger: Ledger | None, nodes: list[str]) -> dict:
     """Tickets asking one of ``nodes`` to attest (from the ledger, synced first): ``{"epoch", "requests"}``."""
     async with open_chain(network, wallet) as chain:
-        book = journal_for(network, ledger)
+        book = ledger_for(network, ledger)
         await book.sync(chain)
         ids = {}
         for n in nodes:

@@ -86,8 +86,15 @@ def network_or_default(network: AtomaNetwork | None) -> AtomaNetwork:
     return network if network is not None else AtomaNetwork()
 
 
-def journal_for(network: AtomaNetwork, ledger: Ledger | None):
+def ledger_for(network: AtomaNetwork, ledger: Ledger | None):
+    """The DuckDB ledger (chain mirror, usage, analyst views)."""
     return (ledger or Ledger()).open(network.home)
+
+
+def journal_for(network: AtomaNetwork, ledger: Ledger | None):
+    """The intent journal every chain write goes through: PostgreSQL when the network block (or
+    ``$ATOMA_OPS_JOURNAL_URL``) names one, shared by every host; else the ledger's own."""
+    return network.open_journal(ledger_for(network, ledger))
 
 
 @asynccontextmanager

@@ -27,7 +27,7 @@ from atoma_ops.protocol.constants import SecurityLevel
 from blocks import AtomaNetwork, Ledger, SuiWallet
 
 from .labels import RunLabels
-from .runtime import READ, journal_for, open_chain
+from .runtime import READ, journal_for, ledger_for, open_chain
 
 #: on Sui, a settle or claim worth less than this many USDC base units (0.02 USDC) costs more gas than it pays: a
 #: Move call costs ~0.003-0.006 SUI at the reference gas price, a few US cents at recent SUI prices. Set
@@ -128,7 +128,7 @@ async def node_ids(network: AtomaNetwork, wallet: SuiWallet | None, nodes: list[
 async def disputes_after(network: AtomaNetwork, wallet: SuiWallet | None, ledger: Ledger | None, after_seq: int) -> list[dict]:
     """Disputes recorded after ledger event ``after_seq``, oldest first (the ledger is synced first, so a dispute
     that the caller's own attestation just opened is in)."""
-    book = journal_for(network, ledger)
+    book = ledger_for(network, ledger)
     async with open_chain(network, wallet) as chain:
         await book.sync(chain)
     df = book.query(

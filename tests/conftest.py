@@ -72,3 +72,20 @@ def chain(localnet_home, draws):
     c = localnet_home.open(rng=draws)
     yield c
     c.localnet.close()
+
+
+@pytest.fixture(scope="session")
+def pg_cluster():
+    """The session's PostgreSQL cluster (Debian's server binaries, installed when missing; ~2 s to start), on a free
+    port of 127.0.0.1 in a temporary folder. Never skipped: without PostgreSQL it fails, saying what to install."""
+    from atoma_ops.testing.postgres import PgCluster
+
+    cluster = PgCluster(fsync=False).start()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture(scope="module")
+def pg_database(pg_cluster) -> str:
+    """A fresh PostgreSQL database for the test module: its URL."""
+    return pg_cluster.create_database()

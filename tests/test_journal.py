@@ -1,8 +1,9 @@
 """The intent journal (atoma_ops.journal) and the idempotent lifecycle stages, on a real localnet and a real ledger.
 
-Every test gets a fresh localnet (the ``chain`` fixture) and a journal of its own, once in each store: the DuckDB
-ledger's ``chain_actions`` table (a ledger in ``tmp_path``) and PostgreSQL (the ``ledger`` fixture's two params). "Nothing happened on chain" is checked by counting the localnet's events and
-transactions before and after.
+Every test gets a fresh localnet (the ``chain`` fixture) and a journal of its own, once in each store (the
+``ledger`` fixture's two params): the DuckDB ledger's ``chain_actions`` table (a ledger in ``tmp_path``) and
+PostgreSQL. "Nothing happened on chain" is checked by counting the localnet's events and transactions before and
+after.
 """
 
 from __future__ import annotations
@@ -496,3 +497,127 @@ def test_a_refusing_preflight_fails_only_its_own_intent(chain, ledger):
     assert rows["register:node-1"]["status"] == "success"
     assert "register:node-2" not in rows  # refused before signing: nothing to journal, the ledger unchanged
     assert len(chain.localnet.badges(chain.wallet.resolve("node-2"))) == 0
+
+
+# ----------------------------------------------------------------------------------------------- 9. claims
+def _pending(key: str, digest: str, **extra) -> dict:
+    return {"idempotency_key": key, "kind": "register_node_entry", "status": "pending", "digest": digest,
+            "signed_tx_bytes": digest.encode(), "signature": "sig-" + digest, "attempt": True, **extra}
+
+
+def test_a_claim_takes_only_free_keys_and_never_overwrites_a_pending_row(ledger):
+    assert ledger.claim_actions([_pending("a", "d1"), _pending("b", "d2")]) == ["a", "b"]
+    # "a" is pending (someone is submitting it): a second claim gets "c" only, and "a" keeps the first bytes
+    assert ledger.claim_actions([_pending("a", "d3"), _pending("c", "d4")]) == ["c"]
+    rows = ledger.actions(["a", "b", "c"])
+    assert (rows["a"]["digest"], rows["a"]["signed_tx_bytes"], rows["a"]["attempts"]) == ("d1", b"d1", 1)
+
+    ledger.record_actions([{"idempotency_key": "a", "kind": "register_node_entry", "status": "failed", "digest": "d1"},
+                           {"idempotency_key": "b", "kind": "register_node_entry", "status": "success", "digest": "d2"}])
+    # a failed key may be tried again; a finished one only by a repeatable intent
+    assert ledger.claim_actions([_pending("a", "d5"), _pending("b", "d6")]) == ["a"]
+    assert ledger.claim_actions([_pending("b", "d7", repeatable=True)]) == ["b"]
+    rows = ledger.actions(["a", "b"])
+    assert (rows["a"]["status"], rows["a"]["digest"], rows["a"]["attempts"]) == ("pending", "d5", 2)
+    assert (rows["b"]["status"], rows["b"]["digest"], rows["b"]["attempts"]) == ("pending", "d7", 2)
+
+
+def test_an_intent_whose_key_another_writer_holds_takes_that_writers_outcome(chain, ledger, monkeypatch):
+    """Another writer journaled the key (pending) and finishes while this one waits: nothing is submitted here."""
+    other = register("node-1")
+    p, sig = run(journal_pending(chain, ledger, other))  # the other writer's claim
+
+    real_claim = ledger.claim_actions
+
+    def claim_then_other_finishes(rows):
+        claimed = real_claim(rows)  # loses: the key is pending
+        run(chain.execute(p, sig))
+        ledger.record_actions([{"idempotency_key": other.key, "kind": other.function, "status": "success", "digest": p.digest}])
+        return claimed
+
+    monkeypatch.setattr(ledger, "claim_actions", claim_then_other_finishes)
+    tx0 = n_transactions(chain)
+
+    async def main():
+        # step 1 reads the journal before the other writer's row exists (the race): hide it from that first read
+        real_actions = ledger.actions
+        reads = []
+
+        def actions(keys=None, **kw):
+            reads.append(keys)
+            return {} if len(reads) == 1 else real_actions(keys, **kw)
+
+        monkeypatch.setattr(ledger, "actions", actions)
+        return await execute_intents(chain, ledger, [other])
+
+    (r,) = run(main())
+    assert (r.status, r.digest, r.tx) == ("success", p.digest, None)
+    assert n_transactions(chain) == tx0 + 1  # the other writer's transaction only
+    assert len(node_badges(chain, "node-1")) == 1
+    row = ledger.actions([other.key])[other.key]
+    assert (row["status"], row["digest"], row["attempts"]) == ("success", p.digest, 1)
+
+
+_RACER = r"""
+import asyncio, json, os, sys, time
+from pathlib import Path
+from atoma_ops import lifecycle
+from atoma_ops.home import LocalnetHome
+
+home, store, barrier, me = sys.argv[1:5]
+if store.startswith("postgresql://"):
+    from atoma_ops.journal_postgres import PostgresJournal
+    journal = PostgresJournal(store)
+else:
+    from atoma_ops.ledger import Ledger
+    journal = Ledger(store)
+won = []
+
+class AtTheLine:
+    # the real store; each claim waits until both processes are about to claim, so both passed the preflight
+    def __getattr__(self, name):
+        return getattr(journal, name)
+    def claim_actions(self, rows):
+        Path(barrier, me).touch()
+        while len(os.listdir(barrier)) < 2:
+            time.sleep(0.01)
+        claimed = journal.claim_actions(rows)
+        won.extend(claimed)
+        return claimed
+
+chain = LocalnetHome(Path(home)).open()
+node = asyncio.run(lifecycle.register_node(chain, AtTheLine(), "node-1"))
+print(json.dumps({"node": node, "won": bool(won)}))
+"""
+
+
+def test_two_processes_registering_one_node_at_once_mint_one_badge(chain, ledger, localnet_home, tmp_path):
+    """Two processes (two hosts sharing the journal) both see no badge, both sign a registration; the journal's
+    claim lets exactly one submit, the other takes its outcome. One badge, one journal row, one attempt."""
+    import json
+    import subprocess
+    import sys
+
+    store = ledger.url if hasattr(ledger, "url") else str(ledger.path)
+    barrier = tmp_path / "barrier"
+    barrier.mkdir()
+    root = Path(__file__).resolve().parents[1]
+    procs = [
+        subprocess.Popen([sys.executable, "-c", _RACER, str(localnet_home.path), store, str(barrier), name],
+                         cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for name in ("host-a", "host-b")
+    ]
+    outs = []
+    for p in procs:
+        out, err = p.communicate(timeout=120)
+        assert p.returncode == 0, err[-2000:]
+        outs.append(json.loads(out.strip().splitlines()[-1]))
+
+    badges = node_badges(chain, "node-1")
+    assert len(badges) == 1
+    assert [o["node"] for o in outs] == [badges[0].small_id] * 2
+    assert sorted(o["won"] for o in outs) == [False, True]  # both reached the claim; one got it
+    assert [e.name for e in events(chain)].count("NodeRegisteredEvent") == 1
+    key = f"register_node_entry:{chain.wallet.resolve('node-1')}"
+    row = ledger.actions([key])[key]
+    assert (row["status"], row["attempts"]) == ("success", 1)

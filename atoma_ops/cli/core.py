@@ -46,6 +46,7 @@ class State:
     package_id: Optional[str] = None
     db_id: Optional[str] = None
     usdc_coin_type: Optional[str] = None
+    journal_url: Optional[str] = None
 
 
 # option string -> State attribute (the parameter names differ: ``json_output`` for ``--json``)

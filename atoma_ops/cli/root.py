@@ -77,6 +77,10 @@ def _root(
     package_id: Optional[str] = typer.Option(None, "--package-id", metavar="0x…", help="Sui: the Atoma package id."),
     db_id: Optional[str] = typer.Option(None, "--db-id", metavar="0x…", help="Sui: the AtomaDb object id."),
     usdc_coin_type: Optional[str] = typer.Option(None, "--usdc-coin-type", metavar="0x…::usdc::USDC", help="Sui: USDC's type."),
+    journal_url: Optional[str] = typer.Option(
+        None, "--journal-url", metavar="postgresql://…", envvar="ATOMA_OPS_JOURNAL_URL", show_envvar=False,
+        help="The intent journal on PostgreSQL, shared by several hosts (default: $ATOMA_OPS_JOURNAL_URL, else the ledger).",
+    ),
 ) -> None:
     st = ctx.obj if isinstance(ctx.obj, State) else State()
     st.address, st.home = address or st.address, home or st.home
@@ -87,6 +91,7 @@ def _root(
     st.client_yaml = client_yaml or st.client_yaml
     st.sui_endpoint, st.package_id, st.db_id = sui_endpoint, package_id, db_id
     st.usdc_coin_type = usdc_coin_type
+    st.journal_url = journal_url or st.journal_url
     ctx.obj = st
 
 

@@ -362,10 +362,12 @@ def stack_try_settle(
 
 
 def _journal(state: State) -> Any:
-    """The intent journal the flows write to: the ledger of the home (``<home>/ledger.duckdb``)."""
+    """The intent journal the flows write to: PostgreSQL at ``--journal-url`` (or ``$ATOMA_OPS_JOURNAL_URL``) when
+    given, else the ledger of the home (``<home>/ledger.duckdb``)."""
+    from ..journal_postgres import open_journal
     from ..ledger.api import Ledger, default_path
 
-    return Ledger(default_path(state.home))
+    return open_journal(state.journal_url, Ledger(default_path(state.home)))
 
 
 def _replay_render(doc: dict) -> Render:

@@ -56,6 +56,45 @@ _ACTION_FIELDS = (
 )
 
 
+def _upsert_actions(con: duckdb.DuckDBPyConnection, rows: list[dict]) -> None:
+    """Insert or update journal rows on ``con`` (see :meth:`Ledger.record_actions`)."""
+    if not rows:
+        return
+    now = datetime.now(timezone.utc).replace(tzinfo=None)
+    unknown = {k for r in rows for k in r} - set(_ACTION_FIELDS) - {"attempt"}
+    if unknown:
+        raise ValueError(f"record_actions: unknown field(s) {sorted(unknown)}")
+    frame = pd.DataFrame(
+        {
+            **{f: [r.get(f) for r in rows] for f in _ACTION_FIELDS if f not in ("args", "stack_small_ids")},
+            "args": [None if r.get("args") is None else dumps(r["args"]) for r in rows],
+            "stack_small_ids": [None if r.get("stack_small_ids") is None else dumps(r["stack_small_ids"]) for r in rows],
+            "attempts": [1 if r.get("attempt") else 0 for r in rows],
+        }
+    ).astype(object)
+    keep = ", ".join(
+        f"{c} = COALESCE(excluded.{c}, chain_actions.{c})"
+        for c in ("stack_small_id", "stack_small_ids", "sender", "args", "signed_tx_bytes", "signature", "digest",
+                  "last_error_code", "last_error")
+    )
+    con.register("_journal_rows", frame)
+    try:
+        con.execute(
+            "INSERT INTO chain_actions (idempotency_key, kind, stack_small_id, stack_small_ids, status, sender, "
+            "args, signed_tx_bytes, signature, digest, attempts, last_error_code, last_error, created_at, "
+            "updated_at) "
+            "SELECT idempotency_key::VARCHAR, kind::VARCHAR, stack_small_id::BIGINT, "
+            "CAST(stack_small_ids::JSON AS BIGINT[]), status::VARCHAR, "
+            "sender::VARCHAR, args::JSON, signed_tx_bytes::BLOB, signature::VARCHAR, digest::VARCHAR, "
+            "attempts::BIGINT, last_error_code::VARCHAR, last_error::VARCHAR, $now, $now FROM _journal_rows "
+            "ON CONFLICT (idempotency_key) DO UPDATE SET kind = excluded.kind, status = excluded.status, "
+            f"{keep}, attempts = chain_actions.attempts + excluded.attempts, updated_at = excluded.updated_at",
+            {"now": now},
+        )
+    finally:
+        con.unregister("_journal_rows")
+
+
 def default_path(home: str | os.PathLike | None = None) -> Path:
     """``<localnet home>/ledger.duckdb`` (home: ``--home``, else ``$ATOMA_OPS_HOME``, else ``data/localnet``)."""
     return ledger_path(home)
@@ -205,40 +244,29 @@ class Ledger:
         """
         if not rows:
             return
-        now = datetime.now(timezone.utc).replace(tzinfo=None)
-        unknown = {k for r in rows for k in r} - set(_ACTION_FIELDS) - {"attempt"}
-        if unknown:
-            raise ValueError(f"record_actions: unknown field(s) {sorted(unknown)}")
-        frame = pd.DataFrame(
-            {
-                **{f: [r.get(f) for r in rows] for f in _ACTION_FIELDS if f not in ("args", "stack_small_ids")},
-                "args": [None if r.get("args") is None else dumps(r["args"]) for r in rows],
-                "stack_small_ids": [None if r.get("stack_small_ids") is None else dumps(r["stack_small_ids"]) for r in rows],
-                "attempts": [1 if r.get("attempt") else 0 for r in rows],
-            }
-        ).astype(object)
-        keep = ", ".join(
-            f"{c} = COALESCE(excluded.{c}, chain_actions.{c})"
-            for c in ("stack_small_id", "stack_small_ids", "sender", "args", "signed_tx_bytes", "signature", "digest",
-                      "last_error_code", "last_error")
-        )
         with self.writer() as con:
-            con.register("_journal_rows", frame)
-            try:
-                con.execute(
-                    "INSERT INTO chain_actions (idempotency_key, kind, stack_small_id, stack_small_ids, status, sender, "
-                    "args, signed_tx_bytes, signature, digest, attempts, last_error_code, last_error, created_at, "
-                    "updated_at) "
-                    "SELECT idempotency_key::VARCHAR, kind::VARCHAR, stack_small_id::BIGINT, "
-                    "CAST(stack_small_ids::JSON AS BIGINT[]), status::VARCHAR, "
-                    "sender::VARCHAR, args::JSON, signed_tx_bytes::BLOB, signature::VARCHAR, digest::VARCHAR, "
-                    "attempts::BIGINT, last_error_code::VARCHAR, last_error::VARCHAR, $now, $now FROM _journal_rows "
-                    "ON CONFLICT (idempotency_key) DO UPDATE SET kind = excluded.kind, status = excluded.status, "
-                    f"{keep}, attempts = chain_actions.attempts + excluded.attempts, updated_at = excluded.updated_at",
-                    {"now": now},
-                )
-            finally:
-                con.unregister("_journal_rows")
+            _upsert_actions(con, rows)
+
+    def claim_actions(self, rows: list[dict]) -> list[str]:
+        """Journal ``rows`` (signed, about to be submitted) as theirs, each only if its key is free: no row yet, or
+        a row not ``pending`` that may be written again (``failed``, or finished when the row says ``repeatable``).
+        Read and write are one unit of work, which holds the file against every other process and thread, so two
+        writers never both claim a key. Returns the keys claimed."""
+        if not rows:
+            return []
+        keys = [r["idempotency_key"] for r in rows]
+        with self.writer() as con:
+            held = dict(con.execute(
+                "SELECT idempotency_key, status FROM chain_actions WHERE idempotency_key IN (SELECT unnest($keys))",
+                {"keys": keys},
+            ).fetchall())
+            free = [
+                r for r in rows
+                if r["idempotency_key"] not in held
+                or (held[r["idempotency_key"]] != "pending" and (held[r["idempotency_key"]] == "failed" or r.get("repeatable")))
+            ]
+            _upsert_actions(con, [{k: v for k, v in r.items() if k != "repeatable"} for r in free])
+        return [r["idempotency_key"] for r in free]
 
     def actions(self, keys: list[str] | None = None, *, statuses: list[str] | None = None) -> dict[str, dict]:
         """The journal rows for ``keys`` (all when None), optionally only those in ``statuses``, by key."""
