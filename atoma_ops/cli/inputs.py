@@ -8,6 +8,7 @@ from typing import List, Optional
 
 import typer
 
+from ..protocol.constants import U64_MAX
 from .errors import CliInputError
 
 
@@ -70,7 +71,6 @@ MANAGER_BADGE_OPT = typer.Option(None, "--badge", metavar="ID", help="AtomaManag
 
 
 I64_MAX = 2**63 - 1
-U64_MAX = 2**64 - 1
 
 
 def stored_id(flag: str, value: int) -> int:

@@ -26,6 +26,7 @@ import struct
 from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
+from .constants import U64_MAX
 from .node_http import compact_json
 
 HASH_LEN = 32
@@ -161,7 +162,7 @@ def leaves_of(pairs: Iterable[tuple[dict, dict]]) -> list[bytes]:
 
 
 _COUNT = struct.Struct(">Q")
-_MAX_LEAVES = 2**64 - 1
+_MAX_LEAVES = U64_MAX
 
 
 class MerkleFrontier:

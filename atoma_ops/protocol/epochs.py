@@ -5,6 +5,7 @@ from .constants import (
     STACK_DISPUTE_SETTLEMENT_DELAY,
     TASK_REMOVAL_DELAY_BY_ADMIN,
     TASK_REMOVAL_DELAY_BY_BADGE,
+    U64_MAX,
 )
 
 # Sui's epoch is a u64, but every store that records one here (the localnet's SQLite, the node stores, the ledger's
@@ -14,7 +15,7 @@ MAX_EPOCH = 2**63 - 1 - max(NODE_DESTROY_DELAY, STACK_DISPUTE_SETTLEMENT_DELAY, 
                             TASK_REMOVAL_DELAY_BY_BADGE)
 # The localnet's epoch length and random seed: what its clock and SQLite can hold.
 MAX_EPOCH_DURATION_MS = 2**63 - 1
-MAX_SEED = 2**64 - 1
+MAX_SEED = U64_MAX
 
 
 def check_epoch_advance(current: int, count: int) -> int:
