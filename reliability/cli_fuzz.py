@@ -282,6 +282,34 @@ def run(argv: list[str]) -> tuple[int, str, str]:
     return status, out.getvalue(), err.getvalue()
 
 
+STUCK_S = 60
+
+
+class _Watchdog:
+    """A case that blocks (a FIFO opened for reading waits for a writer forever) is a finding, not a hung run:
+    after STUCK_S seconds, open the FIFO for writing once, which lets the reader see end-of-file."""
+
+    def __init__(self, places: Places):
+        import threading
+
+        self.fired = False
+        self.fifo = places.paths["fifo"]
+        self.timer = threading.Timer(STUCK_S, self._fire)
+        self.timer.daemon = True
+        self.timer.start()
+
+    def _fire(self) -> None:
+        self.fired = True
+        try:
+            fd = os.open(self.fifo, os.O_WRONLY | os.O_NONBLOCK)
+            os.close(fd)
+        except OSError:
+            pass
+
+    def cancel(self) -> None:
+        self.timer.cancel()
+
+
 def _leftovers(folder: Path) -> list[str]:
     found = []
     for p in folder.rglob("*"):
@@ -320,9 +348,13 @@ def check_case(argv: list[str], own: Path, before: Any, places: Places, places_b
     home = own / "home"
     wallet_before = _wallet_bytes(home)
     t0 = time.perf_counter()
-    status, out, err = run(argv)
+    stuck = _Watchdog(places)
+    try:
+        status, out, err = run(argv)
+    finally:
+        stuck.cancel()
     seconds = time.perf_counter() - t0
-    problems: list[str] = []
+    problems: list[str] = [f"hung (over {STUCK_S} s; unblocked by writing to the FIFO)"] if stuck.fired else []
     # "--json" after a "--" is an option only when that "--" was the value of an option: take what was printed
     json_mode = "--json" in (argv[: argv.index("--")] if "--" in argv else argv) or (
         "--json" in argv and out.lstrip().startswith("{"))

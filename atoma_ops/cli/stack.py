@@ -547,6 +547,7 @@ def stack_verify_response(
     from ..client import buyer
 
     def produce(state: State) -> tuple[Any, Render]:
+        input_text_file("FILE", file)  # a regular UTF-8 file (a FIFO would block the read)
         doc = buyer.verify_file(file, home=state.home, stack=stack, node_address=node_address)
 
         def render(con: "Console") -> None:
