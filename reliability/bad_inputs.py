@@ -191,6 +191,8 @@ CASES: tuple[Case, ...] = (
          breaks=("bytes.jsonl", "bytes", b'{"messages": [{"role": "user", "content": "\xff\xfe"}]}\n'.hex())),
     Case("cli-workload-fifo", CLI, "a workload that is a FIFO (reading it would block)", "NotAFile", 1,
          (CLI, ["stack", "serve", "--stack", "{open}", "--node", "node-1", "--workload", "{home}/fifo"]), breaks=("fifo", "fifo")),
+    Case("cli-verify-response-fifo", CLI, "stack verify-response of a FIFO (reading it would block)", "NotAFile", 1,
+         (CLI, ["stack", "verify-response", "{home}/fifo"]), breaks=("fifo", "fifo")),
     Case("cli-workload-directory", CLI, "a workload that is a directory", "NotAFile", 1,
          (CLI, ["stack", "serve", "--stack", "{open}", "--node", "node-1", "--workload", "{home}/nodes"])),
     Case("cli-history-not-utf8", CLI, "a history file with bytes that are not UTF-8 (replay, before the engine loads)",
