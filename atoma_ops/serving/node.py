@@ -24,7 +24,7 @@ import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from ..chain.errors import InvalidArgument
 from ..chain.port import Chain
@@ -53,7 +53,7 @@ from .metering import (
     validate_request,
 )
 from .metrics import NodeMetrics
-from .serve import Admission, GroupCommit, Outcome, RequestRun, StoreFailure, now_ms, serve_all  # noqa: F401 (re-exported)
+from .serve import Admission, GroupCommit, Outcome, RequestRun, StoreFailure, now_ms  # noqa: F401 (re-exported)
 from .store import NodeStore, Reservation, StackFacts
 
 log = logging.getLogger("atoma_ops.serving")
@@ -462,21 +462,6 @@ class NodeService:
         if outcome.error is not None:
             raise outcome.error
         return outcome
-
-    async def serve(
-        self,
-        stack_small_id: int,
-        requests: Sequence[dict],
-        *,
-        concurrency: int = 8,
-        request_ids: Sequence[str | None] | None = None,
-        on_outcome: Any = None,
-    ) -> list[Outcome]:
-        """Serve requests on one stack, ``concurrency`` at once on the engine, recorded in the list's order.
-        Outcomes come back in order; refused or failed requests carry their error and cost nothing."""
-        return await serve_all(
-            self, stack_small_id, requests, concurrency=concurrency, request_ids=request_ids, on_outcome=on_outcome
-        )
 
     async def drain(self) -> None:
         """Wait for every request in progress to be recorded or released (a server shutting down)."""

@@ -1,6 +1,7 @@
 """One request, one path: admission, the engine's stream, then the charge and the history append.
 
-Every request (HTTP, streamed or not; a workload line; a test) goes through the same three steps, on its own:
+Every request (HTTP, streamed or not; a test driving the service directly) goes through the same three steps, on
+its own:
 
 1. **admission** (:meth:`NodeService.admit <atoma_ops.serving.node.NodeService.admit>`): validate, check the stack
    and the model, estimate, reserve the estimate against the stack. Every refusal is decided here, before any
@@ -25,11 +26,11 @@ import time
 import uuid
 import weakref
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Callable, Sequence
+from typing import Any, AsyncIterator, Callable
 
 from ..core.failpoints import failpoint
 from .engines.base import FINISH_ABORTED, Delta, EngineError, Generation, Sampling
-from .metering import EngineFailure, Estimate, InsufficientUnits, ServingError
+from .metering import EngineFailure, Estimate, ServingError
 from .store import Reservation, Settlement
 
 log = logging.getLogger("atoma_ops.serving")
@@ -301,7 +302,7 @@ class RequestRun:
                       arrived_ms=a.arrived_ms, first_token_ms=self.first_token_ms)
         if error is None and aborted and gen.completion_tokens == 0:
             error = ClientGone("the client went away before the first token (nothing charged)")
-        if self._after is not None:  # ordered serving (a workload): record after the requests before this one
+        if self._after is not None:  # ordered serving (testing.serve_all): record after the requests before this one
             await asyncio.shield(self._after)
         if error is not None:
             await service.release(a.reservation)
@@ -338,75 +339,3 @@ class RequestRun:
             m.latency.labels(self.model).observe(max(0.0, (out.finished_ms - a.arrived_ms) / 1000))
         m.ended(self.model, "duplicate" if settled.duplicate else ("aborted" if aborted else "served"))
         return out
-
-
-async def serve_all(
-    service: Any,
-    stack_small_id: int,
-    requests: Sequence[dict],
-    *,
-    concurrency: int = 8,
-    request_ids: Sequence[str | None] | None = None,
-    on_outcome: Callable[[Outcome], None] | None = None,
-) -> list[Outcome]:
-    """Serve requests on one stack, up to ``concurrency`` at once on the engine, admitted and recorded in their
-    order (the history order is the list's, whatever order the engine finishes them in: a re-run after a crash
-    resumes to the same history). Outcomes come back in order; ``on_outcome`` is called as each is known."""
-    ids = list(request_ids) if request_ids is not None else [None] * len(requests)
-    window = asyncio.Semaphore(max(1, concurrency))
-    loop = asyncio.get_running_loop()
-    previous: asyncio.Future | None = None
-    waits: list[asyncio.Future] = []
-    for i, request in enumerate(requests):
-        await window.acquire()
-        recorded: asyncio.Future = loop.create_future()
-        waits.append(recorded)
-        try:
-            try:
-                admission = await service.admit(stack_small_id, request, request_id=ids[i])
-            except InsufficientUnits as exc:
-                # refused only because requests in flight hold reservations: wait for them, then ask once more, so a
-                # workload near the end of its stack gets what a one-at-a-time run would
-                if not exc.fields.get("reserved_in_flight") or all(w.done() for w in waits[:-1]):
-                    raise
-                await asyncio.gather(*waits[:-1])
-                admission = await service.admit(stack_small_id, request, request_id=ids[i])
-        except ServingError as exc:
-            outcome = Outcome(i, stack_small_id, request, error=exc, request_id=ids[i])
-            _chain_done(previous, recorded, outcome, window, on_outcome)
-            previous = recorded
-            continue
-        if isinstance(admission, Outcome):  # a request id served before: its recorded answer
-            admission.index = i
-            _chain_done(previous, recorded, admission, window, on_outcome)
-            previous = recorded
-            continue
-        run = RequestRun(service, admission, index=i, after=previous)
-        run.done.add_done_callback(lambda f, r=recorded: _settle_wait(f, r, window, on_outcome))
-        previous = recorded
-    return list(await asyncio.gather(*waits))
-
-
-def _settle_wait(done: asyncio.Future, recorded: asyncio.Future, window: asyncio.Semaphore, on_outcome) -> None:
-    outcome = done.result()
-    window.release()
-    if on_outcome is not None:
-        on_outcome(outcome)
-    if not recorded.done():
-        recorded.set_result(outcome)
-
-
-def _chain_done(previous, recorded, outcome, window, on_outcome) -> None:
-    """A request settled at admission still takes its place in the order: done when the one before it is."""
-
-    def finish(_: Any = None) -> None:
-        window.release()
-        if on_outcome is not None:
-            on_outcome(outcome)
-        if not recorded.done():
-            recorded.set_result(outcome)
-
-    if previous is None or previous.done():
-        finish()
-    else:
-        previous.add_done_callback(finish)

@@ -23,6 +23,7 @@ from atoma_ops.protocol.commitments import (
 )
 from atoma_ops.serving.history import export_jsonl, import_jsonl
 from atoma_ops.serving.replay import replay
+from atoma_ops.testing.serve_all import serve_all
 
 from tests.serving.test_kit import PRICE, SAMPLING, ask, attest, market, net, open_node, try_settle  # noqa: E402,F401
 
@@ -41,7 +42,7 @@ def test_honest_stack_is_attested_without_dispute(engine, net, localnet_home, tm
     node1 = open_node(net, localnet_home, "node-1", engine)
     requests = [ask(i, 8) for i in range(20)]
     requests[5] = ask(5, 8, temperature=0.8, seed=11)  # seeded sampling replays too
-    outcomes = net.run(node1.serve(s, requests))
+    outcomes = net.run(serve_all(node1, s, requests))
     assert all(o.ok for o in outcomes)
     used = node1.store.usage(s).used_units
     file = export_jsonl(node1.history(s), tmp_path / "stack.jsonl")
@@ -78,7 +79,7 @@ def test_forged_history_is_reported_at_the_right_index_and_disputed(engine, net,
     t = sampling_market(net)
     s = net.buy(t, 100_000, PRICE, draw=0)
     node1 = open_node(net, localnet_home, "node-1", engine)
-    assert all(o.ok for o in net.run(node1.serve(s, [ask(i, 4) for i in range(4)])))
+    assert all(o.ok for o in net.run(serve_all(node1, s, [ask(i, 4) for i in range(4)])))
 
     # node 1 is dishonest: it rewrites response 2 in its own history (hashes made consistent) before committing
     history = node1.history(s)

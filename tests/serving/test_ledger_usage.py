@@ -5,6 +5,7 @@ from __future__ import annotations
 
 
 from atoma_ops.ledger import Ledger
+from atoma_ops.testing.serve_all import serve_all
 
 from tests.serving.test_kit import NO_SECURITY, PRICE, ask, market, net, open_node  # noqa: E402,F401
 
@@ -13,7 +14,7 @@ def test_node_usage_is_imported_once_with_its_hashes(engine, net, localnet_home,
     t = market(net, NO_SECURITY)
     s = net.buy(t, 10_000, PRICE, draw=0)  # node 1
     node = open_node(net, localnet_home, "node-1", engine)
-    outcomes = net.run(node.serve(s, [ask(0, 4), ask(1, 5)]))
+    outcomes = net.run(serve_all(node, s, [ask(0, 4), ask(1, 5)]))
     assert all(o.ok for o in outcomes)
 
     ledger = Ledger(tmp_path / "ledger.duckdb")
@@ -31,6 +32,6 @@ def test_node_usage_is_imported_once_with_its_hashes(engine, net, localnet_home,
 
     # Importing again adds nothing; serving one more request adds exactly that one.
     assert ledger.import_node_usage(localnet_home.path) == 0
-    assert all(o.ok for o in net.run(node.serve(s, [ask(2, 3)])))
+    assert all(o.ok for o in net.run(serve_all(node, s, [ask(2, 3)])))
     assert ledger.import_node_usage(localnet_home.path) == 1
     assert len(ledger.usage(s)) == 3

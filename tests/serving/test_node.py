@@ -25,6 +25,8 @@ from atoma_ops.serving.metering import (
 )
 from atoma_ops.serving.node import NodeService, StoreFailure
 from atoma_ops.serving.store import NodeStore
+from atoma_ops.testing.leases import wait_out_leases
+from atoma_ops.testing.serve_all import serve_all
 
 from tests.serving.buyer_kit import buyer  # noqa: E402
 from tests.serving.test_kit import CONFIDENTIAL, NO_SECURITY, PRICE, REPO, STUB_ENGINE_SRC, ask, market, net, open_node, stub_engine, try_settle  # noqa: E402,F401
@@ -38,7 +40,7 @@ def snapshot(node: NodeService, stack: int):
 def refused(node: NodeService, net, stack: int, error: type, request: dict | None = None):
     """Serve one request that must be refused with ``error``; nothing charged, history unchanged."""
     before = snapshot(node, stack)
-    (outcome,) = net.run(node.serve(stack, [request or ask(0, 4)]))
+    (outcome,) = net.run(serve_all(node, stack, [request or ask(0, 4)]))
     assert isinstance(outcome.error, error), outcome.error
     assert outcome.response is None and outcome.units == 0
     assert snapshot(node, stack) == before
@@ -58,7 +60,7 @@ def test_serving_meters_settles_and_records(engine, net, localnet_home):
          "max_completion_tokens": 5, "max_tokens": 100, "model": engine.model},
         ask(2, 4),
     ]
-    outcomes = net.run(node.serve(s, requests))
+    outcomes = net.run(serve_all(node, s, requests))
     used = 0
     for i, (request, o) in enumerate(zip(requests, outcomes)):
         assert o.ok, o.error
@@ -88,7 +90,7 @@ def test_a_bad_request_in_a_batch_does_not_sink_the_others(engine, net, localnet
     t = market(net, NO_SECURITY)
     s = net.buy(t, 10_000, PRICE, draw=0)
     node = open_node(net, localnet_home, "node-1", engine)
-    outcomes = net.run(node.serve(s, [ask(0, 3), {"messages": []}, {"messages": [{"role": "user", "content": "x"}], "max_tokens": 0}, ask(1, 3)]))
+    outcomes = net.run(serve_all(node, s, [ask(0, 3), {"messages": []}, {"messages": [{"role": "user", "content": "x"}], "max_tokens": 0}, ask(1, 3)]))
     assert [o.ok for o in outcomes] == [True, False, False, True]
     assert all(isinstance(o.error, BadRequest) for o in outcomes[1:3])
     assert [o.history_index for o in outcomes] == [0, None, None, 1]
@@ -109,7 +111,7 @@ def test_engine_failures_release_their_reservations(net, localnet_home):
     s = net.buy(t, 10_000, PRICE, draw=0)
     node = open_node(net, localnet_home, "node-1", Flaky())
     boom = {"messages": [{"role": "user", "content": "boom"}], "max_tokens": 3}
-    outcomes = net.run(node.serve(s, [ask(0, 3), boom, ask(1, 3)]))
+    outcomes = net.run(serve_all(node, s, [ask(0, 3), boom, ask(1, 3)]))
     assert [o.ok for o in outcomes] == [True, False, True]
     assert isinstance(outcomes[1].error, EngineFailure) and "nothing charged" in str(outcomes[1].error)
     u = node.store.usage(s)
@@ -120,10 +122,10 @@ def test_history_write_failure_returns_no_response_and_charges_nothing(engine, n
     t = market(net, NO_SECURITY)
     s = net.buy(t, 10_000, PRICE, draw=0)
     node = open_node(net, localnet_home, "node-1", engine)
-    net.run(node.serve(s, [ask(0, 2)]))
+    net.run(serve_all(node, s, [ask(0, 2)]))
     before = snapshot(node, s)
     node.store.conn.execute("CREATE TRIGGER full BEFORE INSERT ON history BEGIN SELECT RAISE(ABORT, 'disk full'); END")
-    (o,) = net.run(node.serve(s, [ask(1, 2)]))
+    (o,) = net.run(serve_all(node, s, [ask(1, 2)]))
     assert isinstance(o.error, StoreFailure) and o.response is None
     assert snapshot(node, s) == before  # not charged, not recorded, reservation released
     node.store.conn.execute("DROP TRIGGER full")
@@ -135,7 +137,7 @@ def test_usage_never_passes_the_stack_even_when_the_engine_under_reports(net, lo
     t = market(net, NO_SECURITY)
     s = net.buy(t, 1_000, PRICE, draw=0)
     node = open_node(net, localnet_home, "node-1", stub_engine(under_report=True))
-    (o,) = net.run(node.serve(s, [ask(0, 5)]))
+    (o,) = net.run(serve_all(node, s, [ask(0, 5)]))
     assert o.ok and o.estimate.method == "margin"
     assert o.response["usage"]["prompt_tokens"] > 10_000
     assert o.units == 1_000
@@ -153,7 +155,7 @@ def test_refusals_charge_nothing_and_leave_history_unchanged(engine, net, localn
     node = open_node(net, localnet_home, "node-1", engine)
 
     # exhausted: one request fits, the next cannot be covered
-    (first,) = net.run(node.serve(small, [ask(0, 4)]))
+    (first,) = net.run(serve_all(node, small, [ask(0, 4)]))
     assert first.ok
     left = 60 - first.units
     second = ask(1, 4)
@@ -170,14 +172,14 @@ def test_refusals_charge_nothing_and_leave_history_unchanged(engine, net, localn
     assert err.status == 400
 
     # in settlement: a ticket opened on chain (here by the node's own CLI call, outside this service)
-    net.run(node.serve(settling, [ask(2, 2)]))
+    net.run(serve_all(node, settling, [ask(2, 2)]))
     net.settle("node-1", settling, 1)
     err = refused(node, net, settling, StackSettling)
     assert err.status == 423  # Locked: please buy a new stack
 
     # settled by this service: closed in the store first
     s = net.buy(t, 10_000, PRICE, draw=0)
-    net.run(node.serve(s, [ask(3, 2)]))
+    net.run(serve_all(node, s, [ask(3, 2)]))
     result = try_settle(net, node, localnet_home, s)
     assert result.status == "success" and result.claimed_units == node.store.usage(s).used_units
     refused(node, net, s, StackSettling)
@@ -196,7 +198,7 @@ def test_claimed_confidential_stack_is_refused(engine, net, localnet_home):
     t = market(net, CONFIDENTIAL)
     s = net.buy(t, 10_000, PRICE, draw=0)
     node = open_node(net, localnet_home, "node-1", engine)
-    (o,) = net.run(node.serve(s, [ask(0, 2)]))
+    (o,) = net.run(serve_all(node, s, [ask(0, 2)]))
     net.claim_cc("node-1", [s], [o.units])
     assert net.get_stack(s).is_claimed
     refused(node, net, s, StackClaimed)
@@ -207,7 +209,7 @@ def test_export_import_round_trip_and_tamper_detection(engine, net, localnet_hom
     t = market(net, NO_SECURITY)
     s = net.buy(t, 10_000, PRICE, draw=0)
     node = open_node(net, localnet_home, "node-1", engine)
-    net.run(node.serve(s, [ask(i, 3) for i in range(3)]))
+    net.run(serve_all(node, s, [ask(i, 3) for i in range(3)]))
     history = node.history(s)
     path = export_jsonl(history, tmp_path / "h.jsonl")
     back = import_jsonl(path, expect_stack=s)
@@ -303,6 +305,7 @@ def test_a_returned_response_survives_sigkill_and_a_killed_request_costs_nothing
     proc.kill()
     proc.communicate(timeout=30)
 
+    wait_out_leases(localnet_home.path)
     node = open_node(net, localnet_home, "node-1", stub_engine())  # open() releases the dead reservation
     history = node.history(s)
     assert len(history) == 1 and history.entries[0].response == returned
@@ -315,6 +318,7 @@ TWO_PROCESS_SCRIPT = STUB_ENGINE_SRC + '''
 import asyncio, json, os, sys, time
 from atoma_ops.serving.node import NodeService
 from atoma_ops.serving.metering import InsufficientUnits
+from atoma_ops.testing.serve_all import serve_all
 
 home, stack, go = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 REQUEST = {"messages": [{"role": "user", "content": "one two three"}], "max_tokens": 5}
@@ -326,7 +330,7 @@ async def main():
         time.sleep(0.002)
     served = units = 0
     while True:
-        outcomes = await node.serve(stack, [REQUEST, REQUEST])
+        outcomes = await serve_all(node, stack, [REQUEST, REQUEST])
         for o in outcomes:
             if o.ok:
                 served += 1
@@ -416,6 +420,7 @@ def test_a_workload_killed_mid_way_resumes_where_it_stopped_and_charges_what_a_c
     done = len(recorded)  # requests in progress depends on timing; open() below releases any, the totals must match)
     assert 3 <= done < 10
 
+    wait_out_leases(localnet_home.path)
     node = open_node(net, localnet_home, "node-1", stub_engine())  # open() releases the dead process's reservations
     resumed, outcomes = net.run(lifecycle.serve_workload(node, user, crashed, workload, concurrency=3))
     assert (resumed.served, resumed.already_served, resumed.refused, resumed.failed) == (10 - done, done, [], [])
