@@ -50,6 +50,9 @@ os.environ.setdefault("DO_NOT_TRACK", "1")
 # The step-boundary failpoints (tasks/runtime.py STEP_HOOKS) exist only where asked for before the tasks are
 # imported: the forked runs arm them after this process imported everything.
 os.environ["ATOMA_OPS_STEP_HOOKS"] = "1"
+# A killed run's reservations go stale when their leases run out (atoma_ops.serving.store): short leases, waited out
+# after each crash, keep a case from waiting the production default.
+os.environ.setdefault("ATOMA_OPS_RESERVATION_LEASE_S", "2")
 
 import argparse  # noqa: E402
 import hashlib  # noqa: E402
@@ -72,6 +75,7 @@ from pathlib import Path  # noqa: E402
 from typing import Callable  # noqa: E402
 
 from atoma_ops.core.failpoints import FAILPOINT_TRACE_ENV, FAILPOINTS_ENV  # noqa: E402
+from atoma_ops.testing.leases import wait_out_leases  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "data" / "reliability"
@@ -370,11 +374,13 @@ def run_case(scenario: Scenario, template: Path, case: Case, case_dir: Path, ref
         if rc != -signal.SIGKILL:
             raise RuntimeError(f"the armed run did not die at its failpoint (rc {rc})")
         case.crashes += 1
+        wait_out_leases(home)  # what the killed run had reserved is stale once its leases run out
         if case.crash_recovery:  # the recovery dies at the same place, if it passes there at all
             rc = _in_child(drive, log, {**NO_FAILPOINTS, FAILPOINTS_ENV: case.point})
             case.runs.append(rc)
             if rc == -signal.SIGKILL:
                 case.crashes += 1
+                wait_out_leases(home)
             elif rc != 0:
                 raise RuntimeError(f"the recovery run failed (rc {rc})")
         rc = _in_child(drive, log, NO_FAILPOINTS)

@@ -20,6 +20,9 @@ os.environ["PREFECT_HOME"] = _PREFECT_HOME
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+# reservation leases (atoma_ops.serving.store): short, so a test that kills a serving process waits seconds, not the
+# production default, for its reservations to go stale; children of the tests inherit it
+os.environ.setdefault("ATOMA_OPS_RESERVATION_LEASE_S", "3")
 
 import pytest  # noqa: E402
 

@@ -163,6 +163,7 @@ class NodeService:
         self.reserver = GroupCommit(store.reserve, on_orphan=self._release_orphan)
         self.settler = GroupCommit(store.settle)
         self.releaser = GroupCommit(lambda rs: [store.release(rs)] * len(rs))
+        self._lease_task: asyncio.Task | None = None
         store.bind_node(node_small_id, address)
 
     def _release_orphan(self, reservation: Any) -> None:
@@ -209,7 +210,7 @@ class NodeService:
             raise
         released = store.recover()
         if released:
-            log.warning("released %d reservation(s) left by dead processes", released)
+            log.warning("released %d reservation(s) whose lease expired (their holder stopped renewing)", released)
         return service
 
     def sign_hash(self, digest: bytes) -> str:
@@ -217,7 +218,27 @@ class NodeService:
         signs its transactions with): what a buyer checks against the stack's node."""
         return self.chain.wallet.sign_hash(self.address, digest)  # type: ignore[attr-defined]
 
+    def _keep_leases(self) -> None:
+        """Renew this process's reservation leases while it has requests in progress (one task per service)."""
+        task = self._lease_task
+        if task is None or task.done():
+            self._lease_task = asyncio.get_running_loop().create_task(self._renew_leases())
+
+    async def _renew_leases(self) -> None:
+        interval = self.store.lease_ms / 3000
+        while self.pending > 0:
+            await asyncio.sleep(interval)
+            try:
+                released = await asyncio.to_thread(self.store.renew)
+            except Exception as exc:  # noqa: BLE001 - a busy file: the next turn renews (a lease outlasts two)
+                log.warning("renewing reservation leases failed: %r", exc)
+                continue
+            if released:
+                log.warning("released %d reservation(s) whose lease expired (their holder stopped renewing)", released)
+
     async def close(self) -> None:
+        if self._lease_task is not None and not self._lease_task.done():
+            self._lease_task.cancel()
         self.store.close()
         if self._owns_chain:
             await self.chain.close()
@@ -424,6 +445,7 @@ class NodeService:
             reservation = await self.reserver.submit((facts, est.reserved))
             if isinstance(reservation, ServingError):
                 raise reservation
+            self._keep_leases()  # renewed until the run ends (recorded or released)
             failpoint("serve:after-reserve")  # units reserved, nothing served: a crash must not leak them
             self.metrics.units_reserved.labels(engine.model).inc(est.reserved)
             admission = Admission(stack_small_id, request, est, sampling, reservation, arrived, request_id, drawn)

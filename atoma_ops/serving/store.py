@@ -12,17 +12,24 @@ One file per node (``<home>/nodes/<alias>/serving.sqlite``), WAL, ``synchronous=
 - ``release``: a failed request gives its whole reservation back.
 
 A ``CHECK (used_units + reserved_units <= num_compute_units)`` on the stacks table backs the arithmetic: no code
-path can make usage pass the stack's units. Reservations carry their process (pid and start time); ``recover``
-releases those whose process is gone (a crashed server must not pin units forever).
+path can make usage pass the stack's units.
+
+Reservations are *leases*: each carries an expiry (``expires_ms``), which the process serving its request renews
+while the request runs (:meth:`NodeStore.renew`, every third of the lease). A reservation whose lease expired belongs
+to a process that stopped renewing — killed, hung, or on a host that went away — and :meth:`NodeStore.recover`
+releases it (a crashed server must not pin units forever). Whether the holder lives is never judged by a pid: a pid
+means nothing in another container's pid namespace or on another host.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import socket
 import sqlite3
 import threading
 import time
+import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -98,35 +105,30 @@ ADDED_COLUMNS = {
     "stacks": {
         "frontier": "BLOB",  # MerkleFrontier of the history's leaves, folded as each is stored
     },
+    "reservations": {
+        "expires_ms": "INTEGER",  # the lease: renewed while the request runs; past it, the reservation is stale
+    },
 }
+
+#: how long a reservation's lease lasts unless renewed (seconds; ``$ATOMA_OPS_RESERVATION_LEASE_S`` overrides):
+#: long beside a renewal (every third of it), short beside the time a dead holder's units stay pinned
+RESERVATION_LEASE_S = 30.0
+RESERVATION_LEASE_ENV = "ATOMA_OPS_RESERVATION_LEASE_S"
+
+
+def default_lease_s() -> float:
+    value = os.environ.get(RESERVATION_LEASE_ENV)
+    try:
+        lease = float(value) if value else RESERVATION_LEASE_S
+    except ValueError:
+        raise ValueError(f"${RESERVATION_LEASE_ENV} must be a number of seconds, not {value!r}") from None
+    if not lease > 0:
+        raise ValueError(f"${RESERVATION_LEASE_ENV} must be positive, not {value!r}")
+    return lease
 INDEXES = (
     "CREATE UNIQUE INDEX IF NOT EXISTS history_request_id ON history (stack_small_id, request_id) "
     "WHERE request_id IS NOT NULL",
 )
-
-
-def _process_start(pid: int) -> str:
-    """The process's start time in clock ticks since boot (Linux), so a reused pid is not taken for the old one."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
-        return data.rsplit(b")", 1)[1].split()[19].decode()
-    except (OSError, IndexError):
-        return "?"
-
-
-def _alive(holder: str) -> bool:
-    pid_text, _, start = holder.partition(":")
-    try:
-        pid = int(pid_text)
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (ValueError, PermissionError):
-        return True
-    except OSError:
-        return True
-    return start in ("", "?") or _process_start(pid) in (start, "?")
 
 
 @dataclass(frozen=True)
@@ -222,10 +224,12 @@ class NodeStore:
     Args:
         path: the SQLite file (created with its folder if missing).
         busy_timeout_s: how long a writer waits for another process's transaction.
+        lease_s: how long this store's reservations hold unless renewed (default :func:`default_lease_s`).
     """
 
-    def __init__(self, path: str | os.PathLike, *, busy_timeout_s: float = 60.0):
+    def __init__(self, path: str | os.PathLike, *, busy_timeout_s: float = 60.0, lease_s: float | None = None):
         self.path = Path(path)
+        self.lease_ms = int((lease_s if lease_s is not None else default_lease_s()) * 1000)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.RLock()
         self.conn = connect_wal(self.path, busy_timeout_s)
@@ -241,7 +245,8 @@ class NodeStore:
                         c.execute(f"ALTER TABLE {table} ADD COLUMN {name} {decl}")
             for statement in INDEXES:
                 c.execute(statement)
-        self.holder = f"{os.getpid()}:{_process_start(os.getpid())}"
+        # who holds this store's reservations (diagnostics; liveness is the lease): host, pid, a unique token
+        self.holder = f"{socket.gethostname()}/{os.getpid()}/{uuid.uuid4().hex[:12]}"
 
     @staticmethod
     def path_for(home: str | os.PathLike, node: str) -> Path:
@@ -333,8 +338,9 @@ class NodeStore:
                     out.append(insufficient(facts.stack_small_id, num, used, reserved, units))
                     continue
                 cur = c.execute(
-                    "INSERT INTO reservations (stack_small_id, units, holder, created_ms) VALUES (?, ?, ?, ?)",
-                    (facts.stack_small_id, units, self.holder, now),
+                    "INSERT INTO reservations (stack_small_id, units, holder, created_ms, expires_ms) "
+                    "VALUES (?, ?, ?, ?, ?)",
+                    (facts.stack_small_id, units, self.holder, now, now + self.lease_ms),
                 )
                 c.execute(
                     "UPDATE stacks SET reserved_units = reserved_units + ? WHERE stack_small_id = ?",
@@ -474,14 +480,40 @@ class NodeStore:
             frontier = MerkleFrontier.from_bytes(row[2]) if row[2] else self._frontier_of(self.conn, stack_small_id)
         return int(row[0]), int(row[1]), frontier
 
-    def recover(self) -> int:
-        """Release reservations whose process is gone; returns how many."""
+    def renew(self, *, now_ms: int | None = None) -> int:
+        """Extend the lease of every reservation this store holds (its requests are still running), and release
+        other holders' expired ones, in one transaction; returns how many were released."""
+        now = int(time.time() * 1000) if now_ms is None else now_ms
+        with self._tx(durable=False) as c:
+            c.execute("UPDATE reservations SET expires_ms = ? WHERE holder = ?", (now + self.lease_ms, self.holder))
+            return self._release_expired(c, now)
+
+    def recover(self, *, now_ms: int | None = None) -> int:
+        """Release reservations whose lease expired (their holder stopped renewing: it died, hung or went away);
+        returns how many. This store's own are never stale to it: its requests renew them."""
+        now = int(time.time() * 1000) if now_ms is None else now_ms
         with self._tx() as c:
-            rows = c.execute("SELECT id, stack_small_id, units, holder FROM reservations").fetchall()
-            dead = [Reservation(i, s, u) for i, s, u, h in rows if h != self.holder and not _alive(h)]
-            for r in dead:
-                self._drop_reservation(c, r)
-        return len(dead)
+            return self._release_expired(c, now)
+
+    def _release_expired(self, c: sqlite3.Connection, now: int, stack_small_id: int | None = None) -> int:
+        # a row from before leases has none: its lease is counted from its creation
+        rows = c.execute(
+            "SELECT id, stack_small_id, units FROM reservations WHERE holder <> ? "
+            f"AND COALESCE(expires_ms, created_ms + ?) <= ?{' AND stack_small_id = ?' if stack_small_id is not None else ''}",
+            (self.holder, self.lease_ms, now, *(() if stack_small_id is None else (stack_small_id,))),
+        ).fetchall()
+        for i, sid, units in rows:
+            self._drop_reservation(c, Reservation(i, sid, units))
+        return len(rows)
+
+    def lease_expiry_ms(self) -> int | None:
+        """When the last lease held now expires (epoch ms), or None without reservations: by then, every
+        reservation of a holder that stopped renewing is stale."""
+        with self._lock:
+            (latest,) = self.conn.execute(
+                "SELECT max(COALESCE(expires_ms, created_ms + ?)) FROM reservations", (self.lease_ms,)
+            ).fetchone()
+        return None if latest is None else int(latest)
 
     # ------------------------------------------------------------------ settlement state
     def begin_settlement(self, stack_small_id: int) -> str:
@@ -510,6 +542,7 @@ class NodeStore:
                     continue
                 state = row[0]
                 if state == "open":
+                    self._release_expired(c, int(time.time() * 1000), sid)  # a dead holder's lease blocks nothing
                     (n,) = c.execute("SELECT COUNT(*) FROM reservations WHERE stack_small_id = ?", (sid,)).fetchone()
                     if n:
                         out.append(StackBusy(

@@ -33,6 +33,7 @@ from atoma_ops.core.failpoints import FAILPOINTS_ENV
 from atoma_ops.journal import PENDING, SUCCESS
 from atoma_ops.ledger import Ledger
 from atoma_ops.serving.store import NodeStore
+from atoma_ops.testing.leases import wait_out_leases
 from blocks import AtomaNetwork, InferenceEngine
 from flows.settlement import settlement_run
 from flows.stages import serve_stack
@@ -370,6 +371,7 @@ def test_serve_stack_killed_mid_workload_then_rerun_serves_only_the_rest(tmp_pat
         done = len(store.history(crashed))
     assert 3 <= done < 10
 
+    wait_out_leases(home)  # the killed run's reservations go stale when their leases run out
     summary = serve(crashed)
     assert (summary["served"], summary["served_now"], summary["already_served"], summary["refused"]) == (10, 10 - done, done, 0)
     assert summary["units_used"] == reference_summary["units_used"] > 0

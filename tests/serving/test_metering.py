@@ -12,6 +12,7 @@ import sqlite3
 import subprocess
 import sys
 import threading
+import time
 
 import pytest
 
@@ -296,19 +297,46 @@ def test_threads_never_over_serve(tmp_path):
     assert u.used_units > units - 60  # it did fill the stack
 
 
-def test_dead_processes_reservations_are_recovered(tmp_path):
+def test_reservations_whose_lease_expired_are_recovered_whoever_holds_them(tmp_path):
+    """A reservation is a lease: its holder renews it while the request runs. One whose lease ran out is released
+    by whoever looks, whether its process is gone or not (liveness is never judged by a pid)."""
     path = tmp_path / "s.sqlite"
-    proc = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    dead_pid = int(proc.stdout)
-    with NodeStore(path) as crashed:
-        crashed.holder = f"{dead_pid}:1"
-        crashed.reserve([(facts(), 300)])
-    with NodeStore(path) as store:
-        store.reserve([(facts(), 100)])  # our own, alive: kept
-        assert store.usage(1).reserved_units == 400
-        assert store.recover() == 1
+    with NodeStore(path, lease_s=10) as lapsing, NodeStore(path, lease_s=10) as renewing, \
+            NodeStore(path, lease_s=10) as store:
+        (lapsed,) = lapsing.reserve([(facts(), 300)])  # a holder that stops renewing (dead, hung, or cut off)
+        (renewed,) = renewing.reserve([(facts(), 200)])
+        (own,) = store.reserve([(facts(), 100)])
+        assert store.usage(1).reserved_units == 600
+        expiry = store.lease_expiry_ms()  # when the last of the three 10 s leases runs out
+
+        assert store.recover(now_ms=expiry - 10_001) == 0  # every lease still running
+        assert renewing.renew(now_ms=expiry - 5_000) == 0  # renewed 5 s before: its lease lasts 5 s past ``expiry``
+        # 1 s after the first leases ran out: ``lapsing``'s is stale, ``renewing``'s renewed, ``store``'s own kept
+        assert store.recover(now_ms=expiry + 1_000) == 1
         u = store.usage(1)
-        assert (u.reserved_units, u.in_flight, u.used_units) == (100, 1, 0)
+        assert (u.reserved_units, u.in_flight, u.used_units) == (300, 2, 0)
+        lapsing.release([lapsed])  # the lapsed holder coming back has nothing left to give back
+        assert store.usage(1).reserved_units == 300
+        assert store.recover(now_ms=expiry + 5_001) == 1  # ``renewing`` stopped renewing too
+        assert store.usage(1).reserved_units == 100  # ``store``'s own: never stale to itself
+        renewing.release([renewed])
+        store.release([own])
+        assert store.usage(1).reserved_units == 0
+
+
+def test_an_expired_lease_does_not_block_settlement(tmp_path):
+    path = tmp_path / "s.sqlite"
+    with NodeStore(path, lease_s=0.05) as crashed:
+        crashed.reserve([(facts(), 30)])
+    with NodeStore(path) as store:
+        (r,) = store.reserve([(facts(), 20)])
+        store.settle([Settlement(r, req(), response(5, 5))])
+        deadline = store.lease_expiry_ms()
+        while time.time() * 1000 <= deadline:  # the crashed holder's 50 ms lease runs out
+            time.sleep(0.02)
+        assert store.begin_settlement(1) == "open"  # not StackBusy: the stale reservation was released
+        u = store.usage(1)
+        assert (u.reserved_units, u.in_flight, u.used_units) == (0, 0, 10)
 
 
 def test_a_store_belongs_to_one_node(tmp_path):
