@@ -65,6 +65,12 @@ def base_url(url: str) -> str:
     return url[: -len("/v1")] if url.endswith("/v1") else url
 
 
+def tls_verify(url: str) -> bool:
+    """httpx's ``verify`` for ``url``: a plain ``http://`` node has no certificate to check, and loading the CA
+    bundle for nothing costs ~150 ms per client (measured: a third of sending a 22-line workload on loopback)."""
+    return not url.lower().startswith("http://")
+
+
 def _refusal(response: httpx.Response, text: str) -> NodeRefusal:
     try:
         error = json.loads(text).get("error") or {}

@@ -18,7 +18,7 @@ from typing import Any, Callable, Sequence
 import httpx
 
 from ..protocol.node_http import REPLAYED_HEADER, REQUEST_ID_HEADER
-from .chat import CHAT_PATH, base_url
+from .chat import CHAT_PATH, base_url, tls_verify
 from .signing import AtomaAuth, RequestSigner
 from .verify import ResponseSignatureError, verify_response
 
@@ -90,7 +90,8 @@ async def send_workload(url: str, signer: RequestSigner, stack: int, requests: S
     window = asyncio.Semaphore(max(1, concurrency))
     auth = AtomaAuth(signer, stack, tx_digest)
     limits = httpx.Limits(max_connections=max(1, concurrency), max_keepalive_connections=max(1, concurrency))
-    async with httpx.AsyncClient(base_url=base_url(url), auth=auth, timeout=timeout, limits=limits) as http:
+    async with httpx.AsyncClient(base_url=base_url(url), auth=auth, timeout=timeout, limits=limits,
+                                 verify=tls_verify(url)) as http:
 
         async def one(i: int) -> None:
             sent = report.sent[i]

@@ -21,7 +21,7 @@ import httpx
 from ..chain.errors import NotFound
 from ..chain.port import Chain
 from ..client import RequestSigner, Sent, send_workload
-from ..client.chat import base_url
+from ..client.chat import base_url, tls_verify
 from ..serving.node import NodeService
 from ..serving.server import loopback_server
 
@@ -145,7 +145,7 @@ async def serve_workload(
             request_ids=[workload_request_id(key, i) for i in lines], concurrency=concurrency,
             node_address=address, on_sent=landed,
         ) if lines else None
-        async with httpx.AsyncClient(timeout=60.0) as http:  # the stack's usage, as the node reports it
+        async with httpx.AsyncClient(timeout=60.0, verify=tls_verify(url)) as http:  # the usage, as the node says
             r = await http.get(f"{base_url(url)}/v1/stacks/{stack_small_id}/usage")
         if r.status_code == 200:
             report.usage = r.json()
