@@ -32,6 +32,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.cpu_engine
 	$(BIN)/python -m bench.ledger
 	$(BIN)/python -m bench.settlement_run
+	$(BIN)/python -m bench.journal
 
 # The reliability harness (docs/reliability.md): crash injection, the bad-input table, concurrent load, security,
 # the generative CLI test (CLI_FUZZ_EXAMPLES cases, about 7 per second).
