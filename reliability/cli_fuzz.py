@@ -375,6 +375,7 @@ def check_case(argv: list[str], own: Path, before: Any, places: Places, places_b
                     problems.append("an error document with exit status 0")
     elif status != 0:
         kind = err.strip().split(":", 2)[1].strip() if err.startswith("Error:") else None
+        kind = "MoveAbort" if kind == "transaction aborted" else kind  # the abort's line names the constant after
         if status == 1 and "Error:" not in err and "drift" not in out:
             problems.append(f"exit 1 without a named error line: {err[-200:]!r}")
     replaced = status == 0 and argv_command(argv)[:2] == ("localnet", "init")
@@ -408,7 +409,7 @@ def argv_command(argv: list[str]) -> tuple[str, ...]:
     i = 0
     while i < len(argv) and len(out) < 2:
         a = argv[i]
-        if a in ("--home", "--address"):
+        if a in ("--home", "--address", "--network"):  # the global options drawn with a value
             i += 2
             continue
         if a.startswith("-"):
