@@ -238,6 +238,42 @@ def test_stack_serve_killed_mid_workload_resumes_and_charges_what_a_clean_run_do
     assert stub_cli.ok("stack", "commit", "--stack", "1")["root"] == recorded["1"]["root"]
 
 
+def test_stack_serve_url_sends_to_a_running_node_as_the_stacks_buyer(stub_cli, tmp_path):
+    """``--url``: the workload goes to a node already running (here a server in this process); the command checks
+    on chain that the server's address holds the stack's node badge, and signs as the stack's owner (or --buyer)."""
+    import asyncio
+
+    from atoma_ops.serving.node import NodeService
+    from atoma_ops.serving.server import BackgroundServer, create_app
+
+    w = workload(tmp_path, 3)
+    selected, other = f"node-{stub_cli.selected}", f"node-{3 - stub_cli.selected}"
+    services = {n: asyncio.run(NodeService.open(stub_cli.home, n, stub_engine())) for n in (selected, other)}
+    try:
+        with BackgroundServer(create_app(services[selected])) as node, BackgroundServer(create_app(services[other])) as wrong:
+            first = stub_cli.ok("stack", "serve", "--stack", "1", "--workload", w, "--url", node.url + "/v1")
+            assert (first["served"], first["refused"], first["node_small_id"]) == (3, 0, stub_cli.selected)
+            assert first["buyer"] == stub_cli.aliases["user"]  # the stack's owner, as the chain says
+            assert {o["signed_by"] for o in first["outcomes"]} == {services[selected].address}
+            assert first["usage"]["used_units"] == first["units_charged"] > 0
+            again = stub_cli.ok("stack", "serve", "--stack", "1", "--workload", w, "--url", node.url)
+            assert (again["served"], again["already_served"], again["units_charged"], again["outcomes"]) == (0, 3, 0, [])
+            # another address signs: the node refuses every line as not its stack's owner's, nothing charged
+            stolen = stub_cli.ok("stack", "serve", "--stack", "1", "--workload", workload(tmp_path, 2, 5, "w2.jsonl"),
+                                 "--url", node.url, "--buyer", other)
+            assert (stolen["served"], stolen["refused"], stolen["units_charged"]) == (0, 2, 0)
+            assert {o["error"]["type"] for o in stolen["outcomes"]} == {"stack_not_found"}
+            # a server that is not the stack's node is not sent anything
+            err = stub_cli.fail("stack", "serve", "--stack", "1", "--workload", w, "--url", wrong.url)
+            assert err["kind"] == "ResponseSignatureError" and "NodeBadge" in err["message"]
+            assert stub_cli.fail("stack", "serve", "--stack", "1", "--workload", w, "--url", node.url, "--node",
+                                 selected)["kind"] == "InvalidArgument"
+        assert services[selected].store.usage(1).num_requests == 3 and services[other].store.usage(1) is None
+    finally:
+        for service in services.values():
+            asyncio.run(service.close())
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
