@@ -14,7 +14,8 @@ served, settled and claimed stacks, node stores, a synced ledger), with ``--json
   wallet files byte for byte;
 - never lose a key: after any command the home's keystore loads, and only a successful ``localnet init --force``
   may replace it;
-- leave nothing half-written behind (``*.tmp``, ``*.part``, a ``.…init-…`` or ``.export-…`` folder).
+- leave nothing half-written behind (``*.tmp``, ``*.part``, a ``.…init-…`` or ``.export-…`` folder), and write
+  nothing outside its own folder (cases run in an empty working directory, which must stay empty).
 
 Not drawn: ``--engine cpu`` (it loads SmolLM2 for tens of seconds per case; the serving tests cover it), a free
 port for ``node serve`` (it would serve until stopped), and ``atoma-ops prefect`` (Prefect's own commands against
@@ -234,7 +235,7 @@ def argv_for(draw: Any, path: tuple[str, ...], command: Any, places: Places, own
                 args.append(value)
             else:
                 args += [param.opts[0], value]
-    glob: list[str] = ["--home", str(own / "home")]
+    glob: list[str] = ["--home", str(own / "home") if draw(st.floats(0, 1)) < 0.97 else ""]
     if draw(st.booleans()):
         glob.append("--json")
     if draw(st.floats(0, 1)) < 0.4:
@@ -398,6 +399,11 @@ def check_case(argv: list[str], own: Path, before: Any, places: Places, places_b
     left = _leftovers(own)
     if left:
         problems.append(f"left behind: {left[:5]}")
+    strays = os.listdir(".")  # cases run in an empty working directory: a relative or empty path lands here
+    if strays:
+        problems.append(f"wrote outside its folder, into the working directory: {sorted(strays)[:5]}")
+        for name in strays:
+            shutil.rmtree(name, ignore_errors=True) if os.path.isdir(name) else os.unlink(name)
     if places.snapshot() != places_before:
         problems.append("an input file changed")
     return Outcome(argv, status, problems, kind, seconds, (out[-300:] + err[-500:]) if problems else "")
@@ -449,11 +455,16 @@ class Harness:
         listener = socket.socket()
         listener.bind(("127.0.0.1", 0))
         listener.listen()
+        cwd = os.getcwd()
+        empty = workdir / "cwd"
+        empty.mkdir(exist_ok=True)
+        os.chdir(empty)
         try:
             places = Places.make(workdir / "places", ids or {}, listener.getsockname()[1])
             yield cls(workdir, scenario_home, ids or {}, state_digests(scenario_home), places, places.snapshot(),
                       files_digest(scenario_home), _listener=listener)
         finally:
+            os.chdir(cwd)
             listener.close()
 
     def fresh(self) -> Path:

@@ -70,8 +70,18 @@ def remember(ctx: typer.Context, **given: Any) -> None:
         setattr(root.obj, name, value)
 
 
+_PLACES = ("home", "ledger", "client_yaml")  # an empty one would silently mean the current directory
+
+
+def not_empty_place(param: Any, value: Any) -> None:
+    if isinstance(value, str) and not value.strip() and param.name in _PLACES:
+        raise typer.BadParameter("empty (it would mean the current directory; give it as ./ if that is meant)",
+                                 param=param)
+
+
 def _store(ctx: Any, param: Any, value: Any) -> Any:
     """Callback of a copied global option: record it in the root state when the user gave it."""
+    not_empty_place(param, value)
     source = ctx.get_parameter_source(param.name)
     if source is not None and source.name in ("COMMANDLINE", "ENVIRONMENT"):
         attribute = next((_ATTRIBUTES[o] for o in param.opts if o in _ATTRIBUTES), param.name)

@@ -28,7 +28,7 @@ from typing import Any, Callable, Optional
 import typer
 
 from ..core.jsonable import to_jsonable
-from .core import CONTEXT, CliGroup, remember
+from .core import CONTEXT, CliGroup, not_empty_place, remember
 from .session import open_chain
 
 app = typer.Typer(
@@ -71,6 +71,9 @@ def _options(
     json_output: bool = typer.Option(False, "--json", help="Print exactly one JSON document on stdout."),
     lock_timeout: float = typer.Option(30.0, "--lock-timeout", metavar="S", help="Wait this long for another process's lock."),
 ) -> None:
+    for param in ctx.command.params:
+        if param.name in ("home", "ledger"):
+            not_empty_place(param, home if param.name == "home" else ledger)
     values = {"home": home, "ledger": ledger, "json_output": json_output, "lock_timeout": lock_timeout}
     given = {}
     for name, value in values.items():
@@ -332,8 +335,8 @@ def reconcile(
 @app.command()
 def export(
     ctx: typer.Context,
-    parquet: Optional[Path] = typer.Option(None, "--parquet", metavar="DIR", help="Write every table and view as DIR/<name>.parquet."),
-    duckdb_file: Optional[Path] = typer.Option(None, "--duckdb", metavar="FILE", help="Write a standalone DuckDB snapshot."),
+    parquet: Optional[str] = typer.Option(None, "--parquet", metavar="DIR", help="Write every table and view as DIR/<name>.parquet."),
+    duckdb_file: Optional[str] = typer.Option(None, "--duckdb", metavar="FILE", help="Write a standalone DuckDB snapshot."),
 ) -> None:
     """Export a snapshot that analysts can keep open (the live file is held only one unit of work at a time)."""
     opts = _opts(ctx)
@@ -369,7 +372,7 @@ def export(
 @app.command()
 def plot(
     ctx: typer.Context,
-    out: Path = typer.Option(..., "--out", metavar="FILE.png", help="Where to write the chart."),
+    out: str = typer.Option(..., "--out", metavar="FILE.png", help="Where to write the chart."),
 ) -> None:
     """Earnings per epoch and node as a stacked bar chart (needs matplotlib)."""
     opts = _opts(ctx)

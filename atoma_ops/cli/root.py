@@ -9,7 +9,7 @@ from typing import Any, List, Optional
 import typer
 
 from . import errors
-from .core import CONTEXT, CliGroup, State, emit_json
+from .core import CONTEXT, CliGroup, State, emit_json, not_empty_place
 from .db import db_app
 from . import db_reads  # noqa: F401  (registers the reads on db_app)
 from .ledger import app as ledger_app
@@ -82,6 +82,8 @@ def _root(
         help="The intent journal on PostgreSQL, shared by several hosts (default: $ATOMA_OPS_JOURNAL_URL, else the ledger).",
     ),
 ) -> None:
+    for name, value in (("home", home), ("client_yaml", client_yaml)):
+        not_empty_place(next(p for p in ctx.command.params if p.name == name), value)
     st = ctx.obj if isinstance(ctx.obj, State) else State()
     st.address, st.home = address or st.address, home or st.home
     st.json, st.debug = json_output or st.json, debug or st.debug

@@ -81,3 +81,14 @@ def test_an_internal_error_and_a_leftover_are_found(harness, monkeypatch):
     assert status == 3 and "InternalError" in err and "RuntimeError: a bug" in err and "Traceback" not in err
     status, out, err = cli_fuzz.run(["--home", str(own / "home"), "localnet", "status", "--debug", "--json"])
     assert status == 3 and "Traceback" in err and json.loads(out)["error"]["kind"] == "InternalError"
+
+
+def test_a_write_outside_the_case_folder_is_found(harness):
+    """Cases run in an empty working directory: an export to "." (allowed: the user asked for it) shows as a write
+    outside the case's folder, which is how an empty path taken for "." was found."""
+    own = _copy(harness)
+    argv = ["--home", str(own / "home"), "--json", "ledger", "export", "--parquet", "."]
+    outcome = cli_fuzz.check_case(argv, own, harness.before, harness.places, harness.places_before, harness.before_files)
+    assert outcome.status == 0 and any("wrote outside its folder" in p for p in outcome.problems), outcome.problems
+    status, out, _ = cli_fuzz.run(["--home", str(own / "home"), "--json", "ledger", "export", "--parquet", ""])
+    assert status == 1 and json.loads(out)["error"]["message"] == "--parquet: give a folder name"
