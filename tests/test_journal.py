@@ -24,6 +24,7 @@ from atoma_ops.journal import (
     ActionResult,
     InDoubt,
     Intent,
+    WrittenElsewhere,
     execute_intent,
     execute_intents,
 )
@@ -522,40 +523,50 @@ def test_a_claim_takes_only_free_keys_and_never_overwrites_a_pending_row(ledger)
     assert (rows["b"]["status"], rows["b"]["digest"], rows["b"]["attempts"]) == ("pending", "d7", 2)
 
 
-def test_an_intent_whose_key_another_writer_holds_takes_that_writers_outcome(chain, ledger, monkeypatch):
-    """Another writer journaled the key (pending) and finishes while this one waits: nothing is submitted here."""
+@pytest.mark.parametrize("fate", ["success", "failed", "never"])
+def test_an_intent_whose_key_another_writer_holds_takes_that_writers_outcome(chain, ledger, monkeypatch, fate):
+    """Another writer journaled the key (pending) after this one's first read: this one signs, loses the claim and
+    never submits. It takes the other's outcome: its success; its refusal (``WrittenElsewhere``); or, when the other
+    never finishes within the wait, ``InDoubt`` with the other's digest (a retry resolves that row by digest)."""
+    import atoma_ops.journal as journal_module
+
+    monkeypatch.setattr(journal_module, "CLAIM_WAIT_S", 0.3)
     other = register("node-1")
     p, sig = run(journal_pending(chain, ledger, other))  # the other writer's claim
-
-    real_claim = ledger.claim_actions
+    real_claim, real_actions = ledger.claim_actions, ledger.actions
 
     def claim_then_other_finishes(rows):
         claimed = real_claim(rows)  # loses: the key is pending
-        run(chain.execute(p, sig))
-        ledger.record_actions([{"idempotency_key": other.key, "kind": other.function, "status": "success", "digest": p.digest}])
+        if fate == "success":
+            run(chain.execute(p, sig))
+        if fate != "never":
+            ledger.record_actions([{"idempotency_key": other.key, "kind": other.function, "status": fate,
+                                    "digest": p.digest, "last_error": None if fate == "success" else "refused there"}])
         return claimed
 
+    reads = []
+
+    def actions(keys=None, **kw):  # the first read (step 1) comes before the other writer's row exists: the race
+        reads.append(keys)
+        return {} if len(reads) == 1 else real_actions(keys, **kw)
+
     monkeypatch.setattr(ledger, "claim_actions", claim_then_other_finishes)
+    monkeypatch.setattr(ledger, "actions", actions)
     tx0 = n_transactions(chain)
 
-    async def main():
-        # step 1 reads the journal before the other writer's row exists (the race): hide it from that first read
-        real_actions = ledger.actions
-        reads = []
-
-        def actions(keys=None, **kw):
-            reads.append(keys)
-            return {} if len(reads) == 1 else real_actions(keys, **kw)
-
-        monkeypatch.setattr(ledger, "actions", actions)
-        return await execute_intents(chain, ledger, [other])
-
-    (r,) = run(main())
-    assert (r.status, r.digest, r.tx) == ("success", p.digest, None)
-    assert n_transactions(chain) == tx0 + 1  # the other writer's transaction only
-    assert len(node_badges(chain, "node-1")) == 1
-    row = ledger.actions([other.key])[other.key]
-    assert (row["status"], row["digest"], row["attempts"]) == ("success", p.digest, 1)
+    if fate == "never":
+        with pytest.raises(InDoubt) as info:
+            run(execute_intents(chain, ledger, [other]))
+        assert info.value.digest == p.digest and classify(info.value) is ErrorClass.IN_DOUBT
+    else:
+        (r,) = run(execute_intents(chain, ledger, [other], raise_on_failure=False))
+        assert (r.status, r.digest, r.tx) == (fate, p.digest, None)
+        if fate == "failed":
+            assert isinstance(r.error, WrittenElsewhere) and "refused there" in str(r.error)
+    assert n_transactions(chain) == tx0 + (1 if fate == "success" else 0)  # the other writer's, never this one's
+    assert len(node_badges(chain, "node-1")) == (1 if fate == "success" else 0)
+    row = real_actions([other.key])[other.key]
+    assert (row["status"], row["digest"], row["attempts"]) == ("pending" if fate == "never" else fate, p.digest, 1)
 
 
 _RACER = r"""

@@ -27,8 +27,9 @@ async def register_node(chain: Chain, journal: JournalStore, node: str) -> int:
     async def registered() -> bool:
         return bool(await node_small_ids(chain, address))
 
-    # each register_node_entry mints another NodeBadge: callers of one process that all saw no badge yet (concurrent
-    # lifecycles registering the same nodes) take turns, so the later ones find the badge in their preflight
+    # each register_node_entry mints another NodeBadge. Processes and hosts that all saw no badge yet: the journal's
+    # claim lets one of them submit, the others take its outcome. Callers of one process also take turns here, so
+    # the later ones find the badge in their preflight instead of signing and waiting on the claim
     async with _registering(address):
         await execute_intent(chain, journal, Intent(f"register_node_entry:{address}", "register_node_entry", address, done=registered))
     return (await node_small_ids(chain, address))[0]
