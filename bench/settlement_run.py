@@ -153,7 +153,7 @@ _LEDGER, _STORE = "atoma_ops.ledger.api", "atoma_ops.serving.store"
 _WRITES = "chain writes: Localnet.execute (signature check, contract, COMMIT)"
 _CLIENT = "chain client: prepare + sign"
 _READS = "chain reads: stack / task / ticket / badges / epoch / config"
-_JOURNAL = "intent journal: Ledger.actions + record_actions (DuckDB units of work)"
+_JOURNAL = "intent journal: Ledger.actions + claim_actions + record_actions (DuckDB units of work)"
 _STATE = "node store: stacks / state writes"
 AREAS = (
     # (area, module, class or None, function): wall time inside these calls; none of them calls another
@@ -161,7 +161,7 @@ AREAS = (
     *((_CLIENT, _ADAPTER, "LocalnetChain", f) for f in ("prepare", "sign")),
     *((_READS, _ADAPTER, "LocalnetChain", f)
       for f in ("get_stack", "get_task", "get_ticket", "badges", "current_epoch", "db_config")),
-    *((_JOURNAL, _LEDGER, "Ledger", f) for f in ("actions", "record_actions")),
+    *((_JOURNAL, _LEDGER, "Ledger", f) for f in ("actions", "claim_actions", "record_actions")),
     ("node store: history reads", _STORE, "NodeStore", "history"),
     *((_STATE, _STORE, "NodeStore", f)
       for f in ("stacks", "last_served_ms", "begin_settlements", "finish_settlements", "abort_settlements",
@@ -259,7 +259,8 @@ def profile_flow(folder: Path, n: int, requests: int, settlement_run: Any, netwo
         ("lifecycle._claim", cum("lifecycle/claim.py", "_claim")),
         ("  chain: Localnet.execute", chain_exec),
         ("  chain: prepare + sign", prepare + sign),
-        ("  journal: Ledger.actions + record_actions (DuckDB)", cum("ledger/api.py", "actions") + cum("ledger/api.py", "record_actions")),
+        ("  journal: Ledger.actions + claim_actions + record_actions (DuckDB)",
+         cum("ledger/api.py", "actions") + cum("ledger/api.py", "claim_actions") + cum("ledger/api.py", "record_actions")),
         ("  node store: history", cum("serving/store.py", "history")),
         ("  node store: begin/finish_settlements, note_claimed_many",
          cum("serving/store.py", "begin_settlements") + cum("serving/store.py", "finish_settlements")
