@@ -632,3 +632,51 @@ def test_two_processes_registering_one_node_at_once_mint_one_badge(chain, ledger
     key = f"register_node_entry:{chain.wallet.resolve('node-1')}"
     row = ledger.actions([key])[key]
     assert (row["status"], row["attempts"]) == ("success", 1)
+
+
+_KILLED = r"""
+import asyncio, sys
+from pathlib import Path
+from atoma_ops import lifecycle
+from atoma_ops.home import LocalnetHome
+
+home, store = sys.argv[1:3]
+if store.startswith("postgresql://"):
+    from atoma_ops.journal_postgres import PostgresJournal
+    journal = PostgresJournal(store)
+else:
+    from atoma_ops.ledger import Ledger
+    journal = Ledger(store)
+asyncio.run(lifecycle.register_node(LocalnetHome(Path(home)).open(), journal, "node-1"))
+print("not killed")
+"""
+
+
+def test_a_process_killed_after_the_journal_commit_is_finished_by_the_next_run(chain, ledger, localnet_home):
+    """SIGKILL right after the signed bytes were committed, before submitting them: the next run resolves the row
+    by digest and sends those very bytes, on either store. One badge, never other bytes. (Killed after the chain
+    ran them: the pending-row tests above, in process.)"""
+    point, executed = "journal:after-write", False
+    import signal
+    import subprocess
+    import sys
+
+    from atoma_ops.core.failpoints import FAILPOINTS_ENV
+
+    store = ledger.url if hasattr(ledger, "url") else str(ledger.path)
+    env = {**__import__("os").environ, FAILPOINTS_ENV: point}
+    killed = subprocess.run([sys.executable, "-c", _KILLED, str(localnet_home.path), store], env=env,
+                            cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=120)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    key = f"register_node_entry:{chain.wallet.resolve('node-1')}"
+    row = ledger.actions([key])[key]
+    assert row["status"] == "pending" and transaction_digest(row["signed_tx_bytes"]) == row["digest"]
+    assert (chain.localnet.get_transaction(row["digest"]) is not None) is executed
+    assert len(node_badges(chain, "node-1")) == (1 if executed else 0)
+
+    node_id = run(lifecycle.register_node(chain, ledger, "node-1"))
+    assert [b.small_id for b in node_badges(chain, "node-1")] == [node_id]
+    after = ledger.actions([key])[key]
+    assert (after["status"], after["digest"]) == ("success", row["digest"])
+    assert after["attempts"] == (1 if executed else 2)  # re-sent once when the chain had never seen the bytes
+    assert chain.localnet.get_transaction(row["digest"]).ok
