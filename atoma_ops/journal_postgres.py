@@ -89,6 +89,13 @@ class JournalUnavailable(ConnectionError):
     error_class = ErrorClass.RETRYABLE
 
 
+class JournalBusy(ConnectionError):
+    """The journal's transaction was rolled back in favour of a concurrent one (retryable: nothing was written)."""
+
+    kind = "JournalBusy"
+    error_class = ErrorClass.RETRYABLE
+
+
 class JournalConfigError(ValueError):
     """The journal URL is not one this build can open (terminal: a configuration to fix)."""
 
@@ -131,6 +138,8 @@ class PostgresJournal:
                 with con.transaction():
                     with con.cursor() as cur:
                         yield cur
+            except psycopg.errors.TransactionRollback as exc:  # a deadlock or serialisation failure: nothing written
+                raise JournalBusy(f"the journal's transaction gave way to another writer's: {exc}") from None
             except psycopg.OperationalError as exc:
                 self._drop()
                 raise JournalUnavailable(f"the journal database {redact(self.url)} is unavailable: {exc}") from None
@@ -232,6 +241,8 @@ class PostgresJournal:
 
 
 def _params(rows: list[dict]) -> list[dict[str, Any]]:
+    """One parameter set per row, in key order: two writers' batches lock shared keys in the same order, so they
+    never deadlock."""
     unknown = {k for r in rows for k in r} - set(_FIELDS) - {"attempt", "repeatable"}
     if unknown:
         raise ValueError(f"record_actions: unknown field(s) {sorted(unknown)}")
@@ -245,7 +256,7 @@ def _params(rows: list[dict]) -> list[dict[str, Any]]:
         p["repeatable"] = bool(r.get("repeatable"))
         p["now"] = now
         out.append(p)
-    return out
+    return sorted(out, key=lambda p: p["idempotency_key"])
 
 
 def redact(url: str) -> str:
