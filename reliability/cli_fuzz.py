@@ -495,7 +495,7 @@ def markdown(outcomes: list[Outcome], failures: list[Outcome], seconds: float, s
         f"{n_commands} commands ({len(per_command)} reached) in {seconds:.0f} s; **{len(failures)} failed**. "
         "Each case is one drawn command line on its own copy of the bad-input scenario; the rules are in "
         "`reliability/cli_fuzz.py` (documented exit status, no traceback, one JSON document under `--json`, "
-        "state digests and wallet files unchanged on failure, no key lost, nothing half-written left).", "",
+        "state digests and wallet files unchanged on failure, no key lost, nothing half-written left, nothing written outside the case's folder).", "",
         "| exit status | cases |", "|---|---|",
         *(f"| {s} | {n} |" for s, n in sorted(statuses.items())), "",
         "Named errors met (JSON `kind` or the error line's name), most frequent first:", "",
