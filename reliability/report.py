@@ -21,6 +21,7 @@ PARTS = (
     ("load", "3. Load"),
     ("security", "4. Security"),
     ("cli_fuzz", "5. Generative CLI test"),
+    ("signer_lease", "6. A crashed signer frees its address"),
 )
 
 HEADER = """# Reliability report
