@@ -41,7 +41,7 @@ import httpx
 REPO = Path(__file__).resolve().parents[1]
 
 from atoma_ops.home import LocalnetHome  # noqa: E402
-from atoma_ops.testing.openai_standin import STANDIN_MODEL  # noqa: E402
+from atoma_ops.testing.openai_standin import STANDIN_MODEL, save_tokenizer  # noqa: E402
 
 PRICE = 1_000_000
 GOAL_RATIO = 0.9
@@ -178,18 +178,22 @@ def compare(name: str, bare_url: str, node_url: str, model: str, levels: list[in
     return rows
 
 
-def node_process(home: Path, base_url: str, model: str, port: int, log: Path) -> subprocess.Popen:
+def node_process(home: Path, base_url: str, model: str, port: int, log: Path,
+                 tokenizer: Path | None = None) -> subprocess.Popen:
     cmd = [str(REPO / ".venv" / "bin" / "atoma-ops"), "--home", str(home), "node", "serve", "--node", "node-1",
            "--engine", "openai", "--openai-base-url", base_url, "--model", model, "--port", str(port),
            "--max-pending", "4096"]
+    if tokenizer is not None:
+        cmd += ["--tokenizer", str(tokenizer)]
     return subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, cwd=REPO)
 
 
 def run_openai(name: str, bare_url: str, model: str, tmp: Path, levels: list[int], rounds: int,
-               max_tokens: int) -> list[dict]:
-    home, stack = asyncio.run(setup(tmp / f"home-{name}", model, 1_000_000))
+               max_tokens: int, tokenizer: Path | None = None) -> list[dict]:
+    slug = "".join(c if c.isalnum() else "-" for c in name.lower())
+    home, stack = asyncio.run(setup(tmp / f"home-{slug}", model, 1_000_000))
     port = free_port()
-    proc = node_process(home.path, bare_url, model, port, tmp / f"node-{name}.log")
+    proc = node_process(home.path, bare_url, model, port, tmp / f"node-{slug}.log", tokenizer)
     try:
         wait_http(f"http://127.0.0.1:{port}/health", proc)
         return compare(name, bare_url, f"http://127.0.0.1:{port}/v1", model, levels, rounds, max_tokens, stack,
@@ -249,8 +253,11 @@ def main() -> int:
             try:
                 wait_http(f"http://127.0.0.1:{port}/health", standin)
                 print(f"stand-in (a fixed {args.latency} s per request, unlimited concurrency; NOT a model) on :{port}")
-                rows += run_openai("standin", f"http://127.0.0.1:{port}/v1", STANDIN_MODEL, tmp, levels, args.rounds,
-                                   args.max_tokens)
+                for tokenizer in (None, save_tokenizer(tmp / "standin-tokenizer")):
+                    name = "standin, node counts via /tokenize" if tokenizer is None else \
+                        "standin, node counts with --tokenizer (the model's own, locally)"
+                    rows += run_openai(name, f"http://127.0.0.1:{port}/v1", STANDIN_MODEL, tmp, levels, args.rounds,
+                                       args.max_tokens, tokenizer)
             finally:
                 standin.terminate()
                 standin.wait(30)

@@ -31,6 +31,11 @@ def node_serve(
         help="Requests in progress at once (admitted, not yet recorded); past it the node answers 429 with Retry-After.",
     ),
     node_small_id: Optional[int] = NODE_SMALL_ID_PICK_OPT,
+    tokenizer: Optional[str] = typer.Option(
+        None, "--tokenizer", metavar="PATH",
+        help="With --engine openai: the served model's tokenizer (a transformers folder or a GGUF file), to count "
+             "tokens here instead of asking the server's /tokenize twice per request.",
+    ),
 ) -> None:
     """Serve OpenAI-compatible chat completions for the node's stacks (header X-Stack-Small-Id) until Ctrl-C."""
 
@@ -40,7 +45,7 @@ def node_serve(
         tcp_port("--port", port)
         if not host.strip():
             raise CliInputError("--host: give an address to listen on (e.g. 127.0.0.1)")
-        load = engine_loader(state, engine, openai_base_url, model)
+        load = engine_loader(state, engine, openai_base_url, model, tokenizer)
         port_free(host, port)  # before the engine loads (tens of seconds); checked again when uvicorn binds
 
         async def action(service: Any) -> dict:

@@ -3,6 +3,7 @@ the cheap checks, and their common options."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, Optional
 
 import typer
@@ -126,17 +127,27 @@ class _NewStores:
             shutil.rmtree(entry, ignore_errors=True) if entry.is_dir() else entry.unlink(missing_ok=True)
 
 
-def engine_loader(state: State, kind: str, base_url: Optional[str], model: Optional[str]) -> Callable[[], Any]:
+def engine_loader(state: State, kind: str, base_url: Optional[str], model: Optional[str],
+                  tokenizer: Optional[str] = None) -> Callable[[], Any]:
     from ..serving.node import ENGINE_KINDS
 
     if kind not in ENGINE_KINDS:
         raise CliInputError(f"--engine: {kind!r} is not one of {', '.join(ENGINE_KINDS)}")
+    options: dict[str, Any] = {}
+    if tokenizer is not None:
+        if kind != "openai":
+            raise CliInputError("--tokenizer is for --engine openai (the cpu engine has its model's own)")
+        path = Path(tokenizer)
+        if not tokenizer.strip() or not (path.is_dir() or path.is_file()):
+            raise CliInputError(f"--tokenizer: {tokenizer!r} is neither a tokenizer folder nor a GGUF file",
+                                kind="FileNotFound")
+        options["tokenizer"] = path
 
     def load() -> Any:
         from ..serving.node import load_engine
 
         note(state, f"loading the {kind} engine…")
-        return load_engine(kind, model=model, base_url=base_url)
+        return load_engine(kind, model=model, base_url=base_url, **options)
 
     return load
 

@@ -38,6 +38,7 @@ import hashlib
 import json
 import random
 import secrets
+from pathlib import Path
 import time
 import uuid
 from collections import deque
@@ -513,6 +514,27 @@ def standin(
         model, latency=latency, token_delay=token_delay, max_context=max_context, answer_words=answer_words
     )
     return OpenAIServer(engine, **server_options)
+
+
+#: the stand-in's chat template in jinja (string contents): the words StandinEngine.render gives
+_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }} {{ m['content'] }} <|im_end|> {% endfor %}"
+             "<|im_start|>assistant")
+
+
+def save_tokenizer(folder: str | Path) -> Path:
+    """The stand-in's tokenizer (a token is a whitespace-separated word) and chat template, saved as a transformers
+    folder: what ``node serve --tokenizer`` loads for the model it serves. Counts agree with the stand-in's
+    ``/tokenize`` for string contents."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    backend = Tokenizer(models.WordLevel({"[UNK]": 0}, unk_token="[UNK]"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="[UNK]")
+    tokenizer.chat_template = _TEMPLATE
+    folder = Path(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
 
 
 def main(argv: list[str] | None = None) -> None:

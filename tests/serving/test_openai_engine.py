@@ -442,10 +442,26 @@ def test_tokens_via_tokenize(server):
         assert http.prompt_tokens(request) == fold(collect(http, request)).prompt_tokens  # = usage
 
 
+def test_tokens_with_a_local_tokenizer(tmp_path):
+    """With the served model's tokenizer the engine counts here (the server here has no /tokenize: a call would
+    fail) and agrees with what the server counts and reports as usage."""
+    from atoma_ops.testing.openai_standin import save_tokenizer
+
+    folder = save_tokenizer(tmp_path / "tokenizer")
+    request = {"messages": [{"role": "system", "content": "be brief"}, {"role": "user", "content": "how many  words"}]}
+    with standin(tokenize=False) as server, server.client(tokenizer=folder) as http:
+        assert not http.remote_tokenizer
+        assert http.count_tokens("one two  three\nfour") == 4
+        # rendered: "<|im_start|>system be brief <|im_end|> <|im_start|>user how many words <|im_end|> <|im_start|>assistant"
+        assert http.prompt_tokens(request) == 10 == server.engine.prompt_tokens(request)
+        assert fold(collect(http, request)).prompt_tokens == 10  # the usage the server reported
+        assert server.requests == 1  # the chat completion only
+
+
 def test_tokens_without_tokenize():
     with standin(tokenize=False) as server, server.client() as http:
         assert http.prompt_tokens(ask("hi")) is None
-        with pytest.raises(EngineError, match="tokenize.*tokenizer_gguf"):
+        with pytest.raises(EngineError, match="tokenize.*tokenizer="):
             http.count_tokens("hi")
 
 

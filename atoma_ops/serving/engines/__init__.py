@@ -21,7 +21,7 @@ def make_engine(kind: str, **options: Any) -> Engine:
 
     - ``cpu``: ``CpuEngine(gguf_path=None, model=..., threads=None, max_batch=32, prefix_cache=True)``;
     - ``openai``: ``OpenAIHttpEngine(base_url, model, api_key=None, timeout=120.0, max_concurrency=256,
-      tokenizer_gguf=None, retries=2, backoff=0.2)``;
+      tokenizer=None, retries=2, backoff=0.2)``;
     - ``vllm``: ``VllmEngine(model, **engine_kwargs)`` (``AsyncEngineArgs`` fields; raises EngineError where vLLM is
       not installed).
     """

@@ -60,9 +60,12 @@ def _ready(folder: Path) -> bool:
 
 
 def load_tokenizer(gguf: Path):
-    """The GGUF file's tokenizer (and chat template), from its conversion when there is one."""
+    """The GGUF file's tokenizer (and chat template), from its conversion when there is one; a transformers folder
+    (``tokenizer.json`` and its config) is read as it is."""
     from transformers import AutoTokenizer
 
+    if Path(gguf).is_dir():
+        return AutoTokenizer.from_pretrained(gguf)
     folder = converted_dir(gguf)
     if _ready(folder):
         return AutoTokenizer.from_pretrained(folder)

@@ -27,9 +27,11 @@ API key is never logged nor put in an error or a ``repr``.
 Closing the stream early (``aclose()``, a cancelled task) closes the upstream response at once: vLLM then aborts the
 request and frees its share of the batch.
 
-Token counts: vLLM's ``POST /tokenize`` (at the server root, beside ``/v1``) when the server has it; otherwise a
-local tokenizer loaded from ``tokenizer_gguf`` (e.g. :func:`~atoma_ops.serving.engines.cpu.smollm2_gguf_path`).
-These two are synchronous (admission calls them before a request runs).
+Token counts: with ``tokenizer`` (the served model's tokenizer: a transformers folder, or a GGUF file such as
+:func:`~atoma_ops.serving.engines.cpu.smollm2_gguf_path`), counted here, as the Atoma node does with the model's own
+tokenizer: no round trip, and no CPU spent on HTTP per request (two ``/tokenize`` calls per request were about a
+third of the node's CPU at 64 concurrent clients). Without it, vLLM's ``POST /tokenize`` (at the server root, beside
+``/v1``). These are synchronous (admission calls them before a request runs).
 """
 
 from __future__ import annotations
@@ -322,13 +324,14 @@ class OpenAIHttpEngine(Engine):
         api_key: sent as ``Authorization: Bearer …`` when given.
         timeout: seconds the server may stay silent: to connect, to start answering, between two chunks.
         max_concurrency: requests in flight at once (per event loop); more wait for a free slot.
-        tokenizer_gguf: a GGUF file whose tokenizer counts tokens when the server has no ``/tokenize``.
+        tokenizer: the served model's tokenizer (a transformers folder or a GGUF file): counts tokens here instead
+            of asking the server's ``/tokenize``. Its counts must be the server's (the same model's tokenizer).
         retries: extra attempts after a connection error or a 5xx answer.
         backoff: seconds before the first retry, doubled for each further one (capped at 2 s).
     """
 
     kind = "openai"
-    remote_tokenizer = True  # counting tokens is an HTTP call: metering.estimate makes its two calls at once
+    remote_tokenizer = True  # without a local tokenizer counting is an HTTP call: metering.estimate makes both at once
 
     def __init__(
         self,
@@ -338,7 +341,7 @@ class OpenAIHttpEngine(Engine):
         api_key: str | None = None,
         timeout: float = 120.0,
         max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
-        tokenizer_gguf: str | os.PathLike | None = None,
+        tokenizer: str | os.PathLike | None = None,
         retries: int = 2,
         backoff: float = 0.2,
     ):
@@ -350,7 +353,8 @@ class OpenAIHttpEngine(Engine):
         self.max_concurrency = int(max_concurrency)
         self.retries = max(0, int(retries))
         self.backoff = backoff
-        self.tokenizer_gguf = Path(tokenizer_gguf) if tokenizer_gguf else None
+        self.tokenizer_path = Path(tokenizer) if tokenizer else None
+        self.remote_tokenizer = self.tokenizer_path is None
         root = self.base_url[: -len("/v1")] if self.base_url.endswith("/v1") else self.base_url
         self.chat_url = f"{self.base_url}/chat/completions"
         self.tokenize_url = f"{root}/tokenize"
@@ -367,6 +371,8 @@ class OpenAIHttpEngine(Engine):
         self._tokenizer = None
         self._counts: dict[str, int] = {}  # token counts of message texts already asked (bounded, oldest dropped)
         self._tokenizer_lock = threading.Lock()
+        if self.tokenizer_path is not None:
+            self._local_tokenizer()  # now: a path that holds no tokenizer fails the engine, not every request
 
     def __repr__(self) -> str:  # no headers: the api key stays out of logs and tracebacks
         return f"OpenAIHttpEngine(base_url={self.base_url!r}, model={self.model!r})"
@@ -634,34 +640,52 @@ class OpenAIHttpEngine(Engine):
                 os.environ.setdefault("HF_HUB_OFFLINE", "1")
                 from .gguf import load_tokenizer
 
-                self._tokenizer = load_tokenizer(self.tokenizer_gguf)
+                path = self.tokenizer_path
+                try:
+                    self._tokenizer = load_tokenizer(path)
+                except (OSError, ValueError) as exc:
+                    raise EngineError(f"cannot load the tokenizer {path}: {exc}") from None
             return self._tokenizer
 
     def count_tokens(self, text: str) -> int:
+        if self.tokenizer_path is not None:
+            return len(self._local_tokenizer().encode(text, add_special_tokens=False))
         cached = self._counts.get(text)
         if cached is not None:  # a conversation sends its earlier turns again with every request
             return cached
         count = self._tokenize({"prompt": text, "add_special_tokens": False})
-        if count is not None:
-            with self._tokenizer_lock:  # admission threads fill it concurrently
-                if len(self._counts) >= COUNT_CACHE_SIZE:
-                    self._counts.pop(next(iter(self._counts)))  # oldest first (dicts keep insertion order)
-                self._counts[text] = count
-            return count
-        if self.tokenizer_gguf is not None:
-            return len(self._local_tokenizer().encode(text, add_special_tokens=False))
-        raise EngineError(
-            f"cannot count tokens: {self.tokenize_url} does not exist on this server and no local tokenizer was "
-            "given (pass tokenizer_gguf=... with the served model's GGUF file)"
-        )
+        if count is None:
+            raise EngineError(
+                f"cannot count tokens: {self.tokenize_url} does not exist on this server and no local tokenizer was "
+                "given (pass tokenizer=... with the served model's tokenizer folder or GGUF file)"
+            )
+        with self._tokenizer_lock:  # admission threads fill it concurrently
+            if len(self._counts) >= COUNT_CACHE_SIZE:
+                self._counts.pop(next(iter(self._counts)))  # oldest first (dicts keep insertion order)
+            self._counts[text] = count
+        return count
 
     def prompt_tokens(self, request: dict) -> int | None:
         validate_chat_request(request)
-        body: dict = {"messages": request["messages"], "add_generation_prompt": True}
-        for key in ("tools", "chat_template_kwargs"):
-            if request.get(key) is not None:
-                body[key] = request[key]
-        return self._tokenize(body)
+        extra = {key: request[key] for key in ("tools", "chat_template_kwargs") if request.get(key) is not None}
+        if self.tokenizer_path is not None:
+            return self._local_prompt_tokens(request["messages"], extra)
+        return self._tokenize({"messages": request["messages"], "add_generation_prompt": True, **extra})
+
+    def _local_prompt_tokens(self, messages: list, extra: dict) -> int | None:
+        """The templated prompt's length as vLLM's ``/tokenize`` gives it: the chat template rendered with the
+        generation prompt, then encoded without further special tokens. None when the tokenizer has no template
+        (admission then reserves a margin)."""
+        tokenizer = self._local_tokenizer()
+        if not getattr(tokenizer, "chat_template", None):
+            return None
+        kwargs = dict(extra.get("chat_template_kwargs") or {})
+        try:
+            text = tokenizer.apply_chat_template(messages, tools=extra.get("tools"), add_generation_prompt=True,
+                                                 tokenize=False, **kwargs)
+        except Exception as exc:  # jinja's TemplateError and whatever the template raises on these messages
+            raise EngineError(f"the chat template cannot render these messages: {exc}") from None
+        return len(tokenizer.encode(text, add_special_tokens=False))
 
     # -- lifetime -----------------------------------------------------------------------------------------------
 
