@@ -298,10 +298,9 @@ async def _sign_journal_submit(
     ))
     failpoint("journal:after-write" + where)
     # a key another writer claimed first is theirs to submit: these bytes are never sent, the outcome is theirs
+    # (awaited once this writer's own keys are submitted and recorded)
     lost = [intent for intent, *_ in prepared if intent.key not in claimed]
     prepared = [x for x in prepared if x[0].key in claimed]
-    if lost:
-        await _await_other_writer(journal, lost, results)
 
     try:
         for i, (intent, args, p, sig) in enumerate(prepared):
@@ -316,6 +315,8 @@ async def _sign_journal_submit(
         if outcomes:
             await asyncio.to_thread(journal.record_actions, outcomes)
             del outcomes[:]  # recorded; the caller's final write must not repeat them
+    if lost:
+        await _await_other_writer(journal, lost, results)
 
 
 async def _await_other_writer(journal: JournalStore, intents: list[Intent], results: dict) -> None:

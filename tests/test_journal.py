@@ -569,6 +569,30 @@ def test_an_intent_whose_key_another_writer_holds_takes_that_writers_outcome(cha
     assert (row["status"], row["digest"], row["attempts"]) == ("pending" if fate == "never" else fate, p.digest, 1)
 
 
+def test_a_key_held_elsewhere_does_not_hold_back_the_rest_of_the_batch(chain, ledger, monkeypatch):
+    """A batch whose one key another writer holds (and never finishes): the batch's other intents are submitted and
+    recorded first; then the held key is in doubt."""
+    import atoma_ops.journal as journal_module
+
+    monkeypatch.setattr(journal_module, "CLAIM_WAIT_S", 0.2)
+    held, free = register("node-1"), register("node-2")
+    p, _ = run(journal_pending(chain, ledger, held))  # the other writer's claim, never submitted
+    real_actions, reads = ledger.actions, []
+
+    def actions(keys=None, **kw):  # step 1 read before the other writer's row existed
+        reads.append(keys)
+        return {} if len(reads) == 1 else real_actions(keys, **kw)
+
+    monkeypatch.setattr(ledger, "actions", actions)
+    with pytest.raises(InDoubt) as info:
+        run(execute_intents(chain, ledger, [held, free]))
+    assert info.value.digest == p.digest
+    rows = real_actions([held.key, free.key])
+    assert (rows[free.key]["status"], rows[free.key]["attempts"]) == ("success", 1)
+    assert (rows[held.key]["status"], rows[held.key]["digest"]) == ("pending", p.digest)
+    assert len(node_badges(chain, "node-2")) == 1 and node_badges(chain, "node-1") == []
+
+
 _RACER = r"""
 import asyncio, json, os, sys, time
 from pathlib import Path
