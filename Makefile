@@ -33,12 +33,14 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.ledger
 	$(BIN)/python -m bench.settlement_run
 	$(BIN)/python -m bench.journal
+	$(BIN)/python -m bench.workload_http
 
 # The reliability harness (docs/reliability.md): crash injection, the bad-input table, concurrent load, security,
-# the generative CLI test (CLI_FUZZ_EXAMPLES cases, about 7 per second).
+# the generative CLI test (CLI_FUZZ_EXAMPLES cases, about 7 per second), and after the crash campaign the signer-lease
+# check (a killed holder's signing slot freed by a real Prefect server's repossessor; about 1.5 minutes).
 # Every part runs even if another fails (the leading '-'); the report says which passed and fails the target if any
-# did not. About 42 minutes on 2 cores (33 measured before the generative CLI test, which adds about 7), most of it
-# the crash campaign (26).
+# did not. About 44 minutes on 2 cores (33 measured before the generative CLI test, which adds about 7, and the lease
+# check), most of it the crash campaign (26).
 reliability: $(STAMP)
 	-$(BIN)/python -m reliability.crash
 	-$(BIN)/python -m reliability.bad_inputs

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 
+from atoma_ops.protocol.events import small_id  # noqa: E402
 from atoma_ops.chain.localnet.adapter import LocalnetChain  # noqa: E402
 from atoma_ops.chain.localnet.engine import WAL_AUTOCHECKPOINT_PAGES, Localnet  # noqa: E402
 from atoma_ops.wallet import Wallet  # noqa: E402
@@ -113,7 +114,7 @@ def workload(folder: Path, wallet: Wallet, stacks: int) -> tuple[int, float, flo
             mint("user", 10**9)  # a second coin: the next purchase merges coins
         r = tx("user", "acquire_new_stack_entry", task_small_id=task, num_compute_units=1_000_000, price=1_000_000)
         ev = r.event("StackCreatedEvent").parsed_json
-        selected[int(ev["stack_small_id"]["inner"])] = (int(ev["selected_node_id"]["inner"]), task)
+        selected[small_id(ev["stack_small_id"])] = (small_id(ev["selected_node_id"]), task)
     # try-settle (confidential stacks go through claim_funds_for_stacks instead)
     proof = hashlib.blake2b(b"bench", digest_size=32).digest()
     for stack, (node, task) in selected.items():

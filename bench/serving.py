@@ -40,6 +40,7 @@ import httpx
 
 REPO = Path(__file__).resolve().parents[1]
 
+from atoma_ops.protocol.events import small_id  # noqa: E402
 from atoma_ops.home import LocalnetHome  # noqa: E402
 from atoma_ops.testing.openai_standin import STANDIN_MODEL, save_tokenizer  # noqa: E402
 
@@ -79,11 +80,11 @@ async def setup(home_dir: Path, model: str, units: int) -> tuple[LocalnetHome, i
     try:
         await chain.faucet_mint(chain.wallet.resolve("user"), units * PRICE // 1_000_000 + 1_000_000)
         tx = await chain.create_task_entry("admin", role=0, model_name=model, security_level=0)
-        task = int(tx.event("TaskRegisteredEvent").parsed_json["task_small_id"]["inner"])
+        task = small_id(tx.event("TaskRegisteredEvent").parsed_json["task_small_id"])
         await chain.register_node_entry("node-1")
         await chain.subscribe_node_to_task("node-1", task_small_id=task, price_per_one_million_compute_units=PRICE)
         tx = await chain.acquire_new_stack_entry("user", task_small_id=task, num_compute_units=units, price=PRICE)
-        stack = int(tx.event("StackCreatedEvent").parsed_json["stack_small_id"]["inner"])
+        stack = small_id(tx.event("StackCreatedEvent").parsed_json["stack_small_id"])
     finally:
         await chain.close()
     return home, stack

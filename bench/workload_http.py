@@ -25,8 +25,8 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
+from atoma_ops.protocol.events import small_id  # noqa: E402
 from bench.serving import buyer, setup  # noqa: E402
 
 
@@ -35,7 +35,7 @@ async def buy(home, units: int) -> int:
     chain = home.open()
     try:
         tx = await chain.acquire_new_stack_entry("user", task_small_id=1, num_compute_units=units, price=1_000_000)
-        return int(tx.event("StackCreatedEvent").parsed_json["stack_small_id"]["inner"])
+        return small_id(tx.event("StackCreatedEvent").parsed_json["stack_small_id"])
     finally:
         await chain.close()
 

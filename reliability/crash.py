@@ -75,7 +75,7 @@ from pathlib import Path  # noqa: E402
 from typing import Callable  # noqa: E402
 
 from atoma_ops.core.failpoints import FAILPOINT_TRACE_ENV, FAILPOINTS_ENV  # noqa: E402
-from atoma_ops.testing.leases import wait_out_leases  # noqa: E402
+from atoma_ops.testing.leases import free_signer_slots, wait_out_leases  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "data" / "reliability"
@@ -361,24 +361,6 @@ class Case:
         return {**self.__dict__, "ok": self.ok}
 
 
-def free_signer_slots() -> None:
-    """Free the signing slots (``tasks.signer``: limits ``signer-<address>``) a killed run held, as the server's
-    repossessor does once their 60 s leases run out. The campaign's server runs no services, so nothing else would
-    (the next run of the address would wait for good), and a minute per crash would multiply the campaign's time;
-    ``reliability/signer_lease.py`` checks the lease and the repossessor themselves."""
-    api = os.environ["PREFECT_API_URL"]
-
-    def call(method: str, path: str, body: dict) -> bytes:
-        request = urllib.request.Request(f"{api}{path}", data=json.dumps(body).encode(), method=method,
-                                         headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(request, timeout=30) as r:
-            return r.read()
-
-    for limit in json.loads(call("POST", "/v2/concurrency_limits/filter", {"limit": 200})):
-        if limit["name"].startswith("signer-") and limit["active_slots"]:
-            call("PATCH", f"/v2/concurrency_limits/{limit['id']}", {"active_slots": 0})
-
-
 def run_case(scenario: Scenario, template: Path, case: Case, case_dir: Path, reference: dict) -> Case:
     """Crash at the case's point, maybe crash the recovery too, run clean, compare the facts."""
     started = time.monotonic()
@@ -393,14 +375,14 @@ def run_case(scenario: Scenario, template: Path, case: Case, case_dir: Path, ref
             raise RuntimeError(f"the armed run did not die at its failpoint (rc {rc})")
         case.crashes += 1
         wait_out_leases(home)  # what the killed run had reserved is stale once its leases run out
-        free_signer_slots()
+        free_signer_slots(os.environ["PREFECT_API_URL"])
         if case.crash_recovery:  # the recovery dies at the same place, if it passes there at all
             rc = _in_child(drive, log, {**NO_FAILPOINTS, FAILPOINTS_ENV: case.point})
             case.runs.append(rc)
             if rc == -signal.SIGKILL:
                 case.crashes += 1
                 wait_out_leases(home)
-                free_signer_slots()
+                free_signer_slots(os.environ["PREFECT_API_URL"])
             elif rc != 0:
                 raise RuntimeError(f"the recovery run failed (rc {rc})")
         rc = _in_child(drive, log, NO_FAILPOINTS)

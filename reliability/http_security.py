@@ -21,6 +21,8 @@ import secrets
 from pathlib import Path
 from typing import Any
 
+from atoma_ops.protocol.events import small_id
+
 MAX_BODY = 64 * 1024
 
 
@@ -39,8 +41,8 @@ async def _foreign_stack(home: Path, task: int, node_small_id: int, units: int, 
         for _ in range(20):
             tx = await chain.acquire_new_stack_entry(admin, task_small_id=task, num_compute_units=units, price=price)
             event = tx.event("StackCreatedEvent").parsed_json
-            if int(event["selected_node_id"]["inner"]) == node_small_id:
-                return int(event["stack_small_id"]["inner"])
+            if small_id(event["selected_node_id"]) == node_small_id:
+                return small_id(event["stack_small_id"])
         raise RuntimeError(f"no stack of admin's was sold to node {node_small_id} in 20 purchases")
     finally:
         await chain.close()

@@ -40,6 +40,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from atoma_ops.protocol.events import small_id
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "data" / "reliability"
 PATHS = ("localnet", "sui")
@@ -92,19 +94,19 @@ async def build_scene(home: Path, seed: int = 7) -> Scene:
     try:
         await chain.faucet_mint(chain.wallet.resolve("user"), 10 * PRICE)
         tx = await chain.create_task_entry("admin", role=0, model_name="recorded", security_level=SAMPLING)
-        task = int(tx.event("TaskRegisteredEvent").parsed_json["task_small_id"]["inner"])
+        task = small_id(tx.event("TaskRegisteredEvent").parsed_json["task_small_id"])
         tx = await chain.create_task_entry("admin", role=0, model_name="recorded-2", security_level=0)
-        task2 = int(tx.event("TaskRegisteredEvent").parsed_json["task_small_id"]["inner"])
+        task2 = small_id(tx.event("TaskRegisteredEvent").parsed_json["task_small_id"])
         await chain.admin_set("admin", "set_cross_validation_probability_permille", 1000)
         ids = {}
         for alias in ("node-1", "node-2"):
             tx = await chain.register_node_entry(alias)
-            ids[int(tx.event("NodeRegisteredEvent").parsed_json["node_small_id"]["inner"])] = alias
+            ids[small_id(tx.event("NodeRegisteredEvent").parsed_json["node_small_id"])] = alias
             await chain.subscribe_node_to_task(alias, task_small_id=task, price_per_one_million_compute_units=PRICE)
         stacks = []
         for _ in range(2):
             tx = await chain.acquire_new_stack_entry("user", task_small_id=task, num_compute_units=UNITS, price=PRICE)
-            stacks.append(int(tx.event("StackCreatedEvent").parsed_json["stack_small_id"]["inner"]))
+            stacks.append(small_id(tx.event("StackCreatedEvent").parsed_json["stack_small_id"]))
         facts = StackFacts.of(await chain.get_stack(stacks[0]))
         node = ids[facts.selected_node_id]
         other = next(a for a in ids.values() if a != node)
