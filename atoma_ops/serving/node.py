@@ -237,8 +237,11 @@ class NodeService:
                 log.warning("released %d reservation(s) whose lease expired (their holder stopped renewing)", released)
 
     async def close(self) -> None:
-        if self._lease_task is not None and not self._lease_task.done():
-            self._lease_task.cancel()
+        task, self._lease_task = self._lease_task, None
+        if task is not None and not task.done():
+            task.cancel()
+            if task.get_loop() is asyncio.get_running_loop():  # let it end here, not be destroyed with the loop
+                await asyncio.gather(task, return_exceptions=True)
         self.store.close()
         if self._owns_chain:
             await self.chain.close()

@@ -143,7 +143,7 @@ def test_cli_serving_errors(cli, tmp_path):
     err = cli.fail("stack", "serve", "--stack", "1", "--workload", w, "--engine", "bogus")
     assert err["kind"] == "InvalidArgument"
     err = cli.fail("stack", "replay", "--stack", "1", "--history", str(tmp_path / "missing.jsonl"))
-    assert err["kind"] == "FileNotFoundError"
+    assert err["kind"] == "FileNotFound" and "missing.jsonl does not exist" in err["message"]  # checked before acting
     err = cli.fail("stack", "attest", "--stack", "1", "--history", w, "--node", other)
     assert err["kind"] == "InvalidHistory"
     assert cli.invoke("stack", "serve", "--workload", w).exit_code == 2  # --stack is required
