@@ -53,7 +53,7 @@ async def serve_batch(
             )
     else:
         async with open_node(network, wallet, node, engine) as service:
-            signer = await lifecycle.buyer_signer(service.chain, stack_small_id, buyer)
+            signer = await lifecycle.buyer_signer(service.chain, stack_small_id, buyer, recorded=service)
             report = await lifecycle.serve_batch(
                 service, signer, stack_small_id, workload, start, stop, concurrency=width, workload_key=workload_id,
             )

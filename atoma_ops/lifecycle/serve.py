@@ -86,18 +86,21 @@ def _problem(sent: Sent) -> dict:
             "error": error.get("message")}
 
 
-async def buyer_signer(chain: Chain, stack_small_id: int, buyer: str | None = None) -> RequestSigner:
+async def buyer_signer(chain: Chain, stack_small_id: int, buyer: str | None = None, *,
+                       recorded: NodeService | None = None) -> RequestSigner:
     """The signer of requests on ``stack_small_id``: ``buyer`` (alias or address of the chain's wallet), by default
-    the stack's owner as the chain says.
+    the stack's owner as the chain says, or, once the stack is claimed and gone from the chain, as the serving node
+    ``recorded`` it (a re-run of a finished lifecycle then gets the recorded answers and charges nothing).
 
     Raises:
         NotFound: no such stack (or it was claimed); WalletError: the wallet does not hold the buyer's key."""
     wallet = chain.wallet  # type: ignore[attr-defined]
     if buyer is None:
         stack = await chain.get_stack(stack_small_id)
-        if stack is None:
+        facts = None if stack is not None or recorded is None else recorded.store.facts(stack_small_id)
+        if stack is None and facts is None:
             raise NotFound(f"stack {stack_small_id} does not exist on this chain (or was claimed)")
-        buyer = stack.owner
+        buyer = stack.owner if stack is not None else facts.owner
     return RequestSigner(wallet, buyer)
 
 

@@ -22,6 +22,7 @@ from atoma_ops.cli import app  # noqa: E402
 
 from atoma_ops.client import RequestSigner  # noqa: E402
 from atoma_ops.home import LocalnetHome  # noqa: E402
+from atoma_ops.testing.leases import wait_out_leases  # noqa: E402
 from atoma_ops.wallet import Wallet  # noqa: E402
 from tests.serving.buyer_kit import signed_headers  # noqa: E402
 from tests.serving.test_kit import REPO, STUB_ENGINE_SRC, ask, stub_engine  # noqa: E402
@@ -220,6 +221,7 @@ def test_stack_serve_killed_mid_workload_resumes_and_charges_what_a_clean_run_do
          "--workload", w, "--concurrency", "2"], env=env, capture_output=True, text=True, timeout=120,
     )
     assert killed.returncode == -signal.SIGKILL and killed.stdout == "", killed.stderr[-3000:]
+    wait_out_leases(stub_cli.home)  # what the killed run had reserved (its request in flight) is released after its lease
     before = {int(e["request_id"].rsplit("-", 1)[1]) for e in stub_cli.ok("stack", "history", "--stack", "1")["entries"]}
     assert 3 <= len(before) < 10
 
