@@ -19,7 +19,8 @@ subscriptions and USDC) instead of publishing, and one wallet serves the whole s
 address). The chain copies run with ``PRAGMA synchronous=OFF``: durability is not under test here (the concurrency
 tests keep the engine's FULL).
 
-``ATOMA_SM_EXAMPLES`` / ``ATOMA_SM_STEPS`` override the example count (default 2000) and steps per example (20).
+``ATOMA_SM_EXAMPLES`` / ``ATOMA_SM_STEPS`` override the example count (default 1000, the fast slice in ``make test``;
+``make reliability`` runs 20000) and steps per example (20).
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ ALIASES = ("admin", "user", "node-1", "node-2", "node-3")
 NODE_ALIASES = ("node-1", "node-2", "node-3")
 BUYERS = ("user", "node-1")
 
-EXAMPLES = int(os.environ.get("ATOMA_SM_EXAMPLES", "2000"))
+EXAMPLES = int(os.environ.get("ATOMA_SM_EXAMPLES", "1000"))
 STEPS = int(os.environ.get("ATOMA_SM_STEPS", "20"))
 
 SETTINGS = settings(
