@@ -121,18 +121,19 @@ def test_each_check_fails_on_what_it_guards(check, spoil):
 
 @pytest.mark.slow
 def test_short_campaign_on_settlement_run_converges(tmp_path):
-    """Three crash points of the settlement scenario, spread over its two runs, each crashed (one recovery crashed
-    again) and re-run; the report says every case converged."""
+    """Two crash points of the settlement scenario, spread evenly over its two runs, each crashed (the second's recovery
+    crashed again) and re-run; the report says every case converged. (Two, run at once by two jobs: the suite's
+    time; ``make reliability`` runs the whole campaign.)"""
     env = {k: v for k, v in os.environ.items() if k not in (FAILPOINTS_ENV, FAILPOINT_TRACE_ENV)}
     proc = subprocess.run(
-        [sys.executable, "-m", "reliability.crash", "--scenario", "settlement", "--sample", "3", "--jobs", "2",
+        [sys.executable, "-m", "reliability.crash", "--scenario", "settlement", "--sample", "2", "--jobs", "2",
          "--api-url", str(prefect.settings.PREFECT_API_URL.value()), "--out", str(tmp_path)],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     results = json.loads((tmp_path / "crash.json").read_text())
-    assert results["ok"] and results["cases"] == 3 == results["passed"]
-    assert results["crashes"] >= 3
+    assert results["ok"] and results["cases"] == 2 == results["passed"]
+    assert results["crashes"] >= 2
     assert all(c["runs"][0] == -signal.SIGKILL and c["runs"][-1] == 0 for c in results["case_rows"])
-    assert results["checks"] == {name: 3 for name in CHECKS}
+    assert results["checks"] == {name: 2 for name in CHECKS}
     assert "## 1. Crash injection" in (tmp_path / "crash.md").read_text()
