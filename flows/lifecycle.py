@@ -7,6 +7,7 @@ from prefect.artifacts import acreate_markdown_artifact, acreate_table_artifact
 from prefect.logging import get_run_logger
 
 from atoma_ops import lifecycle
+from atoma_ops.client.buyer import node_address
 from atoma_ops.protocol.constants import SecurityLevel
 from blocks import AtomaNetwork, InferenceEngine, Ledger, SuiWallet
 from tasks import ledger as ledger_tasks
@@ -49,6 +50,7 @@ async def stack_lifecycle(
     history_dir: str | None = None,
     wait_timeout_s: float = 900.0,
     wait_and_claim: bool = True,
+    node_url: str | None = None,
     network: AtomaNetwork | None = None,
     wallet: SuiWallet | None = None,
     ledger: Ledger | None = None,
@@ -62,8 +64,14 @@ async def stack_lifecycle(
         workload: JSONL of chat requests served on the stack.
         security_level: of the task: ``no_security``, ``confidential_compute`` or ``sampling_consensus``.
         nodes, node_prices: the nodes to register and their asking prices (per one million compute units).
+        buyer: who is minted USDC, buys the stack and signs its requests (alias or address of the wallet).
         bid_price, num_compute_units: the buyer's stack.
         cross_validation_probability_permille: the admin's attestation lottery (1000 = always attest).
+        node_url: the serving node where it already runs (``atoma-ops node serve``, e.g. ``http://127.0.0.1:8000``):
+            the workload is sent there over HTTP. It must be the node the contract sells the stack to (answers signed
+            by another key are refused) and keep its store in this network's home, where try-settle, attest and claim
+            read the history. Default: that node's HTTP server started in the serving task on a free loopback port
+            around ``engine``.
         wait_and_claim: wait out the dispute window and claim. False stops after the attestations and leaves the
             claim to the scheduled ``settlement-run`` (on Sui an epoch lasts about a day: do not hold a worker).
     """
@@ -78,6 +86,8 @@ async def stack_lifecycle(
     lifecycle.checked_args("acquire_new_stack_entry", {"num_compute_units": num_compute_units, "price": bid_price})
     if cross_validation_probability_permille is not None:
         lifecycle.checked_args("set_cross_validation_probability_permille", {"value": cross_validation_probability_permille})
+    if node_url is not None:  # a node that is not there (InvalidNodeUrl, NodeUnreachable, NotANode) buys nothing
+        await node_address(node_url)
 
     await mint_usdc(buyer, mint_amount, key, network=network, wallet=wallet, ledger=ledger)
 
@@ -99,7 +109,10 @@ async def stack_lifecycle(
     log = get_run_logger()
     log.info("task %d, stack %d: sold to %s", task_small_id, stack_small_id, serving_node)
 
-    served = await serve_stack(stack_small_id, serving_node, workload, network=network, wallet=wallet, engine=engine)
+    served = await serve_stack(
+        stack_small_id, serving_node, workload, network=network, wallet=wallet, engine=engine, node_url=node_url,
+        buyer=buyer,
+    )
 
     settled, attestations = None, []
     if security_level_of(security_level) != SecurityLevel.CONFIDENTIAL_COMPUTE:  # confidential: claimed directly

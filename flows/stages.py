@@ -17,6 +17,7 @@ from prefect.artifacts import (
 
 from atoma_ops import lifecycle
 from atoma_ops.chain.errors import InvalidArgument
+from atoma_ops.client.buyer import node_address
 from atoma_ops.protocol.constants import SecurityLevel
 from atoma_ops.serving.workload import load_workload
 from blocks import AtomaNetwork, InferenceEngine, Ledger, SuiWallet
@@ -219,7 +220,9 @@ async def serve_stack(
         raise InvalidArgument(f"window must be at least 1 request, not {window}")
     network = network_or_default(network)
     engine = engine or InferenceEngine()
-    requests = load_workload(workload)
+    requests = load_workload(workload)  # WorkloadError: terminal, the run fails at once with the file and line
+    if node_url is not None:  # InvalidNodeUrl, NodeUnreachable, NotANode: named here, not per request in the tasks
+        await node_address(node_url)
     key = lifecycle.workload_id(requests)
     window = window or 4 * engine.batch_size
     get_run_logger().info(

@@ -208,6 +208,17 @@ CASES: tuple[Case, ...] = (
          "LedgerError", 1, (CLI, ["ledger", "--ledger", "{home}/chain.sqlite", "sync"])),
     Case("cli-ledger-is-directory", CLI, "ledger --ledger naming a directory", "LedgerError", 1,
          (CLI, ["ledger", "--ledger", "{home}/nodes", "earnings"])),
+    # ``stack serve --url``: the node is asked who it is (GET /health) before anything is signed or sent
+    Case("cli-serve-url-unreachable", CLI, "stack serve --url at a node nothing listens on (port 9 of 127.0.0.1: below "
+         "1024, no unprivileged process can listen there)", "NodeUnreachable", 1,
+         (CLI, ["stack", "serve", "--stack", "{open}", "--url", "http://127.0.0.1:9", "--workload", "{home}/work.jsonl"]),
+         breaks=("work.jsonl", "text", '{"messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}\n')),
+    Case("cli-serve-url-port-99999", CLI, "stack serve --url with port 99999 (refused before the chain is opened)",
+         "InvalidNodeUrl", 1,
+         (CLI, ["stack", "serve", "--stack", "{open}", "--url", "http://127.0.0.1:99999", "--workload", "{home}/work.jsonl"]),
+         breaks=("work.jsonl", "text", '{"messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}\n')),
+    Case("cli-chat-url-unreachable", CLI, "stack chat --url at a node nothing listens on", "NodeUnreachable", 1,
+         (CLI, ["stack", "chat", "--stack", "{open}", "--url", "http://127.0.0.1:9", "hi"]), address="user"),
     Case("cli-node-serve-port-99999", CLI, "node serve on port 99999 (refused before the model loads)", "InvalidArgument", 1,
          (CLI, ["node", "serve", "--node", "node-1", "--port", "99999"])),
 
@@ -261,6 +272,10 @@ CASES: tuple[Case, ...] = (
          (FLOW, "settlement_run", {"nodes": ["nobody"]})),
     Case("flow-serve-missing-workload", FLOW, "serve-stack with a workload file that does not exist", "FileNotFoundError", "Failed",
          (FLOW, "serve_stack", {"stack_small_id": "{open}", "node": "node-1", "workload": "{home}/missing.jsonl"})),
+    Case("flow-serve-url-unreachable", FLOW, "serve-stack with a node_url nothing listens on", "NodeUnreachable", "Failed",
+         (FLOW, "serve_stack", {"stack_small_id": "{open}", "node": "node-1", "node_url": "http://127.0.0.1:9"})),
+    Case("flow-lifecycle-url-unreachable", FLOW, "stack-lifecycle with a node_url nothing listens on (checked before "
+         "the mint)", "NodeUnreachable", "Failed", (FLOW, "stack_lifecycle", {"node_url": "http://127.0.0.1:9", "key": "bad"})),
     Case("flow-serve-window-zero", FLOW, "serve-stack with windows of 0 requests", "InvalidArgument", "Failed",
          (FLOW, "serve_stack", {"stack_small_id": "{open}", "node": "node-1", "window": 0})),
 
@@ -381,6 +396,10 @@ CASES: tuple[Case, ...] = (
     Case("config-workload-not-json", CONFIG, "workload file with a line that is not JSON", "WorkloadError", "Failed",
          (FLOW, "serve_stack", {"stack_small_id": "{open}", "node": "node-1", "workload": "{home}/broken.jsonl"}),
          breaks=("broken.jsonl", "text", '{"messages": [{"role": "user", "content": "hi"}]}\n{oops\n')),
+    Case("config-workload-not-utf8", CONFIG, "serve-stack's workload file with bytes that are not UTF-8 (no CLI "
+         "check before the flow)", "WorkloadError", "Failed",
+         (FLOW, "serve_stack", {"stack_small_id": "{open}", "node": "node-1", "workload": "{home}/bytes.jsonl"}),
+         breaks=("bytes.jsonl", "bytes", b'{"messages": [{"role": "user", "content": "caf\xe9"}]}\n'.hex())),
     Case("config-workload-bad-request", CONFIG, "workload file with a request that has no messages", "WorkloadError", "Failed",
          (FLOW, "serve_stack", {"stack_small_id": "{open}", "node": "node-1", "workload": "{home}/broken.jsonl"}),
          breaks=("broken.jsonl", "text", '{"max_tokens": 4}\n')),

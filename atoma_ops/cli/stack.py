@@ -86,21 +86,17 @@ def _serve_remote(state: State, url: str, buyer: Optional[str], stack: int, requ
     the badge of the node the stack was sold to; only then is the workload sent, every answer signed by it."""
     import asyncio
 
-    import httpx
-
-    from ..client.buyer import node_of_stack
-    from ..client.chat import base_url
+    from ..client.buyer import node_address, node_of_stack, node_root
     from ..lifecycle import buyer_signer
-    from ..wallet import normalize_address
     from .session import open_chain
+
+    node_root(url)  # a malformed URL is refused before the chain is opened
 
     async def main() -> dict:
         chain = await open_chain(state)
         try:
             signer = await buyer_signer(chain, stack, buyer)
-            async with httpx.AsyncClient(timeout=60.0) as http:
-                health = (await http.get(base_url(url) + "/health")).json()
-            address = normalize_address(str(health.get("address")))
+            address = await node_address(url)
             node_small_id = await node_of_stack(chain, stack, address)
             return await _serve_workload(state, url, signer, stack, requests, width, node_small_id=node_small_id,
                                          node_address=address)

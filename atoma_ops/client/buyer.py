@@ -17,9 +17,59 @@ from typing import Any, Callable
 import httpx
 
 from ..wallet import normalize_address
-from .chat import AtomaClient, base_url
+from .chat import AtomaClient, base_url, tls_verify
 from .signing import RequestSigner
 from .verify import ResponseSignatureError, StreamCheck, verify_response
+
+
+class InvalidNodeUrl(ValueError):
+    """A node URL that is not ``http(s)://HOST[:PORT]`` with a port from 1 to 65535 (bad input: nothing is sent)."""
+
+
+class NodeUnreachable(ConnectionError):
+    """Nothing answers at a node URL: nothing listens on the port, the host is unknown, or the connection timed out.
+    Nothing was sent, so nothing was charged; retryable in the core taxonomy (a node may be starting)."""
+
+
+class NotANode(ValueError):
+    """Something answers at a node URL, but not as an Atoma node: ``GET /health`` names no node address."""
+
+
+def node_root(url: str) -> str:
+    """The node's root URL (``url`` without a trailing ``/v1``), checked to be one a client can connect to.
+
+    Raises:
+        InvalidNodeUrl: not ``http(s)://HOST[:PORT]``, or a port outside 1-65535.
+    """
+    root = base_url(url)
+    try:
+        parsed = httpx.URL(root)
+    except httpx.InvalidURL as exc:
+        raise InvalidNodeUrl(f"{url!r} is not a node URL ({exc})") from None
+    if parsed.scheme not in ("http", "https") or not parsed.host or not (parsed.port is None or 0 < parsed.port < 65536):
+        raise InvalidNodeUrl(f"{url!r} is not a node URL: http(s)://HOST[:PORT], the port 1-65535")
+    return root
+
+
+async def node_address(url: str, *, timeout: float = 60.0) -> str:
+    """The address the node at ``url`` signs with, as it says on ``GET /health`` (not yet checked against the
+    chain: :func:`node_of_stack` does that).
+
+    Raises:
+        InvalidNodeUrl, NodeUnreachable, NotANode.
+    """
+    root = node_root(url)
+    try:
+        async with httpx.AsyncClient(timeout=timeout, verify=tls_verify(root)) as http:
+            response = await http.get(root + "/health")
+    except httpx.TransportError as exc:
+        raise NodeUnreachable(f"no node answers at {root} ({type(exc).__name__}: {exc})") from None
+    try:
+        return normalize_address(str(response.json()["address"]))
+    except (ValueError, TypeError, KeyError):
+        raise NotANode(
+            f"{root} is not an Atoma node: GET /health answered HTTP {response.status_code} without a node address"
+        ) from None
 
 
 async def node_of_stack(chain: Any, stack: int, address: str) -> int:
@@ -53,15 +103,15 @@ def chat(home: str | os.PathLike | None, url: str, stack: int, prompt: str, *, b
 
     Raises:
         NodeRefusal: the node refused (its status and error); ResponseSignatureError: the answer is not signed
-        by the stack's node; WalletError: no such buyer key; httpx.HTTPError: the node cannot be reached.
+        by the stack's node; WalletError: no such buyer key; InvalidNodeUrl, NodeUnreachable, NotANode: no node
+        at ``url``; httpx.HTTPError: the connection failed later.
     """
     from ..wallet import Wallet
 
     local = _open_home(home)
     signer = RequestSigner(Wallet.load(local.client_yaml), buyer)
-    root = base_url(url)
-    health = httpx.get(root + "/health", timeout=timeout).json()
-    claimed = normalize_address(str(health.get("address")))
+    root = node_root(url)
+    claimed = asyncio.run(node_address(root, timeout=timeout))
 
     async def check() -> int:
         chain = local.open()
