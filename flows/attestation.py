@@ -31,10 +31,13 @@ async def attestation_watch(
     wallet: SuiWallet | None = None,
     ledger: Ledger | None = None,
     engine: InferenceEngine | None = None,
+    history_urls: list[str] | None = None,
 ) -> list[dict]:
     """Find tickets that request one of the wallet's nodes to attest, fetch each stack's history, replay it and
     submit the attestation. A request whose window has closed, or whose history cannot be found, fails the run
-    loudly with an artifact saying why."""
+    loudly with an artifact saying why. ``history_urls``: node servers to read histories from over HTTP (the
+    first that has the stack's; signed with the attesting node's key) instead of ``history_dir`` / the local
+    node stores."""
     network = network_or_default(network)
     engine = engine or InferenceEngine()
     nodes = nodes if nodes is not None else await _wallet_nodes(network, wallet)
@@ -53,7 +56,10 @@ async def attestation_watch(
             problems.append({**request, "why": f"the attestation window closed at epoch {request['last_epoch']} (now {found['epoch']})"})
             continue
         try:
-            history = lifecycle.find_history(stack, home=network.home, history_dir=history_dir)
+            if history_urls:
+                history = await node_tasks.fetch_history(network, wallet, node, stack, history_urls)
+            else:
+                history = lifecycle.find_history(stack, home=network.home, history_dir=history_dir)
             replayed = await node_tasks.replay_stack(network, engine, stack, history.root.hex(), history_dir, history)
             attested = await node_tasks.attest_stack(network, wallet, ledger, node, stack, replayed)
         except lifecycle.StageError as exc:

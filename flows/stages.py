@@ -348,11 +348,17 @@ async def attest(
     wallet: SuiWallet | None = None,
     ledger: Ledger | None = None,
     engine: InferenceEngine | None = None,
+    history_url: str | None = None,
 ) -> dict:
-    """A node the contract picked replays the stack's history and submits its own commitment."""
+    """A node the contract picked replays the stack's history and submits its own commitment. The history: read
+    from the serving node's server at ``history_url`` (signed with this node's key), else an export in
+    ``history_dir`` or the node stores under the network's home."""
     network = network_or_default(network)
     engine = engine or InferenceEngine()
-    history = lifecycle.find_history(stack_small_id, home=network.home, history_dir=history_dir)
+    if history_url:
+        history = await node_tasks.fetch_history(network, wallet, node, stack_small_id, [history_url])
+    else:
+        history = lifecycle.find_history(stack_small_id, home=network.home, history_dir=history_dir)
     replayed = await node_tasks.replay_stack(network, engine, stack_small_id, history.root.hex(), history_dir, history)
     attested = await node_tasks.attest_stack(network, wallet, ledger, node, stack_small_id, replayed)
     report = replayed["report"]

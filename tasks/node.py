@@ -135,6 +135,25 @@ async def replay_stack(
     return {"leaves": [leaf.hex() for leaf in report.replayed_leaves], "report": report.to_json()}
 
 
+@task(name="fetch-history", task_run_name=RunLabels("fetch-history", stack="stack_small_id", node="node").name, **READ)
+async def fetch_history(
+    network: AtomaNetwork, wallet: SuiWallet | None, node: str, stack_small_id: int, history_urls: list[str]
+) -> Any:
+    """The serving node's history of the stack read over HTTP, signed with the attesting ``node``'s key from the
+    wallet (a requested attester may read it): from the first of ``history_urls`` that has it, verified."""
+    from atoma_ops.client.signing import RequestSigner
+
+    problems = []
+    async with open_chain(network, wallet) as chain:
+        reader = RequestSigner(chain.wallet, node)
+        for url in history_urls:
+            try:
+                return await lifecycle.fetch_history(stack_small_id, url, reader)
+            except lifecycle.StageError as exc:
+                problems.append(str(exc))
+    raise lifecycle.StageError("; ".join(problems) or f"no node URL to read stack {stack_small_id}'s history from")
+
+
 @task(
     name="submit-attestation",
     task_run_name=RunLabels("submit-attestation", stack="stack_small_id", node="node").name,

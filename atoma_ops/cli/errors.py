@@ -87,6 +87,7 @@ def classify(exc: BaseException) -> tuple[int, dict, str]:
         ("atoma_ops.serving.history", "HistoryError"),
         ("atoma_ops.serving.workload", "WorkloadError"),
         ("atoma_ops.ledger.store", "LedgerError"),
+        ("atoma_ops.client.node_data", "NodeDataError"),
     ):
         if _instance(exc, module, name):
             return (EXIT_FAILED, *_plain(exc))

@@ -163,6 +163,17 @@ def _parents_are_folders(flag: str, p: "Path") -> None:  # noqa: F821
             return
 
 
+def http_url(flag: str, url: str) -> str:
+    """A node server's base URL (``http(s)://host[:port]``, no trailing slash), else the named input error."""
+    from urllib.parse import urlparse
+
+    text = url.strip()
+    parsed = urlparse(text)
+    if parsed.scheme not in ("http", "https") or not parsed.netloc:
+        raise CliInputError(f"{flag} must be a node server's http(s) URL (http://host:port), got {url!r}")
+    return text.rstrip("/")
+
+
 def tcp_port(flag: str, port: int) -> int:
     if not 1 <= port <= 65535:
         raise CliInputError(f"{flag}: {port} is not a TCP port (1..65535)")

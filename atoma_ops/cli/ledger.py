@@ -1,7 +1,8 @@
 """``atoma-ops ledger …``: the DuckDB ledger (a typer group; also runs on its own, as the ledger tests do).
 
     atoma-ops ledger [--ledger FILE] [--lock-timeout S] COMMAND   (the global options before or after COMMAND)
-      sync                          index the chain's new events (one DuckDB transaction per batch)
+      sync [--node-url URL …]       index the chain's new events (one DuckDB transaction per batch), then the
+                                    nodes' usage (the node stores under the home, or node servers over HTTP)
       earnings [--by node|task|epoch|epoch_node]
       stacks                        stack utilisation: units bought, served, claimed
       tickets [--all]               open tickets: claimable from / attestation window
@@ -206,27 +207,42 @@ def sync(
     ctx: typer.Context,
     batch_events: int = typer.Option(1000, "--batch-events", min=1, max=1_000_000, help="Events per ledger transaction."),
     page_limit: int = typer.Option(50, "--page-limit", min=1, max=1000, help="Events per chain query (Sui answers at most 50)."),
+    node_urls: Optional[list[str]] = typer.Option(
+        None, "--node-url", metavar="URL",
+        help="Import usage from this node server over HTTP (signed with the node's key from the wallet) instead of "
+             "the node stores under --home; repeatable.",
+    ),
 ) -> None:
-    """Index the chain's events after the cursor into the ledger."""
+    """Index the chain's events after the cursor into the ledger, then the nodes' served requests."""
     opts = _opts(ctx)
 
     def body():
-        from ..ledger.node_usage import import_node_usage, node_stores, read_store_usage
+        from ..ledger.node_usage import import_node_usage, import_node_usage_http, node_stores, read_store_usage
         from ..ledger.store import check_ledger_file
 
+        from .inputs import http_url
+
+        urls = [http_url("--node-url", u) for u in node_urls or []]
         ledger = opts.ledger_obj()
         check_ledger_file(ledger.path)
-        for store in node_stores(opts.home_path()):  # check, then act: an unreadable store stops the sync first
-            read_store_usage(store)
-        report = asyncio.run(
-            _with_chain(opts, lambda chain: ledger.sync(chain, batch_events=batch_events, page_limit=page_limit))
-        )
+        if not urls:
+            for store in node_stores(opts.home_path()):  # check, then act: an unreadable store stops the sync first
+                read_store_usage(store)
 
-        usage_rows = import_node_usage(ledger, opts.home_path())
+        async def both(chain):
+            report = await ledger.sync(chain, batch_events=batch_events, page_limit=page_limit)
+            imports = [await import_node_usage_http(ledger, u, wallet=chain.wallet) for u in urls]
+            return report, imports
+
+        report, imports = asyncio.run(_with_chain(opts, both))
+        usage_rows = sum(i["rows_added"] for i in imports) if urls else import_node_usage(ledger, opts.home_path())
         doc = {"ledger": str(ledger.path), **report.to_json(), "usage_rows_added": usage_rows}
+        if urls:
+            doc["node_imports"] = imports
+        source = f"{len(urls)} node server(s)" if urls else "the node stores"
         _emit(opts, doc, lambda: typer.echo(
             f"synced {report.events_applied} event(s) in {report.batches} batch(es) "
-            f"({report.events_skipped} already indexed) and {usage_rows} usage row(s) from the node stores into "
+            f"({report.events_skipped} already indexed) and {usage_rows} usage row(s) from {source} into "
             f"{ledger.path}; chain epoch {report.chain_epoch}"
         ))
 

@@ -434,29 +434,41 @@ def stack_replay(
 def stack_attest(
     ctx: typer.Context,
     stack: int = typer.Option(..., "--stack", metavar="N"),
-    history_file: str = typer.Option(..., "--history", metavar="FILE", help="The serving node's history export."),
+    history_file: Optional[str] = typer.Option(None, "--history", metavar="FILE", help="The serving node's history export."),
+    history_url: Optional[str] = typer.Option(
+        None, "--history-url", "--node-url", metavar="URL",
+        help="Read the history from the serving node's server instead (signed with the attesting node's key).",
+    ),
     node: Optional[str] = typer.Option(None, "--node", metavar="ALIAS|0x…", help="The attesting node (default: --address)."),
     engine: str = ENGINE_OPT,
     openai_base_url: Optional[str] = BASE_URL_OPT,
     model: Optional[str] = MODEL_OPT,
     node_small_id: Optional[int] = NODE_SMALL_ID_PICK_OPT,
 ) -> None:
-    """As a requested attestation node: replay the history and submit the replayed commitment, journaled in the
-    ledger like the attest flow's (the same stage: ``lifecycle.attest_stack``)."""
+    """As a requested attestation node: replay the history (an export file, or read from the serving node's server
+    over HTTP) and submit the replayed commitment, journaled in the ledger like the attest flow's (the same stage:
+    ``lifecycle.attest_stack``)."""
 
     def produce(state: State) -> tuple[Any, Render]:
         from ..serving.history import import_jsonl
+        from .inputs import http_url
 
         if node is None and state.address is None:
             raise CliInputError("say which node attests with --node ALIAS (or --address)")
-        input_text_file("--history", history_file)
-        history = import_jsonl(history_file, expect_stack=stack)
+        if (history_file is None) == (history_url is None):
+            raise CliInputError("give the history as --history FILE or --history-url URL (one of them)")
+        url = http_url("--history-url", history_url) if history_url is not None else None
+        if history_file is not None:
+            input_text_file("--history", history_file)
+            history = import_jsonl(history_file, expect_stack=stack)
         load = engine_loader(state, engine, openai_base_url, model)
 
         async def action(service: Any) -> tuple:
-            from ..lifecycle import attest_stack
+            from ..lifecycle import attest_stack, fetch_history
 
-            attested = await attest_stack(service, _journal(state), stack, history)
+            # read with the attesting node's own key: the serving node lets a requested attester read the history
+            got = history if url is None else await fetch_history(stack, url, service)
+            attested = await attest_stack(service, _journal(state), stack, got)
             tx = await service.chain.get_transaction(attested.digest) if attested.status == "success" else None
             return attested, tx, service
 

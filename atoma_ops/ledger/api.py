@@ -178,7 +178,7 @@ class Ledger:
 
         return import_node_usage(self, home)
 
-    def append_usage(self, df: Any) -> int:
+    def append_usage(self, df: Any, *, feed: dict | None = None) -> int:
         """Append per-request usage rows in one batch (a pandas DataFrame, or anything DuckDB can scan: a pyarrow
         Table, a polars DataFrame). Returns the rows inserted.
 
@@ -188,6 +188,9 @@ class Ledger:
         (arrival to first token); missing optional columns are NULL.
         Rows whose ``(stack_small_id, request_index)`` is already present are skipped, so a retried batch is
         harmless.
+
+        ``feed``: where an import over HTTP stands after these rows (``node_small_id``, ``node_address``, ``url``,
+        ``feed``, ``cursor``), written to ``usage_feeds`` in the same transaction as the rows.
         """
         columns = self._usage_columns()
         names = [c for c, _ in columns]
@@ -210,6 +213,10 @@ class Ledger:
         with self.writer() as con:
             con.register("_ledger_usage", df)
             try:
+                if feed is not None:
+                    from .node_usage import insert_with_feed
+
+                    return insert_with_feed(con, sql, feed)
                 try:
                     return int(first(con.execute(sql).fetchall())[0])
                 except duckdb.ConstraintException as exc:
@@ -351,6 +358,20 @@ class Ledger:
         if stack_small_id is None:
             return self._view("usage", "ORDER BY stack_small_id, request_index")
         return self._view("usage", "WHERE stack_small_id = ? ORDER BY request_index", [stack_small_id])
+
+    def usage_feed(self, node_small_id: int) -> dict | None:
+        """Where the usage import over HTTP stands with a node: ``{"node_small_id", "node_address", "url", "feed",
+        "cursor", "updated_at"}``, or None before its first import."""
+        if not self.path.exists():
+            return None
+        with self.reader() as con:
+            cur = con.execute(
+                "SELECT node_small_id, node_address, url, feed, cursor, updated_at FROM usage_feeds "
+                "WHERE node_small_id = ?", [int(node_small_id)],
+            )
+            names = [d[0] for d in cur.description]
+            row = first(cur.fetchall())
+        return None if row is None else dict(zip(names, row))
 
     def status(self) -> dict:
         """Cursor, event count, chain snapshot."""

@@ -563,11 +563,26 @@ ALTER TABLE chain_actions ADD COLUMN stack_small_ids BIGINT[];
 UPDATE chain_actions SET stack_small_ids = [stack_small_id] WHERE stack_small_id IS NOT NULL;
 """
 
+M0005_USAGE_FEEDS = """
+-- where the usage import stands with each node read over HTTP (GET /v1/node/usage): the node's feed (its store's
+-- id: another id is another store, read from the start) and the last sequence number imported. Written in the same
+-- transaction as the usage rows of the page it ends, so a crash never skips a page nor loses one.
+CREATE TABLE usage_feeds (
+    node_small_id   BIGINT  PRIMARY KEY,
+    node_address    VARCHAR NOT NULL,
+    url             VARCHAR NOT NULL,          -- where it was read last
+    feed            VARCHAR NOT NULL,
+    cursor          BIGINT  NOT NULL CHECK (cursor >= 0),
+    updated_at      TIMESTAMP NOT NULL
+);
+"""
+
 MIGRATIONS: list[tuple[int, str, str]] = [
     (1, "core tables: events, cursor, chain mirror, usage, chain_actions", M0001_CORE),
     (2, "analyst views", M0002_VIEWS),
     (3, "usage.ttft_ms; latency and time to first token in stack_utilisation and request_latency", M0003_USAGE_TIMES),
     (4, "chain_actions.stack_small_ids: the stacks a journaled write covers", M0004_ACTION_STACKS),
+    (5, "usage_feeds: the usage import's cursor per node read over HTTP", M0005_USAGE_FEEDS),
 ]
 
 LATEST_VERSION = MIGRATIONS[-1][0]

@@ -19,7 +19,10 @@ from .serve import (
     ServeReport, WORKLOAD_ID_PREFIX, buyer_signer, serve_batch, serve_workload, workload_id, workload_request_id,
 )
 from .settle import SettleCandidate, Settled, settle_candidates, split_confidential, try_settle_stack, try_settle_stacks
-from .attest import Attested, attest_stack, attestation_position, attestation_requests, find_history, replay_history, submit_attestation
+from .attest import (
+    Attested, attest_stack, attestation_position, attestation_requests, fetch_history, find_history, replay_history,
+    submit_attestation,
+)
 from .wait import wait_for_epoch
 from .claim import ClaimFacts, ClaimPlan, Claimed, claim_confidential, claim_tickets, plan_claims, recover_claims
 
@@ -47,6 +50,7 @@ __all__ = [
     "claim_confidential",
     "claim_tickets",
     "create_task",
+    "fetch_history",
     "find_history",
     "mint_usdc",
     "node_small_ids",

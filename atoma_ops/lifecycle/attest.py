@@ -17,7 +17,7 @@ from ..journal import (
     execute_intent,
 )
 from ..protocol.commitments import commit
-from ..serving.history import StackHistory, import_jsonl
+from ..serving.history import StackHistory, import_jsonl, parse_jsonl
 from ..serving.node import NodeService
 from ..serving.replay import ReplayReport, replay
 from ..serving.store import NodeStore
@@ -60,6 +60,21 @@ def find_history(stack_small_id: int, *, home: str | Path | None = None, history
         f"no history of stack {stack_small_id} found (looked in {history_dir or '-'} and the node stores under "
         f"{home or '-'}): ask the serving node for its export (`atoma-ops stack history --export`)"
     )
+
+
+async def fetch_history(stack_small_id: int, node_url: str, reader: Any) -> StackHistory:
+    """The serving node's history of a stack read over HTTP (``GET /v1/stacks/{id}/history`` on the serving node,
+    signed by ``reader``: the attesting node's service, or any signer the serving node lets read it), verified
+    like an export file (every hash, the indexes, the root and the units in the header)."""
+    from ..client.node_data import NodeDataClient, NodeDataError
+
+    try:
+        async with NodeDataClient(node_url, reader) as node:
+            lines = await node.history_lines(stack_small_id)
+    except NodeDataError as exc:
+        raise StageError(f"the history of stack {stack_small_id} cannot be read from {node_url}: {exc}") from None
+    return parse_jsonl(lines, f"{node_url.rstrip('/')}/v1/stacks/{stack_small_id}/history",
+                       expect_stack=stack_small_id).verify()
 
 
 async def attestation_position(service: NodeService, stack_small_id: int, ticket: Any = None) -> int:

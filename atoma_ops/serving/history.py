@@ -26,7 +26,7 @@ import json
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Iterator, Sequence
 
 from ..protocol.commitments import (
     canonical_json,
@@ -268,15 +268,22 @@ def _line(doc: dict) -> str:
     return json.dumps(doc, ensure_ascii=False, separators=(",", ":"))
 
 
+def jsonl_lines(history: StackHistory) -> Iterator[str]:
+    """The export's lines, each ending in a newline: the header, then one line per request (what
+    :func:`export_jsonl` writes to a file and the node streams over HTTP)."""
+    yield _line(history.header()) + "\n"
+    for entry in history.entries:
+        yield _line(entry.to_json()) + "\n"
+
+
 def export_jsonl(history: StackHistory, path: str | os.PathLike) -> Path:
     """Write the history as one JSONL file (atomically: a temporary file renamed into place)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "w", encoding="utf-8") as f:
-        f.write(_line(history.header()) + "\n")
-        for entry in history.entries:
-            f.write(_line(entry.to_json()) + "\n")
+        for line in jsonl_lines(history):
+            f.write(line)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
@@ -291,7 +298,16 @@ def import_jsonl(path: str | os.PathLike, *, expect_stack: int | None = None) ->
         HistoryError: the file does not verify (the message names the first bad record).
         OSError: the file cannot be read.
     """
-    lines = _read_lines(path)
+    return parse_jsonl(_read_lines(path), str(path), expect_stack=expect_stack)
+
+
+def parse_jsonl(lines: Sequence[str], path: str, *, expect_stack: int | None = None) -> StackHistory:
+    """Verify and read an export given as its non-empty lines (``path``: where they came from, for the messages),
+    as :func:`import_jsonl` does for a file.
+
+    Raises:
+        HistoryError: the lines do not verify.
+    """
     if not lines:
         raise HistoryError(f"{path} is empty")
     try:

@@ -12,6 +12,8 @@
     (compute units charged, units left, history index); keep-alive comments while the engine is silent. A client
     that drops the stream stops generation and is charged what was produced.
 - ``GET /v1/models``, ``GET /health``, ``GET /metrics`` (Prometheus), ``GET /v1/stacks/{id}/usage``.
+- Signed reads for other hosts (node_data.py): ``GET /v1/node/usage`` (the served requests, paged by a cursor) and
+  ``GET /v1/stacks/{id}/history`` (a stack's history export).
 
 Every refusal is a JSON body ``{"error": {"type": …, "message": …}}`` with its status (docs/serving.md lists them);
 a final one carries ``x-should-retry: false`` so OpenAI SDKs do not send it again, and 429 carries ``Retry-After``.
@@ -353,6 +355,9 @@ def create_app(service: NodeService, *, keepalive_s: float = KEEPALIVE_S, max_bo
             )
         return JSONResponse(usage.to_json())
 
+    from .node_data import node_data_router  # the operator's, buyers' and attesters' signed reads
+
+    app.include_router(node_data_router(service))
     return app
 
 

@@ -192,4 +192,4 @@ def test_a_ledger_from_before_ttft_migrates_and_keeps_its_rows(tmp_path):
     assert rows["latency_ms"].tolist() == [12.5, 20.0]
     assert pd.isna(rows["ttft_ms"].iloc[0]) and rows["ttft_ms"].iloc[1] == 4.0
     versions = ledger.query("SELECT version FROM schema_migrations ORDER BY version")["version"].tolist()
-    assert versions == [m[0] for m in MIGRATIONS] == [1, 2, 3, 4]
+    assert versions == [m[0] for m in MIGRATIONS] == [1, 2, 3, 4, 5]
