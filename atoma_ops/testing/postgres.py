@@ -57,12 +57,18 @@ def free_port() -> int:
 
 class PgCluster:
     """One PostgreSQL cluster. ``fsync=False`` for tests (nothing to survive a power cut); benchmarks keep it on,
-    so a commit costs what it costs in production."""
+    so a commit costs what it costs in production.
 
-    def __init__(self, *, fsync: bool = True, user: str = "atoma"):
+    ``listen``: the addresses it listens on (comma-separated; 127.0.0.1 always among them); ``trust``: a network
+    (CIDR) whose hosts may connect too, e.g. the private network of the multi-host test's namespaces."""
+
+    def __init__(self, *, fsync: bool = True, user: str = "atoma", listen: str = "127.0.0.1", trust: str | None = None):
         self.bin = server_bin_dir()
         self.user = user
         self.fsync = fsync
+        self.listen = ",".join(dict.fromkeys(["127.0.0.1", *(a.strip() for a in listen.split(",") if a.strip())]))
+        self.host = next((a for a in self.listen.split(",") if a != "127.0.0.1"), "127.0.0.1")
+        self.trust = trust
         self.port = free_port()
         self.root = Path(tempfile.mkdtemp(prefix="atoma-pg-"))
         self.data = self.root / "data"
@@ -86,7 +92,10 @@ class PgCluster:
     def start(self) -> "PgCluster":
         self._run(str(self.bin / "initdb"), "-D", str(self.data), "-U", self.user, "--auth=trust", "-E", "UTF8",
                   "--no-sync", "--no-instructions")
-        options = f"-h 127.0.0.1 -p {self.port} -k {self.root} -c max_connections=200"
+        if self.trust:
+            with (self.data / "pg_hba.conf").open("a") as hba:
+                hba.write(f"host all all {self.trust} trust\n")
+        options = f"-h {self.listen} -p {self.port} -k {self.root} -c max_connections=200"
         if not self.fsync:
             options += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
         self._run(str(self.bin / "pg_ctl"), "-D", str(self.data), "-l", str(self.log), "-o", options, "-w", "start")
@@ -99,7 +108,8 @@ class PgCluster:
         shutil.rmtree(self.root, ignore_errors=True)
 
     def url(self, database: str = "postgres") -> str:
-        return f"postgresql://{self.user}@127.0.0.1:{self.port}/{database}"
+        """A URL of ``database`` (at the first address it listens on besides 127.0.0.1, if any)."""
+        return f"postgresql://{self.user}@{self.host}:{self.port}/{database}"
 
     def create_database(self, name: str | None = None) -> str:
         """A fresh, empty database; its URL."""

@@ -151,14 +151,16 @@ class PrefectServer:
     """``with PrefectServer(tmp) as server:`` a running server; ``server.env`` for its clients' subprocesses,
     ``server.api`` (httpx, base URL the API), ``server.cli(...)`` for ``prefect …`` commands.
 
-    ``extra_env`` reaches the server (its services' settings, e.g. how soon a run turns Late)."""
+    ``extra_env`` reaches the server (its services' settings, e.g. how soon a run turns Late; its database URL);
+    ``host``: the address it listens on (the multi-host test's private network; 127.0.0.1 by default)."""
 
-    def __init__(self, folder: Path, extra_env: dict[str, str] | None = None):
+    def __init__(self, folder: Path, extra_env: dict[str, str] | None = None, host: str = "127.0.0.1"):
         self.folder = Path(folder)
         self.home = self.folder / "prefect-home"
         self.home.mkdir(parents=True, exist_ok=True)
+        self.host = host
         self.port = free_port()
-        self.api_url = f"http://127.0.0.1:{self.port}/api"
+        self.api_url = f"http://{host}:{self.port}/api"
         self.env = prefect_env(self.home, self.api_url)
         self.log = self.folder / "server.log"
         self.extra_env = extra_env or {}
@@ -167,7 +169,7 @@ class PrefectServer:
 
     def start(self) -> "PrefectServer":
         env = {**prefect_env(self.home, None), "PREFECT_SERVER_API_PORT": str(self.port), **self.extra_env}
-        self.proc = start([*PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(self.port)], env, self.log)
+        self.proc = start([*PREFECT, "server", "start", "--host", self.host, "--port", str(self.port)], env, self.log)
         return self
 
     def wait(self, timeout: float = 120) -> "PrefectServer":

@@ -1,0 +1,250 @@
+"""Several hosts of one operator on this machine, for real: PostgreSQL (Debian's binaries, a throwaway cluster), a
+``prefect server start`` whose database is that PostgreSQL, and per host a ``prefect worker`` on its own work queue,
+each with its own ``PREFECT_HOME`` and localnet home (its node stores), each in a network namespace of its own where
+the machine allows it (``atoma_ops.testing.netns``; else plain processes, and ``mode`` says so). A host's node server
+(the node's real HTTP server on the stub engine) runs in the host's namespace too.
+
+Used by ``tests/flows/test_multi_host.py`` and ``bench/scale_out.py``. Every process started is stopped and every
+namespace removed on :meth:`Cluster.close`, whatever failed.
+
+The chain: one localnet file, shared by every host's home through a link (the localnet is safe for several
+processes: SQLite in WAL mode), standing in for the Sui network all hosts talk to.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from atoma_ops.home import LocalnetHome
+from atoma_ops.testing.netns import Hosts
+from atoma_ops.testing.postgres import PgCluster
+from tests.flows.prefect_server import PREFECT, ROOT, PrefectServer, cli, prefect_env, start, stop, tail
+
+POOL = "atoma-ops"
+TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
+PRICE = 1_000_000  # USDC base units per million compute units: one base unit a unit
+WALLET_FILES = ("client.yaml", "sui.keystore", "sui.aliases")
+#: what each workload line sends: the stub engine counts 10 + 4 per message + 2 words = 16 prompt tokens, and
+#: answers 3 tokens: 19 compute units a request
+REQUEST = {"messages": [{"role": "user", "content": "say hi"}], "max_tokens": 3}
+UNITS_PER_REQUEST = 19
+
+
+@dataclass
+class Localnet:
+    """The shared chain: ``stacks[node]`` the stacks sold to each node (one task per node, so each stack's node is
+    known); ``setup_txs`` how many transactions the setup executed."""
+
+    home: Path
+    stacks: dict[str, list[int]]
+    setup_txs: int
+
+
+async def _two_node_chain(home: Path, nodes: list[str], stacks_per_node: int, units: int) -> Localnet:
+    lh = LocalnetHome(home)
+    localnet, _ = lh.init(seed=11, force=True)
+    localnet.close()
+    chain = lh.open()
+    try:
+        admin, user = chain.wallet.resolve("admin"), chain.wallet.resolve("user")
+        await chain.faucet_mint(user, len(nodes) * stacks_per_node * units * PRICE // 1_000_000)
+        stacks: dict[str, list[int]] = {}
+        for node in nodes:
+            address = chain.wallet.resolve(node)
+            tx = await chain.create_task_entry(admin, role=0, model_name="stub", security_level=0)
+            task = int(tx.event("TaskRegisteredEvent").parsed_json["task_small_id"]["inner"])
+            await chain.register_node_entry(address)
+            await chain.subscribe_node_to_task(address, task_small_id=task, price_per_one_million_compute_units=PRICE)
+            stacks[node] = []
+            for _ in range(stacks_per_node):
+                tx = await chain.acquire_new_stack_entry(user, task_small_id=task, num_compute_units=units,
+                                                         price=PRICE)
+                stacks[node].append(int(tx.event("StackCreatedEvent").parsed_json["stack_small_id"]["inner"]))
+    finally:
+        await chain.close()
+    return Localnet(home, stacks, len(chain_transactions(home)))
+
+
+def two_node_chain(home: Path, nodes: list[str], stacks_per_node: int, units: int = 1_000) -> Localnet:
+    """A fresh localnet in ``home``: ``user`` funded, and for each node a task, the node registered and subscribed,
+    and ``stacks_per_node`` stacks of ``units`` bought on it. Nothing served yet."""
+    return asyncio.run(_two_node_chain(Path(home), nodes, stacks_per_node, units))
+
+
+def host_home(shared: Path, home: Path) -> Path:
+    """A host's own localnet home: its node stores are its own; the chain and the wallet are the shared ones (links)."""
+    home.mkdir(parents=True, exist_ok=True)
+    lh = LocalnetHome(shared)
+    for name in (lh.chain_file.name, *WALLET_FILES):
+        if (shared / name).exists():
+            (home / name).symlink_to((shared / name).resolve())
+    return home
+
+
+def chain_transactions(home: Path) -> list[dict]:
+    """Every transaction the localnet executed, in order: digest, sender, status (read-only)."""
+    import sqlite3
+
+    con = sqlite3.connect(f"file:{LocalnetHome(home).chain_file}?mode=ro", uri=True)
+    try:
+        rows = con.execute("SELECT seq, digest, sender, status FROM transactions ORDER BY seq").fetchall()
+    finally:
+        con.close()
+    return [{"seq": s, "digest": d, "sender": snd, "status": st} for s, d, snd, st in rows]
+
+
+def serve_stacks(url: str, client_yaml: Path, node_address: str, stacks: list[int], requests: int) -> int:
+    """``requests`` lines on each stack, sent to the node's server at ``url`` as the stack's buyer (``user``) sends
+    them: signed, each answer's signature checked. Returns the compute units charged."""
+    from atoma_ops.client import RequestSigner
+    from atoma_ops.lifecycle import serve_workload
+    from atoma_ops.wallet import Wallet
+
+    signer = RequestSigner(Wallet.load(client_yaml), "user")
+
+    async def go() -> int:
+        charged = 0
+        for stack in stacks:
+            report, _ = await serve_workload(url, signer, stack, [REQUEST] * requests, concurrency=4,
+                                             node_address=node_address)
+            assert not report.refused and not report.failed, report
+            charged += report.units_charged
+        return charged
+
+    return asyncio.run(go())
+
+
+@dataclass
+class Cluster:
+    """``Cluster(folder, ["host-a", "host-b"]).start()``: the hosts' network, PostgreSQL (databases ``prefect`` and
+    ``journal``) and the Prefect server on it (starting; :meth:`wait` for it), the ``atoma-ops`` process pool once
+    it answers. Then :meth:`node_server`, :meth:`worker`, :meth:`deploy`, :meth:`run`, :meth:`wait_runs`."""
+
+    folder: Path
+    host_names: list[str]
+    netns: bool = True
+    hosts: Hosts | None = None
+    pg: PgCluster | None = None
+    server: PrefectServer | None = None
+    journal_url: str = ""
+    logs: dict[str, Path] = field(default_factory=dict)
+    _stack: ExitStack = field(default_factory=ExitStack)
+
+    @property
+    def mode(self) -> str:
+        return self.hosts.mode if self.hosts else "not started"
+
+    def start(self) -> "Cluster":
+        try:
+            self.hosts = Hosts.open(self.host_names, netns=self.netns)
+            self._stack.callback(self.hosts.close)
+            self.pg = PgCluster(fsync=False, listen=self.hosts.server_address, trust=self.hosts.subnet)
+            self.pg.start()
+            self._stack.callback(self.pg.stop)
+            prefect_db = self.pg.create_database("prefect")
+            self.journal_url = self.pg.create_database("journal")
+            self.server = PrefectServer(
+                self.folder / "server",
+                extra_env={"PREFECT_API_DATABASE_CONNECTION_URL": prefect_db.replace("postgresql://", "postgresql+asyncpg://")},
+                host=self.hosts.server_address,
+            )
+            self.server.start()
+            self._stack.callback(self.server.stop)
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def wait(self) -> "Cluster":
+        """The server answers; the process work pool exists."""
+        self.server.wait()
+        self.server.cli("work-pool", "create", POOL, "--type", "process")
+        return self
+
+    def env(self, prefect_home: Path, **extra: str) -> dict[str, str]:
+        prefect_home.mkdir(parents=True, exist_ok=True)
+        return {**prefect_env(prefect_home, self.server.api_url), **extra}
+
+    def _start(self, name: str, argv: list[str], env: dict[str, str], host: str | None) -> subprocess.Popen:
+        log = self.folder / f"{name}.log"
+        self.logs[name] = log
+        wrapped = self.hosts[host].wrap(argv) if host else argv
+        proc = start(wrapped, env, log)
+        self._stack.callback(stop, proc)
+        return proc
+
+    def node_server(self, host: str, home: Path, node: str, timeout: float = 60) -> dict:
+        """The node's HTTP server in ``host``'s namespace, on its address; ``{"url", "address"}`` once it listens."""
+        name = f"node-{host}"
+        proc = self._start(name, [sys.executable, "-m", "atoma_ops.testing.node_host", "--home", str(home),
+                                  "--node", node, "--host", self.hosts[host].address], dict(os.environ), host)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for line in self.logs[name].read_text(errors="replace").splitlines():
+                if line.startswith('{"url"'):
+                    return json.loads(line)
+            assert proc.poll() is None, f"the node server of {host} exited:\n{tail(self.logs[name])}"
+            time.sleep(0.1)
+        raise AssertionError(f"the node server of {host} did not start in {timeout} s:\n{tail(self.logs[name])}")
+
+    def worker(self, name: str, queues: list[str], host: str | None, **env: str) -> subprocess.Popen:
+        """``prefect worker start --pool atoma-ops --work-queue …`` named ``name``, in ``host``'s namespace (None: the
+        machine's own, where the server runs), with its own PREFECT_HOME and the shared journal."""
+        argv = [*PREFECT, "worker", "start", "--pool", POOL, "--name", name]
+        for queue in queues:
+            argv += ["--work-queue", queue]
+        environment = self.env(self.folder / name / "prefect-home", ATOMA_OPS_JOURNAL_URL=self.journal_url, **env)
+        return self._start(name, argv, environment, host)
+
+    def deploy(self, *args: str) -> subprocess.Popen:
+        """``prefect deploy …`` from the repository root (started; ``.wait()`` on it)."""
+        log = self.folder / f"deploy-{len(self.logs)}.log"
+        self.logs[log.stem] = log
+        return start([*PREFECT, "--no-prompt", "deploy", *args], self.server.env, log)
+
+    def run(self, deployment: str, parameters: dict) -> str:
+        """A flow run of ``flow/deployment`` with ``parameters`` (as ``prefect deployment run --param`` sends them);
+        its id."""
+        api = self.server.api
+        dep = api.get(f"/deployments/name/{deployment}").raise_for_status().json()
+        run = api.post(f"/deployments/{dep['id']}/create_flow_run", json={"parameters": parameters})
+        return run.raise_for_status().json()["id"]
+
+    def wait_runs(self, ids: list[str], timeout: float = 180) -> dict[str, dict]:
+        """Each flow run, once all are terminal."""
+        api = self.server.api
+        deadline = time.monotonic() + timeout
+        runs: dict[str, dict] = {}
+        while time.monotonic() < deadline:
+            runs = {i: api.get(f"/flow_runs/{i}").raise_for_status().json() for i in ids}
+            if all(r["state_type"] in TERMINAL for r in runs.values()):
+                return runs
+            time.sleep(0.3)
+        raise AssertionError(f"flow runs not finished in {timeout} s: "
+                             f"{ {i: r['state_type'] for i, r in runs.items()} }\n{self.tails()}")
+
+    def tails(self, n: int = 3000) -> str:
+        return "\n".join(f"--- {name}:\n{tail(log, n)}" for name, log in self.logs.items())
+
+    def close(self) -> None:
+        self._stack.close()
+
+    def __enter__(self) -> "Cluster":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+__all__ = ["Cluster", "Localnet", "ROOT", "cli", "httpx", "two_node_chain", "host_home", "chain_transactions",
+           "serve_stacks", "UNITS_PER_REQUEST", "PRICE"]
