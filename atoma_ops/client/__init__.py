@@ -7,7 +7,9 @@ node's signature on every answer.
   :func:`openai_client`);
 - :func:`verify_response` / :class:`StreamCheck` check a response body or a stream's final chunk;
 - :class:`AtomaClient` is a small standalone client: ``chat`` and ``stream_chat`` with both checks done;
-- :func:`send_workload` sends a workload as its buyer does (signed, request ids, ``concurrency`` at a time).
+- :func:`send_workload` sends a workload as its buyer does (signed, request ids, ``concurrency`` at a time);
+- :class:`NodeDataClient` reads a node's served usage and a stack's history over signed ``GET``s (another host's
+  ledger, an attester).
 
 Nothing here imports the node's serving code: the bytes both sides hash are in ``atoma_ops.protocol.node_http``.
 """
@@ -16,11 +18,14 @@ from .signing import AtomaAuth, RequestSigner, openai_client
 from .verify import ResponseSignatureError, StreamCheck, verify_response
 from .chat import AtomaClient, ChatResult, NodeRefusal
 from .workload import Sent, WorkloadReport, send_workload
+from .node_data import NodeDataClient, NodeDataError
 
 __all__ = [
     "AtomaAuth",
     "AtomaClient",
     "ChatResult",
+    "NodeDataClient",
+    "NodeDataError",
     "NodeRefusal",
     "RequestSigner",
     "ResponseSignatureError",

@@ -76,6 +76,23 @@ def test_an_interrupted_import_resumes_at_the_page_it_stopped(node_world, tmp_pa
     same_usage(local, ledger)
 
 
+def test_another_feed_id_is_read_from_the_start(node_world, tmp_path):
+    """A node whose store was replaced has another feed id: its cursor means nothing there, so the import starts
+    at 0 (and adds only what the ledger lacks)."""
+    w = node_world
+    ledger = Ledger(tmp_path / "ledger.duckdb")
+    assert over_http(ledger, w)["rows_added"] == 6
+    feed = ledger.usage_feed(1)["feed"]
+    with ledger.writer() as con:  # as if the rows and cursor came from a store the node no longer has
+        con.execute("UPDATE usage_feeds SET feed = 'replaced', cursor = 6")
+        con.execute("DELETE FROM usage WHERE request_index = 0")
+    w.serve("a", [ask(8)])
+    again = over_http(ledger, w, limit=3)
+    # from 0: pages of 3 over 7 rows; the deleted first rows (3 stacks) and the new one come back
+    assert (again["rows_added"], again["pages"], again["cursor"]) == (4, 3, 7)
+    assert ledger.usage_feed(1)["feed"] == feed and len(ledger.usage()) == 7
+
+
 def test_only_the_operators_key_imports(node_world, tmp_path):
     w = node_world
     ledger = Ledger(tmp_path / "ledger.duckdb")
