@@ -164,8 +164,9 @@ def node_data_router(service: Any) -> APIRouter:
     @router.get(HISTORY_PATH)
     async def stack_history(stack_small_id: int, request: Request) -> StreamingResponse:
         signer = signed_reader(request, service.address)
-        if _query(request):
-            name = sorted(_query(request))[0]
+        query = _query(request)
+        if query:
+            name = sorted(query)[0]
             raise InvalidParameter(f"unknown query parameter {name!r} (the history takes none)", param=name)
         if not 0 <= stack_small_id <= U64_MAX:
             raise InvalidParameter(f"stack_small_id must be an integer 0..2^64-1, got {stack_small_id}",
