@@ -164,14 +164,14 @@ def _parents_are_folders(flag: str, p: "Path") -> None:  # noqa: F821
 
 
 def http_url(flag: str, url: str) -> str:
-    """A node server's base URL (``http(s)://host[:port]``, no trailing slash), else the named input error."""
-    from urllib.parse import urlparse
+    """A node server's root URL (``http(s)://HOST[:PORT]``, port 1-65535, no trailing slash or ``/v1``), else the
+    named input error (the same check as ``stack serve --url``: ``client.buyer.node_root``)."""
+    from ..client.buyer import InvalidNodeUrl, node_root
 
-    text = url.strip()
-    parsed = urlparse(text)
-    if parsed.scheme not in ("http", "https") or not parsed.netloc:
-        raise CliInputError(f"{flag} must be a node server's http(s) URL (http://host:port), got {url!r}")
-    return text.rstrip("/")
+    try:
+        return node_root(url.strip())
+    except InvalidNodeUrl as exc:
+        raise CliInputError(f"{flag}: {exc}") from None
 
 
 def tcp_port(flag: str, port: int) -> int:

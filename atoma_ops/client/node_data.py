@@ -22,6 +22,7 @@ from typing import Any, AsyncIterator, Protocol
 import httpx
 
 from ..protocol.node_http import SIGNATURE_HEADER
+from .buyer import node_root
 from ..protocol.node_reads import DEFAULT_LIMIT, HISTORY_PATH, TIMESTAMP_HEADER, USAGE_PATH, read_hash
 
 
@@ -47,6 +48,9 @@ class NodeDataError(Exception):
 class NodeDataClient:
     """Signed reads of one node (``base_url``: where ``atoma-ops node serve`` listens, e.g. ``http://host:8000``).
 
+    Raises:
+        InvalidNodeUrl: ``base_url`` is not ``http(s)://HOST[:PORT]``.
+
     Args:
         signer: who reads (its address must be one the node lets read).
         node_address: the node's address, which every signature names; default: asked once of ``GET /health``.
@@ -55,7 +59,7 @@ class NodeDataClient:
 
     def __init__(self, base_url: str, signer: Reader, *, node_address: str | None = None, timeout: float = 60.0,
                  transport: httpx.AsyncBaseTransport | None = None):
-        self.base_url = base_url.rstrip("/")
+        self.base_url = node_root(base_url)  # InvalidNodeUrl before anything is sent
         self.signer = signer
         self._node_address = node_address
         self._http = httpx.AsyncClient(base_url=self.base_url, timeout=timeout, transport=transport)

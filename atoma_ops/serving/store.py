@@ -43,6 +43,7 @@ from ..protocol.commitments import MerkleFrontier, canonical_json, canonical_req
 from ..protocol.compute_units import actual_units
 from .history import HistoryEntry, StackHistory
 from .metering import InsufficientUnits, NothingToCommit, ServingError, StackBusy, StackSettling
+from .usage_feed import install_usage_feed
 
 
 SCHEMA = """
@@ -245,6 +246,7 @@ class NodeStore:
                         c.execute(f"ALTER TABLE {table} ADD COLUMN {name} {decl}")
             for statement in INDEXES:
                 c.execute(statement)
+            install_usage_feed(c)  # every served request numbered, for readers on other hosts (usage_feed.py)
         # who holds this store's reservations (diagnostics; liveness is the lease): host, pid, a unique token
         self.holder = f"{socket.gethostname()}/{os.getpid()}/{uuid.uuid4().hex[:12]}"
 

@@ -8,9 +8,9 @@ is one ``BEGIN IMMEDIATE`` transaction (writers take turns), sequence numbers ar
 a reader that has seen ``seq = n`` will never later see a new row below ``n``. A per-stack ``(stack, index)``
 order would not do: a stack served later may have a smaller id. ``AUTOINCREMENT`` never reuses a number.
 
-The trigger is installed the first time the node's HTTP app opens the store (:func:`ensure_usage_feed`); the
-records already there get sequence numbers then, in the order they were served, in the same transaction, so no
-record is numbered twice or missed. The feed has an id (``meta.usage_feed``, random): a reader that finds another
+The trigger is installed with the store's schema when a node store opens the file (:func:`install_usage_feed`,
+in the same transaction); records already there (a store from before the feed existed) get sequence numbers then,
+in the order they were served, so no record is numbered twice or missed. The feed has an id (``meta.usage_feed``, random): a reader that finds another
 id is reading another store (a new file for the node) and starts over; the ledger skips the rows it already has.
 """
 
@@ -43,27 +43,33 @@ _PAGE = (
 )
 
 
+def install_usage_feed(c: sqlite3.Connection) -> str:
+    """Inside the caller's write transaction: install the sequence if it is not there (numbering the records
+    already stored, in serving order); returns the feed's id. The node store does it when it opens a file."""
+    row = c.execute("SELECT value FROM meta WHERE key = ?", (FEED_KEY,)).fetchone()
+    if row is not None:
+        return row[0]
+    for statement in _DDL:
+        c.execute(statement)
+    c.execute(
+        "INSERT INTO usage_seq (stack_small_id, idx) SELECT stack_small_id, idx FROM history "
+        "ORDER BY served_at_ms, stack_small_id, idx"
+    )
+    feed = uuid.uuid4().hex
+    c.execute("INSERT INTO meta (key, value) VALUES (?, ?)", (FEED_KEY, feed))
+    return feed
+
+
 def ensure_usage_feed(path: str | os.PathLike, busy_timeout_s: float = 60.0) -> str:
-    """Install the sequence on the store at ``path`` if it is not there (numbering the records already stored, in
-    serving order); returns the feed's id. Idempotent; safe while other processes serve from the store."""
+    """The feed id of the store at ``path``, installing the sequence if it is not there (a store last opened by an
+    older atoma-ops). Idempotent; safe while other processes serve from the store."""
     conn = connect_wal(Path(path), busy_timeout_s)
     try:
         row = conn.execute("SELECT value FROM meta WHERE key = ?", (FEED_KEY,)).fetchone()
         if row is not None:
             return row[0]
         with immediate(conn) as c:
-            row = c.execute("SELECT value FROM meta WHERE key = ?", (FEED_KEY,)).fetchone()
-            if row is not None:  # another process installed it meanwhile
-                return row[0]
-            for statement in _DDL:
-                c.execute(statement)
-            c.execute(
-                "INSERT INTO usage_seq (stack_small_id, idx) SELECT stack_small_id, idx FROM history "
-                "ORDER BY served_at_ms, stack_small_id, idx"
-            )
-            feed = uuid.uuid4().hex
-            c.execute("INSERT INTO meta (key, value) VALUES (?, ?)", (FEED_KEY, feed))
-            return feed
+            return install_usage_feed(c)
     finally:
         conn.close()
 
