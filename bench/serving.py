@@ -136,10 +136,15 @@ async def sweep_point(url: str, model: str, concurrency: int, rounds: int, max_t
 
     prepared = [[request(w, r) for r in range(rounds)] for w in range(concurrency)]
 
+    errors: list[str] = []
+
     async def worker(w: int) -> list[tuple[float, float]]:
         out = []
         for raw, h in prepared[w]:
-            out.append(await one(pools[w // 16], url, raw, h))
+            try:
+                out.append(await one(pools[w // 16], url, raw, h))
+            except httpx.TransportError as exc:  # e.g. a kept-alive connection the server closed as it was reused
+                errors.append(f"{type(exc).__name__}: {exc}")
         return out
 
     try:
@@ -151,7 +156,7 @@ async def sweep_point(url: str, model: str, concurrency: int, rounds: int, max_t
             await pool.aclose()
     ttft = sorted(t for rs in results for t, _ in rs)
     n = len(ttft)
-    return {"requests": n, "wall_s": wall, "rps": n / wall, "ttft_p50_ms": 1000 * statistics.median(ttft),
+    return {"requests": n, "errors": len(errors), "wall_s": wall, "rps": n / wall, "ttft_p50_ms": 1000 * statistics.median(ttft),
             "ttft_p99_ms": 1000 * ttft[min(n - 1, int(0.99 * n))]}
 
 
@@ -175,7 +180,8 @@ def compare(name: str, bare_url: str, node_url: str, model: str, levels: list[in
         rows.append(row)
         print(f"{c:>7} | {b['rps']:>10.1f} {n['rps']:>10.1f} {row['ratio']:>6.2f} | {b['ttft_p50_ms']:>8.1f} "
               f"{n['ttft_p50_ms']:>8.1f} {row['ttft_overhead_p50_ms']:>7.1f} | {b['ttft_p99_ms']:>8.1f} "
-              f"{n['ttft_p99_ms']:>8.1f}")
+              f"{n['ttft_p99_ms']:>8.1f}" + (f"   transport errors: bare {b['errors']}, node {n['errors']} (not counted)"
+                                            if b["errors"] or n["errors"] else ""))
     return rows
 
 

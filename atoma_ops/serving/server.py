@@ -28,7 +28,7 @@ import logging
 import socket
 import threading
 import time
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Callable
 
 import orjson
 from fastapi import FastAPI, Request
@@ -125,34 +125,75 @@ def signed(service: NodeService, body: dict) -> dict:
     return {**body, RESPONSE_HASH_KEY: base64.b64encode(digest).decode(), SIGNATURE_KEY: service.sign_hash(digest)}
 
 
+class Last(bytes):
+    """The last piece of an :class:`EventStream`: sent with the end of the body, in one write."""
+
+
+class EventStream(StreamingResponse):
+    """A server-sent event stream that tells ``on_disconnect`` as soon as the client goes.
+
+    Starlette's StreamingResponse watches for the client going with an anyio task group per response (cancel
+    scopes, task handles: measured ~10% of the node's CPU per streamed request); one plain task waiting on
+    ``receive`` does it here. Sends after the client went are no-ops (uvicorn's), so the stream's generator runs to
+    its end undisturbed: the run it relays, told at once, stops its engine and records what was produced. A piece
+    marked :class:`Last` ends the body with it (one socket write less per request)."""
+
+    def __init__(self, content: AsyncIterator[bytes], *, on_disconnect: Callable[[], None] | None = None,
+                 headers: dict | None = None):
+        super().__init__(content, media_type="text/event-stream", headers=headers)
+        self._on_disconnect = on_disconnect
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        watcher = asyncio.get_running_loop().create_task(self._watch(receive))
+        try:
+            await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+            last = b""
+            async for piece in self.body_iterator:
+                if isinstance(piece, Last):
+                    last = piece
+                    break
+                await send({"type": "http.response.body", "body": piece, "more_body": True})
+            await send({"type": "http.response.body", "body": bytes(last), "more_body": False})
+        finally:
+            watcher.cancel()
+            await self.body_iterator.aclose()  # type: ignore[attr-defined]
+
+    async def _watch(self, receive: Any) -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        if self._on_disconnect is not None:
+            self._on_disconnect()  # also after the last send (uvicorn then answers disconnect): harmless
+
+
 async def sse_stream(run: RequestRun, keepalive_s: float, payload: bytes) -> AsyncIterator[bytes]:
     """The SSE body of a streamed request. Whatever ends it (the client going away included), the run is told,
     and its own task charges and records what was produced."""
     service = run.service
     try:
-        yield _sse(_chunk(run, {"role": "assistant", "content": ""}))
+        # the role chunk goes with whatever is sent first (the first tokens, a keep-alive, the end): one write less
+        head = _sse(_chunk(run, {"role": "assistant", "content": ""}))
         content: list[str] = []
         async for batch in run.batches(keepalive_s):
             if batch is None:
-                yield b": keep-alive\n\n"
+                yield head + b": keep-alive\n\n"
+                head = b""
                 continue
             texts = [d.text for d in batch if d.text]
             content.extend(texts)
             pieces = b"".join(_sse(_chunk(run, {"content": t})) for t in texts)
             if pieces:
-                yield pieces
+                yield head + pieces
+                head = b""
         outcome = await run.result()
         if outcome.error is not None:
-            yield _sse({"error": outcome.error.to_json()})
+            yield Last(head + _sse({"error": outcome.error.to_json()}))
             return
         usage = outcome.response["usage"]  # type: ignore[index]
         finish = outcome.response["choices"][0]["finish_reason"]  # type: ignore[index]
-        yield _sse(_chunk(run, {}, finish))
-        yield _sse(signed(service, {
+        yield Last(head + _sse(_chunk(run, {}, finish)) + _sse(signed(service, {
             "id": run.id, "object": "chat.completion.chunk", "created": run.created, "model": run.model,
             "choices": [], "usage": usage, "atoma": _cost(outcome, payload, "".join(content)),
-        }))
-        yield b"data: [DONE]\n\n"
+        })) + b"data: [DONE]\n\n")
     finally:
         run.abort()
 
@@ -291,15 +332,13 @@ def create_app(service: NodeService, *, keepalive_s: float = KEEPALIVE_S, max_bo
         streaming = bool(body.get("stream"))
         if isinstance(admission, Outcome):  # this request id was served before: its recorded request and answer
             if streaming:
-                return StreamingResponse(recorded_stream(service, admission, body_hash(admission.request)),
-                                         media_type="text/event-stream", headers={REPLAYED_HEADER: "true"})
+                return EventStream(recorded_stream(service, admission, body_hash(admission.request)),
+                                   headers={REPLAYED_HEADER: "true"})
             return JSONResponse(signed(service, admission.response or {}), headers=_headers(admission))
         run = service.start(admission)
         if streaming:
-            return StreamingResponse(
-                sse_stream(run, keepalive_s, payload), media_type="text/event-stream",
-                headers={"Cache-Control": "no-cache", STACK_HEADER: str(stack)},
-            )
+            return EventStream(sse_stream(run, keepalive_s, payload), on_disconnect=run.abort,
+                               headers={"Cache-Control": "no-cache", STACK_HEADER: str(stack)})
         outcome = await run.result()
         if outcome.error is not None:
             return _from_error(outcome.error)
