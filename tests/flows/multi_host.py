@@ -23,14 +23,17 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import httpx
 
 from atoma_ops.home import LocalnetHome
 from atoma_ops.testing.netns import Hosts
 from atoma_ops.testing.postgres import PgCluster
-from tests.flows.prefect_server import PREFECT, ROOT, PrefectServer, cli, prefect_env, start, stop, tail
+from tests.flows.prefect_server import PREFECT, ROOT, PrefectServer, prefect_env, start, stop, tail
 
 POOL = "atoma-ops"
+#: server services these runs never need (they would only take CPU from the runs on a small machine): the runs are
+#: created by the test, no automation is installed, nothing is paused, cancelled or left to expire
+IDLE_SERVICES = ("cancellation_cleanup", "db_vacuum", "foreman", "late_runs", "pause_expirations",
+                 "cleanup_reconciler", "triggers", "repossessor")
 TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 PRICE = 1_000_000  # USDC base units per million compute units: one base unit a unit
 WALLET_FILES = ("client.yaml", "sui.keystore", "sui.aliases")
@@ -43,27 +46,30 @@ UNITS_PER_REQUEST = 19
 @dataclass
 class Localnet:
     """The shared chain: ``stacks[node]`` the stacks sold to each node (one task per node, so each stack's node is
-    known); ``setup_txs`` how many transactions the setup executed."""
+    known), ``node_ids[node]`` its small id; ``setup_txs`` how many transactions the setup executed."""
 
     home: Path
     stacks: dict[str, list[int]]
+    node_ids: dict[str, int]
     setup_txs: int
 
 
-async def _two_node_chain(home: Path, nodes: list[str], stacks_per_node: int, units: int) -> Localnet:
+async def _operator_chain(home: Path, nodes: list[str], stacks_per_node: int, units: int) -> Localnet:
     lh = LocalnetHome(home)
-    localnet, _ = lh.init(seed=11, force=True)
+    localnet, _ = lh.init(seed=11, force=True, aliases=("admin", "user", *nodes))
     localnet.close()
     chain = lh.open()
     try:
         admin, user = chain.wallet.resolve("admin"), chain.wallet.resolve("user")
         await chain.faucet_mint(user, len(nodes) * stacks_per_node * units * PRICE // 1_000_000)
         stacks: dict[str, list[int]] = {}
+        node_ids: dict[str, int] = {}
         for node in nodes:
             address = chain.wallet.resolve(node)
             tx = await chain.create_task_entry(admin, role=0, model_name="stub", security_level=0)
             task = int(tx.event("TaskRegisteredEvent").parsed_json["task_small_id"]["inner"])
-            await chain.register_node_entry(address)
+            tx = await chain.register_node_entry(address)
+            node_ids[node] = int(tx.event("NodeRegisteredEvent").parsed_json["node_small_id"]["inner"])
             await chain.subscribe_node_to_task(address, task_small_id=task, price_per_one_million_compute_units=PRICE)
             stacks[node] = []
             for _ in range(stacks_per_node):
@@ -72,13 +78,34 @@ async def _two_node_chain(home: Path, nodes: list[str], stacks_per_node: int, un
                 stacks[node].append(int(tx.event("StackCreatedEvent").parsed_json["stack_small_id"]["inner"]))
     finally:
         await chain.close()
-    return Localnet(home, stacks, len(chain_transactions(home)))
+    return Localnet(home, stacks, node_ids, len(chain_transactions(home)))
 
 
-def two_node_chain(home: Path, nodes: list[str], stacks_per_node: int, units: int = 1_000) -> Localnet:
-    """A fresh localnet in ``home``: ``user`` funded, and for each node a task, the node registered and subscribed,
-    and ``stacks_per_node`` stacks of ``units`` bought on it. Nothing served yet."""
-    return asyncio.run(_two_node_chain(Path(home), nodes, stacks_per_node, units))
+def operator_chain(home: Path, nodes: list[str], stacks_per_node: int, units: int = 1_000) -> Localnet:
+    """A fresh localnet in ``home`` whose wallet holds ``admin``, ``user`` and ``nodes``: ``user`` funded, and for
+    each node a task, the node registered and subscribed, and ``stacks_per_node`` stacks of ``units`` bought on
+    it. Nothing served yet."""
+    return asyncio.run(_operator_chain(Path(home), nodes, stacks_per_node, units))
+
+
+def record_served(home: Path, chain: Localnet, node: str, requests: int) -> None:
+    """``requests`` recorded responses on each of ``node``'s stacks, written into its store under ``home`` as serving
+    leaves them (``atoma_ops.testing.served``): for the benchmark, whose subject is settlement, not serving."""
+    from atoma_ops.serving.store import NodeStore, Settlement, StackFacts
+    from atoma_ops.testing.served import recorded_response
+
+    async def facts() -> list:
+        ch = LocalnetHome(home).open()
+        try:
+            return [StackFacts.of(await ch.get_stack(s)) for s in chain.stacks[node]]
+        finally:
+            await ch.close()
+
+    with NodeStore(NodeStore.path_for(home, node)) as store:
+        store.bind_node(chain.node_ids[node], node)
+        pairs = [(f, recorded_response(f.stack_small_id, i)) for f in asyncio.run(facts()) for i in range(requests)]
+        reservations = store.reserve([(f, 20) for f, _ in pairs])
+        store.settle([Settlement(r, req, resp) for r, (_, (req, resp)) in zip(reservations, pairs)])
 
 
 def host_home(shared: Path, home: Path) -> Path:
@@ -133,6 +160,7 @@ class Cluster:
     folder: Path
     host_names: list[str]
     netns: bool = True
+    fsync: bool = False
     hosts: Hosts | None = None
     pg: PgCluster | None = None
     server: PrefectServer | None = None
@@ -148,14 +176,15 @@ class Cluster:
         try:
             self.hosts = Hosts.open(self.host_names, netns=self.netns)
             self._stack.callback(self.hosts.close)
-            self.pg = PgCluster(fsync=False, listen=self.hosts.server_address, trust=self.hosts.subnet)
+            self.pg = PgCluster(fsync=self.fsync, listen=self.hosts.server_address, trust=self.hosts.subnet)
             self.pg.start()
             self._stack.callback(self.pg.stop)
             prefect_db = self.pg.create_database("prefect")
             self.journal_url = self.pg.create_database("journal")
             self.server = PrefectServer(
                 self.folder / "server",
-                extra_env={"PREFECT_API_DATABASE_CONNECTION_URL": prefect_db.replace("postgresql://", "postgresql+asyncpg://")},
+                extra_env={"PREFECT_API_DATABASE_CONNECTION_URL": prefect_db.replace("postgresql://", "postgresql+asyncpg://"),
+                           **{f"PREFECT_SERVER_SERVICES_{s.upper()}_ENABLED": "false" for s in IDLE_SERVICES}},
                 host=self.hosts.server_address,
             )
             self.server.start()
@@ -166,9 +195,14 @@ class Cluster:
         return self
 
     def wait(self) -> "Cluster":
-        """The server answers; the process work pool exists."""
+        """The server answers; the process work pool exists (made as ``prefect work-pool create atoma-ops --type
+        process`` makes it, through the API: the CLI's start-up costs seconds here)."""
+        from prefect.workers.process import ProcessWorker
+
         self.server.wait()
-        self.server.cli("work-pool", "create", POOL, "--type", "process")
+        self.server.api.post("/work_pools/", json={
+            "name": POOL, "type": "process", "base_job_template": ProcessWorker.get_default_base_job_template(),
+        }).raise_for_status()
         return self
 
     def env(self, prefect_home: Path, **extra: str) -> dict[str, str]:
@@ -245,6 +279,3 @@ class Cluster:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-
-__all__ = ["Cluster", "Localnet", "ROOT", "cli", "httpx", "two_node_chain", "host_home", "chain_transactions",
-           "serve_stacks", "UNITS_PER_REQUEST", "PRICE"]

@@ -13,7 +13,12 @@ hold — every ticket is claimed once, and the ledger, synced from both nodes, r
 
 from __future__ import annotations
 
+import asyncio
+import socket
 import sqlite3
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import psycopg
@@ -21,6 +26,7 @@ import pytest
 
 from atoma_ops.ledger.api import Ledger
 from atoma_ops.testing import served as kit
+from atoma_ops.testing.netns import Hosts
 from tests.flows.multi_host import (
     PRICE,
     UNITS_PER_REQUEST,
@@ -28,7 +34,7 @@ from tests.flows.multi_host import (
     chain_transactions,
     host_home,
     serve_stacks,
-    two_node_chain,
+    operator_chain,
 )
 
 HOSTS = {"host-a": "node-1", "host-b": "node-2"}
@@ -57,14 +63,13 @@ def _chain(home: Path) -> dict:
 @pytest.mark.slow
 def test_two_hosts_settle_at_once_every_intent_once_and_the_ledger_reconciles(tmp_path):
     shared = tmp_path / "shared"
-    import time
     t0 = time.monotonic()
     mark = lambda what: print(f"{time.monotonic() - t0:6.1f} s  {what}", flush=True)  # noqa: E731
     with Cluster(tmp_path, list(HOSTS)).start() as cluster:
         print(f"multi-host mode: {cluster.mode}" + (f" (namespaces unavailable: {cluster.hosts.why})"
                                                     if cluster.hosts.why else ""))
         # while the server migrates its PostgreSQL database: the chain, the hosts' homes, their node servers
-        chain = two_node_chain(shared, list(HOSTS.values()), STACKS_PER_NODE, UNITS)
+        chain = operator_chain(shared, list(HOSTS.values()), STACKS_PER_NODE, UNITS)
         mark("chain built")
         homes = {h: host_home(shared, tmp_path / h / "home") for h in HOSTS}
         nodes = {h: cluster.node_server(h, homes[h], n) for h, n in HOSTS.items()}
@@ -154,34 +159,55 @@ def test_two_hosts_settle_at_once_every_intent_once_and_the_ledger_reconciles(tm
         claims = [k for k in journal if k not in settle_keys]
         assert claims and all(k.startswith("claim") for k in claims)
 
-        # results of the runs on both hosts are in the shared result storage
+        # the results of the runs on both hosts are in the shared result storage
+        # (a settlement run's result is an ``ActionLog``, pickled under the module name the worker loaded the flow
+        # file as, so it is only checked to be there; the ledger-sync's, a dict, is read back below)
         for run in (*settle.values(), *claim.values()):
-            data = cluster.server.api.get(f"/flow_runs/{run['id']}").json()["state"]["data"]
-            assert data["storage_block_id"] == block["id"], data
-            assert (results / data["storage_key"]).exists() or Path(data["storage_key"]).exists()
+            state = cluster.server.api.get(f"/flow_runs/{run['id']}").json()["state"]
+            assert state["data"]["storage_block_id"] == block["id"], state
+            assert _stored(results, state["data"]).stat().st_size > 0
 
-        # the ledger's single writer syncs usage from both nodes (chain-only: the shared queue's worker)
-        ledger_path = shared / "ledger.duckdb"
-        sync_ids = [cluster.run("ledger-sync/ledger-sync", {"network": {"home": str(homes[h])},
-                                                            "ledger": {"path": str(ledger_path)}}) for h in HOSTS]
-        mark("syncs started")
-        for run in cluster.wait_runs(sync_ids).values():
-            assert run["state_type"] == "COMPLETED", f"{run['state']}\n{cluster.tails()}"
-            assert run["work_queue_name"] == "shared"
-        assert all(i in cluster.logs["control"].read_text() for i in sync_ids)
+        # the ledger's single writer (the shared queue's worker, on the machine's side) reads both nodes' usage
+        # over HTTP: its home has the chain and the operator's wallet (the nodes' keys sign the reads), no node store
+        control = host_home(shared, tmp_path / "control" / "home")
+        ledger_path = tmp_path / "control" / "ledger.duckdb"
+        urls = [nodes[h]["url"] for h in HOSTS]
+        sync_id = cluster.run("ledger-sync/ledger-sync", {"network": {"home": str(control)},
+                                                          "ledger": {"path": str(ledger_path)}, "node_urls": urls})
+        sync = cluster.wait_runs([sync_id])[sync_id]
+        assert sync["state_type"] == "COMPLETED", f"{sync['state']}\n{cluster.tails()}"
+        assert sync["work_queue_name"] == "shared" and sync_id in cluster.logs["control"].read_text()
+        assert not (control / "nodes").exists()
+        mark("synced")
+        # its result, written by the control host into the shared result storage, read here
+        report = _result(results, cluster.server.api.get(f"/flow_runs/{sync_id}").json())
+        assert report["usage_rows"] == len(HOSTS) * STACKS_PER_NODE * REQUESTS_PER_STACK
+        assert [i["rows_added"] for i in report["node_imports"]] == [STACKS_PER_NODE * REQUESTS_PER_STACK] * 2
 
-    mark("synced, all stopped")
     ledger = Ledger(ledger_path)
     usage = ledger.usage()
     assert len(usage) == len(HOSTS) * STACKS_PER_NODE * REQUESTS_PER_STACK
     assert usage.groupby("stack_small_id")["actual_units"].sum().to_dict() == {
         s: used for n in HOSTS.values() for s in chain.stacks[n]
     }
-    import asyncio
-
     with kit.opened(shared) as ch:
         report = asyncio.run(ledger.reconcile(ch))
     assert report.ok, report.drift.to_string()
+
+
+def _stored(results: Path, data: dict) -> Path:
+    """Where a persisted result is: under the shared result storage's folder."""
+    path = Path(data["storage_key"]) if Path(data["storage_key"]).is_absolute() else results / data["storage_key"]
+    assert path.is_relative_to(results), path
+    return path
+
+
+def _result(results: Path, flow_run: dict):
+    """A finished flow run's result, read from the shared result storage where its worker persisted it."""
+    from prefect.serializers import Serializer
+
+    data = flow_run["state"]["data"]
+    return Serializer(type=data["serializer"]["type"]).loads(_stored(results, data).read_bytes())
 
 
 def _block_type(cluster: Cluster, slug: str) -> dict:
@@ -209,3 +235,35 @@ def test_sqlite_follows_the_link_to_the_shared_chain(tmp_path):
     assert (tmp_path / "chain.sqlite-wal").exists() and not (link.parent / "chain.sqlite-wal").exists()
     con.close()
     other.close()
+
+
+def test_hosts_get_namespaces_of_their_own_and_leave_none_behind():
+    """Each host in a namespace of its own, reaching the machine's side over the bridge, not through loopback; all
+    of it gone after ``close``. Where namespaces cannot be made the hosts are processes on 127.0.0.1 and say why."""
+    def namespaces() -> set[str]:
+        out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+        return {line.split()[0] for line in out.splitlines() if line.strip()}
+
+    hosts = Hosts.open(["a", "b"])
+    try:
+        print(f"multi-host mode: {hosts.mode} {hosts.why}")
+        if hosts.mode == "processes":
+            assert hosts.why and {h.address for h in hosts.hosts} == {"127.0.0.1"}
+            return
+        a, b = hosts["a"], hosts["b"]
+        assert {a.netns, b.netns} <= namespaces() and a.address != b.address != hosts.server_address
+        with socket.socket() as listener:  # the machine's side, on the bridge's address
+            listener.bind((hosts.server_address, 0))
+            listener.listen()
+            port = listener.getsockname()[1]
+            probe = "import socket, sys; socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=5).close()"
+            reach = subprocess.run(b.wrap([sys.executable, "-c", probe, hosts.server_address, str(port)]),
+                                   capture_output=True, text=True)
+            assert reach.returncode == 0, reach.stderr
+            # the machine's loopback is not the host's: nothing listens on the host's own 127.0.0.1
+            inside = subprocess.run(b.wrap([sys.executable, "-c", probe, "127.0.0.1", str(port)]),
+                                    capture_output=True, text=True)
+            assert inside.returncode != 0 and "refused" in inside.stderr.lower()
+    finally:
+        hosts.close()
+    assert not {h.netns for h in hosts.hosts} & namespaces()
