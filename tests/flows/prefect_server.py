@@ -2,7 +2,9 @@
 ``PREFECT_HOME``, ``PREFECT_API_URL`` (and ``PREFECT_SERVER_API_PORT``, so the UI would call the right port), and a
 stop that leaves no process behind (the worker runs each flow run in a new session).
 
-Shared by the deployment test and the alerts tests; the session's in-process test harness is not involved.
+One server per test process serves the deployment test and the alerts tests (``prefect_server`` in
+``tests/flows/conftest.py``, started on first use, reset after each test); the session's in-process test harness is
+not involved.
 """
 
 from __future__ import annotations
@@ -180,6 +182,37 @@ class PrefectServer:
 
     def cli(self, *args: str, timeout: float = 120) -> str:
         return cli(*args, env=self.env, timeout=timeout)
+
+    def reset(self) -> None:
+        """Delete what a test leaves on the server (automations, deployments, unfinished runs, work pools,
+        variables, concurrency limits, blocks): the next test sharing it starts from an empty server, as on one
+        of its own, without paying another start (migrating a fresh database takes seconds)."""
+        api = self.api
+
+        def each(path: str, body: dict | None = None) -> list[dict]:
+            return api.post(f"{path}/filter", json={**(body or {}), "limit": 200}).raise_for_status().json()
+
+        def delete(path: str) -> None:
+            response = api.delete(path)
+            assert response.status_code in (200, 204, 404), f"DELETE {path}: {response.status_code} {response.text}"
+
+        for a in each("/automations"):
+            delete(f"/automations/{a['id']}")
+        unfinished = {"flow_runs": {"state": {"type": {"any_": ["SCHEDULED", "PENDING", "RUNNING", "PAUSED",
+                                                                 "CANCELLING"]}}}}
+        for r in each("/flow_runs", unfinished):
+            delete(f"/flow_runs/{r['id']}")
+        for d in each("/deployments"):
+            delete(f"/deployments/{d['id']}")
+        for p in each("/work_pools"):
+            if p["name"] != "default-agent-pool":
+                delete(f"/work_pools/{p['name']}")
+        for v in each("/variables"):
+            delete(f"/variables/{v['id']}")
+        for c in each("/v2/concurrency_limits"):
+            delete(f"/v2/concurrency_limits/{c['id']}")
+        for b in each("/block_documents"):
+            delete(f"/block_documents/{b['id']}")
 
     def stop(self) -> None:
         if self.api is not None:

@@ -1,5 +1,5 @@
-"""Alerts and the signer limit on a real ``prefect server`` (one per module, started here on 127.0.0.1): the
-automations installed by ``atoma-ops prefect automations install``, a webhook receiver on 127.0.0.1 that must get a
+"""Alerts and the signer limit on a real ``prefect server`` (the test process's shared one on 127.0.0.1,
+``prefect_server``): the automations installed by ``atoma-ops prefect automations install``, a webhook receiver on 127.0.0.1 that must get a
 notification for a failing settlement run, a short balance (an event) and a late run; and two deployments' runs
 signing for one address, which must take turns on the address's global concurrency limit.
 
@@ -28,17 +28,14 @@ from tests.flows.prefect_server import ROOT, PrefectServer, tail
 
 RUNNER = Path(__file__).with_name("run_flow_run.py")
 SCRIPT = Path(sys.executable).parent / "atoma-ops"
-SERVER_ENV = {
-    "PREFECT_SERVER_SERVICES_LATE_RUNS_AFTER_SECONDS": "1",
-    "PREFECT_SERVER_SERVICES_LATE_RUNS_LOOP_SECONDS": "1",
-}
 WRITE_TASKS = ("try_settle_stacks", "register_node", "subscribe_node")
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    with PrefectServer(tmp_path_factory.mktemp("prefect"), SERVER_ENV) as s:
-        yield s
+@pytest.fixture
+def server(prefect_server):
+    """The test process's real Prefect server (``prefect_server``: empty at the start, a run turns Late one second
+    past its time)."""
+    return prefect_server
 
 
 class Hooks:

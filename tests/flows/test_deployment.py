@@ -2,7 +2,8 @@
 deploy --all`` from the repository root, a worker, and two runs of ``settlement-run`` against a localnet.
 
 Everything Prefect here runs in subprocesses with their own ``PREFECT_HOME`` and an explicit ``PREFECT_API_URL``: the
-session's test harness (autouse, in-process) is not involved. The server runs without its scheduler, so the
+session's test harness (autouse, in-process) is not involved; the server is the test process's shared one
+(``prefect_server``), empty when the test starts. The server runs without its scheduler, so the
 scheduled deployments (``ledger-sync``, ``attestation-watch``, ``balance-watch``, the hourly ``settlement-run``) never start a run with
 their default parameters (the repository's own ``data/localnet``); the only runs are the two this test creates.
 """
@@ -23,13 +24,11 @@ from atoma_ops.testing.served import NODE, PRICE, UNITS, served_stacks
 from tests.flows.prefect_server import (
     PREFECT,
     ROOT,
+    PrefectServer,
     cli as _cli,
-    free_port as _free_port,
-    prefect_env as _prefect_env,
     start as _start,
     stop as _stop,
     tail as _tail,
-    wait_healthy as _wait_healthy,
 )
 
 TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
@@ -75,32 +74,20 @@ def _chain_state(home: Path) -> dict:
 
 
 @pytest.mark.slow
-def test_settlement_run_deployment_settles_then_claims(tmp_path):
+def test_settlement_run_deployment_settles_then_claims(prefect_server: PrefectServer, tmp_path):
     home = tmp_path / "localnet"
-    prefect_home = tmp_path / "prefect-home"
-    prefect_home.mkdir()
-    port = _free_port()
-    api_url = f"http://127.0.0.1:{port}/api"
-    env = _prefect_env(prefect_home, api_url)
-    server_log, worker_log = tmp_path / "server.log", tmp_path / "worker.log"
+    env, api = prefect_server.env, prefect_server.api
+    worker_log = tmp_path / "worker.log"
 
     with ExitStack() as stack:
-        server = _start(
-            [*PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-            _prefect_env(prefect_home, None), server_log,
-        )
-        stack.callback(_stop, server)
-        # the localnet is built while the server starts (migrating a fresh database takes several seconds)
         served = served_stacks(home, N_STACKS, requests_per_stack=REQUESTS_PER_STACK)
         before = _chain_state(home)
         assert sorted(before["stacks"]) == sorted(served.stack_small_ids) and not before["tickets"]
-        api = stack.enter_context(httpx.Client(base_url=api_url, timeout=30))
-        _wait_healthy(api, server, server_log)
 
         _cli("work-pool", "create", "atoma-ops", "--type", "process", env=env)
         # the worker starts (a few seconds of imports) while the deployments are created
         worker = _start([*PREFECT, "worker", "start", "--pool", "atoma-ops"], env, worker_log)
-        stack.callback(_stop, worker)  # stopped before the server (callbacks run last-in, first-out)
+        stack.callback(_stop, worker)
         _cli("deploy", "--all", env=env)
 
         # what prefect.yaml declares is what the server holds
@@ -146,4 +133,4 @@ def test_settlement_run_deployment_settles_then_claims(tmp_path):
     assert after["stacks"] == [] and after["tickets"] == {}
     assert after["node"] == N_STACKS * fee
     assert after["user"] == before["user"] + N_STACKS * refund
-    assert server.poll() is not None and worker.poll() is not None
+    assert worker.poll() is not None
