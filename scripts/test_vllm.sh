@@ -142,7 +142,7 @@ t0=$(now)
 PYTHONPATH=. HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 VLLM_CPU_KVCACHE_SPACE=1 \
     ATOMA_OPS_TEST_VLLM_MODEL="$MODEL_DIR" ATOMA_OPS_TEST_OPENAI_BASE_URL="$BASE_URL" \
     ATOMA_OPS_TEST_OPENAI_MODEL="$SERVED_NAME" \
-    "$PY" -m pytest --noconftest -p no:cacheprovider -q -rs tests/serving/test_engines.py -k "vllm_engine_in_process"
+    "$PY" -m pytest --noconftest -p no:cacheprovider -q -rs -m vllm tests/serving/test_engines.py -k "vllm_engine_in_process"
 INPROC_RC=$?
 say "in-process run: exit $INPROC_RC in $(since "$t0") s"
 
