@@ -28,6 +28,63 @@ import pytest  # noqa: E402
 
 from atoma_ops.home import LocalnetHome  # noqa: E402
 
+# ---------------------------------------------------------------------------------------------- xdist scheduling
+# `make test` runs two workers with `--dist loadfile`: each file is one unit of work, handed to whichever worker runs
+# low. xdist's own order (files with the most tests first) started the slowest files, which hold few tests, last,
+# so one worker ran them alone at the end. The files below run first, slowest first (seconds on 2 busy cores, with
+# the share of the session's Prefect harness and CPU-engine loads they pay; the rest take under ~30 s each and
+# keep their collection order): the workers end within a short file of each other.
+SLOWEST_FIRST = (
+    "tests/flows/test_flows.py",  # ~155
+    "tests/flows/test_alerts.py",  # with test_deployment.py, one unit (SAME_UNIT): ~155
+    "tests/flows/test_deployment.py",
+    "tests/reliability/test_bad_inputs.py",  # ~130 (the whole table, once, in a module fixture)
+    "tests/reliability/test_crash_harness.py",  # ~120
+    "tests/flows/test_flows_sui.py",  # ~80
+    "tests/serving/test_cpu_engine.py",  # ~70
+    "tests/chain/test_state_machine.py",  # ~65 (1000 examples)
+    "tests/flows/test_crash.py",  # ~65
+    "tests/flows/test_events.py",  # ~60
+    "tests/reliability/test_load.py",  # ~55
+    "tests/reliability/test_security.py",  # ~45
+    "tests/reliability/test_keyscan.py",  # ~40
+    "tests/serving/test_cli_serving.py",  # ~30
+    "tests/serving/test_attest.py",  # ~25
+    "tests/serving/test_openai_sdk.py",  # ~25
+    "tests/flows/test_legible.py",  # ~20
+)
+# Files that run on the same worker, one after the other: they share that worker's real `prefect server`
+# (tests/flows/conftest.py) instead of each starting one.
+SAME_UNIT = {"tests/flows/test_alerts.py": "prefect-server", "tests/flows/test_deployment.py": "prefect-server"}
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config, items):
+    """On an xdist worker, the files of ``SLOWEST_FIRST`` first, in its order (every worker sorts alike, so the
+    collections the controller compares agree); a file's tests keep their order."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return
+    rank = {path: i for i, path in enumerate(SLOWEST_FIRST)}
+    position = {id(item): i for i, item in enumerate(items)}
+    items.sort(key=lambda item: (rank.get(item.nodeid.split("::", 1)[0], len(rank)), position[id(item)]))
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """``--dist loadfile`` in the order the workers collected (no reordering by test count), with the files of
+    ``SAME_UNIT`` in one unit."""
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class SlowestFirst(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            path = super()._split_scope(nodeid)
+            return SAME_UNIT.get(path, path)
+
+    config.option.loadscopereorder = False
+    return SlowestFirst(config, log)
+
 
 @pytest.fixture(scope="session")
 def prefect_api():
