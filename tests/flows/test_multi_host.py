@@ -105,15 +105,25 @@ def test_two_hosts_settle_at_once_every_intent_once_and_the_ledger_reconciles(tm
             assert deployments[f"attestation-watch-{host}"]["work_queue_name"] == host
         assert deployments["ledger-sync"]["work_queue_name"] == "shared"
 
-        # both hosts settle at once (every stack idle), then, after the dispute window, claim at once
-        def both() -> dict[str, dict]:
+        # both hosts settle at once (every stack idle), then, after the dispute window, claim at once; with the
+        # claims, the ledger's single writer (the shared queue's worker, on the machine's side) reads both nodes'
+        # usage over HTTP: its home has the chain and the operator's wallet (the nodes' keys sign the reads), no
+        # node store
+        control = host_home(shared, tmp_path / "control" / "home")
+        ledger_path = tmp_path / "control" / "ledger.duckdb"
+        sync_params = {"network": {"home": str(control)}, "ledger": {"path": str(ledger_path)},
+                       "node_urls": [nodes[h]["url"] for h in HOSTS]}
+
+        def both(*, sync: bool = False) -> dict[str, dict]:
             ids = {cluster.run(f"settlement-run/settlement-run-{h}",
                                {"network": {"home": str(homes[h])}, "idle_after_s": 0}): h for h in HOSTS}
+            if sync:
+                ids[cluster.run("ledger-sync/ledger-sync", sync_params)] = "shared"
             runs = cluster.wait_runs(list(ids))
             for run_id, run in runs.items():
                 assert run["state_type"] == "COMPLETED", f"{run['state']}\n{cluster.tails()}"
                 assert run["work_queue_name"] == ids[run_id]
-            return {ids[i]: r for i, r in runs.items()}
+            return {ids[i] if ids[i] != "shared" else "sync": r for i, r in runs.items()}
 
         before = _chain(shared)
         settle = both()
@@ -123,8 +133,9 @@ def test_two_hosts_settle_at_once_every_intent_once_and_the_ledger_reconciles(tm
         used = REQUESTS_PER_STACK * UNITS_PER_REQUEST
         assert {t.num_claimed_compute_units for t in settled["tickets"].values()} == {used}
         assert kit.advance_epoch(shared) == 1
-        claim = both()
-        mark("claim runs done")
+        claim = both(sync=True)
+        sync = claim.pop("sync")
+        mark("claim and sync runs done")
         after = _chain(shared)
         for host, node in HOSTS.items():  # each worker ran its own host's runs, never the other's
             log = cluster.logs[host].read_text(errors="replace")
@@ -167,20 +178,11 @@ def test_two_hosts_settle_at_once_every_intent_once_and_the_ledger_reconciles(tm
             assert state["data"]["storage_block_id"] == block["id"], state
             assert _stored(results, state["data"]).stat().st_size > 0
 
-        # the ledger's single writer (the shared queue's worker, on the machine's side) reads both nodes' usage
-        # over HTTP: its home has the chain and the operator's wallet (the nodes' keys sign the reads), no node store
-        control = host_home(shared, tmp_path / "control" / "home")
-        ledger_path = tmp_path / "control" / "ledger.duckdb"
-        urls = [nodes[h]["url"] for h in HOSTS]
-        sync_id = cluster.run("ledger-sync/ledger-sync", {"network": {"home": str(control)},
-                                                          "ledger": {"path": str(ledger_path)}, "node_urls": urls})
-        sync = cluster.wait_runs([sync_id])[sync_id]
-        assert sync["state_type"] == "COMPLETED", f"{sync['state']}\n{cluster.tails()}"
-        assert sync["work_queue_name"] == "shared" and sync_id in cluster.logs["control"].read_text()
+        # the ledger's sync ran on the control host's worker, with no node store: every request came over HTTP (its
+        # result, written by that worker into the shared result storage, is read here)
+        assert sync["id"] in cluster.logs["control"].read_text()
         assert not (control / "nodes").exists()
-        mark("synced")
-        # its result, written by the control host into the shared result storage, read here
-        report = _result(results, cluster.server.api.get(f"/flow_runs/{sync_id}").json())
+        report = _result(results, cluster.server.api.get(f"/flow_runs/{sync['id']}").json())
         assert report["usage_rows"] == len(HOSTS) * STACKS_PER_NODE * REQUESTS_PER_STACK
         assert [i["rows_added"] for i in report["node_imports"]] == [STACKS_PER_NODE * REQUESTS_PER_STACK] * 2
 
