@@ -219,6 +219,13 @@ CASES: tuple[Case, ...] = (
          breaks=("work.jsonl", "text", '{"messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}\n')),
     Case("cli-chat-url-unreachable", CLI, "stack chat --url at a node nothing listens on", "NodeUnreachable", 1,
          (CLI, ["stack", "chat", "--stack", "{open}", "--url", "http://127.0.0.1:9", "hi"]), address="user"),
+    # ``ledger sync --node-url`` / ``stack attest --history-url``: node servers read over HTTP, checked before the sync
+    Case("cli-ledger-node-url-port-99999", CLI, "ledger sync --node-url with port 99999", "InvalidArgument", 1,
+         (CLI, ["ledger", "sync", "--node-url", "http://127.0.0.1:99999"])),
+    Case("cli-ledger-node-url-unreachable", CLI, "ledger sync --node-url where nothing listens (nothing synced)",
+         "NodeUnreachable", 1, (CLI, ["ledger", "sync", "--node-url", "http://127.0.0.1:9"])),
+    Case("cli-attest-history-url-not-http", CLI, "stack attest --history-url that is not http(s)", "InvalidArgument", 1,
+         (CLI, ["stack", "attest", "--stack", "{open}", "--node", "node-2", "--history-url", "ftp://127.0.0.1/h"])),
     Case("cli-node-serve-port-99999", CLI, "node serve on port 99999 (refused before the model loads)", "InvalidArgument", 1,
          (CLI, ["node", "serve", "--node", "node-1", "--port", "99999"])),
 
@@ -276,6 +283,8 @@ CASES: tuple[Case, ...] = (
          (FLOW, "serve_stack", {"stack_small_id": "{open}", "node": "node-1", "node_url": "http://127.0.0.1:9"})),
     Case("flow-lifecycle-url-unreachable", FLOW, "stack-lifecycle with a node_url nothing listens on (checked before "
          "the mint)", "NodeUnreachable", "Failed", (FLOW, "stack_lifecycle", {"node_url": "http://127.0.0.1:9", "key": "bad"})),
+    Case("flow-ledger-sync-url-unreachable", FLOW, "ledger-sync with node_urls where nothing listens (checked before "
+         "the sync)", "NodeUnreachable", "Failed", (FLOW, "ledger_sync", {"node_urls": ["http://127.0.0.1:9"]})),
     Case("flow-serve-window-zero", FLOW, "serve-stack with windows of 0 requests", "InvalidArgument", "Failed",
          (FLOW, "serve_stack", {"stack_small_id": "{open}", "node": "node-1", "window": 0})),
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from prefect import task
 
+from atoma_ops.client.buyer import node_address
 from atoma_ops.ledger.node_usage import import_node_usage_http
 from blocks import AtomaNetwork, Ledger, SuiWallet
 
@@ -19,6 +20,8 @@ async def sync_ledger(
     the network's home, or, with ``node_urls``, each node's ``GET /v1/node/usage`` instead (signed with the
     node's key from the wallet; resumed from the cursor the ledger keeps per node)."""
     book = ledger_for(network, ledger)
+    for url in node_urls or []:  # a node that is not there (NodeUnreachable, NotANode) fails the run before it writes
+        await node_address(url)
     async with open_chain(network, wallet) as chain:
         report = await book.sync(chain)
         if node_urls:

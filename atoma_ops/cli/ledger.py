@@ -230,6 +230,10 @@ def sync(
                 read_store_usage(store)
 
         async def both(chain):
+            from ..client.buyer import node_address
+
+            for u in urls:  # a node that is not there (NodeUnreachable, NotANode) stops the sync before it writes
+                await node_address(u)
             report = await ledger.sync(chain, batch_events=batch_events, page_limit=page_limit)
             imports = [await import_node_usage_http(ledger, u, wallet=chain.wallet) for u in urls]
             return report, imports
