@@ -7,7 +7,8 @@
 For each concurrency C, C clients each send ``--rounds`` streamed chat requests one after another (the official
 OpenAI wire format, SSE, parsed by httpx), first straight to the engine ("bare"), then through the node ("node":
 admission, the reservation, the relay, the charge and the history append), alternating which goes first from one C
-to the next. Printed per C: requests/s, p50/p99 time to first token (first content chunk), and the ratios.
+to the next. Printed per C: requests/s, p50/p99 time to first token (first content chunk), the ratios, and (for a
+node in its own process, on Linux) the node process's CPU time per request, the figure the box's other load moves least.
 
 - **(a) stand-in**: ``atoma_ops.testing.openai_standin`` in its own process — NOT a model: a fixed per-request
   latency (``--latency``, 0.5 s) and unlimited concurrency, so it measures the node's own ceiling, never an
@@ -160,11 +161,23 @@ async def sweep_point(url: str, model: str, concurrency: int, rounds: int, max_t
             "ttft_p99_ms": 1000 * ttft[min(n - 1, int(0.99 * n))]}
 
 
+def cpu_seconds(pid: int | None) -> float | None:
+    """CPU time (user + system) a process has used so far, from /proc (None elsewhere): the node's own cost per
+    request, which the machine's other load changes far less than requests/s."""
+    if pid is None:
+        return None
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def compare(name: str, bare_url: str, node_url: str, model: str, levels: list[int], rounds: int, max_tokens: int,
-            stack: int, signer) -> list[dict]:
+            stack: int, signer, node_pid: int | None = None) -> list[dict]:
     print(f"\n## {name}")
     print(f"{'clients':>7} | {'bare req/s':>10} {'node req/s':>10} {'ratio':>6} | {'bare p50':>8} {'node p50':>8} "
-          f"{'+p50 ms':>7} | {'bare p99':>8} {'node p99':>8}   (first token, ms)")
+          f"{'+p50 ms':>7} | {'bare p99':>8} {'node p99':>8}   (first token, ms) | node CPU ms/request")
     rows = []
     for i, c in enumerate(levels):
         pair = {}
@@ -172,15 +185,19 @@ def compare(name: str, bare_url: str, node_url: str, model: str, levels: list[in
         for side in order:
             url = (bare_url if side == "bare" else node_url) + "/chat/completions"
             headers = {"X-Stack-Small-Id": str(stack)} if side == "node" else None
+            before = cpu_seconds(node_pid) if side == "node" else None
             pair[side] = asyncio.run(sweep_point(url, model, c, rounds, max_tokens, headers,
                                                  signer if side == "node" else None))
+            if before is not None:
+                pair[side]["cpu_ms_per_request"] = 1000 * (cpu_seconds(node_pid) - before) / max(1, pair[side]["requests"])
         b, n = pair["bare"], pair["node"]
         row = {"engine": name, "clients": c, "bare": b, "node": n, "ratio": n["rps"] / b["rps"],
                "ttft_overhead_p50_ms": n["ttft_p50_ms"] - b["ttft_p50_ms"]}
         rows.append(row)
         print(f"{c:>7} | {b['rps']:>10.1f} {n['rps']:>10.1f} {row['ratio']:>6.2f} | {b['ttft_p50_ms']:>8.1f} "
               f"{n['ttft_p50_ms']:>8.1f} {row['ttft_overhead_p50_ms']:>7.1f} | {b['ttft_p99_ms']:>8.1f} "
-              f"{n['ttft_p99_ms']:>8.1f}" + (f"   transport errors: bare {b['errors']}, node {n['errors']} (not counted)"
+              f"{n['ttft_p99_ms']:>8.1f}" + (f" | {n['cpu_ms_per_request']:>6.2f}" if "cpu_ms_per_request" in n else "")
+              + (f"   transport errors: bare {b['errors']}, node {n['errors']} (not counted)"
                                             if b["errors"] or n["errors"] else ""))
     return rows
 
@@ -204,7 +221,7 @@ def run_openai(name: str, bare_url: str, model: str, tmp: Path, levels: list[int
     try:
         wait_http(f"http://127.0.0.1:{port}/health", proc)
         return compare(name, bare_url, f"http://127.0.0.1:{port}/v1", model, levels, rounds, max_tokens, stack,
-                       buyer(home))
+                       buyer(home), node_pid=proc.pid)
     finally:
         proc.terminate()
         proc.wait(30)

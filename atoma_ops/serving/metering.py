@@ -22,6 +22,7 @@ reservation plus the stack's free units (never past the stack's units) and recor
 
 from __future__ import annotations
 
+import asyncio
 import math
 import secrets
 from concurrent.futures import ThreadPoolExecutor
@@ -29,7 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..core.errors import ErrorClass
-from ..protocol.compute_units import chat_estimate, max_output_tokens
+from ..protocol.compute_units import chat_estimate, max_output_tokens, message_texts
 from .engines.base import Engine, EngineError, Sampling
 
 #: fixed allowance for chat-template tokens when the engine cannot count the templated prompt
@@ -381,6 +382,32 @@ def estimate(request: dict, engine: Engine) -> Estimate:
         raise BadRequest(str(exc)) from None
     except (TypeError, AttributeError, ValueError) as exc:
         raise BadRequest(f"malformed messages: {exc}") from None
+    return _estimate(request, atoma, budget, templated)
+
+
+async def estimate_async(request: dict, engine: Any) -> Estimate:
+    """:func:`estimate` on the event loop, for an engine that counts there (``acount_tokens`` and
+    ``aprompt_tokens``: the ``openai`` engine on the server's ``/tokenize``): every count of the request at once
+    over keep-alive connections, no thread and no blocking client per request.
+
+    Raises:
+        BadRequest: as :func:`estimate`.
+    """
+    try:
+        texts = list(dict.fromkeys(t for m in request.get("messages", []) for t in message_texts(m)))
+        counted = await asyncio.gather(engine.aprompt_tokens(request), *(engine.acount_tokens(t) for t in texts))
+        known = dict(zip(texts, counted[1:]))
+        atoma = chat_estimate(request, known.__getitem__)
+        templated = counted[0]
+        budget = max_output_tokens(request)
+    except EngineError as exc:
+        raise BadRequest(str(exc)) from None
+    except (TypeError, AttributeError, ValueError, KeyError) as exc:
+        raise BadRequest(f"malformed messages: {exc}") from None
+    return _estimate(request, atoma, budget, templated)
+
+
+def _estimate(request: dict, atoma: int, budget: int, templated: int | None) -> Estimate:
     if templated is None:
         bound = atoma + TEMPLATE_MARGIN + TEMPLATE_MARGIN_PER_MESSAGE * len(request["messages"])
         method = "margin"

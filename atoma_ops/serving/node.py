@@ -49,6 +49,7 @@ from .metering import (
     StackNotServedHere,
     StackSettling,
     estimate,
+    estimate_async,
     sampling_of,
     validate_request,
 )
@@ -434,7 +435,10 @@ class NodeService:
             validate_request(request)
             facts, task_model = await self.stack_facts(stack_small_id, owner=owner, tx_digest=tx_digest)
             self.check_model(request, task_model)
-            est = await asyncio.to_thread(estimate, request, engine)
+            if getattr(engine, "remote_tokenizer", False) and hasattr(engine, "aprompt_tokens"):
+                est = await estimate_async(request, engine)  # the server's /tokenize, on this loop's connections
+            else:
+                est = await asyncio.to_thread(estimate, request, engine)
             context = engine.max_context
             if context is not None and est.templated_prompt is not None and est.templated_prompt >= context:
                 raise BadRequest(

@@ -465,6 +465,29 @@ def test_tokens_without_tokenize():
             http.count_tokens("hi")
 
 
+def test_tokens_via_tokenize_on_the_event_loop(server):
+    """The admission path's counts (acount_tokens / aprompt_tokens over the loop's connections, all of a request at
+    once in metering.estimate_async) are the synchronous ones, and a server without /tokenize is the same
+    refusal."""
+    from atoma_ops.serving.metering import BadRequest, estimate, estimate_async
+
+    request = {"messages": [{"role": "system", "content": "be brief"}, {"role": "user", "content": "how many  words"},
+                            {"role": "user", "content": "be brief"}], "max_tokens": 7}
+    with server.client() as http:
+        async def run():
+            return (await http.acount_tokens("one two three four"), await http.aprompt_tokens(request),
+                    await estimate_async(request, http))
+
+        count, prompt, est = asyncio.run(run())
+        assert count == 4 and prompt == server.engine.prompt_tokens(request) == http.prompt_tokens(request)
+        # contents: 2 + 3 + 2 tokens, +3 each, + the 7 of max_tokens = 23; the bound: the templated prompt + 7
+        assert est == estimate(request, http) and est.atoma == 23 and est.bound == prompt + 7
+        assert est.reserved == max(23, prompt + 7)
+    with standin(tokenize=False) as bare, bare.client() as http:
+        with pytest.raises(BadRequest, match="tokenize.*tokenizer="):
+            asyncio.run(estimate_async(request, http))
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Pure parts
 # --------------------------------------------------------------------------------------------------------------

@@ -27,13 +27,18 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import json
 import ssl as ssl_module
 from typing import AsyncIterator
 from urllib.parse import urlsplit
 
 import httptools
 import httpx
-import orjson
+
+try:
+    import orjson
+except ImportError:  # the vLLM environment runs the engines without it (docs/engines.md): the standard library
+    orjson = None  # type: ignore[assignment]
 
 #: unread body bytes past which the socket stops being read until the consumer catches up
 MAX_BUFFER = 1 << 20
@@ -248,7 +253,7 @@ class Response:
         return (self._content or b"").decode("utf-8", "replace")
 
     def json(self):
-        return orjson.loads(self._content or b"")
+        return loads(self._content or b"")
 
     def _finished(self) -> None:
         """The body was read to its end: the connection goes back to the pool (or is closed)."""
@@ -373,10 +378,15 @@ class Http1Pool:
         self._idle.clear()
 
 
-def _dumps(body: dict) -> bytes:
-    try:
-        return orjson.dumps(body)
-    except (orjson.JSONEncodeError, TypeError):  # an integer past 64 bits, say: the standard library writes it
-        import json
+def loads(data: bytes | str):
+    """JSON text to Python (orjson where installed). Raises ValueError on bad JSON."""
+    return orjson.loads(data) if orjson is not None else json.loads(data)
 
-        return json.dumps(body, separators=(",", ":")).encode()
+
+def _dumps(body: dict) -> bytes:
+    if orjson is not None:
+        try:
+            return orjson.dumps(body)
+        except TypeError:  # orjson's JSONEncodeError: an integer past 64 bits, say; the standard library writes it
+            pass
+    return json.dumps(body, separators=(",", ":")).encode()

@@ -26,11 +26,10 @@ API key is never logged nor put in an error or a ``repr``.
 Closing the stream early (``aclose()``, a cancelled task) closes the upstream response at once: vLLM then aborts the
 request and frees its share of the batch.
 
-Token counts: with ``tokenizer`` (the served model's tokenizer: a transformers folder, or a GGUF file such as
-:func:`~atoma_ops.serving.engines.cpu.smollm2_gguf_path`), counted here, as the Atoma node does with the model's own
-tokenizer: no round trip, and no CPU spent on HTTP per request (two ``/tokenize`` calls per request were about a
-third of the node's CPU at 64 concurrent clients). Without it, vLLM's ``POST /tokenize`` (at the server root, beside
-``/v1``). These are synchronous (admission calls them before a request runs).
+Token counts (:mod:`.openai_tokens`): with ``tokenizer`` (the served model's tokenizer: a transformers folder, or a
+GGUF file), counted here, as the Atoma node does; without it, vLLM's ``POST /tokenize`` — synchronously
+(``count_tokens``/``prompt_tokens``) or on the event loop's connections (``acount_tokens``/``aprompt_tokens``, what
+the node's admission uses).
 """
 
 from __future__ import annotations
@@ -38,10 +37,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import socket
 import ssl
 import threading
-import time
 import weakref
 from contextlib import aclosing
 from dataclasses import dataclass, replace
@@ -50,18 +47,16 @@ from typing import Any, AsyncIterator
 from urllib.parse import urlsplit
 
 import httpx
-import orjson
 
 from .base import Delta, Engine, EngineError, Sampling
-from .http1 import Http1Pool
+from .http1 import Http1Pool, loads
+from .openai_tokens import TokenCounting
 
 log = logging.getLogger(__name__)
 
 # Transport errors after which the request cannot have produced a response worth keeping: safe to send again.
 _RETRYABLE_TRANSPORT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.RemoteProtocolError, httpx.ReadError)
 _MAX_ERROR_TEXT = 500
-#: message texts whose token counts are remembered
-COUNT_CACHE_SIZE = 4096
 #: vLLM's extension of ``stream_options``: usage on every chunk
 CONTINUOUS_USAGE = "continuous_usage_stats"
 DEFAULT_MAX_CONCURRENCY = 256
@@ -302,7 +297,7 @@ class _LoopState:
         return self.pool.is_closed
 
 
-class OpenAIHttpEngine(Engine):
+class OpenAIHttpEngine(TokenCounting, Engine):
     """A client of an OpenAI-compatible server.
 
     Args:
@@ -346,6 +341,7 @@ class OpenAIHttpEngine(Engine):
         self.chat_url = f"{self.base_url}/chat/completions"
         self.chat_path = urlsplit(self.chat_url).path
         self.tokenize_url = f"{root}/tokenize"
+        self.tokenize_path = urlsplit(self.tokenize_url).path
         self._api_key = api_key or None
         self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._continuous_usage = True  # until the server refuses it
@@ -361,6 +357,9 @@ class OpenAIHttpEngine(Engine):
         self._tokenizer_lock = threading.Lock()
         if self.tokenizer_path is not None:
             self._local_tokenizer()  # now: a path that holds no tokenizer fails the engine, not every request
+
+    _server_message = staticmethod(server_error_message)  # for TokenCounting
+    _check_request = staticmethod(validate_chat_request)
 
     def __repr__(self) -> str:  # no headers: the api key stays out of logs and tracebacks
         return f"OpenAIHttpEngine(base_url={self.base_url!r}, model={self.model!r})"
@@ -472,7 +471,7 @@ class OpenAIHttpEngine(Engine):
             if "text/event-stream" not in response.headers.get("content-type", ""):
                 raw = await response.aread()  # a server that ignored stream: one JSON body, one delta
                 try:
-                    body = orjson.loads(raw)
+                    body = loads(raw)
                 except ValueError:
                     raise self._error(f"the server's response is neither SSE nor JSON: {raw[:200]!r}") from None
                 yield response_delta(body)
@@ -483,7 +482,7 @@ class OpenAIHttpEngine(Engine):
                     if data.strip() == "[DONE]":
                         break
                     try:
-                        chunk = orjson.loads(data)
+                        chunk = loads(data)
                     except ValueError:
                         raise self._error(f"the server sent a chunk that is not JSON: {data[:200]!r}") from None
                     delta = relay.feed(chunk)
@@ -525,149 +524,6 @@ class OpenAIHttpEngine(Engine):
         delay = min(self.backoff * (2**attempt), 2.0)
         log.warning("%s; retrying in %.2f s (attempt %d of %d)", why, delay, attempt + 2, self.retries + 1)
         return delay
-
-    # -- tokens (synchronous) ------------------------------------------------------------------------------------
-
-    def _sync_client(self) -> httpx.Client:
-        with self._open_lock:
-            if self._client is None:
-                self._client = httpx.Client(
-                    headers=self._headers,
-                    timeout=self.timeout,
-                    verify=self._tls(),
-                    # httpx's sync transport writes headers and body apart: without TCP_NODELAY the body waits for
-                    # the server's delayed ACK, 40 ms per /tokenize call (measured), twice per admitted request
-                    transport=httpx.HTTPTransport(
-                        limits=httpx.Limits(max_connections=32, max_keepalive_connections=32),
-                        socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
-                    ),
-                )
-            return self._client
-
-    def _post(self, url: str, body: dict) -> httpx.Response:
-        """POST with bounded retries on connection errors and 5xx; any other failure raises EngineError."""
-        attempt = 0
-        while True:
-            try:
-                response = self._sync_client().post(url, json=body)
-            except httpx.HTTPError as exc:
-                error = self._transport_failure(exc, url, attempt)
-                if error is not None:
-                    raise error from None
-                time.sleep(self._backoff(attempt, f"{type(exc).__name__} from {url}"))
-                attempt += 1
-                continue
-            if response.status_code >= 500 and attempt < self.retries:
-                time.sleep(self._backoff(attempt, f"HTTP {response.status_code} from {url}"))
-                attempt += 1
-                continue
-            return response
-
-    def _raise_for_status(self, response: httpx.Response, what: str) -> None:
-        if response.status_code >= 400:
-            raise self._error(
-                f"{what}: HTTP {response.status_code} from {response.request.url}: {server_error_message(response)}"
-            )
-
-    def _tokenize(self, body: dict) -> int | None:
-        """vLLM's ``/tokenize``: the token count, or None when the server has no such endpoint."""
-        if self._has_tokenize is False:
-            return None
-        response = self._post(self.tokenize_url, {"model": self.model, **body})
-        if self._missing_endpoint(response):
-            self._has_tokenize = False
-            return None
-        self._raise_for_status(response, "tokenize failed")
-        self._has_tokenize = True
-        try:
-            data = response.json()
-        except ValueError:
-            raise self._error(f"{self.tokenize_url} answered with no JSON: {response.text[:200]!r}") from None
-        if not isinstance(data, dict):
-            raise self._error(f"{self.tokenize_url} answered with {type(data).__name__}, not an object")
-        if isinstance(data.get("max_model_len"), int) and data["max_model_len"] > 0:
-            self.max_context = data["max_model_len"]  # vLLM says it with every answer
-        if isinstance(data.get("count"), int):
-            return data["count"]
-        if isinstance(data.get("tokens"), list):
-            return len(data["tokens"])
-        raise self._error(f"{self.tokenize_url} answered without 'count' or 'tokens': {str(data)[:200]}")
-
-    @staticmethod
-    def _missing_endpoint(response: httpx.Response) -> bool:
-        """The route does not exist (405/501, or a router's bare 404) — unlike vLLM's own 404 for an unknown
-        model, which is an OpenAI error body and a real error."""
-        if response.status_code in (405, 501):
-            return True
-        if response.status_code != 404:
-            return False
-        try:
-            body = response.json()
-        except ValueError:
-            return True
-        return not (isinstance(body, dict) and isinstance(body.get("error"), dict))
-
-    def _local_tokenizer(self):
-        with self._tokenizer_lock:
-            if self._tokenizer is None:
-                os.environ.setdefault("HF_HUB_OFFLINE", "1")
-                from .gguf import load_tokenizer
-
-                path = self.tokenizer_path
-                try:
-                    self._tokenizer = load_tokenizer(path)
-                except (OSError, ValueError) as exc:
-                    raise EngineError(f"cannot load the tokenizer {path}: {exc}") from None
-            return self._tokenizer
-
-    def count_tokens(self, text: str) -> int:
-        if self.tokenizer_path is not None:
-            return self._local_count(text)
-        cached = self._counts.get(text)
-        if cached is not None:  # a conversation sends its earlier turns again with every request
-            return cached
-        count = self._tokenize({"prompt": text, "add_special_tokens": False})
-        if count is None:
-            raise EngineError(
-                f"cannot count tokens: {self.tokenize_url} does not exist on this server and no local tokenizer was "
-                "given (pass tokenizer=... with the served model's tokenizer folder or GGUF file)"
-            )
-        with self._tokenizer_lock:  # admission threads fill it concurrently
-            if len(self._counts) >= COUNT_CACHE_SIZE:
-                self._counts.pop(next(iter(self._counts)))  # oldest first (dicts keep insertion order)
-            self._counts[text] = count
-        return count
-
-    def prompt_tokens(self, request: dict) -> int | None:
-        validate_chat_request(request)
-        extra = {key: request[key] for key in ("tools", "chat_template_kwargs") if request.get(key) is not None}
-        if self.tokenizer_path is not None:
-            return self._local_prompt_tokens(request["messages"], extra)
-        return self._tokenize({"messages": request["messages"], "add_generation_prompt": True, **extra})
-
-    def _local_prompt_tokens(self, messages: list, extra: dict) -> int | None:
-        """The templated prompt's length as vLLM's ``/tokenize`` gives it: the chat template rendered with the
-        generation prompt, then encoded without further special tokens. None when the tokenizer has no template
-        (admission then reserves a margin)."""
-        tokenizer = self._local_tokenizer()
-        if not getattr(tokenizer, "chat_template", None):
-            return None
-        kwargs = dict(extra.get("chat_template_kwargs") or {})
-        try:
-            text = tokenizer.apply_chat_template(messages, tools=extra.get("tools"), add_generation_prompt=True,
-                                                 tokenize=False, **kwargs)
-        except Exception as exc:  # jinja's TemplateError and whatever the template raises on these messages
-            raise EngineError(f"the chat template cannot render these messages: {exc}") from None
-        return self._local_count(text)
-
-    def _local_count(self, text: str) -> int:
-        """Tokens of ``text`` (no special tokens added) by the fast tokenizer itself where there is one: the same
-        ids as the transformers wrapper's ``encode``, at a quarter of its CPU (measured 17 µs against 78)."""
-        tokenizer = self._local_tokenizer()
-        backend = getattr(tokenizer, "_tokenizer", None)
-        if backend is not None and hasattr(backend, "encode"):
-            return len(backend.encode(text, add_special_tokens=False).ids)
-        return len(tokenizer.encode(text, add_special_tokens=False))
 
     # -- lifetime -----------------------------------------------------------------------------------------------
 
