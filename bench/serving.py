@@ -292,7 +292,7 @@ def main() -> int:
                                args.max_tokens)
         elif args.only in (None, "vllm"):
             print("\n## vllm: skipped (no --vllm-url; `make test-vllm` builds the environment that runs one)")
-    standin_rows = [r for r in rows if r["engine"] == "standin"]
+    standin_rows = [r for r in rows if r["engine"].startswith("standin")]
     if standin_rows:
         worst = min(r["ratio"] for r in standin_rows)
         ttft = statistics.median(r["ttft_overhead_p50_ms"] for r in standin_rows)
