@@ -37,6 +37,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.settlement_run
 	$(BIN)/python -m bench.journal
 	$(BIN)/python -m bench.workload_http
+	$(BIN)/python -m bench.scale_out
 
 # The reliability harness (docs/reliability.md): crash injection, the bad-input table, concurrent load, security,
 # the generative CLI test (CLI_FUZZ_EXAMPLES cases, about 7 per second), and after the crash campaign the signer-lease
