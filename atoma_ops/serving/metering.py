@@ -385,10 +385,21 @@ def estimate(request: dict, engine: Engine) -> Estimate:
     return _estimate(request, atoma, budget, templated)
 
 
+#: prompts up to this many characters are counted on the event loop by an engine with a local tokenizer (~0.2 ms);
+#: longer ones in a worker thread, so a huge prompt never stalls the other streams
+INLINE_COUNT_CHARS = 16384
+
+
+def prompt_chars(request: dict) -> int:
+    """Characters of a (validated) request's message texts."""
+    return sum(len(text) for message in request["messages"] for text in message_texts(message))
+
+
 async def estimate_async(request: dict, engine: Any) -> Estimate:
     """:func:`estimate` on the event loop, for an engine that counts there (``acount_tokens`` and
-    ``aprompt_tokens``: the ``openai`` engine on the server's ``/tokenize``): every count of the request at once
-    over keep-alive connections, no thread and no blocking client per request.
+    ``aprompt_tokens``: the ``openai`` engine, on the server's ``/tokenize`` — every count of the request at once
+    over keep-alive connections, no thread and no blocking client per request — or on its local tokenizer for a
+    short prompt).
 
     Raises:
         BadRequest: as :func:`estimate`.

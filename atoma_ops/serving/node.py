@@ -48,8 +48,10 @@ from .metering import (
     StackNotFound,
     StackNotServedHere,
     StackSettling,
+    INLINE_COUNT_CHARS,
     estimate,
     estimate_async,
+    prompt_chars,
     sampling_of,
     validate_request,
 )
@@ -435,8 +437,11 @@ class NodeService:
             validate_request(request)
             facts, task_model = await self.stack_facts(stack_small_id, owner=owner, tx_digest=tx_digest)
             self.check_model(request, task_model)
-            if getattr(engine, "remote_tokenizer", False) and hasattr(engine, "aprompt_tokens"):
-                est = await estimate_async(request, engine)  # the server's /tokenize, on this loop's connections
+            if hasattr(engine, "aprompt_tokens") and (
+                getattr(engine, "remote_tokenizer", False) or prompt_chars(request) <= INLINE_COUNT_CHARS
+            ):  # the server's /tokenize on this loop's connections, or a short prompt on a local tokenizer (a thread
+                # hop would cost more than the counting, and wait for a core on a loaded box)
+                est = await estimate_async(request, engine)
             else:
                 est = await asyncio.to_thread(estimate, request, engine)
             context = engine.max_context
