@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 
 from prefect import flow
 from prefect.artifacts import acreate_table_artifact
@@ -15,29 +14,10 @@ from tasks import node as node_tasks
 from tasks import watch
 from tasks.events import emit
 from tasks.labels import RunLabels, artifact_key, usdc, with_usdc
+from tasks.results import ActionLog
 from tasks.runtime import FLOW_TIMEOUT_S, network_or_default, open_chain
 
 _RUN = RunLabels("settlement-run", network="network", node="nodes")
-
-
-class ActionLog(Sequence):
-    """The rows of what a run did. Deliberately not a ``list``: Prefect walks a flow's list and dict return values
-    looking for futures, which costs ~0.2 ms a row — most of a large run's overhead (thousands of rows)."""
-
-    def __init__(self, rows: list[dict]):
-        self.rows = rows
-
-    def __getitem__(self, index):  # type: ignore[override]
-        return self.rows[index]
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __eq__(self, other: object) -> bool:
-        return list(self.rows) == list(other) if isinstance(other, (list, tuple, ActionLog)) else NotImplemented
-
-    def __repr__(self) -> str:
-        return f"ActionLog({self.rows!r})"
 
 
 @flow(name="settlement-run", flow_run_name=_RUN.name, timeout_seconds=FLOW_TIMEOUT_S)

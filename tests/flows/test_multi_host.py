@@ -170,13 +170,14 @@ def test_two_hosts_settle_at_once_every_intent_once_and_the_ledger_reconciles(tm
         claims = [k for k in journal if k not in settle_keys]
         assert claims and all(k.startswith("claim") for k in claims)
 
-        # the results of the runs on both hosts are in the shared result storage
-        # (a settlement run's result is an ``ActionLog``, pickled under the module name the worker loaded the flow
-        # file as, so it is only checked to be there; the ledger-sync's, a dict, is read back below)
-        for run in (*settle.values(), *claim.values()):
-            state = cluster.server.api.get(f"/flow_runs/{run['id']}").json()["state"]
-            assert state["data"]["storage_block_id"] == block["id"], state
-            assert _stored(results, state["data"]).stat().st_size > 0
+        # the results of the runs on both hosts are in the shared result storage, readable here: each host's
+        # settlement run settled its own node's stacks, then claimed them
+        for host, node in HOSTS.items():
+            for run, action in ((settle[host], "try_settle"), (claim[host], "claim (ticket)")):
+                flow_run = cluster.server.api.get(f"/flow_runs/{run['id']}").json()
+                assert flow_run["state"]["data"]["storage_block_id"] == block["id"], flow_run["state"]
+                rows = [r for r in _result(results, flow_run) if r["action"] == action]
+                assert sorted(r["stack_small_id"] for r in rows) == sorted(chain.stacks[node]), (host, action, rows)
 
         # the ledger's sync ran on the control host's worker, with no node store: every request came over HTTP (its
         # result, written by that worker into the shared result storage, is read here)
