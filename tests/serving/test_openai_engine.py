@@ -304,6 +304,42 @@ def test_connections_are_kept_alive_and_reused(server):
     assert server.requests == 5 and len(server.peers) == 1
 
 
+def test_a_kept_connection_the_server_closed_is_not_reused():
+    """A server that closes each connection after answering, without saying so (as uvicorn does with a connection
+    idle past its keep-alive): the next request opens a new connection and is served, with no retry needed."""
+    event = b'data: {"choices":[{"index":0,"delta":{"content":"hi"},"finish_reason":"stop"}],' \
+            b'"usage":{"prompt_tokens":3,"completion_tokens":1}}\n\ndata: [DONE]\n\n'
+    answer = (b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nContent-Length: %d\r\n\r\n" % len(event)
+              + event)
+    connections = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connections.append(writer)
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                      if line.lower().startswith(b"content-length:"))
+        await reader.readexactly(length)
+        writer.write(answer)
+        await writer.drain()
+        writer.close()
+
+    async def run() -> list[Delta]:
+        server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        deltas = []
+        async with server:
+            with OpenAIHttpEngine(f"http://127.0.0.1:{port}/v1", "m", retries=0) as http:
+                for _ in range(3):
+                    deltas += [d async for d in http.stream(ask("hi"), GREEDY)]
+                    await asyncio.sleep(0.05)  # the server's close reaches the client
+                await http.aclose()
+        return deltas
+
+    deltas = asyncio.run(run())
+    assert [(d.text, d.tokens, d.finish_reason) for d in deltas] == [("hi", 1, "stop")] * 3
+    assert len(connections) == 3
+
+
 def test_close_releases_everything_and_the_engine_works_again(server):
     http = server.client()
     http.close()  # nothing open yet: harmless
@@ -558,12 +594,26 @@ def test_response_delta():
 def test_sse_data_parsing():
     raw = (b": keep-alive\n\ndata: {\"a\": 1}\n\nevent: message\nid: 7\ndata: line one\ndata: line two\n\n"
            b"data:no-space\r\n\r\ndata: [DONE]")
-    response = httpx.Response(200, content=raw)
 
-    async def run():
-        return [d async for d in sse_data(response)]
+    async def pieces(size: int):
+        for i in range(0, len(raw), size):
+            yield raw[i:i + size]
 
-    assert asyncio.run(run()) == ['{"a": 1}', "line one\nline two", "no-space", "[DONE]"]
+    async def run(size: int):
+        return [d async for d in sse_data(pieces(size))]
+
+    for size in (len(raw), 1, 7):  # whole, byte by byte, lines cut anywhere
+        assert asyncio.run(run(size)) == ['{"a": 1}', "line one\nline two", "no-space", "[DONE]"]
+    snowman = "data: \u2603\n\n".encode()  # a character split between two network reads is not cut
+    assert asyncio.run(sse_list([snowman[:7], snowman[7:]])) == ["\u2603"]
+
+
+async def sse_list(chunks: list[bytes]) -> list[str]:
+    async def pieces():
+        for piece in chunks:
+            yield piece
+
+    return [d async for d in sse_data(pieces())]
 
 
 def test_request_body():

@@ -13,9 +13,9 @@ carries the ``finish_reason`` and the rest of the final usage, so the tokens of 
 ``usage.completion_tokens`` exactly. A server that ignores ``stream`` and answers one JSON body gives one delta.
 
 Concurrency: at most ``max_concurrency`` requests in flight per event loop (default 256: vLLM's default
-``--max-num-seqs``), over keep-alive connections held per event loop by an :class:`~.http1.Http1Pool` (a lean
-HTTP/1.1 client on httptools: httpx's pool and h11 were over half of the node's CPU per relayed request).
-``stream`` works from any loop: a loop's connections are closed when that loop shuts its async generators down, as
+``--max-num-seqs``), over keep-alive connections held per event loop by an ``aiohttp.ClientSession``
+(:mod:`.upstream`: httpx's pool and h11 were over half of the node's CPU per relayed request).
+``stream`` works from any loop: a loop's session is closed when that loop shuts its async generators down, as
 ``asyncio.run`` does, or by :meth:`close`.
 
 Retries: only before anything was relayed — a connection that could not be opened or was dropped before the
@@ -44,25 +44,23 @@ from contextlib import aclosing
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, AsyncIterator
-from urllib.parse import urlsplit
 
+import aiohttp
 import httpx
 
 from .base import Delta, Engine, EngineError, Sampling
-from .http1 import Http1Pool, loads
 from .openai_tokens import TokenCounting
+from .upstream import RETRYABLE, TIMEOUTS, TRANSPORT, Answer, dumps, loads, open_session, read_whole
 
 log = logging.getLogger(__name__)
 
-# Transport errors after which the request cannot have produced a response worth keeping: safe to send again.
-_RETRYABLE_TRANSPORT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.RemoteProtocolError, httpx.ReadError)
 _MAX_ERROR_TEXT = 500
 #: vLLM's extension of ``stream_options``: usage on every chunk
 CONTINUOUS_USAGE = "continuous_usage_stats"
 DEFAULT_MAX_CONCURRENCY = 256
 
 
-def server_error_message(response: httpx.Response) -> str:
+def server_error_message(response: httpx.Response | Answer) -> str:
     """The server's own words for an error: OpenAI's ``{"error": {"message"}}``, FastAPI's ``{"detail"}``,
     vLLM's older ``{"message"}``, else the start of the body."""
     try:
@@ -242,16 +240,18 @@ def response_delta(body: Any) -> Delta:
     )
 
 
-async def sse_data(response: Any) -> AsyncIterator[str]:
-    """The ``data`` of each server-sent event of a response (comments, ``event:`` and ``id:`` lines skipped;
-    several ``data:`` lines of one event joined with newlines, as the SSE spec says; lines end with LF or CRLF).
+async def sse_data(pieces: AsyncIterator[bytes]) -> AsyncIterator[str]:
+    """The ``data`` of each server-sent event of a body read as it comes (``pieces``: aiohttp's
+    ``response.content.iter_any()``, whatever arrived since the last read), comments, ``event:`` and ``id:`` lines
+    skipped; several ``data:`` lines of one event joined with newlines, as the SSE spec says; lines end with LF or
+    CRLF.
 
-    Parsed from the raw bytes (httpx's ``aiter_lines`` adds two generator layers and a text decoder per chunk,
-    which showed in the node's profile); a line is decoded once it is whole, so a character split between two
-    network reads is never cut."""
+    Split here from the raw pieces rather than read line by line (``async for line in response.content``): one
+    await per network read instead of two per event, which shows at hundreds of streams; a line is decoded once it
+    is whole, so a character split between two network reads is never cut."""
     buffer = b""
     data: list[str] = []
-    async for piece in response.aiter_bytes():
+    async for piece in pieces:
         buffer += piece
         if b"\n" not in piece:
             continue
@@ -274,27 +274,27 @@ async def sse_data(response: Any) -> AsyncIterator[str]:
         yield "\n".join(data)
 
 
-async def _close_pool_when_the_loop_ends(pool: Http1Pool) -> AsyncIterator[None]:
+async def _close_session_when_the_loop_ends(session: aiohttp.ClientSession) -> AsyncIterator[None]:
     """Suspended once per loop: the loop's ``shutdown_asyncgens`` (``asyncio.run`` calls it) resumes it to close the
-    loop's connections, so none outlives its loop."""
+    loop's session, so none outlives its loop (and aiohttp never warns of an unclosed one)."""
     try:
         yield
     finally:
-        await pool.aclose()
+        await session.close()
 
 
 @dataclass
 class _LoopState:
-    """One event loop's share of the engine: its connections, the semaphore bounding its requests in flight, and
-    the keeper that closes the connections."""
+    """One event loop's share of the engine: its session (connections), the semaphore bounding its requests in
+    flight, and the keeper that closes the session."""
 
-    pool: Http1Pool
+    session: aiohttp.ClientSession
     slots: asyncio.Semaphore
     keeper: Any  # the async generator above
 
     @property
     def is_closed(self) -> bool:
-        return self.pool.is_closed
+        return self.session.closed
 
 
 class OpenAIHttpEngine(TokenCounting, Engine):
@@ -339,9 +339,7 @@ class OpenAIHttpEngine(TokenCounting, Engine):
         self.remote_tokenizer = self.tokenizer_path is None
         root = self.base_url[: -len("/v1")] if self.base_url.endswith("/v1") else self.base_url
         self.chat_url = f"{self.base_url}/chat/completions"
-        self.chat_path = urlsplit(self.chat_url).path
         self.tokenize_url = f"{root}/tokenize"
-        self.tokenize_path = urlsplit(self.tokenize_url).path
         self._api_key = api_key or None
         self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._continuous_usage = True  # until the server refuses it
@@ -380,12 +378,11 @@ class OpenAIHttpEngine(TokenCounting, Engine):
         if state is not None:
             return state
         tls = self._tls()
-        pool = Http1Pool(self.base_url, headers=self._headers, timeout=self.timeout,
-                         ssl_context=tls if isinstance(tls, ssl.SSLContext) else None,
-                         max_idle=self.max_concurrency)
-        keeper = _close_pool_when_the_loop_ends(pool)
+        session = open_session(headers=self._headers, timeout=self.timeout, max_streams=self.max_concurrency,
+                               ssl_context=tls if isinstance(tls, ssl.SSLContext) else None)
+        keeper = _close_session_when_the_loop_ends(session)
         await keeper.__anext__()
-        fresh = _LoopState(pool, asyncio.Semaphore(self.max_concurrency), keeper)
+        fresh = _LoopState(session, asyncio.Semaphore(self.max_concurrency), keeper)
         with self._states_lock:
             for old in [other for other in self._states if other.is_closed()]:
                 del self._states[old]  # its connections were closed when it shut down
@@ -413,15 +410,18 @@ class OpenAIHttpEngine(TokenCounting, Engine):
             sampling = replace(sampling, max_tokens=self.max_context)
         state = await self._state()
         async with state.slots:
-            response = await self._open_stream(state.pool, request, sampling)
+            response = await self._open_stream(state.session, request, sampling)
             try:
                 async with aclosing(self._relay(response)) as deltas:
                     async for delta in deltas:
                         yield delta
             finally:
-                await response.aclose()
+                if response.content.is_eof():
+                    response.release()  # read to its end: the connection goes back to the session
+                else:
+                    response.close()  # closed early: the server sees the client go (vLLM aborts the request)
 
-    async def _open_stream(self, pool: Http1Pool, request: dict, sampling: Sampling) -> Any:
+    async def _open_stream(self, session: aiohttp.ClientSession, request: dict, sampling: Sampling) -> Any:
         """POST the request and wait for the response to start: bounded retries on connection errors and 5xx; a
         4xx (bar one naming ``continuous_usage_stats``, asked again without it) raises EngineError."""
         url = self.chat_url
@@ -431,29 +431,27 @@ class OpenAIHttpEngine(TokenCounting, Engine):
             continuous = self._continuous_usage
             body = request_body(request, self.model, sampling, continuous_usage=continuous)
             try:
-                response = await pool.post(self.chat_path, body)
-            except httpx.HTTPError as exc:
+                response = await session.post(url, data=dumps(body))
+            except TRANSPORT as exc:
                 error = self._transport_failure(exc, url, attempt)
                 if error is not None:
                     raise error from None
                 await asyncio.sleep(self._backoff(attempt, f"{type(exc).__name__} from {url}"))
                 attempt += 1
                 continue
-            if response.status_code < 400:
+            if response.status < 400:
                 return response
             try:
-                await response.aread()
-            except httpx.HTTPError:
-                pass
-            finally:
-                await response.aclose()
-            message = server_error_message(response)
-            if response.status_code >= 500 and attempt < self.retries:
-                await asyncio.sleep(self._backoff(attempt, f"HTTP {response.status_code} from {url}"))
+                answer = await read_whole(response)
+            except TRANSPORT:
+                answer = Answer(response.status, b"", response.reason)
+            message = server_error_message(answer)
+            if answer.status_code >= 500 and attempt < self.retries:
+                await asyncio.sleep(self._backoff(attempt, f"HTTP {answer.status_code} from {url}"))
                 attempt += 1
                 continue
             if (
-                response.status_code == 400
+                answer.status_code == 400
                 and continuous
                 and not asked_without_continuous
                 and CONTINUOUS_USAGE in message
@@ -462,21 +460,21 @@ class OpenAIHttpEngine(TokenCounting, Engine):
                 self._continuous_usage = False
                 asked_without_continuous = True
                 continue
-            raise self._error(f"chat completion failed: HTTP {response.status_code} from {url}: {message}")
+            raise self._error(f"chat completion failed: HTTP {answer.status_code} from {url}: {message}")
 
-    async def _relay(self, response: Any) -> AsyncIterator[Delta]:
+    async def _relay(self, response: aiohttp.ClientResponse) -> AsyncIterator[Delta]:
         url = self.chat_url
         relay = ChunkRelay()
         try:
             if "text/event-stream" not in response.headers.get("content-type", ""):
-                raw = await response.aread()  # a server that ignored stream: one JSON body, one delta
+                raw = await response.read()  # a server that ignored stream: one JSON body, one delta
                 try:
                     body = loads(raw)
                 except ValueError:
                     raise self._error(f"the server's response is neither SSE nor JSON: {raw[:200]!r}") from None
                 yield response_delta(body)
                 return
-            events = sse_data(response)
+            events = sse_data(response.content.iter_any())
             try:
                 async for data in events:
                     if data.strip() == "[DONE]":
@@ -492,11 +490,11 @@ class OpenAIHttpEngine(TokenCounting, Engine):
             except BaseException:
                 await events.aclose()
                 raise
-        except httpx.TimeoutException as exc:
+        except TIMEOUTS as exc:
             raise self._error(
                 f"{url} sent nothing for {self.timeout} s after {relay.chunks} chunks ({type(exc).__name__})"
             ) from None
-        except httpx.HTTPError as exc:
+        except TRANSPORT as exc:
             raise self._error(
                 f"the stream from {url} broke after {relay.chunks} chunks: {type(exc).__name__}: {exc}"
             ) from None
@@ -504,19 +502,19 @@ class OpenAIHttpEngine(TokenCounting, Engine):
             yield final  # at [DONE]: the caller has everything without waiting for the body to end
             async for _ in events:  # then read the body to its end, so the connection goes back to the pool
                 pass
-        except httpx.HTTPError:
+        except TRANSPORT:
             pass  # the answer is complete; only the connection is lost
         finally:
             await events.aclose()
 
-    def _transport_failure(self, exc: httpx.HTTPError, url: str, attempt: int) -> EngineError | None:
+    def _transport_failure(self, exc: Exception, url: str, attempt: int) -> EngineError | None:
         """None when the request may be sent again (it cannot have been served, and retries are left), else the
-        error to raise: the same rule for the streamed chat and the synchronous /tokenize calls."""
-        if isinstance(exc, _RETRYABLE_TRANSPORT):
+        error to raise: the same rule for the streamed chat (aiohttp) and the /tokenize calls (aiohttp, httpx)."""
+        if isinstance(exc, RETRYABLE):
             if attempt < self.retries:
                 return None
             return self._error(f"cannot reach {url} after {attempt + 1} attempt(s): {type(exc).__name__}: {exc}")
-        if isinstance(exc, httpx.TimeoutException):
+        if isinstance(exc, TIMEOUTS):
             return self._error(f"{url} did not answer within {self.timeout} s ({type(exc).__name__})")
         return self._error(f"request to {url} failed: {type(exc).__name__}: {exc}")
 

@@ -7,8 +7,8 @@ twice per admitted request (the contents, the templated prompt); counts of messa
 (``COUNT_CACHE_SIZE``), since a conversation sends its earlier turns again with every request.
 
 Two ways in: synchronous (``count_tokens``/``prompt_tokens``, the :class:`~.base.Engine` interface, over an
-``httpx.Client``) and asynchronous (``acount_tokens``/``aprompt_tokens``, over the event loop's keep-alive
-connections: what the node's admission uses, with no thread per request).
+``httpx.Client``) and asynchronous (``acount_tokens``/``aprompt_tokens``, over the event loop's aiohttp session
+and its keep-alive connections: what the node's admission uses, with no thread per request).
 
 :class:`TokenCounting` is a mixin of :class:`~.openai_http.OpenAIHttpEngine`, which holds the settings and the
 connections it reads (``tokenize_url``, ``timeout``, ``retries``, ``_state()``, ``_transport_failure``, …).
@@ -25,6 +25,7 @@ from typing import Any
 import httpx
 
 from .base import EngineError
+from .upstream import TRANSPORT, dumps, read_whole
 
 #: message texts whose token counts are remembered
 COUNT_CACHE_SIZE = 4096
@@ -181,21 +182,17 @@ class TokenCounting:
         return await self._atokenize(_prompt_body(request, extra))
 
     async def _atokenize(self, body: dict) -> int | None:
-        """:meth:`_tokenize` on the running loop's keep-alive connections: no thread, no httpx (both were most
-        of the node's CPU per request on a remote tokenizer)."""
+        """:meth:`_tokenize` on the running loop's aiohttp session: no thread, no httpx (both were most of the
+        node's CPU per request on a remote tokenizer)."""
         if self._has_tokenize is False:
             return None
-        pool = (await self._state()).pool
+        session = (await self._state()).session
         url, attempt = self.tokenize_url, 0
-        payload = {"model": self.model, **body}
+        payload = dumps({"model": self.model, **body})
         while True:
             try:
-                response = await pool.post(self.tokenize_path, payload)
-                try:
-                    await response.aread()
-                finally:
-                    await response.aclose()
-            except httpx.HTTPError as exc:
+                response = await read_whole(await session.post(url, data=payload))
+            except TRANSPORT as exc:
                 error = self._transport_failure(exc, url, attempt)
                 if error is not None:
                     raise error from None
