@@ -35,6 +35,7 @@ from atoma_ops.home import LocalnetHome  # noqa: E402
 # the share of the session's Prefect harness and CPU-engine loads they pay; the rest take under ~30 s each and
 # keep their collection order): the workers end within a short file of each other.
 SLOWEST_FIRST = (
+    "tests/flows/test_multi_host.py",  # ~260 (two hosts' workers on a shared server)
     "tests/flows/test_flows.py",  # ~155
     "tests/flows/test_alerts.py",  # with test_deployment.py, one unit (SAME_UNIT): ~155
     "tests/flows/test_deployment.py",
