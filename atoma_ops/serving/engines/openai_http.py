@@ -433,10 +433,7 @@ class OpenAIHttpEngine(TokenCounting, Engine):
             try:
                 response = await session.post(url, data=dumps(body))
             except TRANSPORT as exc:
-                error = self._transport_failure(exc, url, attempt)
-                if error is not None:
-                    raise error from None
-                await asyncio.sleep(self._backoff(attempt, f"{type(exc).__name__} from {url}"))
+                await asyncio.sleep(self._retry_delay(exc, url, attempt))
                 attempt += 1
                 continue
             if response.status < 400:
@@ -507,16 +504,19 @@ class OpenAIHttpEngine(TokenCounting, Engine):
         finally:
             await events.aclose()
 
-    def _transport_failure(self, exc: Exception, url: str, attempt: int) -> EngineError | None:
-        """None when the request may be sent again (it cannot have been served, and retries are left), else the
-        error to raise: the same rule for the streamed chat (aiohttp) and the /tokenize calls (aiohttp, httpx)."""
+    def _retry_delay(self, exc: Exception, url: str, attempt: int) -> float:
+        """How long to wait before sending the request again after ``exc`` (logged), when it may be sent again: it
+        cannot have been served and retries are left. Otherwise raises the EngineError that ends it. The same rule
+        for the streamed chat (aiohttp) and the /tokenize calls (aiohttp, httpx)."""
         if isinstance(exc, RETRYABLE):
             if attempt < self.retries:
-                return None
-            return self._error(f"cannot reach {url} after {attempt + 1} attempt(s): {type(exc).__name__}: {exc}")
+                return self._backoff(attempt, f"{type(exc).__name__} from {url}")
+            raise self._error(
+                f"cannot reach {url} after {attempt + 1} attempt(s): {type(exc).__name__}: {exc}"
+            ) from None
         if isinstance(exc, TIMEOUTS):
-            return self._error(f"{url} did not answer within {self.timeout} s ({type(exc).__name__})")
-        return self._error(f"request to {url} failed: {type(exc).__name__}: {exc}")
+            raise self._error(f"{url} did not answer within {self.timeout} s ({type(exc).__name__})") from None
+        raise self._error(f"request to {url} failed: {type(exc).__name__}: {exc}") from None
 
     def _backoff(self, attempt: int, why: str) -> float:
         delay = min(self.backoff * (2**attempt), 2.0)

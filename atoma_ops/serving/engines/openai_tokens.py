@@ -11,7 +11,7 @@ Two ways in: synchronous (``count_tokens``/``prompt_tokens``, the :class:`~.base
 and its keep-alive connections: what the node's admission uses, with no thread per request).
 
 :class:`TokenCounting` is a mixin of :class:`~.openai_http.OpenAIHttpEngine`, which holds the settings and the
-connections it reads (``tokenize_url``, ``timeout``, ``retries``, ``_state()``, ``_transport_failure``, …).
+connections it reads (``tokenize_url``, ``timeout``, ``retries``, ``_state()``, ``_retry_delay``, …).
 """
 
 from __future__ import annotations
@@ -69,10 +69,7 @@ class TokenCounting:
             try:
                 response = self._sync_client().post(url, json=body)
             except httpx.HTTPError as exc:
-                error = self._transport_failure(exc, url, attempt)
-                if error is not None:
-                    raise error from None
-                time.sleep(self._backoff(attempt, f"{type(exc).__name__} from {url}"))
+                time.sleep(self._retry_delay(exc, url, attempt))
                 attempt += 1
                 continue
             if response.status_code >= 500 and attempt < self.retries:
@@ -193,10 +190,7 @@ class TokenCounting:
             try:
                 response = await read_whole(await session.post(url, data=payload))
             except TRANSPORT as exc:
-                error = self._transport_failure(exc, url, attempt)
-                if error is not None:
-                    raise error from None
-                await asyncio.sleep(self._backoff(attempt, f"{type(exc).__name__} from {url}"))
+                await asyncio.sleep(self._retry_delay(exc, url, attempt))
                 attempt += 1
                 continue
             if response.status_code >= 500 and attempt < self.retries:
