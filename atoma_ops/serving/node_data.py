@@ -73,9 +73,10 @@ def _query(request: Request) -> dict[str, str]:
     return dict(params.items())
 
 
-def signed_reader(request: Request, node_address: str, *, now_ms: int | None = None) -> str:
-    """The address that signed this read (``protocol.node_reads``), or the read's refusal: 400 without a readable
-    ``X-Signature`` or ``X-Timestamp-Ms``, 401 when it does not verify or its time is outside the window."""
+def signed_reader(request: Request, query: dict[str, str], node_address: str, *, now_ms: int | None = None) -> str:
+    """The address that signed this read (``protocol.node_reads``; ``query`` as :func:`_query` read it), or the
+    read's refusal: 400 without a readable ``X-Signature`` or ``X-Timestamp-Ms``, 401 when it does not verify or its
+    time is outside the window."""
     header = (request.headers.get(SIGNATURE_HEADER) or "").strip()
     if not header:
         raise MissingSignature(f"the {SIGNATURE_HEADER} header (the reader's signature of this request) is missing")
@@ -84,7 +85,7 @@ def signed_reader(request: Request, node_address: str, *, now_ms: int | None = N
         raise InvalidTimestamp(f"the {TIMESTAMP_HEADER} header must be the signing time in ms since the Unix epoch")
     now = now_ms if now_ms is not None else int(time.time() * 1000)
     skew = int(stamp) - now
-    digest = read_hash(request.method, request.url.path, _query(request), node_address, int(stamp))
+    digest = read_hash(request.method, request.url.path, query, node_address, int(stamp))
     try:
         signer = verify_hash_signature(digest, header)
     except MalformedSignatureError as exc:
@@ -146,13 +147,13 @@ def node_data_router(service: Any) -> APIRouter:
 
     @router.get(USAGE_PATH)
     async def served_usage(request: Request) -> JSONResponse:
-        signer = signed_reader(request, service.address)
+        query = _query(request)
+        signer = signed_reader(request, query, service.address)
         if not _same(signer, service.address):
             raise NotAllowed(
                 f"{signer} may not read node {service.node_small_id}'s usage: only its operator "
                 f"({service.address}) may"
             )
-        query = _query(request)
         unknown = sorted(set(query) - {"after", "limit"})
         if unknown:
             raise InvalidParameter(f"unknown query parameter {unknown[0]!r} (after, limit)", param=unknown[0])
@@ -163,8 +164,8 @@ def node_data_router(service: Any) -> APIRouter:
 
     @router.get(HISTORY_PATH)
     async def stack_history(stack_small_id: int, request: Request) -> StreamingResponse:
-        signer = signed_reader(request, service.address)
         query = _query(request)
+        signer = signed_reader(request, query, service.address)
         if query:
             name = sorted(query)[0]
             raise InvalidParameter(f"unknown query parameter {name!r} (the history takes none)", param=name)
