@@ -1,7 +1,9 @@
-"""Execute one flow run of a deployment in this process, as a worker's subprocess would: ``python run_flow_run.py
-<flow run id>`` with ``PREFECT_API_URL`` set. The flow comes from the deployment's entrypoint (relative to the
-repository root, the working directory); the run keeps its id, so its events name the deployment. Prints the final
-state's type. Used by the tests that need runs of deployments without the cost of a worker."""
+"""Execute flow runs of deployments in this process, as a worker's subprocess would: ``python run_flow_run.py
+<flow run id>...`` with ``PREFECT_API_URL`` set, one run after the other. The flow comes from the deployment's
+entrypoint (relative to the repository root, the working directory); each run keeps its id, so its events name the
+deployment. Prints each final state's type, one line per run, in the order given. Used by the tests that need runs
+of deployments without the cost of a worker (several independent runs share one process: its start-up, importing
+Prefect and the flows, is most of what a run costs here)."""
 
 from __future__ import annotations
 
@@ -23,5 +25,10 @@ async def main(flow_run_id: str) -> str:
     return state.type.value
 
 
+async def run_all(flow_run_ids: list[str]) -> None:
+    for flow_run_id in flow_run_ids:
+        print(await main(flow_run_id), flush=True)
+
+
 if __name__ == "__main__":
-    print(asyncio.run(main(sys.argv[1])))
+    asyncio.run(run_all(sys.argv[1:]))

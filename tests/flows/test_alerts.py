@@ -3,9 +3,10 @@
 notification for a failing settlement run, a short balance (an event) and a late run; and two deployments' runs
 signing for one address, which must take turns on the address's global concurrency limit.
 
-Runs of deployments are executed by ``run_flow_run.py`` in a subprocess each (what a worker's subprocess does, without
-the worker), with ``PREFECT_API_URL`` pointing at this server. The server marks a run Late one second after its
-scheduled time (``PREFECT_SERVER_SERVICES_LATE_RUNS_*``), so the Late notification needs no waiting.
+Runs of deployments are executed by ``run_flow_run.py`` in a subprocess (what a worker's subprocess does, without
+the worker; two independent runs share one), with ``PREFECT_API_URL`` pointing at this server. The server marks a
+run Late one second after its scheduled time (``PREFECT_SERVER_SERVICES_LATE_RUNS_*``), so the Late notification
+needs no waiting.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from tests.flows.prefect_server import ROOT, PrefectServer, tail
 RUNNER = Path(__file__).with_name("run_flow_run.py")
 SCRIPT = Path(sys.executable).parent / "atoma-ops"
 WRITE_TASKS = ("try_settle_stacks", "register_node", "subscribe_node")
+TERMINAL_TYPES = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED", "PAUSED"}
 
 
 @pytest.fixture
@@ -98,30 +100,40 @@ def flow_run(server: PrefectServer, deployment_id: str, parameters: dict, state:
     return server.api.post(f"/deployments/{deployment_id}/create_flow_run", json=body).raise_for_status().json()["id"]
 
 
-def execute(server: PrefectServer, flow_run_id: str, log: Path) -> subprocess.Popen:
+def execute(server: PrefectServer, flow_run_ids: str | list[str], log: Path) -> subprocess.Popen:
+    """One process running ``flow_run_ids`` one after the other (see ``run_flow_run.py``)."""
+    ids = [flow_run_ids] if isinstance(flow_run_ids, str) else list(flow_run_ids)
     out = log.open("wb")
     try:
-        return subprocess.Popen([sys.executable, str(RUNNER), flow_run_id], cwd=ROOT, env=server.env, stdout=out,
+        return subprocess.Popen([sys.executable, str(RUNNER), *ids], cwd=ROOT, env=server.env, stdout=out,
                                 stderr=subprocess.STDOUT)
     finally:
         out.close()
 
 
-def finished(proc: subprocess.Popen, log: Path, timeout: float = 180) -> str:
+def finished(proc: subprocess.Popen, log: Path, timeout: float = 180, runs: int = 1) -> str | list[str]:
+    """The final state type of the process's run (of its ``runs`` runs, in order, when more than one)."""
     try:
         proc.wait(timeout)
     except subprocess.TimeoutExpired:
         proc.kill()
         raise AssertionError(f"the run did not end in {timeout} s:\n{tail(log)}") from None
     assert proc.returncode == 0, tail(log)
-    return log.read_text().strip().splitlines()[-1]
+    states = [line for line in log.read_text().splitlines() if line.strip() in TERMINAL_TYPES]
+    assert len(states) == runs, tail(log)
+    return states[0].strip() if runs == 1 else [s.strip() for s in states]
 
 
 def test_automations_notify_a_webhook_of_failed_late_runs_and_events(server, hooks, tmp_path):
-    # nothing to install without a channel: a named error, no traceback, nothing created
-    refused = atoma_ops(server, "prefect", "automations", "install")
-    assert refused.returncode == 2 and "give exactly one of --webhook-url" in refused.stderr
-    assert "Traceback" not in refused.stderr + refused.stdout
+    # nothing to install without a channel: a named error, no traceback, nothing created (in this process: the
+    # refusal comes before any request, so it needs neither the server nor a process of its own)
+    from typer.testing import CliRunner
+
+    from atoma_ops.cli import app
+
+    refused = CliRunner().invoke(app, ["prefect", "automations", "install"])
+    assert refused.exit_code == 2 and "give exactly one of --webhook-url" in refused.stderr, refused.output
+    assert "Traceback" not in refused.output and isinstance(refused.exception, SystemExit), refused.exception
     assert server.api.post("/automations/filter", json={}).raise_for_status().json() == []
 
     first = atoma_ops(server, "prefect", "automations", "install", "--webhook-url", hooks.url)
@@ -148,9 +160,9 @@ def test_automations_notify_a_webhook_of_failed_late_runs_and_events(server, hoo
     late = flow_run(server, deployment(server, "ledger-sync", "flows/ledger_sync.py:ledger_sync"), {},
                     {"type": "SCHEDULED", "name": "Scheduled", "state_details": {"scheduled_time": past}})
 
-    procs = [(execute(server, settle, tmp_path / "settle.log"), tmp_path / "settle.log"),
-             (execute(server, balances, tmp_path / "balances.log"), tmp_path / "balances.log")]
-    assert [finished(p, log) for p, log in procs] == ["FAILED", "COMPLETED"]
+    # both runs in one process, one after the other, as a worker's subprocess runs one
+    log = tmp_path / "runs.log"
+    assert finished(execute(server, [settle, balances], log), log, runs=2) == ["FAILED", "COMPLETED"]
 
     failed_name = server.api.get(f"/flow_runs/{settle}").json()["name"]
     failed = hooks.wait_for("for the failed settlement run", lambda b: failed_name in b["subject"] and "Failed" in b["subject"])

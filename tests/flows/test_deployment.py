@@ -37,17 +37,25 @@ REQUESTS_PER_STACK = 2  # the kit's default
 UNITS_PER_REQUEST = 15  # 10 prompt + 5 completion tokens per recorded response
 
 
-def _run_settlement(home: Path, env: dict[str, str], api: httpx.Client, worker_log: Path, timeout: float = 120) -> dict:
-    """``prefect deployment run settlement-run/settlement-run`` against ``home``; wait for a terminal state."""
-    out = _cli(
-        "deployment", "run", "settlement-run/settlement-run",
-        "--param", f"network={json.dumps({'home': str(home)})}",
-        "--param", "idle_after_s=0",
-        env=env,
-    )
-    match = re.search(r"UUID: ([0-9a-f-]{36})", out)
-    assert match, out
-    flow_run_id = match.group(1)
+def _run_settlement(home: Path, env: dict[str, str], api: httpx.Client, worker_log: Path, timeout: float = 120,
+                    cli: bool = True) -> dict:
+    """``prefect deployment run settlement-run/settlement-run`` against ``home`` (``cli=False``: the same run
+    created through the API, as that command creates it, without the CLI's start-up); wait for a terminal state."""
+    if cli:
+        out = _cli(
+            "deployment", "run", "settlement-run/settlement-run",
+            "--param", f"network={json.dumps({'home': str(home)})}",
+            "--param", "idle_after_s=0",
+            env=env,
+        )
+        match = re.search(r"UUID: ([0-9a-f-]{36})", out)
+        assert match, out
+        flow_run_id = match.group(1)
+    else:
+        dep = api.get("/deployments/name/settlement-run/settlement-run").raise_for_status().json()
+        flow_run_id = api.post(f"/deployments/{dep['id']}/create_flow_run", json={
+            "parameters": {"network": {"home": str(home)}, "idle_after_s": 0},
+        }).raise_for_status().json()["id"]
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         run = api.get(f"/flow_runs/{flow_run_id}").raise_for_status().json()
@@ -84,7 +92,13 @@ def test_settlement_run_deployment_settles_then_claims(prefect_server: PrefectSe
         before = _chain_state(home)
         assert sorted(before["stacks"]) == sorted(served.stack_small_ids) and not before["tickets"]
 
-        _cli("work-pool", "create", "atoma-ops", "--type", "process", env=env)
+        # the pool as `prefect work-pool create atoma-ops --type process` makes it, through the API (the CLI's
+        # start-up costs seconds; the pool is not what this test is about)
+        from prefect.workers.process import ProcessWorker
+
+        api.post("/work_pools/", json={
+            "name": "atoma-ops", "type": "process", "base_job_template": ProcessWorker.get_default_base_job_template(),
+        }).raise_for_status()
         # the worker starts (a few seconds of imports) while the deployments are created
         worker = _start([*PREFECT, "worker", "start", "--pool", "atoma-ops"], env, worker_log)
         stack.callback(_stop, worker)
@@ -111,6 +125,10 @@ def test_settlement_run_deployment_settles_then_claims(prefect_server: PrefectSe
             assert deployments[name]["global_concurrency_limit"]["limit"] == 1
             assert deployments[name]["concurrency_options"]["collision_strategy"] == "CANCEL_NEW"
         assert deployments["ledger-sync"]["global_concurrency_limit"] is None
+        # the chain-only runs on the queue `shared` (one worker, the ledger's single writer), the rest on `default`
+        queues = {name: d["work_queue_name"] for name, d in deployments.items()}
+        assert queues == {"ledger-sync": "shared", "balance-watch": "shared", "stack-lifecycle": "default",
+                          "settlement-run": "default", "attestation-watch": "default"}
 
         # first run: every stack is idle (idle_after_s=0), so each is try-settled; nothing is claimable yet
         first = _run_settlement(home, env, api, worker_log)
@@ -122,9 +140,9 @@ def test_settlement_run_deployment_settles_then_claims(prefect_server: PrefectSe
         assert sorted(settled["stacks"]) == sorted(served.stack_small_ids)
         assert settled["node"] == before["node"] == 0
 
-        # the dispute window passes; the second run claims every ticket
+        # the dispute window passes; the second run claims every ticket (the CLI's path was the first run's)
         assert kit.advance_epoch(home) == 1
-        _run_settlement(home, env, api, worker_log)
+        _run_settlement(home, env, api, worker_log, cli=False)
 
     after = _chain_state(home)
     fee = used * PRICE // 1_000_000  # NoSecurity: the node is paid for the units it served...
