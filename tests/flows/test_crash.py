@@ -53,28 +53,96 @@ actions = asyncio.run(settlement_run(idle_after_s=0, network=AtomaNetwork(home=s
 print("ACTIONS " + json.dumps(actions))
 """
 
+# The killed runs' parent: imports once what every child imports (about 10 s of a fresh interpreter, most of each
+# child's time), starts no thread, then forks one child per job read from stdin (a script, its argv, the environment
+# to add, files for its output) and answers with the child's exit status. Each child is a process of its own,
+# killed alone; as in reliability/crash.py, which forks its runs the same way.
+FORKER = """
+import json, os, signal, sys, threading, traceback
+import blocks, flows, flows.settlement, tasks.runtime
+import atoma_ops.testing.stub_engine
+assert threading.active_count() == 1, threading.enumerate()
+print("READY", flush=True)
+for line in sys.stdin:
+    job = json.loads(line)
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            signal.alarm(300)  # a run that hangs dies (rc -14), and the test says so
+            for fd, path in ((1, job["stdout"]), (2, job["stderr"])):
+                os.dup2(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), fd)
+            os.environ.update(job["env"])
+            sys.argv = ["-c", *job["argv"]]
+            exec(compile(job["script"], "<child>", "exec"), {"__name__": "__main__"})
+            code = 0
+        except BaseException:
+            traceback.print_exc()
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    print(-os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status), flush=True)
+"""
+
 
 class OutcomeNotRecorded(AssertionError):
     """The chain converged but a write's outcome was never recorded (a journal row left ``pending``)."""
 
 
 # ----------------------------------------------------------------------------------------------- runs
-def crash(home: Path, failpoint: str) -> None:
-    """``settlement_run`` in a fresh process with ``failpoint`` armed, against this session's Prefect API; it
-    must die by SIGKILL."""
-    env = dict(os.environ)
-    env["PREFECT_API_URL"] = str(prefect.settings.PREFECT_API_URL.value())
-    env[FAILPOINTS_ENV] = failpoint
-    proc = subprocess.run(
-        [sys.executable, "-c", CHILD, str(home)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
-    )
+class Forker:
+    """``FORKER`` in a subprocess against this session's Prefect API; ``run`` forks a child of it."""
+
+    def __init__(self, work: Path):
+        self.work, self.count = work, 0
+        env = {k: v for k, v in os.environ.items() if k != FAILPOINTS_ENV}
+        env["PREFECT_API_URL"] = self.api_url = str(prefect.settings.PREFECT_API_URL.value())
+        self.log = work / "forker.log"
+        self.proc = subprocess.Popen([sys.executable, "-c", FORKER], cwd=ROOT, env=env, text=True,
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=open(self.log, "w"))
+        assert self.proc.stdout.readline().strip() == "READY", self.log.read_text()[-4000:]
+
+    def run(self, script: str, argv: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
+        self.count += 1
+        out, err = self.work / f"{self.count}.out", self.work / f"{self.count}.err"
+        job = {"script": script, "argv": argv, "env": env, "stdout": str(out), "stderr": str(err)}
+        self.proc.stdin.write(json.dumps(job) + "\n")
+        self.proc.stdin.flush()
+        answer = self.proc.stdout.readline().strip()
+        assert answer, f"the forker died: {self.log.read_text()[-4000:]}"
+        return subprocess.CompletedProcess(argv, int(answer), out.read_text(), err.read_text())
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+@pytest.fixture(scope="module")
+def forker(tmp_path_factory):
+    forker = Forker(tmp_path_factory.mktemp("forker"))
+    try:
+        yield forker
+    finally:
+        forker.close()
+
+
+def crash(forker: Forker, home: Path, failpoint: str) -> None:
+    """``settlement_run`` in a fresh process (forked, see ``FORKER``) with ``failpoint`` armed, against this
+    session's Prefect API; it must die by SIGKILL."""
+    proc = forker.run(CHILD, [str(home)], {FAILPOINTS_ENV: failpoint})
     assert proc.returncode == -signal.SIGKILL, (
         f"expected death by SIGKILL at {failpoint}, got rc={proc.returncode}\n"
         f"{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
     )
     assert "ACTIONS " not in proc.stdout
     assert f"failpoint {failpoint}:" in proc.stderr and "killing process" in proc.stderr
-    free_signer_slots(env["PREFECT_API_URL"])  # the harness's server frees a dead holder's slot only after its lease
+    free_signer_slots(forker.api_url)  # the harness's server frees a dead holder's slot only after its lease
 
 
 def run_in_process(home: Path) -> list[dict]:
@@ -222,12 +290,20 @@ def assert_recorded(home: Path, kind: str, crashed: dict[str, dict], failpoint: 
 
 
 # ----------------------------------------------------------------------------------------------- tests
-@pytest.mark.parametrize("failpoint", [AFTER_WRITE, AFTER_SUBMIT])
-def test_try_settle_crash_then_rerun_settles_each_stack_once(tmp_path, failpoint):
+# Each test crashes both stages of one home, one after the other: the try-settle stage at one failpoint, and (after
+# its re-run settled every stack and the dispute window passed) the claim stage at the other. The two tests swap the
+# failpoints, so each stage is crashed at each failpoint once, and the try-settle re-run is the clean first run the
+# claim stage needs.
+@pytest.mark.parametrize("settle_failpoint, claim_failpoint", [(AFTER_WRITE, AFTER_SUBMIT), (AFTER_SUBMIT, AFTER_WRITE)])
+def test_try_settle_then_claim_crash_then_rerun_settles_and_claims_each_stack_once(
+    tmp_path, forker, settle_failpoint, claim_failpoint
+):
     home = tmp_path / "localnet"
     stacks = served_stacks(home, N_STACKS).stack_small_ids
 
-    crash(home, failpoint)
+    # ---- the try-settle stage killed, then run again
+    failpoint = settle_failpoint
+    crash(forker, home, failpoint)
     assert flow_run_states(home) == ["RUNNING"]  # the killed run, in this session's API, never finished
     pending = journal(home, "try_settle_stack")
     assert sorted(pending) == sorted(f"try_settle_stack:{s}" for s in stacks)
@@ -245,6 +321,7 @@ def test_try_settle_crash_then_rerun_settles_each_stack_once(tmp_path, failpoint
     assert sorted(settled) == sorted(stacks)
     assert {a["status"] for a in settled.values()} == {SUCCESS}
     assert {a["digest"] for a in settled.values()} == {r["digest"] for r in pending.values()}
+    # the tickets wait for their dispute window
     assert sorted(a["stack_small_id"] for a in actions if a["action"] == "wait") == sorted(stacks)
 
     assert_chain_converged(home, stacks, {"try_settle_stack": N_STACKS, "claim_funds": 0}, {"StackTrySettleEvent": 1})
@@ -252,24 +329,11 @@ def test_try_settle_crash_then_rerun_settles_each_stack_once(tmp_path, failpoint
     with NodeStore(NodeStore.path_for(home, NODE)) as store:
         assert {u.stack_small_id: u.state for u in store.stacks()} == {s: "settled" for s in stacks}
 
-
-@pytest.mark.parametrize(
-    "failpoint",
-    [
-        AFTER_WRITE,
-        AFTER_SUBMIT,
-    ],
-)
-def test_claim_crash_then_rerun_claims_each_stack_once(tmp_path, failpoint):
-    home = tmp_path / "localnet"
-    stacks = served_stacks(home, N_STACKS).stack_small_ids
-    first = run_in_process(home)  # a clean run settles every stack; the tickets wait for their dispute window
-    assert sorted(a["stack_small_id"] for a in first if a["action"] == "try_settle") == sorted(stacks)
-    assert sorted(a["stack_small_id"] for a in first if a["action"] == "wait") == sorted(stacks)
+    # ---- the dispute window passes; the claim stage killed, then run again
     advance_to_claims(home)
-
-    crash(home, failpoint)
-    assert flow_run_states(home) == ["COMPLETED", "RUNNING"]
+    failpoint = claim_failpoint
+    crash(forker, home, failpoint)
+    assert flow_run_states(home) == ["COMPLETED", "RUNNING", "RUNNING"]
     pending = journal(home, "claim_funds")
     assert len(pending) == 1  # one claim_funds transaction for the batch
     assert_pending(pending)
@@ -283,7 +347,7 @@ def test_claim_crash_then_rerun_claims_each_stack_once(tmp_path, failpoint):
         assert claims == Counter({s: 1 for s in stacks})
 
     actions = run_in_process(home)
-    assert flow_run_states(home) == ["COMPLETED", "COMPLETED", "RUNNING"]
+    assert flow_run_states(home) == ["COMPLETED", "COMPLETED", "RUNNING", "RUNNING"]
     assert not [a for a in actions if a["action"] == "try_settle" or a["status"] == "failed"]
     if failpoint == AFTER_WRITE:
         claimed = {a["stack_small_id"]: a for a in actions if a["action"] == "claim (ticket)"}
@@ -295,7 +359,6 @@ def test_claim_crash_then_rerun_claims_each_stack_once(tmp_path, failpoint):
         {"StackTrySettleEvent": 1, "StackSettlementTicketClaimedEvent": 1},
     )
     with_chain(home, _assert_no_stacks_or_tickets_left)
-    assert_recorded(home, "try_settle_stack", {}, failpoint)
     assert_recorded(home, "claim_funds", pending, failpoint)
     with NodeStore(NodeStore.path_for(home, NODE)) as store:
         assert {u.stack_small_id: (u.settlement or {}).get("claimed_digest") for u in store.stacks()} == {
@@ -325,7 +388,7 @@ print("SUMMARY " + json.dumps(summary))
 """
 
 
-def test_serve_stack_killed_mid_workload_then_rerun_serves_only_the_rest(tmp_path):
+def test_serve_stack_killed_mid_workload_then_rerun_serves_only_the_rest(tmp_path, forker):
     """serve-stack killed after its third recorded request (``serve:after-record@3``); the re-run serves only what
     the history lacks, and the stack is charged exactly what an uninterrupted run charges another stack."""
     from prefect.client.orchestration import get_client
@@ -354,10 +417,7 @@ def test_serve_stack_killed_mid_workload_then_rerun_serves_only_the_rest(tmp_pat
     reference_summary = serve(clean)
     assert (reference_summary["served_now"], reference_summary["refused"]) == (10, 0)
 
-    env = dict(os.environ, PREFECT_API_URL=str(prefect.settings.PREFECT_API_URL.value()))
-    env[FAILPOINTS_ENV] = "serve:after-record@3"
-    killed = subprocess.run([sys.executable, "-c", SERVE_CHILD, str(home), str(crashed), str(path)], cwd=ROOT, env=env,
-                            capture_output=True, text=True, timeout=300)
+    killed = forker.run(SERVE_CHILD, [str(home), str(crashed), str(path)], {FAILPOINTS_ENV: "serve:after-record@3"})
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-4000:]
     assert "SUMMARY " not in killed.stdout and "failpoint serve:after-record" in killed.stderr
 

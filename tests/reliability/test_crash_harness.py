@@ -1,7 +1,8 @@
 """The crash-injection harness (``reliability/crash.py``): its failpoints, its checks, and a short campaign.
 
 The full campaign (every crash point of three scenarios, 200+ crashes) is ``make reliability``; here the settlement
-scenario runs a few evenly spread crash points against this session's Prefect API.
+scenario runs one crash point end to end against this session's Prefect API, and the planning of the cases is
+checked on its own.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import prefect.settings
 import pytest
 
 from atoma_ops.core.failpoints import FAILPOINT_TRACE_ENV, FAILPOINTS_ENV
-from reliability.crash import CHECKS, point_group
+from reliability.crash import CHECKS, Reference, plan_cases, point_group
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -76,6 +77,21 @@ def test_point_group(name, group):
     assert point_group(name) == group
 
 
+def test_plan_cases_filters_then_samples_evenly_and_crashes_every_nth_recovery():
+    points = [(f"step:s{i}:start", 1) for i in range(6)] + [("journal:after-submit:claim_funds", n) for n in (1, 2)]
+    ref = Reference("settlement", points, {}, 0.0)
+
+    every = plan_cases(ref, None, 2)
+    assert [(c.point, c.nth) for c in every] == points
+    assert [c.crash_recovery for c in every] == [False, True] * 4  # the default: every other case
+    assert [(c.point, c.nth) for c in plan_cases(ref, 4, 2)] == [points[0], points[2], points[4], points[6]]
+    assert not any(c.crash_recovery for c in plan_cases(ref, None, 0))
+
+    only = plan_cases(ref, 1, 1, only="journal:after-submit")  # the filter first, then the sample
+    assert [(c.point, c.nth, c.crash_recovery) for c in only] == [("journal:after-submit:claim_funds", 1, True)]
+    assert plan_cases(ref, None, 1, only="faucet") == []
+
+
 CLEAN = {
     "calls": {"claim_funds": 2, "try_settle_stack": 4},
     "refused": {},
@@ -121,19 +137,28 @@ def test_each_check_fails_on_what_it_guards(check, spoil):
 
 @pytest.mark.slow
 def test_short_campaign_on_settlement_run_converges(tmp_path):
-    """Two crash points of the settlement scenario, spread evenly over its two runs, each crashed (the second's recovery
-    crashed again) and re-run; the report says every case converged. (Two, run at once by two jobs: the suite's
-    time; ``make reliability`` runs the whole campaign.)"""
+    """One case of the settlement scenario end to end: the clean run traced, its crash points planned, the process
+    killed with SIGKILL where the chain executed a write whose outcome was not recorded yet
+    (``journal:after-submit``, its first pass), the recovery killed again at the same point, then a run to the end;
+    every check against the clean run passes and the report says so. One case is enough for the harness itself
+    (census, plan, fork, kill, re-run, facts, checks, report); each crash point's own recovery is what
+    ``make reliability`` runs (the whole campaign, and after it the signer-lease check, which waits out a real 60 s
+    lease: skipped here)."""
     env = {k: v for k, v in os.environ.items() if k not in (FAILPOINTS_ENV, FAILPOINT_TRACE_ENV)}
     proc = subprocess.run(
-        [sys.executable, "-m", "reliability.crash", "--scenario", "settlement", "--sample", "2", "--jobs", "2",
+        [sys.executable, "-m", "reliability.crash", "--scenario", "settlement", "--only", "journal:after-submit",
+         "--sample", "1", "--recovery-every", "1", "--jobs", "1", "--no-signer-lease",
          "--api-url", str(prefect.settings.PREFECT_API_URL.value()), "--out", str(tmp_path)],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     results = json.loads((tmp_path / "crash.json").read_text())
-    assert results["ok"] and results["cases"] == 2 == results["passed"]
-    assert results["crashes"] >= 2
-    assert all(c["runs"][0] == -signal.SIGKILL and c["runs"][-1] == 0 for c in results["case_rows"])
-    assert results["checks"] == {name: 2 for name in CHECKS}
+    assert results["ok"] and results["cases"] == 1 == results["passed"]
+    (case,) = results["case_rows"]
+    assert case["point"].startswith("journal:after-submit:") and case["nth"] == 1 and case["crash_recovery"]
+    assert case["runs"][0] == -signal.SIGKILL and case["runs"][-1] == 0
+    assert results["crashes"] == case["crashes"] == sum(rc == -signal.SIGKILL for rc in case["runs"]) >= 1
+    assert results["checks"] == {name: 1 for name in CHECKS}
+    assert results["scenarios"][0]["points"] > 1  # the census traced the whole run, the plan picked one point
     assert "## 1. Crash injection" in (tmp_path / "crash.md").read_text()
+    assert not (tmp_path / "signer_lease.json").exists()
