@@ -72,17 +72,17 @@ def alone(engine) -> dict:
 
 
 @pytest.fixture
-def batch_sizes(engine, monkeypatch) -> list[int]:
-    """The row counts of the decode steps run during a test (the model's decode, wrapped, unchanged)."""
-    sizes: list[int] = []
-    decode = engine.llama.decode
+def passes(engine, monkeypatch) -> list[tuple[int, int]]:
+    """``(decode rows, prompts)`` of each forward pass run during a test (the model's step, wrapped, unchanged)."""
+    seen: list[tuple[int, int]] = []
+    step = engine.llama.step
 
-    def recording(tokens, caches):
-        sizes.append(len(tokens))
-        return decode(tokens, caches)
+    def recording(tokens, caches, prompts):
+        seen.append((len(tokens), len(prompts)))
+        return step(tokens, caches, prompts)
 
-    monkeypatch.setattr(engine.llama, "decode", recording)
-    return sizes
+    monkeypatch.setattr(engine.llama, "step", recording)
+    return seen
 
 
 # --------------------------------------------------------------------------------------------------- invariance
@@ -122,6 +122,53 @@ def test_decode_rows_are_bitwise_what_the_sequence_gets_alone(engine, mode, monk
             assert torch.equal(batched[0], alone[0]) and torch.equal(batched[1], alone[1]), (rows, probe_at)
 
 
+@pytest.mark.parametrize("mode", ["loaded", "serial"])
+def test_prompts_joining_a_decode_pass_get_what_they_get_alone(engine, mode, monkeypatch):
+    """The model level: one pass over decode rows and whole prompts (with and without the shared prefix, one
+    longer than the rest) gives every row, and every prompt's cache, bit for bit what it gets alone."""
+    import torch
+
+    llama = engine.llama
+    if mode == "serial":
+        monkeypatch.setattr(llama, "mode", "serial")
+    running = [engine._prompt_ids(r) for r, _ in GREEDY[:3]]
+    joining = [engine._prompt_ids(r) for r, _ in GREEDY[3:5]] + [
+        engine._prompt_ids({"messages": [{"role": "system", "content": "Answer in one word."},
+                                         {"role": "user", "content": "Summarize: " + " ".join(f"item {i}," for i in range(12))}]})
+    ]
+    assert len({len(ids) for ids in joining}) == 3
+
+    def prefilled(ids):
+        cache = llama.new_cache(len(ids) + 4, len(ids) + 4)
+        return cache, int(llama.prefill(ids, cache).argmax())
+
+    def clone(cache):
+        copy = llama.new_cache(cache.data.shape[3], cache.limit)
+        copy.data.copy_(cache.data)
+        copy.length = cache.length
+        return copy
+
+    with torch.inference_mode():
+        states = [prefilled(ids) for ids in running]
+        decoded_alone = [llama.decode([t], [clone(c)])[0] for c, t in states]
+        prompt_alone = []
+        for ids in joining:
+            cache = llama.new_cache(len(ids) + 4, len(ids) + 4)
+            prompt_alone.append((llama.prefill(ids, cache), cache))
+        caches = [clone(c) for c, _ in states]
+        fresh = [llama.new_cache(len(ids) + 4, len(ids) + 4) for ids in joining]
+        starts = [llama.begin(ids, cache) for ids, cache in zip(joining, fresh)]
+        assert starts[0] > 0 and starts[2] == 0  # one prompt starts from the shared prefix, one does not
+        mixed = llama.step([t for _, t in states], caches, list(zip(joining, fresh, starts)))
+    assert mixed.shape[0] == len(running) + len(joining)
+    for i, row in enumerate(decoded_alone):
+        assert torch.equal(mixed[i], row), i
+    for j, (logits, cache) in enumerate(prompt_alone):
+        assert torch.equal(mixed[len(running) + j], logits), j
+        assert fresh[j].length == cache.length == len(joining[j])
+        assert torch.equal(fresh[j].data[:, :, :, : cache.length], cache.data[:, :, :, : cache.length]), j
+
+
 def test_the_load_time_check_catches_a_batch_dependent_kernel(engine, monkeypatch):
     """The check that picks the batching mode at load fails a linear whose rows change with the batch size."""
     real = engine.llama.layers[0]["down"]
@@ -139,7 +186,8 @@ def test_prompts_sharing_the_template_prefix_start_from_it_bit_for_bit(engine):
     if llama._prefix is None:
         pytest.skip("the prefix was not kept on this machine (not bitwise equal to a full prefill)")
     prefix = llama._prefix[0]
-    long_question = "Summarize: " + " ".join(f"item {i}," for i in range(200))
+    # ~270 tokens: several times the prefix, past any short-prompt kernel (longer prompts only cost the suite time)
+    long_question = "Summarize: " + " ".join(f"item {i}," for i in range(50))
     with torch.inference_mode():
         for content in ("Hi", QUESTIONS[2], long_question):
             ids = engine._prompt_ids({"messages": [{"role": "user", "content": content}]})
@@ -187,7 +235,7 @@ def test_the_fixed_width_fallback_always_multiplies_8_rows(monkeypatch):
     assert set(calls) == {FALLBACK_WIDTH} and len(calls) == 1 + 1 + 1 + 2 + 3
 
 
-def test_greedy_alone_equals_concurrent_with_requests_joining_mid_flight(engine, alone, batch_sizes):
+def test_greedy_alone_equals_concurrent_with_requests_joining_mid_flight(engine, alone, passes):
     async def concurrent():
         started = asyncio.Event()
         first = [asyncio.create_task(collect(engine, r, s, started=started if i == 0 else None))
@@ -198,8 +246,10 @@ def test_greedy_alone_equals_concurrent_with_requests_joining_mid_flight(engine,
 
     results = asyncio.run(concurrent())
     assert [outcome(g) for g in results] == [alone[i] for i in range(len(GREEDY))]
-    assert max(batch_sizes) >= 8  # they really shared decode steps
-    assert any(a < b for a, b in zip(batch_sizes, batch_sizes[1:]))  # and some joined a running batch
+    rows = [r for r, _ in passes]
+    assert max(rows) >= 8  # they really shared decode steps
+    assert any(a < b for a, b in zip(rows, rows[1:]))  # and some joined a running batch
+    assert any(r and p for r, p in passes)  # with their prompts in the running sequences' pass
 
 
 def test_seeded_sampling_alone_equals_concurrent_and_seeds_differ(engine, alone):
@@ -362,25 +412,26 @@ def test_a_failing_step_fails_only_its_sequences_and_the_scheduler_goes_on(engin
     from atoma_ops.serving.engines import cpu_scheduler
 
     llama = engine.llama
-    prefill, decode, sample = llama.prefill, llama.decode, cpu_scheduler.sample
+    step, sample = llama.step, cpu_scheduler.sample
     doomed = engine._prompt_ids(GREEDY[3][0])
 
-    def failing_prefill(ids, cache):
-        if ids == doomed:
+    def failing_prefill(tokens, caches, prompts):  # any pass with that prompt in it fails
+        if any(ids == doomed for ids, _, _ in prompts):
             raise RuntimeError("injected prefill fault")
-        return prefill(ids, cache)
+        return step(tokens, caches, prompts)
 
     def failing_sample(torch, logits, sampling, generator):
         if sampling.seed == 2:
             raise RuntimeError("injected sampling fault")
         return sample(torch, logits, sampling, generator)
 
-    monkeypatch.setattr(llama, "prefill", failing_prefill)
+    monkeypatch.setattr(llama, "step", failing_prefill)
     monkeypatch.setattr(cpu_scheduler, "sample", failing_sample)
 
     async def run(pairs):
         return await asyncio.gather(*(collect(engine, r, s) for r, s in pairs), return_exceptions=True)
 
+    # the five prompts share a pass, which fails: run again split, only the doomed prompt fails again
     results = asyncio.run(run([GREEDY[0], GREEDY[3], SEEDED[0], SEEDED[1], GREEDY[5]]))
     assert isinstance(results[1], EngineError) and "injected prefill fault" in str(results[1])
     assert isinstance(results[3], EngineError) and "injected sampling fault" in str(results[3])
@@ -389,13 +440,13 @@ def test_a_failing_step_fails_only_its_sequences_and_the_scheduler_goes_on(engin
 
     steps = []
 
-    def failing_decode(tokens, caches):
+    def failing_decode(tokens, caches, prompts):
         steps.append(len(tokens))
-        if len(steps) == 3:
+        if len(steps) == 3:  # the prompts' pass, a decode step, then this decode step of both
             raise RuntimeError("injected decode fault")
-        return decode(tokens, caches)
+        return step(tokens, caches, prompts)
 
-    monkeypatch.setattr(llama, "decode", failing_decode)
+    monkeypatch.setattr(llama, "step", failing_decode)
     results = asyncio.run(run([GREEDY[4], GREEDY[6]]))
     assert all(isinstance(r, EngineError) and "injected decode fault" in str(r) for r in results)
     monkeypatch.undo()

@@ -15,7 +15,9 @@ kernel (and so its float accumulation order) by the batch size and a row's posit
   1..128-row product is bitwise the row computed alone, at any position, whatever the other rows hold. MKL's
   ``F.linear`` is not (1–3 rows take another kernel, and with 2 threads 5–7 rows split into uneven tiles).
 - **Attention** runs per sequence against its own KV cache (no padding, so shapes depend only on that sequence);
-  **RMSNorm, RoPE, SiLU** are row-wise; **prefill** runs each prompt alone; **sampling** runs per row.
+  **RMSNorm, RoPE, SiLU** are row-wise; **sampling** runs per row. A new prompt's tokens join the running
+  sequences' decode rows in one pass (:meth:`BatchedLlama.step`): its linears are as row-invariant as the rest,
+  its attention runs on its own rows and cache.
 - **The template's prefix** (SmolLM2's default system prompt, ~24 tokens of a ~40-token question) is prefilled once
   at load; a prompt starting with it runs only the rest. Every such prompt always takes that path, so determinism
   does not hang on it; it is kept only if it gives a full prefill's logits bit for bit (it does here, 36 to 6,400
@@ -47,6 +49,12 @@ CONTEXT_TOKENS = 8192
 PACK_ROWS = 16
 #: the fixed row width of the MKL fallback (8-row products were row-invariant here; 5–7 rows with 2 threads were not)
 FALLBACK_WIDTH = 8
+#: rows of one mixed pass at most (decode rows plus the prompts that join them, engines/cpu_scheduler.py); every
+#: count from 1 to 128 was bitwise row-invariant here, and the load-time check covers a spread of them
+MIX_ROWS = 128
+#: the row counts above ``max_batch`` the load-time check tries (around the powers of two and block sizes a kernel
+#: may switch at, and the largest)
+MIX_CHECK_ROWS = (33, 40, 47, 48, 49, 63, 64, 65, 80, 95, 96, 97, 112, 127, 128)
 
 
 def smollm2_gguf_path() -> Path:
@@ -192,7 +200,8 @@ class BatchedLlama:
 
     def _rows_invariant(self) -> bool:
         """Each row of the per-row path (norms, linears, RoPE, SiLU, lm_head) equals the same row computed alone,
-        for every batch size up to max_batch (lm_head: a sample of sizes), at the first, middle and last position,
+        for every batch size up to max_batch and the sizes of MIX_CHECK_ROWS up to MIX_ROWS (a decode step with
+        prompts joining it; lm_head: a sample of sizes), at the first, middle and last position,
         the other rows random. (The first call at each size also JIT-compiles oneDNN's kernel for it, ahead of use.)"""
         torch = self._torch
         gen = torch.Generator().manual_seed(20240601)
@@ -206,7 +215,8 @@ class BatchedLlama:
         def head(x, positions):
             return self.head(self.rms(x, self.norm))
 
-        for fn, sizes in ((body, range(2, self.max_batch + 1)), (head, sorted({2, 3, 5, 8, 13, self.max_batch}))):
+        body_sizes = [*range(2, self.max_batch + 1), *(r for r in MIX_CHECK_ROWS if self.max_batch < r <= MIX_ROWS)]
+        for fn, sizes in ((body, body_sizes), (head, sorted({2, 3, 5, 8, 13, self.max_batch}))):
             alone = fn(probe[None], torch.tensor([probe_position]))[0]
             for rows in sizes:
                 x = torch.randn(rows, self.hidden, generator=gen)
@@ -238,44 +248,31 @@ class BatchedLlama:
         both = both * cos + self._torch.cat((-both[..., half:], both[..., :half]), -1) * sin
         return both[:, : self.heads], both[:, self.heads:], qkv[:, qk * d:].view(n, self.kv_heads, d)
 
-    def prefill(self, ids: list[int], cache: KVCache, *, reuse_prefix: bool = True):
-        """Run a whole prompt alone into ``cache``; the logits of its last position.
+    def begin(self, ids: list[int], cache: KVCache, *, reuse_prefix: bool = True) -> int:
+        """Make room for a whole prompt in ``cache`` and return where its own computation starts: after the shared
+        prefix (:meth:`set_prefix`, its keys and values copied in) when the prompt starts with it, else 0.
 
-        A prompt that starts with the shared prefix (:meth:`set_prefix`) starts from its keys and values, computed
-        once, and runs only the rest (attending to all of it): the same work for that prompt every time, alone or
-        not, so determinism does not depend on it; measured here it also gives bitwise the full prefill's result.
-        """
+        A prompt that starts with the prefix always starts from it, alone or not, so determinism does not depend on
+        it; measured here it also gives bitwise the full prefill's result."""
         n, start = len(ids), 0
         cache.reserve(n)
         prefix = self._prefix
         if reuse_prefix and prefix is not None and n > len(prefix[0]) and ids[: len(prefix[0])] == prefix[0]:
             start = len(prefix[0])
             cache.data[:, :, :, :start] = prefix[1]
-        x = self._extend(ids, cache, start)
-        return self.head(self.rms(x[-1:], self.norm))[0]
+        return start
 
-    def _extend(self, ids: list[int], cache: KVCache, start: int):
-        """Positions ``start..`` of a prompt whose first ``start`` keys/values are in ``cache``; their hidden states."""
-        torch = self._torch
-        sdpa = torch.nn.functional.scaled_dot_product_attention
-        n, m = len(ids), len(ids) - start
-        x = self.embed[torch.tensor(ids[start:])]
-        cos, sin = self.cos[start:n, None], self.sin[start:n, None]
-        mask = torch.ones(m, n, dtype=torch.bool).tril(start) if start else None  # row i sees keys 0..start+i
-        for i, layer in enumerate(self.layers):
-            q, k, v = self._qkv(x, layer, cos, sin)
-            keys, values = cache.data[i, 0], cache.data[i, 1]
-            keys[:, start:n] = k.transpose(0, 1)
-            values[:, start:n] = v.transpose(0, 1)
-            out = sdpa(q.transpose(0, 1)[None], keys[None, :, :n], values[None, :, :n], attn_mask=mask,
-                       is_causal=mask is None, enable_gqa=True)
-            x = self.mlp(x + layer["o"](out[0].transpose(0, 1).reshape(m, -1)), layer)
-        cache.length = n
-        return x
+    def prefill(self, ids: list[int], cache: KVCache, *, reuse_prefix: bool = True):
+        """Run a whole prompt alone into ``cache``; the logits of its last position."""
+        return self.step([], [], [(ids, cache, self.begin(ids, cache, reuse_prefix=reuse_prefix))])[0]
+
+    def decode(self, tokens: list[int], caches: list[KVCache]):
+        """One step for many sequences: each row's next-token logits, as that sequence alone would get them."""
+        return self.step(tokens, caches, [])
 
     def set_prefix(self, ids: list[int], probe: list[int] | None = None) -> bool:
         """Compute, alone, the keys and values of a prompt prefix most requests share (a chat template's default
-        system prompt) for :meth:`prefill` to start from. With ``probe`` (a prompt starting with it), keep it only if
+        system prompt) for :meth:`begin` to start from. With ``probe`` (a prompt starting with it), keep it only if
         it gives the full prefill's logits bit for bit; True if kept."""
         torch = self._torch
         self._prefix = None
@@ -283,7 +280,7 @@ class BatchedLlama:
             return False
         with torch.inference_mode():
             cache = self.new_cache(len(ids), len(ids))
-            self._extend(ids, cache, 0)
+            self.step([], [], [(list(ids), cache, 0)])
             prefix = (list(ids), cache.data.clone())
             if probe is None:
                 self._prefix = prefix
@@ -294,40 +291,71 @@ class BatchedLlama:
                     self._prefix = None
         return self._prefix is not None
 
-    def decode(self, tokens: list[int], caches: list[KVCache]):
-        """One step for many sequences: each row's next-token logits, as that sequence alone would get them."""
-        if self.mode == "serial" and len(tokens) > 1:
-            return self._torch.cat([self._decode([t], [c]) for t, c in zip(tokens, caches)])
-        return self._decode(tokens, caches)
+    def step(self, tokens: list[int], caches: list[KVCache], prompts: list[tuple[list[int], KVCache, int]]):
+        """One forward pass over decode rows and whole prompts together: a row per ``(token, cache)`` (the next
+        token of a running sequence) and the rest of each prompt ``(ids, cache, start)`` (from :meth:`begin`).
+        Returns the next-token logits of each decode row, then of each prompt's last position; every row is what
+        that sequence alone would get.
 
-    def _decode(self, tokens: list[int], caches: list[KVCache]):
+        Prompts share the pass (and the weights read for it) with the running sequences instead of running alone
+        in passes of their own: the linears are row-invariant (checked at load for every row count up to
+        ``max_batch`` and a spread of counts up to :data:`MIX_ROWS`; the scheduler never mixes past that), and a
+        prompt's attention runs on its own rows and cache, as alone."""
+        if self.mode == "serial" and len(tokens) + len(prompts) > 1:
+            return self._torch.cat([self._step([t], [c], []) for t, c in zip(tokens, caches)]
+                                   + [self._step([], [], [p]) for p in prompts])
+        return self._step(tokens, caches, prompts)
+
+    def _step(self, tokens: list[int], caches: list[KVCache], prompts: list[tuple[list[int], KVCache, int]]):
         torch = self._torch
         sdpa = torch.nn.functional.scaled_dot_product_attention
-        n, layers = len(tokens), len(self.layers)
+        n = len(tokens)
         positions = [c.length for c in caches]
-        # per sequence, per layer: where this step's key/value go, and the window attention reads (views)
+        # per running sequence, per layer: where this step's key/value go, and the window attention reads (views)
         slots, keys, values = [], [], []
         for cache, at in zip(caches, positions):
             data = cache.data
             slots.append(data[:, :, :, at].unbind(0))  # (2, kv_heads, d)
             keys.append(data[:, 0, None, :, : at + 1].unbind(0))  # (1, kv_heads, at + 1, d)
             values.append(data[:, 1, None, :, : at + 1].unbind(0))
-        index = torch.tensor(positions)
-        x = self.embed[torch.tensor(tokens)]
+        # per prompt: its rows in this pass, its length, cache, start, and causal mask (row i sees keys 0..start+i)
+        ids, index, spans, row = list(tokens), [torch.tensor(positions, dtype=torch.long)], [], n
+        for prompt, cache, start in prompts:
+            total, m = len(prompt), len(prompt) - start
+            mask = torch.ones(m, total, dtype=torch.bool).tril(start) if start else None
+            spans.append((row, row + m, total, cache, start, mask))
+            ids.extend(prompt[start:])
+            index.append(torch.arange(start, total))
+            row += m
+        index = torch.cat(index)
+        x = self.embed[torch.tensor(ids)]
         cos, sin = self.cos[index][:, None], self.sin[index][:, None]
-        for i in range(layers):
-            layer = self.layers[i]
+        for i, layer in enumerate(self.layers):
             q, k, v = self._qkv(x, layer, cos, sin)
-            new_kv = torch.stack((k, v), 1).unbind(0)
-            queries = q[:, None, :, None].unbind(0)  # (1, heads, 1, d)
             out = []
-            for row in range(n):
-                slots[row][i].copy_(new_kv[row])
-                out.append(sdpa(queries[row], keys[row][i], values[row][i], enable_gqa=True))
-            x = self.mlp(x + layer["o"](torch.cat(out).view(n, -1)), layer)
-        for cache in caches:
+            if n:
+                new_kv = torch.stack((k[:n], v[:n]), 1).unbind(0)
+                queries = q[:n, None, :, None].unbind(0)  # (1, heads, 1, d)
+                rows = []
+                for r in range(n):
+                    slots[r][i].copy_(new_kv[r])
+                    rows.append(sdpa(queries[r], keys[r][i], values[r][i], enable_gqa=True))
+                out.append(torch.cat(rows).view(n, -1))
+            for a, b, total, cache, start, mask in spans:
+                cached_k, cached_v = cache.data[i, 0], cache.data[i, 1]
+                cached_k[:, start:total] = k[a:b].transpose(0, 1)
+                cached_v[:, start:total] = v[a:b].transpose(0, 1)
+                att = sdpa(q[a:b].transpose(0, 1)[None], cached_k[None, :, :total], cached_v[None, :, :total],
+                           attn_mask=mask, is_causal=mask is None, enable_gqa=True)
+                out.append(att[0].transpose(0, 1).reshape(b - a, -1))
+            x = self.mlp(x + layer["o"](out[0] if len(out) == 1 else torch.cat(out)), layer)
+        last = [b - 1 for _, b, *_ in spans]
+        logits = self.head(self.rms(x if not last else x[torch.tensor(list(range(n)) + last)], self.norm))
+        for cache in caches:  # only once the whole pass went through: a failed pass can run again as it was
             cache.length += 1
-        return self.head(self.rms(x, self.norm))
+        for _, _, total, cache, _, _ in spans:
+            cache.length = total
+        return logits
 
 
 class CpuEngine(Engine):
