@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -161,12 +162,18 @@ class Cluster:
     host_names: list[str]
     netns: bool = True
     fsync: bool = False
+    #: the pool's job command: Prefect's engine started directly (``python -m prefect.engine``, which runs the
+    #: deployment's pull steps and the flow), instead of the process worker's default, a workspace supervisor that
+    #: prepares the same working directory and then replaces itself with that engine: one Python start-up (importing
+    #: Prefect, seconds on a small machine) less per run
+    engine_command: bool = False
     hosts: Hosts | None = None
     pg: PgCluster | None = None
     server: PrefectServer | None = None
     journal_url: str = ""
     logs: dict[str, Path] = field(default_factory=dict)
     _stack: ExitStack = field(default_factory=ExitStack)
+    _procs: list[subprocess.Popen] = field(default_factory=list)
 
     @property
     def mode(self) -> str:
@@ -200,21 +207,38 @@ class Cluster:
         from prefect.workers.process import ProcessWorker
 
         self.server.wait()
+        template = ProcessWorker.get_default_base_job_template()
+        if self.engine_command:
+            template["variables"]["properties"]["command"]["default"] = f"{sys.executable} -m prefect.engine"
         self.server.api.post("/work_pools/", json={
-            "name": POOL, "type": "process", "base_job_template": ProcessWorker.get_default_base_job_template(),
+            "name": POOL, "type": "process", "base_job_template": template,
         }).raise_for_status()
         return self
+
+    def deployment(self, name: str, entrypoint: str, queue: str) -> dict:
+        """A deployment of the flow at ``entrypoint`` on the pool's queue ``queue``, made through the API as ``prefect
+        deploy`` makes one from the repository root (the same pull step: work in the checkout), without its
+        start-up (importing Prefect and every flow, seconds on a small machine). No schedule, no concurrency limit."""
+        api = self.server.api
+        flow_id = api.post("/flows/", json={"name": name}).raise_for_status().json()["id"]
+        return api.post("/deployments/", json={
+            "name": name, "flow_id": flow_id, "entrypoint": entrypoint, "path": str(ROOT),
+            "work_pool_name": POOL, "work_queue_name": queue,
+            "pull_steps": [{"prefect.deployments.steps.set_working_directory": {"directory": str(ROOT)}}],
+        }).raise_for_status().json()
 
     def env(self, prefect_home: Path, **extra: str) -> dict[str, str]:
         prefect_home.mkdir(parents=True, exist_ok=True)
         return {**prefect_env(prefect_home, self.server.api_url), **extra}
 
-    def _start(self, name: str, argv: list[str], env: dict[str, str], host: str | None) -> subprocess.Popen:
+    def _start(self, name: str, argv: list[str], env: dict[str, str], host: str | None,
+               grace: float = 10.0) -> subprocess.Popen:
         log = self.folder / f"{name}.log"
         self.logs[name] = log
         wrapped = self.hosts[host].wrap(argv) if host else argv
         proc = start(wrapped, env, log)
-        self._stack.callback(stop, proc)
+        self._procs.append(proc)
+        self._stack.callback(stop, proc, grace)
         return proc
 
     def node_server(self, host: str, home: Path, node: str, timeout: float = 60) -> dict:
@@ -238,7 +262,9 @@ class Cluster:
         for queue in queues:
             argv += ["--work-queue", queue]
         environment = self.env(self.folder / name / "prefect-home", ATOMA_OPS_JOURNAL_URL=self.journal_url, **env)
-        return self._start(name, argv, environment, host)
+        # a worker told to stop finishes what it runs, then may spend many seconds closing its connections (in a
+        # namespace, often until ``stop`` kills it): by then every run the caller waited for is over, so 3 s
+        return self._start(name, argv, environment, host, grace=3.0)
 
     def deploy(self, *args: str) -> subprocess.Popen:
         """``prefect deploy …`` from the repository root (started; ``.wait()`` on it)."""
@@ -271,6 +297,14 @@ class Cluster:
         return "\n".join(f"--- {name}:\n{tail(log, n)}" for name, log in self.logs.items())
 
     def close(self) -> None:
+        # every node server and worker is told to stop at once, so their shutdowns overlap (a worker may take
+        # seconds, up to ``stop``'s timeout); then each is stopped for good, the server and PostgreSQL last
+        for proc in self._procs:
+            if proc.poll() is None:
+                try:
+                    os.killpg(proc.pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
         self._stack.close()
 
     def __enter__(self) -> "Cluster":

@@ -9,6 +9,10 @@ network). Then both hosts' settlement deployments (``prefect.hosts.yaml``) run a
 journal on PostgreSQL: try-settle, a dispute window, then claim. Every intent executes once — each journal key has
 one digest, each digest one executed transaction, and the chain executed no node transaction the journal does not
 hold — every ticket is claimed once, and the ledger, synced from both nodes, reconciles without drift.
+
+The pool's job command is Prefect's engine itself (``Cluster(engine_command=True)``: one Python start-up less per
+run than the process worker's default workspace supervisor, which ``test_deployment`` keeps); ``ledger-sync`` is
+deployed through the API (its queue in ``prefect.yaml`` is checked by ``test_deployment``).
 """
 
 from __future__ import annotations
@@ -65,7 +69,7 @@ def test_two_hosts_settle_at_once_every_intent_once_and_the_ledger_reconciles(tm
     shared = tmp_path / "shared"
     t0 = time.monotonic()
     mark = lambda what: print(f"{time.monotonic() - t0:6.1f} s  {what}", flush=True)  # noqa: E731
-    with Cluster(tmp_path, list(HOSTS)).start() as cluster:
+    with Cluster(tmp_path, list(HOSTS), engine_command=True).start() as cluster:
         print(f"multi-host mode: {cluster.mode}" + (f" (namespaces unavailable: {cluster.hosts.why})"
                                                     if cluster.hosts.why else ""))
         # while the server migrates its PostgreSQL database: the chain, the hosts' homes, their node servers
@@ -81,8 +85,10 @@ def test_two_hosts_settle_at_once_every_intent_once_and_the_ledger_reconciles(tm
             **_block_type(cluster, "local-file-system"),
         }).raise_for_status().json()
         mark("server up, pool made")
-        deploys = [cluster.deploy("--prefect-file", "prefect.hosts.yaml", "--all"),
-                   cluster.deploy("--name", "ledger-sync")]
+        # the hosts' deployments as an operator makes them (``prefect deploy``); ledger-sync's through the API (which
+        # queue prefect.yaml gives it is test_deployment's: here only which worker takes that queue matters)
+        deploys = [cluster.deploy("--prefect-file", "prefect.hosts.yaml", "--all")]
+        cluster.deployment("ledger-sync", "flows/ledger_sync.py:ledger_sync", "shared")
         storage = {"PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK": "local-file-system/atoma-results"}
         for host in HOSTS:
             cluster.worker(host, [host], host, **storage)
@@ -103,7 +109,6 @@ def test_two_hosts_settle_at_once_every_intent_once_and_the_ledger_reconciles(tm
             assert deployments[f"settlement-run-{host}"]["work_queue_name"] == host
             assert deployments[f"settlement-run-{host}"]["parameters"] == {"nodes": [node]}
             assert deployments[f"attestation-watch-{host}"]["work_queue_name"] == host
-        assert deployments["ledger-sync"]["work_queue_name"] == "shared"
 
         # both hosts settle at once (every stack idle), then, after the dispute window, claim at once; with the
         # claims, the ledger's single writer (the shared queue's worker, on the machine's side) reads both nodes'
@@ -186,7 +191,9 @@ def test_two_hosts_settle_at_once_every_intent_once_and_the_ledger_reconciles(tm
         report = _result(results, cluster.server.api.get(f"/flow_runs/{sync['id']}").json())
         assert report["usage_rows"] == len(HOSTS) * STACKS_PER_NODE * REQUESTS_PER_STACK
         assert [i["rows_added"] for i in report["node_imports"]] == [STACKS_PER_NODE * REQUESTS_PER_STACK] * 2
+        mark("checked")
 
+    mark("cluster stopped")
     ledger = Ledger(ledger_path)
     usage = ledger.usage()
     assert len(usage) == len(HOSTS) * STACKS_PER_NODE * REQUESTS_PER_STACK
