@@ -47,7 +47,7 @@ bench: $(STAMP)
 # The reliability harness (docs/reliability.md): crash injection, the bad-input table, concurrent load, security,
 # the generative CLI test (CLI_FUZZ_EXAMPLES cases, about 7 per second), and after the crash campaign the signer-lease
 # check (a killed holder's signing slot freed by a real Prefect server's repossessor; about 1.5 minutes); last, the
-# localnet state machine's long run (20000 examples against the contract model; make test runs 1000).
+# localnet state machine's long run (20000 examples against the contract model; make test runs 400).
 # Every part runs even if another fails (the leading '-'); the report says which passed and fails the target if any
 # did not. About 44 minutes on 2 cores (33 measured before the generative CLI test, which adds about 7, and the lease
 # check), most of it the crash campaign (26).

@@ -19,8 +19,14 @@ subscriptions and USDC) instead of publishing, and one wallet serves the whole s
 address). The chain copies run with ``PRAGMA synchronous=OFF``: durability is not under test here (the concurrency
 tests keep the engine's FULL).
 
-``ATOMA_SM_EXAMPLES`` / ``ATOMA_SM_STEPS`` override the example count (default 1000, the fast slice in ``make test``;
-``make reliability`` runs 20000) and steps per example (20).
+``ATOMA_SM_EXAMPLES`` / ``ATOMA_SM_STEPS`` override the example count (default 400, the fast slice in ``make test``;
+``make reliability`` runs 20000) and steps per example (20). What the slice keeps: every invariant is checked after
+every step of every example, and the run must reach stacks bought, tickets claimed, disputes and task removals
+(each came within the first 100 examples of the runs measured, and 9 times or more in 400). What it gives up: hypothesis
+finds the deepest paths in bursts (one interesting example, then many variations of it), so a run of 400 does not
+always reach an attestation, a try-settle or a confidential claim (one measured run had no attestation in 400, another
+its first at example ~350); the long run (1000 examples or more) must reach all of them, and it is where rare
+interleavings (a claim inside the dispute window, a claim of a disputed stack: a handful per 1000) are looked for.
 """
 
 from __future__ import annotations
@@ -51,7 +57,7 @@ ALIASES = ("admin", "user", "node-1", "node-2", "node-3")
 NODE_ALIASES = ("node-1", "node-2", "node-3")
 BUYERS = ("user", "node-1")
 
-EXAMPLES = int(os.environ.get("ATOMA_SM_EXAMPLES", "1000"))
+EXAMPLES = int(os.environ.get("ATOMA_SM_EXAMPLES", "400"))
 STEPS = int(os.environ.get("ATOMA_SM_STEPS", "20"))
 
 SETTINGS = settings(
@@ -692,11 +698,13 @@ def test_localnet_state_machine(sm_env: Env) -> None:
     stats = sm_env.stats
     summary = "\n".join(f"{v:7d}  {k}" for k, v in sorted(stats.items()))
     print(f"\nstate machine: {sm_env.counter} chains\n{summary}")
+    # The run must reach deep states, not only shallow aborts: the slice those it always reaches, a long run all.
+    deep = ["StackCreatedEvent", "StackSettlementTicketClaimedEvent", "StackAttestationDisputeEvent",
+            "TaskRemovedEvent"]
     if EXAMPLES >= 1000:
-        # The run must reach deep states, not only shallow aborts.
-        for event in ("StackCreatedEvent", "StackTrySettleEvent", "StackSettlementTicketClaimedEvent",
-                      "ClaimedStackEvent", "NewStackSettlementAttestationEvent", "StackAttestationDisputeEvent",
-                      "TaskRemovedEvent"):
+        deep += ["StackTrySettleEvent", "ClaimedStackEvent", "NewStackSettlementAttestationEvent"]
+    if EXAMPLES >= 400:
+        for event in deep:
             assert stats[f"event {event}"] > 0, f"no {event} in {sm_env.counter} examples"
 
 
