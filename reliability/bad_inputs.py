@@ -609,7 +609,8 @@ def run_flow(scenario: Scenario, home: Path, case: Case) -> tuple[str | None, st
     return None, state.name, "failed without an exception"
 
 
-def run_http(scenario: Scenario, url: str, case: Case) -> tuple[str | None, int, str]:
+def run_http(scenario: Scenario, url: str, case: Case, client: Any = None) -> tuple[str | None, int, str]:
+    """One HTTP row; ``client``: an ``httpx.Client`` the rows share (a new one per call costs an SSL context)."""
     import httpx
 
     _, method, path, headers, body = case.call
@@ -620,7 +621,8 @@ def run_http(scenario: Scenario, url: str, case: Case) -> tuple[str | None, int,
     sign = headers.pop(SIGN, None)
     if sign is not None:
         headers["X-Signature"] = _signature(scenario.home, sign, content or b"")
-    response = httpx.request(method, url + path, headers=headers, content=content, timeout=60)
+    send = client.request if client is not None else httpx.request
+    response = send(method, url + path, headers=headers, content=content, timeout=60)
     try:
         error = response.json().get("error")
     except (ValueError, AttributeError):
@@ -753,11 +755,12 @@ def node_server(scenario: Scenario, engine: Any = None) -> Iterator[str]:
         asyncio.run(service.close())
 
 
-def run_http_case(scenario: Scenario, url: str, case: Case, before: Snapshot) -> tuple[Result, Snapshot]:
+def run_http_case(scenario: Scenario, url: str, case: Case, before: Snapshot,
+                  client: Any = None) -> tuple[Result, Snapshot]:
     """One HTTP case on the shared home; returns the snapshot after it (the next case's before)."""
     started = time.perf_counter()
     try:
-        observed, status, message = run_http(scenario, url, case)
+        observed, status, message = run_http(scenario, url, case, client)
     except Exception as exc:  # noqa: BLE001
         observed, status, message = None, None, f"raised {type(exc).__name__}: {exc}"
     seconds = time.perf_counter() - started
@@ -793,10 +796,12 @@ def run_cases(cases: Sequence[Case], scenario: Scenario, workdir: Path, engine: 
             results[case.id] = run_isolated(scenario, case, workdir, pristine)
     http = [c for c in cases if c.call[0] == "http"]
     if http:
-        with node_server(scenario, engine) as url:
+        import httpx
+
+        with node_server(scenario, engine) as url, httpx.Client() as client:
             before = pristine
             for case in http:
-                results[case.id], before = run_http_case(scenario, url, case, before)
+                results[case.id], before = run_http_case(scenario, url, case, before, client)
     return [results[c.id] for c in cases]
 
 

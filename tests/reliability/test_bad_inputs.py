@@ -1,6 +1,9 @@
-"""The bad-input table of ``reliability.bad_inputs``, every row (the whole table runs in ~20 s once the session's
-CPU engine and Prefect API are up): each bad input gets its named error and documented status and leaves the chain,
-the stack histories and the ledger unchanged."""
+"""The bad-input table of ``reliability.bad_inputs``, every row: each bad input gets its named error and documented
+status and leaves the chain, the stack histories and the ledger unchanged.
+
+The HTTP rows run against node-1's server on the stub engine of ``atoma_ops.testing`` (``make reliability`` runs them on
+the CPU engine): every one of them is refused at admission (parsing, validation, signature, the stack's state and
+units, the model name), before anything reaches an engine, so no model needs loading for them."""
 
 from __future__ import annotations
 
@@ -19,8 +22,10 @@ def scenario(tmp_path_factory) -> bi.Scenario:
 
 @pytest.fixture(scope="module")
 def results(scenario, tmp_path_factory) -> dict[str, bi.Result]:
+    from atoma_ops.testing.stub_engine import StubEngine
+
     with bi.quiet_logs():
-        rows = bi.run_cases(bi.CASES, scenario, tmp_path_factory.mktemp("bad-input-cases"))
+        rows = bi.run_cases(bi.CASES, scenario, tmp_path_factory.mktemp("bad-input-cases"), engine=StubEngine())
     return {r.id: r for r in rows}
 
 

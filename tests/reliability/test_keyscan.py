@@ -1,6 +1,11 @@
 """Part 4 (security), the key scan: positive controls in every kind of place, then the demo's flow
 (``stack_lifecycle``, as scripts/demo.py runs it, in a temporary home with manual epochs) leaves no key anywhere:
-files, SQLite and DuckDB tables, the Prefect API's logs and artifacts, captured output and log records."""
+files, SQLite and DuckDB tables, the Prefect API's logs and artifacts, captured output and log records.
+
+The flow serves and replays its stack on the stub engine of ``atoma_ops.testing`` rather than the CPU engine (a
+15-20 s model load): no key passes through an engine, and everything the flow writes around its completions (the
+journal, the node stores, the ledger, the Prefect runs, logs and artifacts) is the same. ``make reliability`` scans
+after the real demo, CPU engine included (``reliability.security``)."""
 
 from __future__ import annotations
 
@@ -17,7 +22,7 @@ from prefect.settings import PREFECT_SERVER_DATABASE_CONNECTION_URL
 
 from atoma_ops.home import LocalnetHome
 from atoma_ops.wallet import Wallet
-from blocks import AtomaNetwork
+from blocks import AtomaNetwork, InferenceEngine
 from flows import stack_lifecycle
 from reliability.keyscan import KeyScanner, load_keys
 from reliability.security import plant_controls, run_planted_flow
@@ -85,7 +90,20 @@ def test_positive_controls_in_files_sqlite_duckdb_and_the_prefect_api(tmp_path):
     assert db.searched["prefect_log_lines"] >= 1 and db.searched["prefect_artifacts"] >= 1
 
 
-def test_the_demo_flow_leaves_no_key_anywhere(tmp_path, caplog, capfd):
+@pytest.fixture
+def stub_engine_block():
+    """An engine block whose engine is the stub: put in the process's engine cache (``tasks.runtime.shared_engine``)
+    under the block's key, so the flow's serving and replay tasks use it without loading a model."""
+    from atoma_ops.testing.stub_engine import StubEngine
+    from tasks.runtime import _engines
+
+    block = InferenceEngine(kind="openai", model="stub", base_url="http://stub.invalid")
+    _engines[block.cache_key()] = StubEngine()
+    yield block
+    _engines.pop(block.cache_key(), None)
+
+
+def test_the_demo_flow_leaves_no_key_anywhere(tmp_path, caplog, capfd, stub_engine_block):
     home = tmp_path / "localnet"
     localnet, _ = LocalnetHome(home).init(seed=7)  # as scripts/demo.py, but manual epochs
     localnet.close()
@@ -94,8 +112,8 @@ def test_the_demo_flow_leaves_no_key_anywhere(tmp_path, caplog, capfd):
                                 for c in ("Say hello.", "Name a colour.")))
     caplog.set_level(logging.INFO)
     caplog.set_level(logging.INFO, logger="prefect")  # the flows' and tasks' logs go to the API too
-    summary = asyncio.run(stack_lifecycle(workload=str(workload), network=AtomaNetwork(home=str(home),
-                                                                                       epoch_poll_s=0.05)))
+    summary = asyncio.run(stack_lifecycle(workload=str(workload), network=AtomaNetwork(home=str(home), epoch_poll_s=0.05),
+                                          engine=stub_engine_block))
     assert summary["claims"] and summary["attestations"]
 
     scanner = KeyScanner.for_roots([home])
