@@ -35,24 +35,23 @@ from atoma_ops.home import LocalnetHome  # noqa: E402
 # the share of the session's Prefect harness and CPU-engine loads they pay; the rest take under ~30 s each and
 # keep their collection order): the workers end within a short file of each other.
 SLOWEST_FIRST = (
-    "tests/flows/test_multi_host.py",  # ~260 (two hosts' workers on a shared server)
-    "tests/flows/test_flows.py",  # ~155
-    "tests/flows/test_alerts.py",  # with test_deployment.py, one unit (SAME_UNIT): ~155
+    "tests/flows/test_multi_host.py",  # ~95 (two hosts' workers on a shared server)
+    "tests/flows/test_alerts.py",  # with test_deployment.py, one unit (SAME_UNIT): ~120
     "tests/flows/test_deployment.py",
-    "tests/reliability/test_bad_inputs.py",  # ~130 (the whole table, once, in a module fixture)
-    "tests/reliability/test_crash_harness.py",  # ~120
-    "tests/flows/test_flows_sui.py",  # ~80
-    "tests/serving/test_cpu_engine.py",  # ~70
-    "tests/chain/test_state_machine.py",  # ~65 (1000 examples)
-    "tests/flows/test_crash.py",  # ~65
-    "tests/flows/test_events.py",  # ~60
-    "tests/reliability/test_load.py",  # ~55
-    "tests/reliability/test_security.py",  # ~45
-    "tests/reliability/test_keyscan.py",  # ~40
-    "tests/serving/test_cli_serving.py",  # ~30
-    "tests/serving/test_attest.py",  # ~25
-    "tests/serving/test_openai_sdk.py",  # ~25
-    "tests/flows/test_legible.py",  # ~20
+    "tests/serving/test_cpu_engine.py",  # ~100
+    "tests/flows/test_flows.py",  # ~100
+    "tests/flows/test_flows_sui.py",  # ~70
+    "tests/reliability/test_load.py",  # ~65
+    "tests/reliability/test_bad_inputs.py",  # ~60 (the whole table, once, in a module fixture)
+    "tests/flows/test_crash.py",  # ~55
+    "tests/reliability/test_crash_harness.py",  # ~50
+    "tests/serving/test_openai_sdk.py",  # ~50
+    "tests/serving/test_cli_serving.py",  # ~45
+    "tests/flows/test_serve_remote.py",  # ~30
+    "tests/serving/test_attest.py",  # ~30
+    "tests/chain/test_state_machine.py",  # ~30 (400 examples)
+    "tests/flows/test_events.py",  # ~30
+    "tests/flows/test_legible.py",  # ~30
 )
 # Files that run on the same worker, one after the other: they share that worker's real `prefect server`
 # (tests/flows/conftest.py) instead of each starting one.
@@ -89,10 +88,13 @@ def pytest_xdist_make_scheduler(config, log):
 
 @pytest.fixture(scope="session")
 def prefect_api():
-    """The session's Prefect API (started once, ~10 s)."""
+    """The session's Prefect API (started once, ~10 s), its client's first retries of a 503 made quick
+    (tests/prefect_retry.py: the harness's SQLite server answers many signer-slot calls 503 under load)."""
     from prefect.testing.utilities import prefect_test_harness
 
-    with prefect_test_harness(server_startup_timeout=120):
+    from tests.prefect_retry import quick_first_retries
+
+    with prefect_test_harness(server_startup_timeout=120), quick_first_retries():
         yield
 
 

@@ -34,7 +34,6 @@ from flows import (
     try_settle,
     wait_for_dispute_window,
 )
-from tests.flows.prefect_retry import _quick_prefect_retries  # noqa: F401 - autouse (see there)
 
 PRICE = 1_000_000
 

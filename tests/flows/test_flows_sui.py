@@ -31,7 +31,6 @@ from atoma_ops.lifecycle import StageError, node_small_ids
 from atoma_ops.wallet import Wallet
 from blocks import AtomaNetwork, InferenceEngine, SuiWallet
 from flows import mint_usdc, settlement_run, stack_lifecycle
-from tests.flows.prefect_retry import _quick_prefect_retries  # noqa: F401 - autouse (see there)
 
 STACK_UNITS = 100_000
 MINTED = 10_000_000

@@ -22,7 +22,6 @@ from atoma_ops.serving.workload import WorkloadError
 from atoma_ops.testing.stub_engine import StubEngine
 from blocks import AtomaNetwork, InferenceEngine
 from flows import serve_stack, stack_lifecycle
-from tests.flows.prefect_retry import _quick_prefect_retries  # noqa: F401 - autouse (see there)
 
 PRICE = 1_000_000
 #: an engine block nothing answers for (port 9 of 127.0.0.1): serving anywhere but at ``node_url`` fails every line

@@ -33,10 +33,3 @@ def quick_first_retries() -> Iterator[None]:
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(base, "clamped_poisson_interval", interval)
         yield
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _quick_prefect_retries():
-    """Autouse in the modules that import it."""
-    with quick_first_retries():
-        yield
