@@ -86,6 +86,20 @@ def passes(engine, monkeypatch) -> list[tuple[int, int]]:
 
 
 # --------------------------------------------------------------------------------------------------- invariance
+def prefill_alone(llama, ids: list[int]):
+    """A prompt prefilled alone into a cache with room for 4 more tokens: (cache, its greedy first token)."""
+    cache = llama.new_cache(len(ids) + 4, len(ids) + 4)
+    return cache, int(llama.prefill(ids, cache).argmax())
+
+
+def clone(llama, cache):
+    """A copy of a sequence's KV cache (a step on it leaves the original as it was)."""
+    copy = llama.new_cache(cache.data.shape[3], cache.limit)
+    copy.data.copy_(cache.data)
+    copy.length = cache.length
+    return copy
+
+
 @pytest.mark.parametrize("mode", ["loaded", "serial"])
 def test_decode_rows_are_bitwise_what_the_sequence_gets_alone(engine, mode, monkeypatch):
     """The model level: two decode steps of one sequence give the same logits, bit for bit, alone and as any row of
@@ -98,24 +112,14 @@ def test_decode_rows_are_bitwise_what_the_sequence_gets_alone(engine, mode, monk
         monkeypatch.setattr(llama, "mode", "serial")
     prompts = [engine._prompt_ids(r) for r, _ in GREEDY[:5]]
 
-    def fresh(ids):
-        cache = llama.new_cache(len(ids) + 4, len(ids) + 4)
-        return cache, int(llama.prefill(ids, cache).argmax())
-
-    def clone(cache):
-        copy = llama.new_cache(cache.data.shape[3], cache.limit)
-        copy.data.copy_(cache.data)
-        copy.length = cache.length
-        return copy
-
     def two_steps(rows: list[int], probe_at: int):
-        caches, tokens = [clone(prefilled[i][0]) for i in rows], [prefilled[i][1] for i in rows]
+        caches, tokens = [clone(llama, prefilled[i][0]) for i in rows], [prefilled[i][1] for i in rows]
         first = llama.decode(tokens, caches)
         second = llama.decode(first.argmax(-1).tolist(), caches)
         return first[probe_at], second[probe_at]
 
     with torch.inference_mode():
-        prefilled = [fresh(ids) for ids in prompts]
+        prefilled = [prefill_alone(llama, ids) for ids in prompts]
         alone = two_steps([0], 0)
         for rows, probe_at in (([0, 1], 0), ([1, 0, 2], 1), ([3, 2, 1, 4, 0], 4), ([2, 4, 0, 1, 3, 1, 2, 4, 3], 2)):
             batched = two_steps(rows, probe_at)
@@ -138,24 +142,14 @@ def test_prompts_joining_a_decode_pass_get_what_they_get_alone(engine, mode, mon
     ]
     assert len({len(ids) for ids in joining}) == 3
 
-    def prefilled(ids):
-        cache = llama.new_cache(len(ids) + 4, len(ids) + 4)
-        return cache, int(llama.prefill(ids, cache).argmax())
-
-    def clone(cache):
-        copy = llama.new_cache(cache.data.shape[3], cache.limit)
-        copy.data.copy_(cache.data)
-        copy.length = cache.length
-        return copy
-
     with torch.inference_mode():
-        states = [prefilled(ids) for ids in running]
-        decoded_alone = [llama.decode([t], [clone(c)])[0] for c, t in states]
+        states = [prefill_alone(llama, ids) for ids in running]
+        decoded_alone = [llama.decode([t], [clone(llama, c)])[0] for c, t in states]
         prompt_alone = []
         for ids in joining:
             cache = llama.new_cache(len(ids) + 4, len(ids) + 4)
             prompt_alone.append((llama.prefill(ids, cache), cache))
-        caches = [clone(c) for c, _ in states]
+        caches = [clone(llama, c) for c, _ in states]
         fresh = [llama.new_cache(len(ids) + 4, len(ids) + 4) for ids in joining]
         starts = [llama.begin(ids, cache) for ids, cache in zip(joining, fresh)]
         assert starts[0] > 0 and starts[2] == 0  # one prompt starts from the shared prefix, one does not

@@ -233,9 +233,10 @@ class Scheduler:
                     for seq in admitted:
                         if not self._prepare(seq):
                             continue
-                        if rows + len(seq.prompt) - seq.start <= MIX_ROWS:
+                        own = len(seq.prompt) - seq.start  # the rows the prompt adds to a pass
+                        if rows + own <= MIX_ROWS:
                             joining.append(seq)
-                            rows += len(seq.prompt) - seq.start
+                            rows += own
                         else:  # too long to join this pass: a pass of its own, then it decodes with the others
                             alone.append(seq)
                             self._pass([], [seq])
