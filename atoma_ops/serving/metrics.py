@@ -67,10 +67,40 @@ class NodeMetrics:
             "atoma_compute_units_charged", "Compute units charged to stacks", ["model"], registry=r,
         )
 
+        self._models: dict[str, ModelMetrics] = {}
+
+    def of(self, model: str) -> "ModelMetrics":
+        """The metrics of one model, its labelled children looked up once (``labels()`` takes a lock and builds a
+        key each call: measured ~2% of a busy node's CPU when called per token)."""
+        bound = self._models.get(model)
+        if bound is None:
+            bound = self._models[model] = ModelMetrics(self, model)
+        return bound
+
     def ended(self, model: str, outcome: str) -> None:
-        self.requests.labels(model, outcome).inc()
-        if outcome != "served":
-            self.failed.labels(model).inc()
+        self.of(model).ended(outcome)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class ModelMetrics:
+    """:class:`NodeMetrics`' children for one ``model`` label (:meth:`NodeMetrics.of`)."""
+
+    def __init__(self, metrics: NodeMetrics, model: str):
+        self.running = metrics.running.labels(model)
+        self.queued = metrics.queued.labels(model)
+        self.ttft = metrics.ttft.labels(model)
+        self.inter_token = metrics.inter_token.labels(model)
+        self.latency = metrics.latency.labels(model)
+        self.input_tokens = metrics.input_tokens.labels(model)
+        self.output_tokens = metrics.output_tokens.labels(model)
+        self.units_reserved = metrics.units_reserved.labels(model)
+        self.units_charged = metrics.units_charged.labels(model)
+        self._requests = {outcome: metrics.requests.labels(model, outcome) for outcome in OUTCOMES}
+        self._failed = metrics.failed.labels(model)
+
+    def ended(self, outcome: str) -> None:
+        self._requests[outcome].inc()
+        if outcome != "served":
+            self._failed.inc()

@@ -163,7 +163,7 @@ class NodeService:
         self.tasks: set[asyncio.Task] = set()
         self.metrics = NodeMetrics()
         self._facts: dict[int, tuple[StackFacts, str | None, float]] = {}
-        self.reserver = GroupCommit(store.reserve, on_orphan=self._release_orphan)
+        self.reserver = GroupCommit(store.reserve, on_orphan=self._release_orphan, now=store.reserve_now)
         self.settler = GroupCommit(store.settle)
         self.releaser = GroupCommit(lambda rs: [store.release(rs)] * len(rs))
         self._lease_task: asyncio.Task | None = None
@@ -437,11 +437,12 @@ class NodeService:
             validate_request(request)
             facts, task_model = await self.stack_facts(stack_small_id, owner=owner, tx_digest=tx_digest)
             self.check_model(request, task_model)
-            if hasattr(engine, "aprompt_tokens") and (
-                getattr(engine, "remote_tokenizer", False) or prompt_chars(request) <= INLINE_COUNT_CHARS
-            ):  # the server's /tokenize on this loop's connections, or a short prompt on a local tokenizer (a thread
-                # hop would cost more than the counting, and wait for a core on a loaded box)
-                est = await estimate_async(request, engine)
+            if getattr(engine, "remote_tokenizer", False) and hasattr(engine, "aprompt_tokens"):
+                est = await estimate_async(request, engine)  # the server's /tokenize on this loop's connections
+            elif hasattr(engine, "aprompt_tokens") and prompt_chars(request) <= INLINE_COUNT_CHARS:
+                # a short prompt on a local tokenizer, right here: a thread hop would cost more than the counting
+                # (~0.3 ms), and wait for a core on a loaded box
+                est = estimate(request, engine)
             else:
                 est = await asyncio.to_thread(estimate, request, engine)
             context = engine.max_context
@@ -459,7 +460,7 @@ class NodeService:
                 raise reservation
             self._keep_leases()  # renewed until the run ends (recorded or released)
             failpoint("serve:after-reserve")  # units reserved, nothing served: a crash must not leak them
-            self.metrics.units_reserved.labels(engine.model).inc(est.reserved)
+            self.metrics.of(engine.model).units_reserved.inc(est.reserved)
             admission = Admission(stack_small_id, request, est, sampling, reservation, arrived, request_id, drawn)
             slot = False  # the run started with start(admission) frees it
             return admission

@@ -65,11 +65,18 @@ class GroupCommit:
 
     A caller cancelled while its write is pending still gets it written (the transaction may already be running);
     ``on_orphan(result)`` then undoes it (e.g. releases a reservation nobody will use).
+
+    ``now(items) -> results | None``, when given, is tried first in the loop's own thread while no write is pending
+    or running: it runs the write at once if it can do so without waiting (else None, and the write goes to the
+    worker thread). One request alone then pays no thread hop (~0.3-1 ms of its time to first token); concurrent
+    writes still coalesce in the thread.
     """
 
-    def __init__(self, fn: Callable[[list], list], on_orphan: Callable[[Any], None] | None = None):
+    def __init__(self, fn: Callable[[list], list], on_orphan: Callable[[Any], None] | None = None,
+                 now: Callable[[list], list | None] | None = None):
         self._fn = fn
         self._on_orphan = on_orphan
+        self._now = now
         self._states: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         self._tasks: set[asyncio.Task] = set()
 
@@ -78,6 +85,10 @@ class GroupCommit:
         state = self._states.get(loop)
         if state is None:
             state = self._states[loop] = _LoopState()
+        if self._now is not None and not state.running and not state.pending:
+            results = self._now([item])
+            if results is not None:
+                return results[0]
         future: asyncio.Future = loop.create_future()
         state.pending.append((item, future))
         if not state.running:
@@ -184,6 +195,7 @@ class Outcome:
 
 
 _END = object()
+_KEEPALIVE = object()
 
 
 class RequestRun:
@@ -205,9 +217,11 @@ class RequestRun:
         self.first_token_ms: int | None = None
         self._after = after
         self._queue: asyncio.Queue = asyncio.Queue()
+        self._last_put = time.monotonic()  # when the engine last produced text (keep-alives count silence from it)
+        self._keepalive_timer: asyncio.TimerHandle | None = None
         loop = asyncio.get_running_loop()
         self.done: asyncio.Future = loop.create_future()
-        service.metrics.queued.labels(self.model).inc()
+        service.metrics.of(self.model).queued.inc()
         self._task = loop.create_task(self._pump())
         service.tasks.add(self._task)
         self._task.add_done_callback(service.tasks.discard)
@@ -216,24 +230,43 @@ class RequestRun:
     async def batches(self, keepalive_s: float | None = None) -> AsyncIterator[list[Delta] | None]:
         """The deltas in the order produced, every one already produced at once: a relay writes them in one piece
         instead of one write per token (what makes a busy node's relay affordable)."""
-        done = False
-        while not done:
-            try:
-                item = await asyncio.wait_for(self._queue.get(), keepalive_s) if keepalive_s else await self._queue.get()
-            except asyncio.TimeoutError:
-                yield None
-                continue
-            batch: list[Delta] = []
-            while True:
-                if item is _END:
-                    done = True
-                    break
-                batch.append(item)
-                if self._queue.empty():
-                    break
-                item = self._queue.get_nowait()
-            if batch:
-                yield batch
+        if keepalive_s:
+            self._arm_keepalive(keepalive_s)
+        try:
+            done = False
+            while not done:
+                item = await self._queue.get()
+                batch: list[Delta] = []
+                while True:
+                    if item is _END:
+                        done = True
+                        break
+                    if item is not _KEEPALIVE:
+                        batch.append(item)
+                    if self._queue.empty():
+                        break
+                    item = self._queue.get_nowait()
+                if batch:
+                    yield batch
+                elif not done:
+                    yield None
+        finally:
+            if self._keepalive_timer is not None:
+                self._keepalive_timer.cancel()
+
+    def _arm_keepalive(self, keepalive_s: float) -> None:
+        """A keep-alive marker in the queue after every ``keepalive_s`` without text: one timer per period of
+        silence, where a timeout around each wait cost ~2% of a busy node's CPU."""
+        loop = asyncio.get_running_loop()
+
+        def tick() -> None:
+            quiet = time.monotonic() - self._last_put
+            if quiet >= keepalive_s:
+                self._queue.put_nowait(_KEEPALIVE)
+                self._last_put, quiet = time.monotonic(), 0.0
+            self._keepalive_timer = loop.call_later(keepalive_s - quiet, tick)
+
+        self._keepalive_timer = loop.call_later(keepalive_s, tick)
 
     async def result(self) -> Outcome:
         try:
@@ -249,7 +282,7 @@ class RequestRun:
     # -- the run's own task
     async def _pump(self) -> None:
         a, service = self.admission, self.service
-        metrics, model = service.metrics, self.model
+        metrics = service.metrics.of(self.model)
         error: ServingError | None = None
         aborted = False
         last_token = 0.0
@@ -257,17 +290,24 @@ class RequestRun:
         try:
             async for delta in stream:
                 now = time.monotonic()
-                if self.first_token_ms is None and (delta.tokens or delta.text):
+                first = self.first_token_ms is None and bool(delta.tokens or delta.text)
+                if first:
                     self.first_token_ms = now_ms()
-                    metrics.queued.labels(model).dec()
-                    metrics.running.labels(model).inc()
-                    metrics.ttft.labels(model).observe(max(0.0, (self.first_token_ms - a.arrived_ms) / 1000))
+                    metrics.queued.dec()
+                    metrics.running.inc()
+                    metrics.ttft.observe(max(0.0, (self.first_token_ms - a.arrived_ms) / 1000))
                 elif delta.tokens and last_token:
-                    metrics.inter_token.labels(model).observe((now - last_token) / max(1, delta.tokens))
+                    metrics.inter_token.observe((now - last_token) / max(1, delta.tokens))
                 if delta.tokens:
                     last_token = now
                 self.generation.add(delta)
                 self._queue.put_nowait(delta)
+                if delta.text:  # what the client sees: a delta without text sends nothing
+                    self._last_put = now
+                if first:
+                    # let the consumer send the first token now: an engine that delivers many deltas in one read
+                    # (a relayed server's chunks arrive together) would otherwise hold it until all were handled
+                    await asyncio.sleep(0)
             if self.generation.finish_reason is None:
                 error = EngineFailure("the engine's stream ended without a finish reason (nothing charged)")
         except asyncio.CancelledError:
@@ -283,9 +323,9 @@ class RequestRun:
             except BaseException:  # noqa: BLE001 - the engine frees what it holds on close; nothing else to do
                 pass
         if self.first_token_ms is None:
-            metrics.queued.labels(model).dec()
+            metrics.queued.dec()
         else:
-            metrics.running.labels(model).dec()
+            metrics.running.dec()
         try:
             outcome = await self._record(error, aborted)
         except BaseException as exc:  # never leave a waiter hanging
@@ -331,11 +371,11 @@ class RequestRun:
         out.history_index = settled.entry.index
         out.units_left = settled.units_left
         out.duplicate = settled.duplicate
-        m = service.metrics
+        m = service.metrics.of(self.model)
         if not settled.duplicate:
-            m.units_charged.labels(self.model).inc(settled.entry.units)
-            m.input_tokens.labels(self.model).inc(gen.prompt_tokens)
-            m.output_tokens.labels(self.model).inc(gen.completion_tokens)
-            m.latency.labels(self.model).observe(max(0.0, (out.finished_ms - a.arrived_ms) / 1000))
-        m.ended(self.model, "duplicate" if settled.duplicate else ("aborted" if aborted else "served"))
+            m.units_charged.inc(settled.entry.units)
+            m.input_tokens.inc(gen.prompt_tokens)
+            m.output_tokens.inc(gen.completion_tokens)
+            m.latency.observe(max(0.0, (out.finished_ms - a.arrived_ms) / 1000))
+        m.ended("duplicate" if settled.duplicate else ("aborted" if aborted else "served"))
         return out

@@ -259,6 +259,81 @@ def test_settlement_state_blocks_reservations_and_waits_for_in_flight(tmp_path):
         assert isinstance(store.reserve([(facts(), 1)])[0], Reservation)
 
 
+def test_reserve_now_reserves_at_once_or_not_at_all(tmp_path):
+    """The event loop's fast path: it reserves when nothing holds the store, and otherwise says so (None) at once,
+    reserving nothing, instead of waiting on this process's lock or another process's transaction."""
+    path = tmp_path / "s.sqlite"
+    with NodeStore(path) as store, NodeStore(path) as other:
+        (r,) = store.reserve_now([(facts(units=100), 40)])
+        assert isinstance(r, Reservation) and store.usage(1).reserved_units == 40
+        (refused,) = store.reserve_now([(facts(units=100), 61)])  # a refusal is an answer too, not a "not now"
+        assert isinstance(refused, InsufficientUnits)
+
+        held, release = threading.Event(), threading.Event()
+
+        def hold_lock() -> None:  # this store's own connection busy in a worker thread (a charge being written)
+            with store._tx():
+                held.set()
+                release.wait(10)
+
+        holder = threading.Thread(target=hold_lock)
+        holder.start()
+        assert held.wait(10)
+        started = time.monotonic()
+        assert store.reserve_now([(facts(units=100), 10)]) is None
+        assert time.monotonic() - started < 1.0  # did not wait for the lock
+        release.set()
+        holder.join()
+
+        other.conn.execute("BEGIN IMMEDIATE")  # another process's write transaction on the same file
+        try:
+            started = time.monotonic()
+            assert store.reserve_now([(facts(units=100), 10)]) is None
+            assert time.monotonic() - started < 1.0  # did not wait out the busy timeout
+        finally:
+            other.conn.execute("ROLLBACK")
+        u = store.usage(1)
+        assert (u.reserved_units, u.in_flight) == (40, 1)  # neither "not now" reserved anything
+        (later,) = store.reserve_now([(facts(units=100), 10)])  # and the busy timeout is back for the thread path
+        assert isinstance(later, Reservation) and store.conn.execute("PRAGMA busy_timeout").fetchone()[0] == 60_000
+
+
+def test_group_commit_runs_inline_when_it_can_and_in_its_thread_otherwise():
+    """GroupCommit's ``now``: a write alone runs in the caller's thread; one ``now`` declines, or one submitted while
+    another is in progress, goes to the worker thread (where concurrent writes share a call)."""
+    import asyncio
+
+    from atoma_ops.serving.serve import GroupCommit
+
+    where: list[tuple[str, list, bool]] = []
+    main = threading.get_ident()
+    decline = {"on": False}
+
+    def fn(items: list) -> list:
+        where.append(("thread", items, threading.get_ident() == main))
+        time.sleep(0.05)
+        return [f"t{i}" for i in items]
+
+    def now(items: list) -> list | None:
+        if decline["on"]:
+            return None
+        where.append(("inline", items, threading.get_ident() == main))
+        return [f"n{i}" for i in items]
+
+    async def scenario() -> list:
+        commit = GroupCommit(fn, now=now)
+        first = await commit.submit(1)
+        decline["on"] = True
+        declined = asyncio.get_running_loop().create_task(commit.submit(2))
+        await asyncio.sleep(0.01)  # 2 is being written in the thread
+        decline["on"] = False
+        during = await asyncio.gather(commit.submit(3), commit.submit(4))
+        return [first, await declined, *during]
+
+    assert asyncio.run(scenario()) == ["n1", "t2", "t3", "t4"]
+    assert where == [("inline", [1], True), ("thread", [2], False), ("thread", [3, 4], False)]
+
+
 def test_threads_never_over_serve(tmp_path):
     """8 threads, each with its own store connection, reserve and settle until the stack is spent."""
     path = tmp_path / "s.sqlite"

@@ -291,6 +291,32 @@ def test_overload_answers_429_with_retry_after(net, localnet_home, stacks):
         slow.close()
 
 
+def test_a_silent_engine_gets_keep_alive_comments_and_the_stream_still_ends_metered(net, localnet_home, stacks):
+    """While the engine sends no text (1.1 s before its first token, 0.5 s between tokens) the stream carries
+    ': keep-alive' comments every ``keepalive_s`` (0.2 s here), and the SDK reads through them to the usage chunk."""
+    slow = Node(net, localnet_home, stub_engine(delay=0.6, completion_tokens=3, token_delay=0.5), keepalive_s=0.2)
+    try:
+        sid = stacks["own"]
+        body = {"messages": messages("Hi."), "max_tokens": 3, "stream": True}
+        with httpx.Client(base_url=slow.url, timeout=60, auth=slow.auth(sid)) as http:
+            with http.stream("POST", "/v1/chat/completions", json=body) as r:
+                assert r.status_code == 200
+                lines = [line for line in r.iter_lines() if line]
+        first_content = next(i for i, line in enumerate(lines) if '"content":"' in line and '"content":""' not in line)
+        before = lines[:first_content].count(": keep-alive")
+        after = lines[first_content:].count(": keep-alive")
+        assert 4 <= before <= 6  # 1.1 s of silence / 0.2 s: 5 (a timer on a busy box may slip one either way)
+        assert 3 <= after <= 5  # two gaps of 0.5 s between the 3 tokens: 2 each
+        assert lines[-1] == "data: [DONE]"
+        # the SDK skips the comments: the same answer, metered
+        chunks = list(slow.client(sid).chat.completions.create(model=MODEL, messages=messages("Hi."), max_tokens=3,
+                                                                stream=True))
+        assert chunks[-1].usage.completion_tokens == 3
+        assert slow.usage(sid).num_requests == 2
+    finally:
+        slow.close()
+
+
 # ====================================================================== a dropped stream
 def test_a_dropped_stream_is_charged_what_was_produced_and_replays(node, stacks):
     sid = stacks["other"]
