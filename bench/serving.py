@@ -36,6 +36,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -116,9 +117,11 @@ async def one(client: httpx.AsyncClient, url: str, body: bytes, headers: dict) -
 
 
 async def sweep_point(url: str, model: str, concurrency: int, rounds: int, max_tokens: int,
-                      headers: dict | None = None, signer=None) -> dict:
+                      headers: dict | None = None, signer=None, spread_s: float = 0.0) -> dict:
     """``signer`` (a RequestSigner): each body is signed by the stack's owner, before the clock starts (the node's
-    side of a request is checking the signature, not making it)."""
+    side of a request is checking the signature, not making it). Client ``w`` starts ``spread_s * w / concurrency``
+    seconds in: over one engine latency, the clients' requests then arrive spread out as independent users' do,
+    not all at the same instant (a fixed-latency engine would otherwise keep them in lockstep for the whole run)."""
     # pools of at most 16 connections: httpx scans every connection of a pool on each request, which at hundreds of
     # connections in one pool makes the client, not the server, the bottleneck (measured: 18 vs 8.5 ms CPU each)
     pools = [httpx.AsyncClient(timeout=600, limits=httpx.Limits(max_connections=16, max_keepalive_connections=16))
@@ -141,6 +144,8 @@ async def sweep_point(url: str, model: str, concurrency: int, rounds: int, max_t
 
     async def worker(w: int) -> list[tuple[float, float]]:
         out = []
+        if spread_s:
+            await asyncio.sleep(spread_s * w / concurrency)
         for raw, h in prepared[w]:
             try:
                 out.append(await one(pools[w // 16], url, raw, h))
@@ -174,7 +179,7 @@ def cpu_seconds(pid: int | None) -> float | None:
 
 
 def compare(name: str, bare_url: str, node_url: str, model: str, levels: list[int], rounds: int, max_tokens: int,
-            stack: int, signer, node_pid: int | None = None) -> list[dict]:
+            stack: int, signer, node_pid: int | None = None, *, min_requests: int = 0, spread_s: float = 0.0) -> list[dict]:
     print(f"\n## {name}")
     print(f"{'clients':>7} | {'bare req/s':>10} {'node req/s':>10} {'ratio':>6} | {'bare p50':>8} {'node p50':>8} "
           f"{'+p50 ms':>7} | {'bare p99':>8} {'node p99':>8}   (first token, ms) | node CPU ms/request")
@@ -186,8 +191,8 @@ def compare(name: str, bare_url: str, node_url: str, model: str, levels: list[in
             url = (bare_url if side == "bare" else node_url) + "/chat/completions"
             headers = {"X-Stack-Small-Id": str(stack)} if side == "node" else None
             before = cpu_seconds(node_pid) if side == "node" else None
-            pair[side] = asyncio.run(sweep_point(url, model, c, rounds, max_tokens, headers,
-                                                 signer if side == "node" else None))
+            pair[side] = asyncio.run(sweep_point(url, model, c, max(rounds, -(-min_requests // c)), max_tokens,
+                                                 headers, signer if side == "node" else None, spread_s))
             if before is not None:
                 pair[side]["cpu_ms_per_request"] = 1000 * (cpu_seconds(node_pid) - before) / max(1, pair[side]["requests"])
         b, n = pair["bare"], pair["node"]
@@ -203,31 +208,33 @@ def compare(name: str, bare_url: str, node_url: str, model: str, levels: list[in
 
 
 def node_process(home: Path, base_url: str, model: str, port: int, log: Path,
-                 tokenizer: Path | None = None) -> subprocess.Popen:
+                 tokenizer: Path | None = None, cpus: set[int] | None = None) -> subprocess.Popen:
     cmd = [str(REPO / ".venv" / "bin" / "atoma-ops"), "--home", str(home), "node", "serve", "--node", "node-1",
            "--engine", "openai", "--openai-base-url", base_url, "--model", model, "--port", str(port),
            "--max-pending", "4096"]
     if tokenizer is not None:
         cmd += ["--tokenizer", str(tokenizer)]
-    return subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, cwd=REPO)
+    pin = (lambda: os.sched_setaffinity(0, cpus)) if cpus else None
+    return subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, cwd=REPO, preexec_fn=pin)
 
 
 def run_openai(name: str, bare_url: str, model: str, tmp: Path, levels: list[int], rounds: int,
-               max_tokens: int, tokenizer: Path | None = None) -> list[dict]:
+               max_tokens: int, tokenizer: Path | None = None, node_cpus: set[int] | None = None,
+               **sweep: Any) -> list[dict]:
     slug = "".join(c if c.isalnum() else "-" for c in name.lower())
     home, stack = asyncio.run(setup(tmp / f"home-{slug}", model, 1_000_000))
     port = free_port()
-    proc = node_process(home.path, bare_url, model, port, tmp / f"node-{slug}.log", tokenizer)
+    proc = node_process(home.path, bare_url, model, port, tmp / f"node-{slug}.log", tokenizer, node_cpus)
     try:
         wait_http(f"http://127.0.0.1:{port}/health", proc)
         return compare(name, bare_url, f"http://127.0.0.1:{port}/v1", model, levels, rounds, max_tokens, stack,
-                       buyer(home), node_pid=proc.pid)
+                       buyer(home), node_pid=proc.pid, **sweep)
     finally:
         proc.terminate()
         proc.wait(30)
 
 
-def run_cpu(tmp: Path, levels: list[int], rounds: int, max_tokens: int) -> list[dict]:
+def run_cpu(tmp: Path, levels: list[int], rounds: int, max_tokens: int, **sweep: Any) -> list[dict]:
     from atoma_ops.serving.engines.base import SMOLLM2_MODEL
     from atoma_ops.serving.node import NodeService, load_engine
     from atoma_ops.serving.server import BackgroundServer, create_app
@@ -243,7 +250,7 @@ def run_cpu(tmp: Path, levels: list[int], rounds: int, max_tokens: int) -> list[
     try:
         asyncio.run(sweep_point(bare.base_url + "/chat/completions", SMOLLM2_MODEL, 2, 1, max_tokens))  # warm-up
         return compare("cpu", bare.base_url, node.url + "/v1", SMOLLM2_MODEL, levels, rounds, max_tokens, stack,
-                       buyer(home))
+                       buyer(home), **sweep)
     finally:
         node.stop()
         bare.stop()
@@ -262,9 +269,27 @@ def main() -> int:
     ap.add_argument("--vllm-url", help="a running vllm serve's /v1 URL")
     ap.add_argument("--vllm-model", help="the model name it serves")
     ap.add_argument("--json", dest="json_out", help="also write the figures to this file")
+    ap.add_argument("--min-requests", type=int, default=32,
+                    help="at least this many requests per point (more rounds at low concurrency): a p50 of 4 is noise")
+    ap.add_argument("--spread", type=float, default=None,
+                    help="seconds over which the clients start (default: the stand-in's latency; 0: all at once)")
+    ap.add_argument("--pin", action=argparse.BooleanOptionalAction, default=True,
+                    help="the node on a core of its own, the clients and the engine on the others (default; Linux, "
+                         "2+ cores); --no-pin: all three share every core")
     args = ap.parse_args()
     levels = [int(c) for c in args.concurrency.split(",")]
     rows: list[dict] = []
+    spread = args.latency if args.spread is None else args.spread
+    sweep = {"min_requests": args.min_requests, "spread_s": spread}
+    everything = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set()
+    node_cpus = None
+    if args.pin and len(everything) >= 2:
+        node_cpus = {max(everything)}
+        os.sched_setaffinity(0, everything - node_cpus)  # this process (the clients) and the servers it starts
+        print(f"pinned: the node on CPU {max(everything)}, the clients and the engine on CPUs "
+              f"{sorted(everything - node_cpus)} (--no-pin: all on every CPU)")
+    elif args.pin:
+        print("not pinned: fewer than 2 CPUs to share out (or no sched_setaffinity here)")
     with tempfile.TemporaryDirectory(prefix="bench-serving-") as tmp_name:
         tmp = Path(tmp_name)
         if args.only in (None, "standin"):
@@ -281,15 +306,18 @@ def main() -> int:
                     name = "standin, node counts via /tokenize" if tokenizer is None else \
                         "standin, node counts with --tokenizer (the model's own, locally)"
                     rows += run_openai(name, f"http://127.0.0.1:{port}/v1", STANDIN_MODEL, tmp, levels, args.rounds,
-                                       args.max_tokens, tokenizer)
+                                       args.max_tokens, tokenizer, node_cpus, **sweep)
             finally:
                 standin.terminate()
                 standin.wait(30)
+        if node_cpus:
+            os.sched_setaffinity(0, everything)  # the CPU engine's node runs in this process: every core again
         if args.only in (None, "cpu"):
-            rows += run_cpu(tmp, [int(c) for c in args.cpu_concurrency.split(",")], args.cpu_rounds, args.max_tokens)
+            rows += run_cpu(tmp, [int(c) for c in args.cpu_concurrency.split(",")], args.cpu_rounds, args.max_tokens,
+                            min_requests=0, spread_s=0.0)
         if args.vllm_url and args.only in (None, "vllm"):
             rows += run_openai("vllm", args.vllm_url.rstrip("/"), args.vllm_model or "", tmp, levels, args.rounds,
-                               args.max_tokens)
+                               args.max_tokens, **sweep)  # a real server (its own machine or GPU): nothing pinned
         elif args.only in (None, "vllm"):
             print("\n## vllm: skipped (no --vllm-url; `make test-vllm` builds the environment that runs one)")
     standin_rows = [r for r in rows if r["engine"].startswith("standin")]
