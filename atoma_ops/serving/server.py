@@ -341,7 +341,11 @@ def create_app(service: NodeService, *, keepalive_s: float = KEEPALIVE_S, max_bo
         if streaming:
             # the run's task first (it sends the request to the engine), then this response's start: the engine's
             # work begins ~1 ms sooner than when the response path runs first
-            await asyncio.sleep(0)
+            try:
+                await asyncio.sleep(0)
+            except asyncio.CancelledError:  # the server stopping this handler: no stream will ever read the run
+                run.abort()
+                raise
             return EventStream(sse_stream(run, keepalive_s, payload), on_disconnect=run.abort,
                                headers={"Cache-Control": "no-cache", STACK_HEADER: str(stack)})
         outcome = await run.result()
