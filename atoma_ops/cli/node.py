@@ -33,9 +33,11 @@ def node_serve(
     ),
     node_small_id: Optional[int] = NODE_SMALL_ID_PICK_OPT,
     tokenizer: Optional[str] = typer.Option(
-        None, "--tokenizer", metavar="PATH",
-        help="With --engine openai: the served model's tokenizer (a transformers folder or a GGUF file), to count "
-             "tokens here instead of asking the server's /tokenize twice per request.",
+        None, "--tokenizer", metavar="auto|remote|PATH",
+        help="With --engine openai, how the node counts tokens at admission. auto (default): with the model's own "
+             "tokenizer from the local HuggingFace cache when it is there (vllm serve on this host put it there), "
+             "else by asking the server's /tokenize (twice per request); remote: always /tokenize; PATH: the served "
+             "model's tokenizer (a transformers folder or a GGUF file).",
     ),
 ) -> None:
     """Serve OpenAI-compatible chat completions for the node's stacks (header X-Stack-Small-Id) until Ctrl-C."""

@@ -129,25 +129,31 @@ class _NewStores:
 
 def engine_loader(state: State, kind: str, base_url: Optional[str], model: Optional[str],
                   tokenizer: Optional[str] = None) -> Callable[[], Any]:
-    from ..serving.node import ENGINE_KINDS
+    """A loader for the engine ``kind``; ``tokenizer`` (``openai`` only): ``auto``/None, ``remote`` or a path, as
+    :func:`atoma_ops.serving.node.load_engine` takes it."""
+    from ..serving.node import ENGINE_KINDS, TOKENIZER_AUTO, TOKENIZER_REMOTE
 
     if kind not in ENGINE_KINDS:
         raise CliInputError(f"--engine: {kind!r} is not one of {', '.join(ENGINE_KINDS)}")
-    options: dict[str, Any] = {}
-    if tokenizer is not None:
-        if kind != "openai":
-            raise CliInputError("--tokenizer is for --engine openai (the cpu engine has its model's own)")
+    if tokenizer not in (None, TOKENIZER_AUTO) and kind != "openai":
+        raise CliInputError("--tokenizer is for --engine openai (the cpu engine has its model's own)")
+    if tokenizer not in (None, TOKENIZER_AUTO, TOKENIZER_REMOTE):
         path = Path(tokenizer)
         if not tokenizer.strip() or not (path.is_dir() or path.is_file()):
-            raise CliInputError(f"--tokenizer: {tokenizer!r} is neither a tokenizer folder nor a GGUF file",
-                                kind="FileNotFound")
-        options["tokenizer"] = path
+            raise CliInputError(f"--tokenizer: {tokenizer!r} is neither a tokenizer folder nor a GGUF file "
+                                f"(nor {TOKENIZER_AUTO} or {TOKENIZER_REMOTE})", kind="FileNotFound")
 
     def load() -> Any:
         from ..serving.node import load_engine
 
         note(state, f"loading the {kind} engine…")
-        return load_engine(kind, model=model, base_url=base_url, **options)
+        engine = load_engine(kind, model=model, base_url=base_url, tokenizer=tokenizer)
+        if kind == "openai" and tokenizer in (None, TOKENIZER_AUTO):
+            found = getattr(engine, "tokenizer_path", None)
+            note(state, f"counting tokens with the model's tokenizer from the local HuggingFace cache ({found})"
+                 if found is not None else "counting tokens with the server's /tokenize (the model's tokenizer is "
+                 "not in the local HuggingFace cache; --tokenizer PATH names it)")
+        return engine
 
     return load
 

@@ -96,10 +96,21 @@ class CommitInfo:
 
 
 # --------------------------------------------------------------------------------------------------- engines
-def load_engine(kind: str = "cpu", *, model: str | None = None, base_url: str | None = None, **kwargs: Any) -> Engine:
+#: ``load_engine``'s ``tokenizer`` besides a path: the model's own from the local HuggingFace cache when it is there,
+#: else the server's /tokenize (the default); always the server's /tokenize
+TOKENIZER_AUTO, TOKENIZER_REMOTE = "auto", "remote"
+
+
+def load_engine(kind: str = "cpu", *, model: str | None = None, base_url: str | None = None,
+                tokenizer: str | os.PathLike | None = TOKENIZER_AUTO, **kwargs: Any) -> Engine:
     """Build an engine by kind (``engines.make_engine``): ``cpu`` (SmolLM2 on CPU torch), ``openai`` (an
     OpenAI-compatible server at ``base_url``) or ``vllm`` (vLLM in process). Heavy imports happen here, not at
-    module import."""
+    module import.
+
+    ``tokenizer`` (``openai`` only): how admission counts tokens. A path to the served model's tokenizer;
+    ``"remote"``: the server's ``/tokenize`` (two round trips per request); ``"auto"`` (default) or None: the
+    model's tokenizer from the local HuggingFace cache when it is there (``vllm serve`` on the same host downloaded
+    it; nothing is downloaded here), else ``/tokenize``."""
     from .engines import make_engine
 
     if kind not in ENGINE_KINDS:
@@ -109,6 +120,18 @@ def load_engine(kind: str = "cpu", *, model: str | None = None, base_url: str | 
         if not base_url:
             raise InvalidArgument("--engine openai needs --openai-base-url")
         options["base_url"] = base_url
+        if tokenizer in (None, TOKENIZER_AUTO):
+            from .engines.openai_tokens import cached_tokenizer
+
+            cached = cached_tokenizer(options["model"])
+            if cached is not None:  # as the Atoma node does: count here, no /tokenize round trips per request
+                log.info("counting tokens with %s's tokenizer from the local HuggingFace cache (%s)", options["model"],
+                         cached)
+                options["tokenizer"] = cached
+        elif tokenizer != TOKENIZER_REMOTE:
+            options["tokenizer"] = Path(tokenizer)
+    elif tokenizer not in (None, TOKENIZER_AUTO):
+        raise InvalidArgument(f"a tokenizer is for the openai engine (the {kind} engine has its model's own)")
     return make_engine(kind, **options)
 
 

@@ -494,6 +494,49 @@ def test_tokens_with_a_local_tokenizer(tmp_path):
         assert server.requests == 1  # the chat completion only
 
 
+def test_the_cli_counts_with_the_models_tokenizer_from_the_huggingface_cache(tmp_path, monkeypatch):
+    """``--tokenizer auto`` (the default of ``node serve``, and what ``stack`` commands use): the served model's
+    tokenizer from the local HuggingFace cache, where ``vllm serve`` on the same host put it, counts here, so the
+    server's /tokenize (absent from this stand-in: a call would fail) is never asked; ``remote`` asks it; a model
+    not in the cache is counted by the server too."""
+    from atoma_ops.cli.core import State
+    from atoma_ops.cli.errors import CliInputError
+    from atoma_ops.cli.serving import engine_loader
+    from atoma_ops.testing.openai_standin import save_tokenizer
+
+    repo = tmp_path / "hub" / "models--atoma-ops--openai-standin"  # the cache's layout for atoma-ops/openai-standin
+    snapshot = save_tokenizer(repo / "snapshots" / "0f1e2d3c4b5a")
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0f1e2d3c4b5a")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    st = State(json=True)
+    request = {"messages": [{"role": "user", "content": "how many  words"}]}
+    with standin(tokenize=False) as server:
+        auto = engine_loader(st, "openai", server.base_url, STANDIN_MODEL)()
+        remote = engine_loader(st, "openai", server.base_url, STANDIN_MODEL, "remote")()
+        try:
+            assert auto.tokenizer_path == snapshot and not auto.remote_tokenizer
+            assert auto.count_tokens("one two  three") == 3
+            # "<|im_start|>user how many words <|im_end|> <|im_start|>assistant": 6 words, as the server counts
+            assert auto.prompt_tokens(request) == 6 == server.engine.prompt_tokens(request)
+            assert remote.tokenizer_path is None and remote.remote_tokenizer
+            assert remote.prompt_tokens(request) is None  # it asked /tokenize, which this server has not
+        finally:
+            auto.close()
+            remote.close()
+        (repo / "snapshots" / "0f1e2d3c4b5a" / "tokenizer_config.json").unlink()  # no chat template: not enough
+        assert engine_loader(st, "openai", server.base_url, STANDIN_MODEL)().remote_tokenizer
+        monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty"))
+        assert engine_loader(st, "openai", server.base_url, STANDIN_MODEL)().remote_tokenizer
+    with pytest.raises(CliInputError, match="--tokenizer is for --engine openai"):
+        engine_loader(st, "cpu", None, None, "remote")
+    from atoma_ops.chain.errors import InvalidArgument
+    from atoma_ops.serving.node import load_engine
+
+    with pytest.raises(InvalidArgument, match="a tokenizer is for the openai engine"):  # before loading anything
+        load_engine("cpu", tokenizer=snapshot)
+
+
 def test_tokens_without_tokenize():
     with standin(tokenize=False) as server, server.client() as http:
         assert http.prompt_tokens(ask("hi")) is None
