@@ -121,6 +121,16 @@ class Net:
                 finally:
                     self.run(self.loopback.stop())
         finally:
+            # what asyncio.run does on its way out: tasks a test left running (a node service it never closed keeps
+            # renewing its leases) are cancelled and wound up, not destroyed pending with the loop
+            left = asyncio.all_tasks(self.loop)
+            for task in left:
+                task.cancel()
+
+            async def wound_up() -> None:
+                await asyncio.gather(*left, return_exceptions=True)
+
+            self.loop.run_until_complete(wound_up())
             self.loop.run_until_complete(self.loop.shutdown_default_executor())
             self.loop.close()
 
