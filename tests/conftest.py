@@ -23,6 +23,11 @@ os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 # reservation leases (atoma_ops.serving.store): short, so a test that kills a serving process waits seconds, not the
 # production default, for its reservations to go stale; children of the tests inherit it
 os.environ.setdefault("ATOMA_OPS_RESERVATION_LEASE_S", "3")
+# an empty HuggingFace cache of the session's own: the openai engine counts with a model's tokenizer found there
+# (load_engine's tokenizer "auto"), so what the developer's cache holds must not change what a test counts
+_HF_HUB_CACHE = tempfile.mkdtemp(prefix="atoma-ops-hf-hub-")
+atexit.register(shutil.rmtree, _HF_HUB_CACHE, True)
+os.environ["HF_HUB_CACHE"] = _HF_HUB_CACHE
 
 import pytest  # noqa: E402
 
