@@ -68,7 +68,6 @@ import sys  # noqa: E402
 import tempfile  # noqa: E402
 import threading  # noqa: E402
 import time  # noqa: E402
-import traceback  # noqa: E402
 import urllib.request  # noqa: E402
 from collections import Counter  # noqa: E402
 from dataclasses import dataclass, field  # noqa: E402
@@ -76,6 +75,7 @@ from pathlib import Path  # noqa: E402
 from typing import Callable  # noqa: E402
 
 from atoma_ops.core.failpoints import FAILPOINT_TRACE_ENV, FAILPOINTS_ENV  # noqa: E402
+from atoma_ops.testing.forking import run_forked  # noqa: E402
 from atoma_ops.testing.leases import free_signer_slots, wait_out_leases  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -261,34 +261,6 @@ CHECKS: dict[str, tuple[str, Callable[[dict, dict], bool]]] = {
 
 
 # ----------------------------------------------------------------------------------------------- processes
-def _in_child(fn: Callable[[], None], log: Path, env: dict[str, str | None]) -> int:
-    """Run ``fn`` in a forked child with ``env`` applied and its output appended to ``log``; the child's exit
-    status as ``subprocess`` reports it (``-9`` for SIGKILL)."""
-    assert threading.active_count() == 1, f"threads before fork: {threading.enumerate()}"
-    pid = os.fork()
-    if pid == 0:  # the child
-        code = 1
-        try:
-            fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-            os.dup2(fd, 1)
-            os.dup2(fd, 2)
-            for k, v in env.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
-            fn()
-            code = 0
-        except BaseException:  # noqa: BLE001 - reported through the log and the exit status
-            traceback.print_exc()
-        finally:
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os._exit(code)
-    _, status = os.waitpid(pid, 0)
-    return -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
-
-
 def _isolated(fn: Callable[[], None], case_dir: Path) -> Callable[[], None]:
     """``fn`` with Prefect's result storage inside the case (a cached replay must not leak between cases)."""
 
@@ -319,7 +291,7 @@ def census(scenario: Scenario, template: Path, work: Path) -> Reference:
     trace = work / f"{scenario.name}-trace.txt"
     log = work / f"{scenario.name}-census.log"
     started = time.monotonic()
-    rc = _in_child(_isolated(lambda: scenario.drive(home), home), log, {**NO_FAILPOINTS, FAILPOINT_TRACE_ENV: str(trace)})
+    rc = run_forked(_isolated(lambda: scenario.drive(home), home), log, {**NO_FAILPOINTS, FAILPOINT_TRACE_ENV: str(trace)})
     took = time.monotonic() - started
     if rc != 0:
         raise RuntimeError(f"the clean {scenario.name} run failed (rc {rc}); see {log}:\n{log.read_text()[-3000:]}")
@@ -336,7 +308,7 @@ def _facts_in_child(home: Path, out: Path, log: Path) -> dict:
     def write() -> None:
         out.write_text(json.dumps(facts(home), default=str))
 
-    rc = _in_child(write, log, NO_FAILPOINTS)
+    rc = run_forked(write, log, NO_FAILPOINTS)
     if rc != 0:
         raise RuntimeError(f"reading the facts of {home} failed (rc {rc}); see {log}")
     return json.loads(out.read_text())
@@ -370,7 +342,7 @@ def run_case(scenario: Scenario, template: Path, case: Case, case_dir: Path, ref
     log = case_dir / "runs.log"
     drive = _isolated(lambda: scenario.drive(home), case_dir)
     try:
-        rc = _in_child(drive, log, {**NO_FAILPOINTS, FAILPOINTS_ENV: f"{case.point}@{case.nth}"})
+        rc = run_forked(drive, log, {**NO_FAILPOINTS, FAILPOINTS_ENV: f"{case.point}@{case.nth}"})
         case.runs.append(rc)
         if rc != -signal.SIGKILL:
             raise RuntimeError(f"the armed run did not die at its failpoint (rc {rc})")
@@ -378,7 +350,7 @@ def run_case(scenario: Scenario, template: Path, case: Case, case_dir: Path, ref
         wait_out_leases(home)  # what the killed run had reserved is stale once its leases run out
         free_signer_slots(os.environ["PREFECT_API_URL"])
         if case.crash_recovery:  # the recovery dies at the same place, if it passes there at all
-            rc = _in_child(drive, log, {**NO_FAILPOINTS, FAILPOINTS_ENV: case.point})
+            rc = run_forked(drive, log, {**NO_FAILPOINTS, FAILPOINTS_ENV: case.point})
             case.runs.append(rc)
             if rc == -signal.SIGKILL:
                 case.crashes += 1
@@ -386,7 +358,7 @@ def run_case(scenario: Scenario, template: Path, case: Case, case_dir: Path, ref
                 free_signer_slots(os.environ["PREFECT_API_URL"])
             elif rc != 0:
                 raise RuntimeError(f"the recovery run failed (rc {rc})")
-        rc = _in_child(drive, log, NO_FAILPOINTS)
+        rc = run_forked(drive, log, NO_FAILPOINTS)
         case.runs.append(rc)
         if rc != 0:
             raise RuntimeError(f"the run after the crash failed (rc {rc})")
@@ -624,7 +596,7 @@ def main(argv: list[str] | None = None) -> int:
             scenario = SCENARIOS[name]
             template = work / f"{name}-template"
             template.mkdir()
-            rc = _in_child(lambda: scenario.prepare(template), work / f"{name}-prepare.log", NO_FAILPOINTS)
+            rc = run_forked(lambda: scenario.prepare(template), work / f"{name}-prepare.log", NO_FAILPOINTS)
             if rc != 0:
                 raise RuntimeError(f"preparing {name} failed: {(work / f'{name}-prepare.log').read_text()[-3000:]}")
             refs[name] = ref = census(scenario, template, work)

@@ -56,34 +56,29 @@ print("ACTIONS " + json.dumps(actions))
 # The killed runs' parent: imports once what every child imports (about 10 s of a fresh interpreter, most of each
 # child's time), starts no thread, then forks one child per job read from stdin (a script, its argv, the environment
 # to add, files for its output) and answers with the child's exit status. Each child is a process of its own,
-# killed alone; as in reliability/crash.py, which forks its runs the same way.
+# killed alone (atoma_ops.testing.forking, as reliability/crash.py forks its runs).
 FORKER = """
-import json, os, signal, sys, threading, traceback
+import json, signal, sys, threading
+from pathlib import Path
 import blocks, flows, flows.settlement, tasks.runtime
 import atoma_ops.testing.stub_engine
+from atoma_ops.testing.forking import run_forked
 assert threading.active_count() == 1, threading.enumerate()
+
+
+def child(job):
+    def run():
+        signal.alarm(300)  # a run that hangs dies (rc -14), and the test says so
+        sys.argv = ["-c", *job["argv"]]
+        exec(compile(job["script"], "<child>", "exec"), {"__name__": "__main__"})
+    return run
+
+
 print("READY", flush=True)
 for line in sys.stdin:
     job = json.loads(line)
-    pid = os.fork()
-    if pid == 0:
-        code = 1
-        try:
-            signal.alarm(300)  # a run that hangs dies (rc -14), and the test says so
-            for fd, path in ((1, job["stdout"]), (2, job["stderr"])):
-                os.dup2(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), fd)
-            os.environ.update(job["env"])
-            sys.argv = ["-c", *job["argv"]]
-            exec(compile(job["script"], "<child>", "exec"), {"__name__": "__main__"})
-            code = 0
-        except BaseException:
-            traceback.print_exc()
-        finally:
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os._exit(code)
-    _, status = os.waitpid(pid, 0)
-    print(-os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status), flush=True)
+    rc = run_forked(child(job), Path(job["stdout"]), job["env"], stderr=Path(job["stderr"]))
+    print(rc, flush=True)
 """
 
 

@@ -20,6 +20,7 @@ import asyncio
 import os
 import socket
 import time
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -31,12 +32,10 @@ from .upstream import TRANSPORT, dumps, read_whole
 COUNT_CACHE_SIZE = 4096
 
 
-def cached_tokenizer(model: str, cache_dir: str | os.PathLike | None = None) -> "Path | None":
+def cached_tokenizer(model: str, cache_dir: str | os.PathLike | None = None) -> Path | None:
     """The folder of ``model``'s tokenizer in the local HuggingFace cache (``HF_HUB_CACHE``, else the library's
     default): where ``vllm serve`` on this host downloaded it. None when it is not there; never downloads. Both
     ``tokenizer.json`` and ``tokenizer_config.json`` (the chat template) of one snapshot are needed."""
-    from pathlib import Path
-
     try:
         from huggingface_hub import try_to_load_from_cache
     except ImportError:
@@ -46,8 +45,10 @@ def cached_tokenizer(model: str, cache_dir: str | os.PathLike | None = None) -> 
         found = [try_to_load_from_cache(model, name, cache_dir=cache) for name in ("tokenizer.json", "tokenizer_config.json")]
     except Exception:  # noqa: BLE001 - a name that is no repo id (a path, "gpt-4o"...): not in the cache
         return None
-    folders = {Path(f).parent for f in found if isinstance(f, str)}
-    return folders.pop() if len(folders) == 1 and all(isinstance(f, str) for f in found) else None
+    if not all(isinstance(f, str) for f in found):  # None (not cached) or a marker that it does not exist
+        return None
+    folders = {Path(f).parent for f in found}
+    return folders.pop() if len(folders) == 1 else None
 
 
 def _count_body(text: str) -> dict:
