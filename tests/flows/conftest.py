@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from tests.conftest import PREFECT_DB_TEMPLATE
 from tests.flows.prefect_server import PrefectServer
 
 # The shared server's services: a scheduled run turns Late one second past its time (the alerts test's late run).
@@ -22,8 +23,9 @@ def _prefect(prefect_api):
 
 @pytest.fixture(scope="session")
 def _shared_prefect_server(tmp_path_factory):
-    """Started the first time a test of this process asks for it (~10-20 s: a fresh database is migrated)."""
-    server = PrefectServer(tmp_path_factory.mktemp("prefect-server"), SERVER_ENV)
+    """Started the first time a test of this process asks for it (~10 s; on a copy of the harness's migrated database,
+    ``PREFECT_DB_TEMPLATE``, where there is one: migrating a fresh one took another 10-30 s)."""
+    server = PrefectServer(tmp_path_factory.mktemp("prefect-server"), SERVER_ENV, database=PREFECT_DB_TEMPLATE)
     try:
         yield server.start().wait()
     finally:

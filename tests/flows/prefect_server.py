@@ -10,6 +10,7 @@ not involved.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -154,12 +155,17 @@ class PrefectServer:
     ``server.api`` (httpx, base URL the API), ``server.cli(...)`` for ``prefect …`` commands.
 
     ``extra_env`` reaches the server (its services' settings, e.g. how soon a run turns Late; its database URL);
-    ``host``: the address it listens on (the multi-host test's private network; 127.0.0.1 by default)."""
+    ``host``: the address it listens on (the multi-host test's private network; 127.0.0.1 by default);
+    ``database``: a SQLite file (of this Prefect version) copied in as the server's own database before it starts,
+    if it exists (a migrated one saves the start its migrations)."""
 
-    def __init__(self, folder: Path, extra_env: dict[str, str] | None = None, host: str = "127.0.0.1"):
+    def __init__(self, folder: Path, extra_env: dict[str, str] | None = None, host: str = "127.0.0.1",
+                 database: str | os.PathLike | None = None):
         self.folder = Path(folder)
         self.home = self.folder / "prefect-home"
         self.home.mkdir(parents=True, exist_ok=True)
+        if database is not None and os.path.exists(database):
+            shutil.copyfile(database, self.home / "prefect.db")  # the default database: $PREFECT_HOME/prefect.db
         self.host = host
         self.port = free_port()
         self.api_url = f"http://{host}:{self.port}/api"
