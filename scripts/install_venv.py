@@ -14,8 +14,8 @@ separated by ``--`` is one install, in order.
 
 from __future__ import annotations
 
+import ast
 import os
-import shlex
 import subprocess
 import sys
 
@@ -34,33 +34,40 @@ SOURCES = {
 SECTIONS = ("global", "install", ":env:")
 
 
-def pip_sources(python: str) -> tuple[list[str], dict[str, str]]:
-    """uv's flags and environment for the sources in pip's configuration (as ``pip config list`` merges it)."""
-    out = subprocess.run([python, "-m", "pip", "config", "list"], capture_output=True, text=True).stdout
+def uv_sources(config_list: str) -> tuple[list[str], dict[str, str]]:
+    """uv's flags and environment for the package sources in ``pip config list``'s output (``section.key='value'``
+    lines, the value as Python's repr; a list is whitespace-separated, as pip reads it)."""
     settings: dict[str, tuple[int, str]] = {}
-    for line in out.splitlines():
+    for line in config_list.splitlines():
         key, _, value = line.partition("=")
         section, _, name = key.rpartition(".")
         if section not in SECTIONS or not value:
             continue
+        try:
+            value = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            continue
         rank = SECTIONS.index(section)
         if name not in settings or settings[name][0] <= rank:
-            settings[name] = (rank, " ".join(shlex.split(value)))
+            settings[name] = (rank, str(value))
     flags: list[str] = []
     for name, flag in SOURCES.items():
         if name not in settings:
             continue
         value = settings[name][1]
         if flag is None:
-            if value.lower() in ("1", "true", "yes", "on"):
+            if value.strip().lower() in ("1", "true", "yes", "on"):
                 flags.append(f"--{name}")
             continue
         for item in value.split():
             flags += [flag, item]
-    env = {}
-    if "cert" in settings:
-        env["SSL_CERT_FILE"] = settings["cert"][1]
+    env = {"SSL_CERT_FILE": settings["cert"][1]} if "cert" in settings else {}
     return flags, env
+
+
+def pip_sources(python: str) -> tuple[list[str], dict[str, str]]:
+    """:func:`uv_sources` of this environment's pip (its configuration files and ``PIP_*`` variables)."""
+    return uv_sources(subprocess.run([python, "-m", "pip", "config", "list"], capture_output=True, text=True).stdout)
 
 
 def groups(args: list[str]) -> list[list[str]]:
