@@ -1,9 +1,9 @@
 """Prefect's client retries an API call its server answered 503 after 2, 4, 8, 16, 32 s (jittered).
 
-On the test harness's Prefect server (SQLite) a signer slot's ``increment-with-lease`` (``tasks.signer``: every
-chain-writing task) often meets "database is locked": the server reads then writes in a deferred transaction while
-its task-run recorder writes the task's new state, and answers 503. The retry a moment later succeeds, but the
-client first sleeps 2 s: most of a flow test's wall time. ``quick_first_retries`` makes the first two waits 0.1 s and
+On the test harness's Prefect server (SQLite) a write that meets the task-run recorder's (the server reads then
+writes in a deferred transaction) fails with "database is locked", and the server answers 503. The retry a moment
+later succeeds, but the client first sleeps 2 s. The signer slot, every chain-writing task's, was the usual one; it
+now waits for the recorder first (``tasks.signer``), and this covers the rest. ``quick_first_retries`` makes the first two waits 0.1 s and
 0.5 s; later ones are unchanged, so a server that stays unavailable still gets the client's whole patience. Every
 503 is still retried (nothing here answers for the server), only sooner.
 """
