@@ -44,6 +44,10 @@ CONFIG = {
 #: a DuckDB database file says so at bytes 8..12
 _DUCKDB_MAGIC = b"DUCK"
 
+#: the lock retries' jitter, from a generator of its own: the process's global `random` state stays its users' (a
+#: seeded simulation, a property test's draws) whatever thread waits for the ledger
+_JITTER = random.Random()
+
 
 class LedgerError(Exception):
     """A ledger problem the user can act on (exit 1 in the CLI)."""
@@ -108,7 +112,7 @@ def connect(
                     "A sync or an open analyst session holds it: wait for it and retry, raise the lock timeout, "
                     "or query an exported snapshot (`atoma-ops ledger export`) instead of the live file."
                 ) from None
-            time.sleep(min(delay, max(0.0, timeout_s - waited)) * random.uniform(0.5, 1.5))
+            time.sleep(min(delay, max(0.0, timeout_s - waited)) * _JITTER.uniform(0.5, 1.5))
             delay = min(delay * 2, max_delay_s)
 
 
