@@ -22,6 +22,7 @@ import asyncio
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import AsyncIterator
 
+import httpx
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate, GlobalConcurrencyLimitUpdate
 from prefect.concurrency.asyncio import ConcurrencySlotAcquisitionError, concurrency
@@ -85,6 +86,8 @@ async def _task_state_recorded() -> bool:
                     return True
             except ObjectNotFound:  # not recorded yet: the recorder creates the run from its first event
                 pass
+            except httpx.HTTPError:  # the API failing a read: the slot's own call will say so, or succeed
+                return False
             if loop.time() >= deadline:
                 return False
             await asyncio.sleep(RECORD_POLL_S)

@@ -7,6 +7,8 @@ import asyncio
 import uuid
 from contextlib import asynccontextmanager
 
+import httpx
+
 from prefect import flow, task
 from prefect.client.orchestration import get_client
 from prefect.context import TaskRunContext
@@ -78,3 +80,24 @@ async def waits_for_a_lost_record() -> bool:
 def test_a_record_that_never_comes_ends_the_wait(monkeypatch):
     monkeypatch.setattr(signer, "RECORD_WAIT_S", 0.3)
     assert asyncio.run(waits_for_a_lost_record()) is False
+
+
+@task
+async def api_fails_the_read() -> bool:
+    return await signer._task_state_recorded()
+
+
+@flow
+async def waits_on_a_failing_api() -> bool:
+    return await api_fails_the_read()
+
+
+def test_an_api_that_fails_the_read_ends_the_wait_at_once(monkeypatch):
+    """The wait only spares a retry: an API error there goes on to the slot's own call, which reports or succeeds."""
+    from prefect.client.orchestration import PrefectClient
+
+    async def refused(self, task_run_id):
+        raise httpx.ConnectError("refused")
+
+    monkeypatch.setattr(PrefectClient, "read_task_run", refused)
+    assert asyncio.run(waits_on_a_failing_api()) is False
