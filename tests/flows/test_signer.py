@@ -66,30 +66,20 @@ def test_outside_a_task_run_nothing_is_awaited():
 
 
 @task
-async def never_recorded() -> bool:
-    context = TaskRunContext.get()
-    context.task_run.state_id = uuid.uuid4()  # a state the server will never hold
+async def wait_in_a_task(lose_the_record: bool) -> bool:
+    if lose_the_record:
+        TaskRunContext.get().task_run.state_id = uuid.uuid4()  # a state the server will never hold
     return await signer._task_state_recorded()
 
 
 @flow
-async def waits_for_a_lost_record() -> bool:
-    return await never_recorded()
+async def wait_in_a_flow(lose_the_record: bool = False) -> bool:
+    return await wait_in_a_task(lose_the_record)
 
 
 def test_a_record_that_never_comes_ends_the_wait(monkeypatch):
     monkeypatch.setattr(signer, "RECORD_WAIT_S", 0.3)
-    assert asyncio.run(waits_for_a_lost_record()) is False
-
-
-@task
-async def api_fails_the_read() -> bool:
-    return await signer._task_state_recorded()
-
-
-@flow
-async def waits_on_a_failing_api() -> bool:
-    return await api_fails_the_read()
+    assert asyncio.run(wait_in_a_flow(lose_the_record=True)) is False
 
 
 def test_an_api_that_fails_the_read_ends_the_wait_at_once(monkeypatch):
@@ -100,4 +90,4 @@ def test_an_api_that_fails_the_read_ends_the_wait_at_once(monkeypatch):
         raise httpx.ConnectError("refused")
 
     monkeypatch.setattr(PrefectClient, "read_task_run", refused)
-    assert asyncio.run(waits_on_a_failing_api()) is False
+    assert asyncio.run(wait_in_a_flow()) is False
