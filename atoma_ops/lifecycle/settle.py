@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Sequence
 
 from ..chain.port import Chain
 from ..journal import (
@@ -16,10 +16,9 @@ from ..journal import (
     JournalStore,
     execute_intents,
 )
-from ..protocol.commitments import commit
+from ..protocol.commitments import Commitment, commit
 from ..protocol.constants import SecurityLevel
 from ..protocol.events import decode_event
-from ..serving.history import StackHistory
 from ..serving.metering import StackNotFound, StackNotServedHere, StackSettling
 from ..serving.node import NodeService
 from ..serving.store import NodeStore
@@ -120,23 +119,30 @@ async def _try_settle(
             out[sid] = Settled.from_doc({"stack_small_id": sid, **doc}, "already_done")
         else:
             open_ids.append(sid)
-    # the history is final now that the stacks take no more requests: commit to it once, at send time
-    commitments: dict[int, tuple[StackHistory, Any]] = {}
+    # the history is final now that the stacks take no more requests: commit to it once, at send time, from the
+    # frontier of subtree roots the store folded each leaf into as it was recorded (O(log N), never every leaf)
+    commitments: dict[int, tuple[int, int, Commitment]] = {}
 
-    def commitment(sid: int) -> tuple[StackHistory, Any]:
+    def commitment(sid: int) -> tuple[int, int, Commitment]:
+        """(requests, units, commitment) of the stack's history."""
         if sid not in commitments:
-            history = store.history(sid)
-            commitments[sid] = (history, commit(history.leaves, extra, 0))
+            kept = store.frontier(sid)
+            if kept is None:  # nothing served here: commit() names it (an empty history has nothing to commit to)
+                history = store.history(sid)
+                commitments[sid] = (len(history), history.units, commit(history.leaves, extra, 0))
+            else:
+                num_requests, units, frontier = kept
+                commitments[sid] = (num_requests, units, frontier.commit(extra, 0))
         return commitments[sid]
 
     intents: list[Intent] = []
     for sid in open_ids:
 
         async def resolve(sid_: int = sid) -> dict:
-            history, c = commitment(sid_)
+            _, units, c = commitment(sid_)
             return {
                 "stack_small_id": sid_,
-                "num_claimed_compute_units": history.units,
+                "num_claimed_compute_units": units,
                 "committed_stack_proof": c.committed_stack_proof,
                 "stack_merkle_leaf": c.stack_merkle_leaf,
                 "node_small_id": service.node_small_id,
@@ -146,7 +152,7 @@ async def _try_settle(
             ticket = await chain.get_ticket(sid_)
             if ticket is None:
                 return False
-            if ticket.committed_stack_proof != commitment(sid_)[1].committed_stack_proof:
+            if ticket.committed_stack_proof != commitment(sid_)[2].committed_stack_proof:
                 raise StackSettling(f"stack {sid_} already has a settlement ticket with another proof", stack_small_id=sid_)
             return True
 
@@ -161,7 +167,7 @@ async def _try_settle(
             if r.error is not None:
                 errors[sid] = r.error
             continue
-        history, c = commitment(sid)
+        num_requests, units, c = commitment(sid)
         nodes: list[int] = []
         last_epoch = None
         if r.tx is not None:
@@ -173,7 +179,7 @@ async def _try_settle(
             if ticket is not None:
                 nodes, last_epoch = list(ticket.requested_attestation_nodes), ticket.dispute_settled_at_epoch
         out[sid] = Settled(
-            sid, r.status, history.units, len(history), r.digest, nodes, dispute_settled_at_epoch=last_epoch,
+            sid, r.status, units, num_requests, r.digest, nodes, dispute_settled_at_epoch=last_epoch,
             root="0x" + c.root.hex(), committed_stack_proof="0x" + c.committed_stack_proof.hex(),
             stack_merkle_leaf="0x" + c.stack_merkle_leaf.hex(), cross_validation_extra_nodes_count=extra,
         )
