@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import gc
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, List, Optional
 
 import typer
 
@@ -39,6 +39,12 @@ def node_serve(
              "else by asking the server's /tokenize (twice per request); remote: always /tokenize; PATH: the served "
              "model's tokenizer (a transformers folder or a GGUF file).",
     ),
+    task_model: Optional[List[str]] = typer.Option(
+        None, "--task-model", metavar="NAME",
+        help="With --engine openai, a task's model name (HuggingFace's) that the served model is, when vllm serve "
+             "serves it under another name (--served-model-name); repeatable. The node serves a stack only if its "
+             "task's model is --model or one of these (else 400, nothing charged).",
+    ),
 ) -> None:
     """Serve OpenAI-compatible chat completions for the node's stacks (header X-Stack-Small-Id) until Ctrl-C."""
 
@@ -48,7 +54,7 @@ def node_serve(
         tcp_port("--port", port)
         if not host.strip():
             raise CliInputError("--host: give an address to listen on (e.g. 127.0.0.1)")
-        load = engine_loader(state, engine, openai_base_url, model, tokenizer)
+        load = engine_loader(state, engine, openai_base_url, model, tokenizer, task_model or ())
         port_free(host, port)  # before the engine loads (tens of seconds); checked again when uvicorn binds
 
         async def action(service: Any) -> dict:

@@ -4,7 +4,7 @@ the cheap checks, and their common options."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Awaitable, Callable, Optional
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Optional, Sequence
 
 import typer
 
@@ -128,15 +128,20 @@ class _NewStores:
 
 
 def engine_loader(state: State, kind: str, base_url: Optional[str], model: Optional[str],
-                  tokenizer: Optional[str] = None) -> Callable[[], Any]:
+                  tokenizer: Optional[str] = None, task_models: Sequence[str] = ()) -> Callable[[], Any]:
     """A loader for the engine ``kind``; ``tokenizer`` (``openai`` only): ``auto``/None, ``remote`` or a path, as
-    :func:`atoma_ops.serving.node.load_engine` takes it."""
+    :func:`atoma_ops.serving.node.load_engine` takes it; ``task_models`` (``openai`` only): the task model names
+    the served model is, beyond ``model``."""
     from ..serving.node import ENGINE_KINDS, TOKENIZER_AUTO, TOKENIZER_REMOTE
 
     if kind not in ENGINE_KINDS:
         raise CliInputError(f"--engine: {kind!r} is not one of {', '.join(ENGINE_KINDS)}")
     if tokenizer not in (None, TOKENIZER_AUTO) and kind != "openai":
         raise CliInputError("--tokenizer is for --engine openai (the cpu engine has its model's own)")
+    if task_models and kind != "openai":
+        raise CliInputError(f"--task-model is for --engine openai (the {kind} engine serves the task model it runs)")
+    if any(not name.strip() for name in task_models):
+        raise CliInputError("--task-model: give a model name (e.g. HuggingFaceTB/SmolLM2-135M-Instruct)")
     if tokenizer not in (None, TOKENIZER_AUTO, TOKENIZER_REMOTE):
         path = Path(tokenizer)
         if not tokenizer.strip() or not (path.is_dir() or path.is_file()):
@@ -147,7 +152,8 @@ def engine_loader(state: State, kind: str, base_url: Optional[str], model: Optio
         from ..serving.node import load_engine
 
         note(state, f"loading the {kind} engine…")
-        engine = load_engine(kind, model=model, base_url=base_url, tokenizer=tokenizer)
+        extra = {"task_models": tuple(task_models)} if task_models else {}
+        engine = load_engine(kind, model=model, base_url=base_url, tokenizer=tokenizer, **extra)
         if kind == "openai" and tokenizer in (None, TOKENIZER_AUTO):
             found = getattr(engine, "tokenizer_path", None)
             note(state, f"counting tokens with the model's tokenizer from the local HuggingFace cache ({found})"

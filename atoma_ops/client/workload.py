@@ -5,13 +5,16 @@ Each request carries its request id (``X-Request-Id``, e.g. the workload line's 
 re-run after a crash or a refusal is answered from the node's history for what was served, charged once, and with
 the recorded refusal for what was refused (both marked ``Idempotent-Replayed: true``: :attr:`Sent.replayed`). A refusal
 the node calls final (``x-should-retry: false``) is not sent again; 425 while requests in flight hold the stack's
-units and 429 (overloaded) are sent again after ``Retry-After``, up to ``retries`` times. Over HTTP the node records
+units and 429 (overloaded) are sent again after ``Retry-After`` (1 s without one), for at least ``retries`` retries
+and at least ``retry_for_s`` seconds (longer than the node's reservation lease, so the units of a killed process's
+reservation come back within it), never past both. Over HTTP the node records
 requests in the order they finish, as for any buyer: the history's order is the node's, not the file's.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
@@ -21,6 +24,20 @@ from ..protocol.node_http import REPLAYED_HEADER, REQUEST_ID_HEADER
 from .chat import CHAT_PATH, base_url, tls_verify
 from .signing import AtomaAuth, RequestSigner
 from .verify import ResponseSignatureError, verify_response
+
+#: how long a 425/429 is sent again at least (seconds): twice the node's default reservation lease (30 s), so a
+#: reservation a killed process left behind expires within it
+RETRY_FOR_S = 60.0
+
+
+def retry_after_s(value: str | None, longest: float) -> float:
+    """The wait a ``Retry-After`` header asks for (delay seconds; 1 without one or unreadable), at most ``longest``."""
+    try:
+        wait = float(value) if value else 1.0
+    except ValueError:
+        wait = 1.0
+    return 1.0 if math.isnan(wait) else min(max(wait, 0.0), longest)
+
 
 @dataclass
 class Sent:
@@ -79,8 +96,12 @@ class WorkloadReport:
 async def send_workload(url: str, signer: RequestSigner, stack: int, requests: Sequence[dict], *,
                         request_ids: Sequence[str | None] | None = None, concurrency: int = 8,
                         node_address: str | None = None, tx_digest: str | None = None, retries: int = 20,
-                        timeout: float = 600.0, on_sent: Callable[[Sent], Any] | None = None) -> WorkloadReport:
+                        retry_for_s: float = RETRY_FOR_S, timeout: float = 600.0,
+                        on_sent: Callable[[Sent], Any] | None = None) -> WorkloadReport:
     """Send ``requests`` (non-streamed chat bodies) to the node at ``url`` as the owner of ``stack``.
+
+    A 425 or 429 that is not final is sent again after its ``Retry-After`` (at most ``retry_for_s``) while fewer
+    than ``retries`` retries were made or the next attempt starts within ``retry_for_s`` of the first.
 
     An answer not signed by ``node_address`` (when given; else by any valid key) is recorded as failed
     (``type: "invalid_response_signature"``): a buyer does not take an answer it cannot attribute.
@@ -98,13 +119,19 @@ async def send_workload(url: str, signer: RequestSigner, stack: int, requests: S
             headers = {REQUEST_ID_HEADER: ids[i]} if ids[i] else {}
             body = {k: v for k, v in requests[i].items() if k not in ("stream", "stream_options")}
             async with window:
-                for attempt in range(1, retries + 2):
+                loop = asyncio.get_running_loop()
+                attempt, started = 0, loop.time()
+                while True:
+                    attempt += 1
                     r = await http.post(CHAT_PATH, json=body, headers=headers)
                     sent.status, sent.attempts = r.status_code, attempt
                     retry = r.headers.get("x-should-retry") != "false" and r.status_code in (425, 429)
-                    if r.status_code == 200 or not retry or attempt > retries:
+                    if r.status_code == 200 or not retry:
                         break
-                    await asyncio.sleep(float(r.headers.get("retry-after") or 1))
+                    wait = retry_after_s(r.headers.get("retry-after"), retry_for_s)
+                    if attempt > retries and loop.time() + wait - started > retry_for_s:
+                        break  # bounded: past both the retries and the time a 425 is worth waiting for
+                    await asyncio.sleep(wait)
             _land(sent, r, node_address)
             if on_sent is not None:
                 on_sent(sent)

@@ -164,6 +164,17 @@ class EngineFailure(ServingError):
     status, type = 500, "engine_error"
 
 
+class EngineRefused(ServingError):
+    """The server behind the engine refused the request as invalid (its 400, 404, 413 or 422: e.g. a prompt its model
+    cannot take): the request's fault, so a 400 that clients do not retry, not the node's 500 (nothing charged)."""
+
+    status, type = 400, "invalid_request_error"
+
+
+#: statuses of a server behind the engine that mean the request itself is wrong (EngineRefused)
+REQUEST_FAULT_STATUSES = frozenset({400, 404, 413, 422})
+
+
 class Overloaded(ServingError):
     """The node has as many requests in progress as it takes (``max_pending``): retry after ``retry_after_s``."""
 
@@ -231,12 +242,69 @@ def _number(request: dict, key: str, low: float, high: float, *, low_open: bool 
     return float(value)
 
 
-def validate_request(request: Any) -> dict:
+#: the roles a chat message may have here (OpenAI's, but ``tool``/``function``: this node has no tool calling)
+ROLES = frozenset({"system", "developer", "user", "assistant"})
+#: fields a message may carry: OpenAI's; the tool-calling ones only as null or empty (what the SDK echoes back when a
+#: client appends an answer's message to its conversation), ``refusal``/``annotations`` are output-only and unused
+MESSAGE_FIELDS = frozenset({"role", "content", "name", "refusal", "annotations"})
+TOOL_MESSAGE_FIELDS = frozenset({"tool_calls", "tool_call_id", "function_call", "audio"})
+#: below this temperature sampling is greedy, as in vLLM (``_SAMPLING_EPS``): dividing logits by a smaller one
+#: overflows float32
+GREEDY_BELOW_TEMPERATURE = 1e-5
+
+
+def _validate_message(i: int, message: Any, content_parts: frozenset[str] | None) -> None:
+    """One message of ``messages``: an OpenAI role, content as a string or a list of parts the engine reads
+    (``content_parts``; None: any typed part, for an engine that relays them to a server that decides)."""
+    if not isinstance(message, dict) or not isinstance(message.get("role"), str):
+        raise BadRequest(f"messages[{i}] must be an object with a string 'role'", param="messages")
+    role = message["role"]
+    if role not in ROLES:
+        why = " (this node has no tool calling)" if role in ("tool", "function") else ""
+        raise BadRequest(f"messages[{i}].role {role!r} is not one of {', '.join(sorted(ROLES))}{why}",
+                         param="messages")
+    for key, value in message.items():
+        if key in TOOL_MESSAGE_FIELDS:
+            if value not in (None, [], ""):
+                raise BadRequest(f"messages[{i}].{key} is not supported by this node (no tool calling)",
+                                 param="messages")
+        elif key not in MESSAGE_FIELDS:
+            raise BadRequest(f"messages[{i}] has an unknown field {key!r}", param="messages")
+    name = message.get("name")
+    if name is not None and not isinstance(name, str):
+        raise BadRequest(f"messages[{i}].name must be a string", param="messages")
+    content = message.get("content")
+    if content is None:
+        if role != "assistant":
+            raise BadRequest(f"messages[{i}] ({role}) needs a 'content'", param="messages")
+        return
+    if isinstance(content, str):
+        return
+    if not isinstance(content, list):
+        raise BadRequest(f"messages[{i}].content must be a string or a list of parts", param="messages")
+    for j, part in enumerate(content):
+        kind = part.get("type") if isinstance(part, dict) else None
+        if not isinstance(kind, str):
+            raise BadRequest(f"messages[{i}].content[{j}] must be an object with a string 'type'", param="messages")
+        if kind == "text" and not isinstance(part.get("text"), str):
+            raise BadRequest(f"messages[{i}].content[{j}] (text) needs a string 'text'", param="messages")
+        if content_parts is not None and kind not in content_parts:
+            raise BadRequest(
+                f"messages[{i}].content[{j}] is a {kind!r} part; this node's model reads only "
+                f"{', '.join(sorted(content_parts))} parts",
+                param="messages",
+            )
+
+
+def validate_request(request: Any, *, content_parts: frozenset[str] | None = None) -> dict:
     """Check a chat request against what this node honours (OpenAI's ``/v1/chat/completions`` parameters).
 
     Every parameter is honoured or refused by name: an unknown one, or one this node cannot honour (``tools``,
     ``response_format`` other than text, ``logprobs``, penalties, ``n > 1``), is a 400 naming it, before anything
-    is reserved. Non-finite or out-of-range numbers never reach an engine.
+    is reserved. Non-finite or out-of-range numbers never reach an engine. Messages have OpenAI's roles (no tool
+    messages) and content the engine reads: ``content_parts`` names the part types it takes (the node passes its
+    engine's ``Engine.content_parts``; a text-only model never gets an image it would silently drop); None checks
+    only the parts' shape (a workload file, before it knows which node serves it).
 
     Raises:
         BadRequest: the first problem found; ``fields["param"]`` names the parameter, as OpenAI's errors do.
@@ -247,11 +315,7 @@ def validate_request(request: Any) -> dict:
     if not isinstance(messages, list) or not messages:
         raise BadRequest("'messages' must be a non-empty list", param="messages")
     for i, message in enumerate(messages):
-        if not isinstance(message, dict) or not isinstance(message.get("role"), str):
-            raise BadRequest(f"messages[{i}] must be an object with a string 'role'", param="messages")
-        content = message.get("content")
-        if content is not None and not isinstance(content, (str, list)):
-            raise BadRequest(f"messages[{i}].content must be a string or a list of parts", param="messages")
+        _validate_message(i, message, content_parts)
     for key in request:
         if not isinstance(key, str) or (key not in HONOURED and key not in NEUTRAL and key != "response_format"):
             if key in ("tools", "functions", "function_call"):
@@ -300,7 +364,8 @@ def validate_request(request: Any) -> dict:
         if not isinstance(options, dict) or any(k not in ("include_usage", "continuous_usage_stats") for k in options) or not all(
             isinstance(v, bool) for v in options.values()
         ):
-            raise BadRequest("'stream_options' takes only boolean 'include_usage'", param="stream_options")
+            raise BadRequest("'stream_options' takes only boolean 'include_usage' and 'continuous_usage_stats'",
+                             param="stream_options")
     user = request.get("user")
     if user is not None and not isinstance(user, str):
         raise BadRequest("'user' must be a string", param="user")
@@ -308,10 +373,13 @@ def validate_request(request: Any) -> dict:
 
 
 def sampling_of(request: dict, *, default_seed: int | None = None, max_tokens: int | None = None) -> Sampling:
-    """The decoding settings of a validated request: greedy unless ``temperature > 0``; sampling without a
+    """The decoding settings of a validated request: greedy unless ``temperature`` is at least
+    :data:`GREEDY_BELOW_TEMPERATURE` (vLLM's threshold); sampling without a
     ``seed`` uses ``default_seed`` (the node passes a fresh random one and records it; replays pass the recorded
     one). ``max_tokens`` overrides the request's output budget (a replay of a stream its client dropped)."""
     temperature = float(request.get("temperature") or 0.0)
+    if temperature < GREEDY_BELOW_TEMPERATURE:
+        temperature = 0.0
     seed = request.get("seed")
     if temperature > 0 and seed is None:
         seed = default_seed if default_seed is not None else secrets.randbits(63)

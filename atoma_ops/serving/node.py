@@ -408,12 +408,20 @@ class NodeService:
         return facts, model
 
     def check_model(self, request: dict, task_model: str | None) -> None:
-        """``model`` (optional, as the node knows the stack's task) must name the model this node serves for the
-        stack's task: the task's model name, or the engine's own name for it."""
+        """The node serves a stack only if its engine runs the stack's task's model (``Engine.serves_model``), and
+        ``model`` (optional, as the node knows the stack's task) must name it: the task's model name, or the
+        engine's own name for it."""
+        engine_model = getattr(self.engine, "model", None)
+        if task_model and self.engine is not None and not self.engine.serves_model(task_model):
+            raise BadRequest(
+                f"this stack's task is for model {task_model!r}, which this node does not serve (its engine runs "
+                f"{engine_model!r}); nothing charged",
+                param="model",
+            )
         asked = request.get("model")
         if asked is None:
             return
-        served = {m for m in (task_model, getattr(self.engine, "model", None)) if m}
+        served = {m for m in (task_model, engine_model) if m}
         if asked not in served:
             raise BadRequest(
                 f"model {asked!r} is not served for this stack; this node serves {' or '.join(sorted(map(repr, served)))}",
@@ -457,7 +465,7 @@ class NodeService:
                     return self._recorded(stack_small_id, request, seen)
                 if seen is not None:  # finally refused before: the same refusal, not a new judgement
                     raise RecordedRefusal(seen["type"], seen["message"])
-            validate_request(request)
+            validate_request(request, content_parts=getattr(engine, "content_parts", frozenset({"text"})))
             facts, task_model = await self.stack_facts(stack_small_id, owner=owner, tx_digest=tx_digest)
             self.check_model(request, task_model)
             if getattr(engine, "remote_tokenizer", False) and hasattr(engine, "aprompt_tokens"):
@@ -488,7 +496,8 @@ class NodeService:
             slot = False  # the run started with start(admission) frees it
             return admission
         except ServingError as exc:
-            self.metrics.ended(getattr(self.engine, "model", "") or "", "overloaded" if isinstance(exc, Overloaded) else "refused")
+            self.metrics.ended(getattr(self.engine, "model", "") or "",
+                               "overloaded" if isinstance(exc, Overloaded) else "refused", exc.status)
             if owned and exc.final and not isinstance(exc, RecordedRefusal):
                 await asyncio.to_thread(self.store.record_refusal, stack_small_id, request_id, exc.type, str(exc))
             raise

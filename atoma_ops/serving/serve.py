@@ -30,7 +30,7 @@ from typing import Any, AsyncIterator, Callable
 
 from ..core.failpoints import failpoint
 from .engines.base import FINISH_ABORTED, Delta, EngineError, Generation, Sampling
-from .metering import EngineFailure, Estimate, ServingError
+from .metering import REQUEST_FAULT_STATUSES, EngineFailure, EngineRefused, Estimate, Overloaded, ServingError
 from .store import Reservation, Settlement
 
 log = logging.getLogger("atoma_ops.serving")
@@ -313,7 +313,12 @@ class RequestRun:
         except asyncio.CancelledError:
             aborted = True
         except EngineError as exc:
-            error = EngineFailure(f"the engine could not serve the request: {exc} (nothing charged)")
+            if exc.status in REQUEST_FAULT_STATUSES:
+                error = EngineRefused(f"the model's server refused the request: {exc} (nothing charged)")
+            elif exc.status == 429:
+                error = Overloaded(f"the model's server is overloaded: {exc} (nothing charged)", retry_after_s=1)
+            else:
+                error = EngineFailure(f"the engine could not serve the request: {exc} (nothing charged)")
         except Exception as exc:  # noqa: BLE001 - a bug in an engine must not take the node down
             log.exception("engine failure")
             error = EngineFailure(f"the engine failed: {exc!r} (nothing charged)")
@@ -347,7 +352,9 @@ class RequestRun:
         if error is not None:
             await service.release(a.reservation)
             out.error = error
-            service.metrics.ended(self.model, "aborted" if isinstance(error, ClientGone) else "failed")
+            outcome = ("aborted" if isinstance(error, ClientGone) else "refused" if isinstance(error, EngineRefused)
+                       else "overloaded" if isinstance(error, Overloaded) else "failed")
+            service.metrics.ended(self.model, outcome, error.status)
             return out
         response = gen.completion(self.model, FINISH_ABORTED if aborted else None)
         response["id"], response["created"] = self.id, self.created

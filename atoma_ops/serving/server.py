@@ -95,14 +95,21 @@ def _sse(doc: dict) -> bytes:
     return b"data: " + orjson.dumps(doc) + b"\n\n"
 
 
-def _chunk(run: RequestRun, delta: dict, finish_reason: str | None = None) -> dict:
+def _chunk(run: RequestRun, delta: dict, finish_reason: str | None = None, continuous: bool = False) -> dict:
+    """A ``chat.completion.chunk``; with ``continuous`` (``stream_options.continuous_usage_stats``, as vLLM) it
+    carries the usage so far."""
+    usage = None
+    if continuous:
+        gen = run.generation
+        usage = {"prompt_tokens": gen.prompt_tokens, "completion_tokens": gen.completion_tokens,
+                 "total_tokens": gen.prompt_tokens + gen.completion_tokens}
     return {
         "id": run.id,
         "object": "chat.completion.chunk",
         "created": run.created,
         "model": run.model,
         "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}],
-        "usage": None,
+        "usage": usage,
     }
 
 
@@ -166,10 +173,19 @@ class EventStream(StreamingResponse):
             self._on_disconnect()  # also after the last send (uvicorn then answers disconnect): harmless
 
 
+async def _abort_on_disconnect(request: Request, run: RequestRun) -> None:
+    """Abort a non-streamed run when its client disconnects (the body was read whole: the next ASGI message is the
+    disconnect)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+    run.abort()
+
+
 async def sse_stream(run: RequestRun, keepalive_s: float, payload: bytes) -> AsyncIterator[bytes]:
     """The SSE body of a streamed request. Whatever ends it (the client going away included), the run is told,
     and its own task charges and records what was produced."""
     service = run.service
+    continuous = bool((run.admission.request.get("stream_options") or {}).get("continuous_usage_stats"))
     try:
         # the role chunk goes with whatever is sent first (the first tokens, a keep-alive, the end): one write less
         head = _sse(_chunk(run, {"role": "assistant", "content": ""}))
@@ -184,7 +200,7 @@ async def sse_stream(run: RequestRun, keepalive_s: float, payload: bytes) -> Asy
             text = "".join(d.text for d in batch)
             if text:
                 content.append(text)
-                yield head + _sse(_chunk(run, {"content": text}))
+                yield head + _sse(_chunk(run, {"content": text}, continuous=continuous))
                 head = b""
         outcome = await run.result()
         if outcome.error is not None:
@@ -192,7 +208,7 @@ async def sse_stream(run: RequestRun, keepalive_s: float, payload: bytes) -> Asy
             return
         usage = outcome.response["usage"]  # type: ignore[index]
         finish = outcome.response["choices"][0]["finish_reason"]  # type: ignore[index]
-        yield Last(head + _sse(_chunk(run, {}, finish)) + _sse(signed(service, {
+        yield Last(head + _sse(_chunk(run, {}, finish, continuous)) + _sse(signed(service, {
             "id": run.id, "object": "chat.completion.chunk", "created": run.created, "model": run.model,
             "choices": [], "usage": usage, "atoma": _cost(outcome, payload, "".join(content)),
         })) + b"data: [DONE]\n\n")
@@ -324,9 +340,13 @@ def create_app(service: NodeService, *, keepalive_s: float = KEEPALIVE_S, max_bo
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Response:
         arrived = now_ms()
-        raw = await read_body(request, max_body_bytes)
-        body, payload, signer = authenticate(request, raw)
-        stack = _stack_of(request)
+        try:
+            raw = await read_body(request, max_body_bytes)
+            body, payload, signer = authenticate(request, raw)
+            stack = _stack_of(request)
+        except ServingError as exc:  # refused before admission (body, headers, signature): counted as admission's are
+            service.metrics.ended(getattr(engine, "model", "") or "", "refused", exc.status)
+            raise
         request_id = request.headers.get(REQUEST_ID_HEADER)
         tx_digest = request.headers.get(TX_DIGEST_HEADER)
         admission = await service.admit(stack, body, request_id=request_id, arrived_ms=arrived, owner=signer,
@@ -348,7 +368,13 @@ def create_app(service: NodeService, *, keepalive_s: float = KEEPALIVE_S, max_bo
                 raise
             return EventStream(sse_stream(run, keepalive_s, payload), on_disconnect=run.abort,
                                headers={"Cache-Control": "no-cache", STACK_HEADER: str(stack)})
-        outcome = await run.result()
+        # a client that goes away (closed, timed out: the openai SDK then retries) stops the engine as a dropped
+        # stream does, and is charged what was produced, never the whole generation nobody will read
+        watcher = asyncio.get_running_loop().create_task(_abort_on_disconnect(request, run))
+        try:
+            outcome = await run.result()
+        finally:
+            watcher.cancel()
         if outcome.error is not None:
             return _from_error(outcome.error)
         return JSONResponse(signed(service, outcome.response or {}), headers=_headers(outcome))

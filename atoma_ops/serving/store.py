@@ -337,8 +337,16 @@ class NodeStore:
                     )
                     continue
                 left = num - used - reserved
+                if units > left and reserved and self._release_expired(c, now, facts.stack_small_id):
+                    # a dead holder's expired lease holds nothing: its units come back here, not only when a
+                    # process with requests in flight renews its leases or the node restarts
+                    used, reserved = c.execute(
+                        "SELECT used_units, reserved_units FROM stacks WHERE stack_small_id = ?", (facts.stack_small_id,)
+                    ).fetchone()
+                    left = num - used - reserved
                 if units > left:
-                    out.append(insufficient(facts.stack_small_id, num, used, reserved, units))
+                    wait = self._lease_wait_s(c, facts.stack_small_id, now, units, left) if reserved else None
+                    out.append(insufficient(facts.stack_small_id, num, used, reserved, units, retry_after_s=wait))
                     continue
                 cur = c.execute(
                     "INSERT INTO reservations (stack_small_id, units, holder, created_ms, expires_ms) "
@@ -351,6 +359,19 @@ class NodeStore:
                 )
                 out.append(Reservation(int(cur.lastrowid), facts.stack_small_id, units))
         return out
+
+    def _lease_wait_s(self, c: sqlite3.Connection, sid: int, now: int, units: int, left: int) -> int | None:
+        """Seconds until the earliest lease of another holder's reservation on the stack expires (rounded up, at
+        least 1), when the request is short of units only because of such reservations (it would fit without
+        them); else None. A live holder renews its lease and may end sooner; a dead one's units come back then."""
+        others, earliest = c.execute(
+            "SELECT COALESCE(SUM(units), 0), MIN(COALESCE(expires_ms, created_ms + ?)) FROM reservations "
+            "WHERE stack_small_id = ? AND holder <> ?",
+            (self.lease_ms, sid, self.holder),
+        ).fetchone()
+        if not others or units > left + others:
+            return None
+        return max(1, -(-(int(earliest) - now) // 1000))
 
     def reserve_now(self, items: Sequence[tuple[StackFacts, int]]) -> list[Reservation | Exception] | None:
         """:meth:`reserve` if it can run at once without waiting (this store's lock free, no other process writing
@@ -469,11 +490,16 @@ class NodeStore:
         return None if row is None else {"type": row[0], "message": row[1], "at_ms": row[2]}
 
     def record_refusal(self, stack_small_id: int, request_id: str, type_: str, message: str) -> None:
-        """Remember that a request id was refused (the first refusal stands), so a workload re-run skips it."""
+        """Remember that a request id was refused (the first refusal stands), so a workload re-run skips it.
+
+        A ``stack_in_settlement`` refusal is not recorded once the store has the stack open again (a settlement
+        aborted between the refusal and this record: :meth:`abort_settlements` dropped the ones before)."""
         with self._tx(durable=False) as c:
             c.execute(
-                "INSERT OR IGNORE INTO refusals VALUES (?, ?, ?, ?, ?)",
-                (stack_small_id, request_id, type_, message, int(time.time() * 1000)),
+                "INSERT OR IGNORE INTO refusals SELECT ?, ?, ?, ?, ? WHERE ? <> ? OR NOT EXISTS "
+                "(SELECT 1 FROM stacks WHERE stack_small_id = ? AND state = 'open')",
+                (stack_small_id, request_id, type_, message, int(time.time() * 1000), type_, StackSettling.type,
+                 stack_small_id),
             )
 
     def request_ids(self, stack_small_id: int, prefix: str = "") -> dict[str, str]:
@@ -594,11 +620,18 @@ class NodeStore:
         self.abort_settlements([stack_small_id])
 
     def abort_settlements(self, stack_small_ids: Sequence[int]) -> None:
+        """Reopen stacks whose settlement the chain refused. In the same transaction, the ``stack_in_settlement``
+        refusals recorded for them are dropped: they stopped being true, and a re-sent request id is judged anew
+        (served once) instead of being answered with a refusal of a stack that takes requests again."""
         with self._tx() as c:
-            c.executemany(
-                "UPDATE stacks SET state = 'open' WHERE stack_small_id = ? AND state = 'settling'",
-                [(sid,) for sid in stack_small_ids],
-            )
+            for sid in stack_small_ids:
+                reopened = c.execute(
+                    "UPDATE stacks SET state = 'open' WHERE stack_small_id = ? AND state = 'settling'", (sid,)
+                ).rowcount
+                if reopened:
+                    c.execute(
+                        "DELETE FROM refusals WHERE stack_small_id = ? AND type = ?", (sid, StackSettling.type)
+                    )
 
     def note_claimed_many(self, digests: dict[int, str]) -> None:
         """Remember that stacks were claimed (in their settlement records), so settlement runs skip them."""
@@ -713,12 +746,18 @@ def _usage(row) -> StackUsage:
     )
 
 
-def insufficient(stack_small_id: int, num: int, used: int, reserved: int, estimate: int) -> InsufficientUnits:
+def insufficient(
+    stack_small_id: int, num: int, used: int, reserved: int, estimate: int, *, retry_after_s: int | None = None
+) -> InsufficientUnits:
+    """The 425 refusal; ``retry_after_s`` (sent as ``Retry-After``): when units are short only because of other
+    holders' reservations, the seconds until the earliest of their leases expires."""
     left = num - used - reserved
     in_flight = f", {reserved} reserved by requests in flight" if reserved else ""
     fields = {"stack_small_id": stack_small_id, "units_left": left, "estimate": estimate}
     if reserved:
         fields["reserved_in_flight"] = reserved  # units that come back when those requests end: not final
+    if retry_after_s is not None:
+        fields["retry_after_s"] = retry_after_s
     return InsufficientUnits(
         f"stack {stack_small_id} cannot cover this request: {left} compute units left of {num} ({used} used"
         f"{in_flight}); the request's estimate is {estimate} (nothing charged)",

@@ -270,10 +270,13 @@ class OpenAIServer:
         return f"{self.url}/v1"
 
     def client(self, **options: Any):
-        """An :class:`~atoma_ops.serving.engines.openai_http.OpenAIHttpEngine` for this server (fast backoff)."""
+        """An :class:`~atoma_ops.serving.engines.openai_http.OpenAIHttpEngine` for this server (fast backoff). It
+        plays ``vllm serve`` of SmolLM2 under a served name of its own: a node in front of it serves SmolLM2 tasks."""
+        from ..serving.engines.base import SMOLLM2_MODEL
         from ..serving.engines.openai_http import OpenAIHttpEngine
 
         options.setdefault("backoff", 0.01)
+        options.setdefault("task_models", (SMOLLM2_MODEL,))
         return OpenAIHttpEngine(self.base_url, options.pop("model", self.model), **options)
 
     # -- the app ------------------------------------------------------------------------------------------------

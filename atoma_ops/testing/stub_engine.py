@@ -26,6 +26,9 @@ class StubEngine(Engine):
         self.delay, self.completion_tokens, self.under_report = delay, completion_tokens, under_report
         self.token_delay = token_delay
 
+    def serves_model(self, name):  # a stand-in for whatever model the task names
+        return True
+
     def count_tokens(self, text):
         return len(text.split())
 

@@ -217,9 +217,12 @@ def test_the_openai_sdk_sends_a_final_refusal_once(world):
 
 
 def failed_requests(w) -> float:
+    """Requests refused by the node, as its metrics count them (the Atoma node's counter per status)."""
     text = w["http"].get("/metrics").text
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-               if line.startswith("atoma_total_failed_requests_total{"))
+    counters = ("atoma_TOTAL_BAD_REQUESTS_total{", "atoma_total_unauthorized_requests_total{",
+                "atoma_total_locked_requests_total{", "atoma_total_too_early_requests_total{",
+                "atoma_total_too_many_requests_total{", "atoma_total_failed_requests_total{")
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(counters))
 
 
 def test_a_recorded_answer_goes_only_to_the_stacks_owner(world):
@@ -282,3 +285,24 @@ def test_a_workload_sent_by_its_buyer_is_served_once_and_signed(world):
     stolen = asyncio.run(send_workload(w["url"], buyer(w["net"], "node-2"), sid, bodies[:2], concurrency=2))
     assert stolen.served == 0 and {s.error["type"] for s in stolen.sent} == {"stack_not_found"}
     assert all(s.attempts == 1 for s in stolen.sent) and charged(w, sid)[:3] == (used, 0, 6)
+
+
+# ====================================================================== the model's server refuses
+def test_the_model_servers_refusal_is_the_requests_fault_not_the_nodes(world, upstream):
+    """The server behind the node answers 400 (a prompt its model cannot take) or 429 (overloaded): the SDK gets a
+    400 it does not retry (the server asked once) or a 429 with Retry-After, never the node's 500; nothing charged."""
+    w, sid = world, world["stacks"]["own"]
+    sdk = openai_client(w["url"] + "/v1", w["user"], sid)  # default: 2 retries
+    before = upstream.requests
+    upstream.faults.append(400)
+    with pytest.raises(openai.BadRequestError) as info:
+        sdk.chat.completions.create(messages=hi()["messages"], max_tokens=4, model=upstream_model(w))
+    assert info.value.status_code == 400 and info.value.response.headers["x-should-retry"] == "false"
+    assert "refused the request" in info.value.body["message"]
+    assert upstream.requests == before + 1  # not retried: by the node's engine or by the SDK
+    upstream.faults.append(429)
+    raw = json.dumps(hi()).encode()
+    r = w["http"].post(CHAT, content=raw, headers=signed_headers(w["user"], sid, raw))
+    refused(r, 429, "overloaded", final=False)
+    assert r.headers["Retry-After"] == "1" and upstream.requests == before + 2
+    assert charged(w, sid) == (0, 0, 0, 0)

@@ -24,7 +24,9 @@ def market(tmp_path):
     c = Cli(tmp_path / "home")
     c.ok("localnet", "init", "--seed", "1")
     c.ok("usdc", "mint", "--amount", "10000000", "--to", "user")
-    c.ok("db", "create-task-entry", "--role", "0", "--model-name", "m", "--security-level", "0", "--is-public")
+    # the stand-in plays SmolLM2 (OpenAIServer.client): a task of that model, which the node serves
+    c.ok("db", "create-task-entry", "--role", "0", "--model-name", "HuggingFaceTB/SmolLM2-135M-Instruct",
+         "--security-level", "0", "--is-public")
     c.ok("db", "register-node", address="node-1")
     c.ok("db", "subscribe-node-to-task", "--task-small-id", "1", "--price-per-one-million-compute-units", "1000000",
          address="node-1")

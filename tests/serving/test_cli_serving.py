@@ -149,6 +149,8 @@ def test_cli_serving_errors(cli, tmp_path):
     assert err["kind"] == "InvalidHistory"
     assert cli.invoke("stack", "serve", "--workload", w).exit_code == 2  # --stack is required
     assert cli.invoke("node", "serve").exit_code == 2  # --node is required
+    err = cli.fail("node", "serve", "--node", "node-1", "--port", "1", "--task-model", "meta-llama/Llama-3.3-70B")
+    assert err["kind"] == "InvalidArgument" and "--task-model is for --engine openai" in err["message"]
     # nothing was charged by any of it
     assert cli.fail("stack", "commit", "--stack", "1")["kind"] == "NothingToCommit"
 

@@ -8,6 +8,7 @@ out by hand over the per-text token counts.
 from __future__ import annotations
 
 import random
+import re
 import sqlite3
 import subprocess
 import sys
@@ -140,6 +141,51 @@ def test_bad_requests(body):
         validate_request(body)
 
 
+TEXT = frozenset({"text"})
+IMAGE = {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}}
+
+
+@pytest.mark.parametrize(
+    "message,parts,why",
+    [
+        ({"role": "banana", "content": "x"}, None, "role 'banana'"),
+        ({"role": "tool", "content": "x", "tool_call_id": "c1"}, None, "no tool calling"),
+        ({"role": "user", "content": None}, None, "needs a 'content'"),
+        ({"role": "system"}, None, "needs a 'content'"),
+        ({"role": "user", "content": ["hello"]}, None, "content[0] must be an object"),
+        ({"role": "user", "content": [{"text": "no type"}]}, None, "content[0] must be an object"),
+        ({"role": "user", "content": [{"type": "text", "text": 5}]}, None, "string 'text'"),
+        ({"role": "user", "content": [{"type": "text", "text": "look"}, IMAGE]}, TEXT, "'image_url' part"),
+        ({"role": "user", "content": [{"type": "input_audio", "input_audio": {}}]}, TEXT, "'input_audio' part"),
+        ({"role": "assistant", "content": "x", "tool_calls": [{"id": "c1"}]}, None, "tool_calls is not supported"),
+        ({"role": "user", "content": "x", "name": 7}, None, "name must be a string"),
+        ({"role": "user", "content": "x", "colour": "red"}, None, "unknown field 'colour'"),
+    ],
+)
+def test_messages_the_model_cannot_read_are_refused_by_name(message, parts, why):
+    """Roles, fields and content parts: what a text model would drop or misread (and charge) is a 400 naming it."""
+    with pytest.raises(BadRequest, match=re.escape(why)) as info:
+        validate_request({"messages": [{"role": "user", "content": "first"}, message]}, content_parts=parts)
+    assert info.value.fields["param"] == "messages" and "messages[1]" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "message,parts",
+    [
+        ({"role": "developer", "content": "be brief"}, TEXT),
+        ({"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}], "name": "ann"}, TEXT),
+        # an answer's message as the SDK dumps it, appended to the conversation: its null fields are no tool call
+        ({"role": "assistant", "content": "hi", "refusal": None, "annotations": [], "audio": None,
+          "function_call": None, "tool_calls": None}, TEXT),
+        ({"role": "assistant", "content": None}, TEXT),
+        ({"role": "user", "content": [{"type": "text", "text": "look"}, IMAGE]}, None),  # relayed: the server decides
+    ],
+)
+def test_messages_the_model_reads_pass(message, parts):
+    body = {"messages": [message]}
+    assert validate_request(body, content_parts=parts) is body
+
+
 @pytest.mark.parametrize(
     "extra",
     [
@@ -165,6 +211,10 @@ def test_honoured_parameters_pass(extra):
         ({"max_tokens": 9, "temperature": 0.7, "seed": 3, "top_p": 0.9, "stop": "x"},
          Sampling(max_tokens=9, temperature=0.7, top_p=0.9, seed=3, stop=("x",))),
         ({"max_completion_tokens": 4, "max_tokens": 9, "temperature": 1}, Sampling(max_tokens=4, temperature=1.0, seed=11)),
+        # below vLLM's 1e-5 a temperature is greedy (logits / 1e-39 overflow float32: inf, nan, a 500)
+        ({"max_tokens": 9, "temperature": 1e-39, "seed": 3}, Sampling(max_tokens=9)),
+        ({"max_tokens": 9, "temperature": 9.99e-6}, Sampling(max_tokens=9)),
+        ({"max_tokens": 9, "temperature": 1e-5}, Sampling(max_tokens=9, temperature=1e-5, seed=11)),
     ],
 )
 def test_sampling_of(extra, expected):
@@ -257,6 +307,35 @@ def test_settlement_state_blocks_reservations_and_waits_for_in_flight(tmp_path):
         assert isinstance(refused, StackSettling)
         store.abort_settlement(1)
         assert isinstance(store.reserve([(facts(), 1)])[0], Reservation)
+
+
+def test_an_aborted_settlement_drops_the_refusals_it_caused_and_only_those(tmp_path):
+    """While the store settles a stack its requests are refused (423 stack_in_settlement) and the node records those
+    refusals; when the chain refuses the settlement and the stack reopens, they are no longer true: dropped with the
+    reopening. Other refusals, other stacks' and a settled stack's stay."""
+    with NodeStore(tmp_path / "s.sqlite") as store:
+        for stack in (1, 2, 3):
+            (r,) = store.reserve([(facts(stack), 50)])
+            store.settle([Settlement(r, req(), response(20, 5))])
+        assert store.begin_settlements([1, 2, 3]) == ["open", "open", "open"]
+        for stack in (1, 2, 3):
+            (refused,) = store.reserve([(facts(stack), 1)])
+            assert isinstance(refused, StackSettling)
+            store.record_refusal(stack, "line-0", refused.type, str(refused))
+        store.record_refusal(1, "line-1", "invalid_request_error", "unknown model")
+        store.finish_settlement(3, {"digest": "0x3"})
+        assert store.find_request(1, "line-0")["type"] == "stack_in_settlement"
+
+        store.abort_settlement(1)  # the chain refused stack 1's settlement
+        assert store.usage(1).state == "open" and store.find_request(1, "line-0") is None
+        assert store.find_request(1, "line-1")["type"] == "invalid_request_error"  # still true: stays
+        assert store.find_request(2, "line-0")["type"] == "stack_in_settlement"  # still settling
+        store.abort_settlements([3])  # settled: not reopened, its refusal stays
+        assert store.usage(3).state == "settled" and store.find_request(3, "line-0")["type"] == "stack_in_settlement"
+        # a settling refusal that lands after the reopening (the abort in between) is not recorded either
+        store.record_refusal(1, "line-2", "stack_in_settlement", "stack 1 is being settled by this node")
+        assert store.find_request(1, "line-2") is None
+        assert store.request_ids(1) == {"line-1": "refused"}
 
 
 def test_reserve_now_reserves_at_once_or_not_at_all(tmp_path):
@@ -412,6 +491,48 @@ def test_an_expired_lease_does_not_block_settlement(tmp_path):
         assert store.begin_settlement(1) == "open"  # not StackBusy: the stale reservation was released
         u = store.usage(1)
         assert (u.reserved_units, u.in_flight, u.used_units) == (0, 0, 10)
+
+
+def test_a_425_short_only_of_other_holders_reservations_says_when_their_first_lease_ends(tmp_path):
+    """Units short only because of reservations another holder keeps (a killed process's, until their lease runs
+    out): the 425 names the seconds until the earliest of those leases ends (``Retry-After``), rounded up, at least
+    1. Short because of this store's own requests in flight, or short even without the others: no such hint."""
+    from atoma_ops.serving.server import _from_error
+
+    path = tmp_path / "s.sqlite"
+    with NodeStore(path, lease_s=7.5) as dead, NodeStore(path, lease_s=20) as other:
+        dead.reserve([(facts(), 800)])  # its holder is gone: never renewed, never released
+        other.reserve([(facts(), 100)])  # a later lease (20 s): not the earliest
+    with NodeStore(path) as store:
+        (own,) = store.reserve([(facts(), 50)])  # left: 1000 - 800 - 100 - 50 = 50
+        (refused,) = store.reserve([(facts(), 60)])  # fits once the others' 900 come back
+        assert isinstance(refused, InsufficientUnits) and not refused.final
+        # the dead lease ends 7.5 s after it was taken, a few ms ago: 7.4.. s left, rounded up
+        assert refused.fields == {"stack_small_id": 1, "units_left": 50, "estimate": 60, "reserved_in_flight": 950,
+                                  "retry_after_s": 8}
+        assert _from_error(refused).headers["retry-after"] == "8"
+        (too_big,) = store.reserve([(facts(), 951)])  # 1000 - 50 of its own: never fits while ``own`` runs
+        assert "retry_after_s" not in too_big.fields and "retry-after" not in _from_error(too_big).headers
+
+
+def test_an_expired_lease_gives_its_units_back_to_the_next_reservation(tmp_path):
+    """A dead holder's reservation whose lease ran out is released by the reservation it blocks, with nothing else
+    running (no renewing process, no restart). Before it runs out the 425 says to retry in 1 s (0.3 s left)."""
+    path = tmp_path / "s.sqlite"
+    with NodeStore(path, lease_s=0.3) as dead:
+        dead.reserve([(facts(), 990)])
+    with NodeStore(path) as store:
+        (early,) = store.reserve([(facts(), 20)])
+        assert isinstance(early, InsufficientUnits) and early.fields["retry_after_s"] == 1
+        deadline = store.lease_expiry_ms()
+        while time.time() * 1000 <= deadline:
+            time.sleep(0.02)
+        (r,) = store.reserve([(facts(), 20)])
+        assert isinstance(r, Reservation)
+        u = store.usage(1)
+        assert (u.reserved_units, u.in_flight, u.units_left) == (20, 1, 980)
+        (short,) = store.reserve([(facts(), 990)])  # short only of its own request in flight: it ends when it ends
+        assert short.fields == {"stack_small_id": 1, "units_left": 980, "estimate": 990, "reserved_in_flight": 20}
 
 
 def test_a_store_belongs_to_one_node(tmp_path):

@@ -724,3 +724,13 @@ def test_engine_openai_server_fronts_any_engine():
         gen = fold(collect(http, ask("front")))
     assert http.model == "custom/model"
     assert gen.content == asyncio.run(engine.complete(ask("front"), GREEDY))["choices"][0]["message"]["content"]
+
+
+def test_the_task_models_a_served_model_answers_to():
+    """``vllm serve … --served-model-name smol``: the engine's model is "smol", and the task names the HuggingFace
+    model; ``task_models`` says they are one (the node then serves that task's stacks), nothing else is."""
+    smol = OpenAIHttpEngine("http://127.0.0.1:9/v1", "smol", task_models=["HuggingFaceTB/SmolLM2-135M-Instruct"])
+    plain = OpenAIHttpEngine("http://127.0.0.1:9/v1", "HuggingFaceTB/SmolLM2-135M-Instruct")
+    assert smol.serves_model("HuggingFaceTB/SmolLM2-135M-Instruct") and smol.serves_model("smol")
+    assert not smol.serves_model("meta-llama/Llama-3.3-70B-Instruct")
+    assert plain.serves_model("HuggingFaceTB/SmolLM2-135M-Instruct") and not plain.serves_model("smol")

@@ -11,9 +11,11 @@ import time
 import httpx
 import openai
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from atoma_ops.client import AtomaAuth, openai_client
 from atoma_ops.protocol.commitments import response_hash
+from atoma_ops.protocol.node_http import SIGNATURE_HEADER, STACK_HEADER
 from atoma_ops.serving.node import NodeService
 from atoma_ops.serving.replay import replay
 from atoma_ops.serving.server import BackgroundServer, create_app
@@ -22,6 +24,16 @@ from tests.serving.buyer_kit import buyer, signed_headers
 from tests.serving.test_kit import NO_SECURITY, PRICE, ask, market, net, stub_engine  # noqa: E402,F401
 
 MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"  # the task's model (test_kit.market)
+FAILED = "atoma_total_failed_requests_total"
+#: the Atoma node's counter of refusals per status (chat_completions.rs @ c5e7a0a; its 400 counter is in capitals)
+REFUSED_BY_STATUS = {
+    400: "atoma_TOTAL_BAD_REQUESTS_total", 401: "atoma_total_unauthorized_requests_total",
+    423: "atoma_total_locked_requests_total", 425: "atoma_total_too_early_requests_total",
+    429: "atoma_total_too_many_requests_total",
+}
+REQUESTS = "atoma_chat_completions_num_requests_total"
+#: the Atoma node's LATENCY_HISTOGRAM_BUCKETS (atoma-node atoma-service/src/handlers/metrics.rs @ c5e7a0a, l. 10-12)
+NODE_LATENCY_BUCKETS = [0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0]
 
 
 class Node:
@@ -52,13 +64,18 @@ class Node:
         history = len(self.service.history(stack))
         return (0, 0, 0, history) if u is None else (u.used_units, u.reserved_units, u.num_requests, history)
 
-    def metric(self, name: str, **labels) -> float:
+    def samples(self, name: str) -> list:
+        """The samples named ``name`` on ``GET /metrics`` (Prometheus text format, parsed)."""
         text = httpx.get(self.url + "/metrics").text
-        want = ",".join(f'{k}="{v}"' for k, v in labels.items())
-        for line in text.splitlines():
-            if line.startswith(name + ("{" + want + "}" if want else " ")) or (want and line.startswith(name + "{") and want in line):
-                return float(line.rsplit(" ", 1)[1])
-        return 0.0
+        return [s for family in text_string_to_metric_families(text) for s in family.samples if s.name == name]
+
+    def metric(self, name: str, **labels) -> float | None:
+        """The value of the series ``name`` with exactly ``labels``; None when the node exposes no such series (so
+        ``== 0`` cannot pass for a metric that is missing or renamed)."""
+        want = {k: str(v) for k, v in labels.items()}
+        values = [s.value for s in self.samples(name) if s.labels == want]
+        assert len(values) <= 1, (name, labels, values)
+        return values[0] if values else None
 
     def settled(self, stack: int, timeout: float = 30.0):
         """Wait until nothing is in flight on the stack (a dropped stream is recorded by its own task)."""
@@ -190,14 +207,20 @@ def test_stop_and_seeded_sampling_are_honoured_and_unseeded_sampling_is_random(n
 
 
 def test_a_request_id_is_served_once(node, stacks):
+    model = node.service.engine.model
     client = node.client(stacks["own"])
     first = client.chat.completions.create(model=MODEL, messages=messages("Hi."), max_tokens=5,
                                            extra_headers={"X-Request-Id": "abc-1"})
     used = node.usage(stacks["own"]).used_units
+    assert (node.metric(FAILED, model=model), node.metric(REQUESTS, model=model, outcome="duplicate")) == (0, 0)
     again = client.chat.completions.create(model=MODEL, messages=messages("Hi."), max_tokens=5,
                                            extra_headers={"X-Request-Id": "abc-1"})
     assert again.choices[0].message.content == first.choices[0].message.content
     assert node.usage(stacks["own"]).used_units == used and len(node.service.history(stacks["own"])) == 1
+    # the replay is the recorded answer (200), not a failure: a duplicate, and atoma_total_failed_requests unmoved
+    assert node.metric(REQUESTS, model=model, outcome="duplicate") == 1
+    assert node.metric(REQUESTS, model=model, outcome="served") == 1
+    assert node.metric(FAILED, model=model) == 0
 
 
 # ====================================================================== refusals
@@ -225,7 +248,9 @@ def test_refusals_map_to_the_sdks_exceptions_and_charge_nothing(node, stacks):
     for what, overrides, stack, exc, status, param in REFUSALS:
         sid = stacks.get(stack, stack)
         before = node.charged(sid)
-        refused_before = node.metric("atoma_total_failed_requests_total", model=model)
+        # no series before the node's first request ended: 0
+        refused_before = node.metric(REFUSED_BY_STATUS[status], model=model) or 0.0
+        failed_before = node.metric(FAILED, model=model) or 0.0
         client = node.client(sid)  # the SDK's default retries: a final refusal must not be sent again
         kwargs = {"model": MODEL, "messages": messages("Hello."), "max_tokens": 5, **overrides}
         with pytest.raises(exc) as info:
@@ -237,8 +262,61 @@ def test_refusals_map_to_the_sdks_exceptions_and_charge_nothing(node, stacks):
             assert body["param"] == param and param in body["message"], (what, body)
         assert info.value.response.headers["x-should-retry"] == "false", what
         assert node.charged(sid) == before, what  # nothing reserved, charged or recorded
-        # sent once: the SDK honoured x-should-retry (one more refusal counted, not three)
-        assert node.metric("atoma_total_failed_requests_total", model=model) == refused_before + 1, what
+        # sent once: the SDK honoured x-should-retry (one more refusal of its status counted, not three); a refusal
+        # is not a failure
+        assert node.metric(REFUSED_BY_STATUS[status], model=model) == refused_before + 1, what
+        assert (node.metric(FAILED, model=model) or 0.0) == failed_before, what
+    assert node.metric(REQUESTS, model=model, outcome="refused") == len(REFUSALS)
+
+
+def test_a_bad_signature_and_a_stack_in_settlement_reach_the_sdk_as_401_and_423(node, stacks, net):
+    sid = stacks["own"]
+    # the owner's valid signature, but over another body: the node answers 401, the SDK's AuthenticationError
+    other_body = b'{"messages":[{"role":"user","content":"Another body."}]}'
+    forged = openai.OpenAI(base_url=node.url + "/v1", api_key="unused", max_retries=0, default_headers={
+        STACK_HEADER: str(sid), SIGNATURE_HEADER: signed_headers(node.signer, None, other_body)[SIGNATURE_HEADER]})
+    with pytest.raises(openai.AuthenticationError) as info:
+        forged.chat.completions.create(model=MODEL, messages=messages("Hello."), max_tokens=5)
+    assert info.value.status_code == 401 and info.value.body["type"] == "invalid_signature"
+    assert node.charged(sid) == (0, 0, 0, 0)
+    model = node.service.engine.model  # refused before admission, and still counted as the Atoma node counts it
+    assert node.metric(REFUSED_BY_STATUS[401], model=model) == 1
+
+    # a stack whose settlement ticket is open on chain (its settle period): 423, which the SDK has no subclass for
+    settling = stacks["other"]
+    net.settle("node-1", settling, 1)
+    with pytest.raises(openai.APIStatusError) as info:
+        node.client(settling, max_retries=0).chat.completions.create(model=MODEL, messages=messages("Hello."),
+                                                                       max_tokens=5)
+    assert type(info.value) is openai.APIStatusError
+    assert info.value.status_code == 423 and info.value.body["type"] == "stack_in_settlement"
+    assert node.charged(settling) == (0, 0, 0, 0) and node.metric(REFUSED_BY_STATUS[423], model=model) == 1
+    # the owner's own signature on the open stack is served: the 401 was the signature, not the stack
+    assert node.client(sid, max_retries=0).chat.completions.create(model=MODEL, messages=messages("Hello."),
+                                                                    max_tokens=5).usage.completion_tokens > 0
+
+
+def test_async_non_streaming_usage_is_what_the_stack_was_charged(node, stacks):
+    sid = stacks["other"]
+
+    async def once():
+        client = node.aclient(sid)  # openai.AsyncOpenAI, no retries
+        try:
+            return await client.chat.completions.with_raw_response.create(
+                model=MODEL, messages=messages("Name a color."), max_tokens=8)
+        finally:
+            await client.close()
+
+    raw = asyncio.run(once())
+    reply = raw.parse()
+    usage = reply.usage
+    assert usage.prompt_tokens > 0 and 0 < usage.completion_tokens <= 8
+    u = node.usage(sid)
+    assert (u.used_units, u.reserved_units, u.num_requests) == (usage.prompt_tokens + usage.completion_tokens, 0, 1)
+    assert int(raw.headers["x-compute-units"]) == u.used_units
+    (entry,) = node.service.history(sid).entries
+    assert entry.units == u.used_units
+    assert entry.response["choices"][0]["message"]["content"] == reply.choices[0].message.content
 
 
 @pytest.mark.parametrize("body", [
@@ -277,16 +355,30 @@ def test_overload_answers_429_with_retry_after(net, localnet_home, stacks):
                 while slow.service.pending < 2:
                     await asyncio.sleep(0.01)
                 third = await a.post("/v1/chat/completions", json=body)
-                return third, await asyncio.gather(*first)
+                # the official SDK, signed, no retries, while the two are still running: the 429 is its RateLimitError
+                sdk = slow.aclient(stacks["own"])
+                try:
+                    with pytest.raises(openai.RateLimitError) as info:
+                        await sdk.chat.completions.create(model=slow.service.engine.model, messages=messages("Hi."),
+                                                          max_tokens=3)
+                finally:
+                    await sdk.close()
+                busy = not any(t.done() for t in first)
+                return third, info.value, busy, await asyncio.gather(*first)
 
-        third, first = asyncio.run(three())
+        third, sdk_error, busy, first = asyncio.run(three())
         assert third.status_code == 429 and third.headers["retry-after"] == "1"
         assert third.json()["error"]["type"] == "overloaded"
+        assert busy  # both slots were still taken when the SDK's request came
+        assert sdk_error.status_code == 429 and sdk_error.body["type"] == "overloaded"
+        assert sdk_error.response.headers["retry-after"] == "1"
         assert [r.status_code for r in first] == [200, 200]
-        client = openai.OpenAI(base_url=slow.url + "/v1", api_key="x", max_retries=0,
-                               default_headers={"X-Stack-Small-Id": str(stacks["own"])})
-        assert issubclass(openai.RateLimitError, openai.APIStatusError) and client  # 429 is the SDK's RateLimitError
         assert slow.usage(stacks["own"]).num_requests == 2
+        model = slow.service.engine.model
+        assert slow.metric(REQUESTS, model=model, outcome="overloaded") == 2  # the httpx one and the SDK's, once
+        assert slow.metric(REFUSED_BY_STATUS[429], model=model) == 2
+        assert slow.metric(FAILED, model=model) == 0 and slow.metric(REQUESTS, model=model, outcome="served") == 2
+        assert slow.metric("atoma_total_completed_requests_total", model=model) == 2
     finally:
         slow.close()
 
@@ -347,17 +439,26 @@ def test_a_dropped_stream_is_charged_what_was_produced_and_replays(node, stacks)
     assert u.reserved_units == 0 and u.in_flight == 0
     report = replay(history, node.service.engine)  # bounded by the recorded length: the same answer, the same hash
     assert report.equal and response_hash(report.replayed_responses[0]) == entry.response_hash
-    assert node.metric("atoma_chat_completions_num_requests_total", model=node.service.engine.model,
-                       outcome="aborted") == 1
+    assert node.metric(REQUESTS, model=node.service.engine.model, outcome="aborted") == 1
+    assert node.metric(FAILED, model=node.service.engine.model) == 0  # an abort is not a failure
 
 
 def test_metrics_are_served_in_prometheus_text_format(node, stacks):
-    node.client(stacks["own"]).chat.completions.create(model=MODEL, messages=messages("Hi."), max_tokens=4)
+    usage = node.client(stacks["own"]).chat.completions.create(model=MODEL, messages=messages("Hi."),
+                                                               max_tokens=4).usage
     r = httpx.get(node.url + "/metrics")
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
     model = node.service.engine.model
-    for name in ("atoma_chat_completions_time_to_first_token_count", "atoma_chat_completions_latency_count"):
-        assert node.metric(name, model=model) == 1
-    assert node.metric("atoma_chat_completions_input_tokens_metrics_total", model=model) > 0
+    # the Atoma node's names (atoma-node atoma-service/src/handlers/metrics.rs @ c5e7a0a)
+    for name in ("atoma_chat_completions_time_to_first_token", "atoma_chat_completions_token_latency"):
+        assert node.metric(name + "_count", model=model) == 1
+        # ... and its LATENCY_HISTOGRAM_BUCKETS, as it uses them for both
+        bounds = [float(s.labels["le"]) for s in node.samples(name + "_bucket") if s.labels["model"] == model]
+        assert bounds == NODE_LATENCY_BUCKETS + [float("inf")], name
+    assert node.metric("atoma_chat_completions_intra_token_generation_time_count", model=model) is not None
+    assert node.metric("atoma_chat_completions_input_tokens_metrics_total", model=model) == usage.prompt_tokens
+    assert node.metric("atoma_chat_completions_output_tokens_metrics_total", model=model) == usage.completion_tokens
+    for old in ("atoma_chat_completions_latency_count", "atoma_chat_completions_completions_tokens_total"):
+        assert node.samples(old) == [], old  # renamed after the node's
     assert node.metric("atoma_compute_units_charged_total", model=model) == node.usage(stacks["own"]).used_units
     assert node.metric("atoma_num_running_requests", model=model) == 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -12,6 +13,7 @@ import pytest
 
 from atoma_ops.client import verify_response
 from atoma_ops.serving.node import NodeService
+from atoma_ops.serving.replay import replay
 from atoma_ops.serving.server import BackgroundServer, create_app
 
 from tests.serving.buyer_kit import buyer, signed_headers
@@ -96,6 +98,15 @@ def test_chat_models_health_usage_and_errors(served, engine, net, localnet_home)
     error_of(post(client, st["own"], b"[1, 2]"), 400, "invalid_request_error")
     error_of(post(client, st["own"], {"messages": []}), 400, "invalid_request_error")
     error_of(post(client, st["own"], ask(0, 4, stream="yes")), 400, "invalid_request_error")
+    # an image for a text model (it would be dropped and the request charged) and a tiny temperature (greedy, as in
+    # vLLM: logits / 1e-39 overflow float32)
+    image = {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}}
+    look = {"messages": [{"role": "user", "content": [{"type": "text", "text": "What is this?"}, image]}],
+            "max_tokens": 4}
+    assert "'image_url' part" in error_of(post(client, st["own"], look), 400, "invalid_request_error")
+    tiny, greedy = (post(client, st["small"], ask(6, 4, temperature=t)) for t in (1e-39, 0))
+    assert tiny.status_code == greedy.status_code == 200, tiny.text
+    assert tiny.json()["choices"][0]["message"] == greedy.json()["choices"][0]["message"]
     error_of(post(client, None, ask(0, 4)), 400, "missing_stack")
     error_of(post(client, "abc", ask(0, 4)), 400, "missing_stack")
     assert "does not exist" in error_of(post(client, 999, ask(0, 4)), 400, "stack_not_found")
@@ -145,3 +156,66 @@ def test_concurrent_requests_never_over_serve(served):
     assert usage["used_units"] == sum(int(r.headers["X-Compute-Units"]) for r in ok) <= 120
     assert usage["num_requests"] == len(ok) and usage["reserved_units"] == 0
     assert sorted(int(r.headers["X-History-Index"]) for r in ok) == list(range(len(ok)))
+
+
+def test_a_client_that_gives_up_on_an_answer_stops_it_and_is_charged_what_was_produced(served, engine, net,
+                                                                                           localnet_home):
+    """A non-streamed request whose client goes away (its timeout: the openai SDK then retries) stops the engine as
+    a dropped stream does: charged what was produced, never the whole answer nobody reads (with retries, several
+    times over), and its history replays to the same hash."""
+    server, client, st = served
+    sid, budget = st["spare"], 400  # ~40 s of the CPU engine: far longer than the client waits
+    raw = json.dumps(ask("the sea, at great length", budget)).encode()
+    with httpx.Client(base_url=server.url, timeout=3.0) as impatient:
+        with pytest.raises(httpx.ReadTimeout):
+            impatient.post("/v1/chat/completions", content=raw,
+                           headers={**signed_headers(SIGNER, sid, raw), "content-type": "application/json"})
+    deadline = time.monotonic() + 20
+    while (usage := client.get(f"/v1/stacks/{sid}/usage").json())["in_flight"] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert usage["in_flight"] == 0 and usage["reserved_units"] == 0, usage  # stopped, well before its ~40 s
+    history = open_node(net, localnet_home, "node-1", None).history(sid)
+    (entry,) = history.entries
+    produced = entry.response["usage"]["completion_tokens"]
+    assert entry.response["choices"][0]["finish_reason"] == "abort" and 0 < produced < budget
+    assert entry.units == entry.response["usage"]["prompt_tokens"] + produced == usage["used_units"]
+    assert replay(history, engine).equal  # bounded by the recorded length: the same answer
+
+
+def test_continuous_usage_stats_puts_the_usage_so_far_in_every_chunk(served):
+    """``stream_options.continuous_usage_stats`` (vLLM's): each content chunk carries the usage so far, growing to
+    the final usage chunk's; without it only that final chunk has usage."""
+    server, client, st = served
+
+    def chunks(options: dict) -> list[dict]:
+        r = post(client, st["own"], ask(7, 12, stream=True, stream_options=options))
+        assert r.status_code == 200, r.text
+        return [json.loads(line[6:]) for line in r.text.splitlines()
+                if line.startswith("data: {") and '"chat.completion.chunk"' in line]
+
+    counted = chunks({"include_usage": True, "continuous_usage_stats": True})
+    final = counted[-1]["usage"]
+    assert counted[-1]["choices"] == [] and final["completion_tokens"] >= 1
+    running = [c["usage"] for c in counted[:-1] if c["choices"][0]["delta"].get("content")]
+    assert running and all(u["prompt_tokens"] == final["prompt_tokens"] for u in running)
+    assert all(u["total_tokens"] == u["prompt_tokens"] + u["completion_tokens"] for u in running)
+    steps = [u["completion_tokens"] for u in running]
+    assert steps == sorted(steps) and 1 <= steps[0] and steps[-1] <= final["completion_tokens"]
+    plain = chunks({"include_usage": True})
+    assert [c["usage"] is None for c in plain] == [True] * (len(plain) - 1) + [False]
+
+
+def test_a_stack_whose_task_is_for_another_model_is_not_served(served, engine, net):
+    """A stack of a task whose model this node's engine does not run is refused whatever ``model`` the request
+    names (the task's, the engine's, none): a 400 naming ``model``, nothing reserved or charged."""
+    server, client, st = served
+    other = "meta-llama/Llama-3.3-70B-Instruct"
+    t = net.task(NO_SECURITY, model=other)
+    net.sub("node-1", t, PRICE)
+    sid = net.buy(t, 10_000, PRICE, draw=0)
+    for body in (ask(0, 4), ask(0, 4, model=other), ask(0, 4, model=engine.model)):
+        r = post(client, sid, body)
+        assert other in error_of(r, 400, "invalid_request_error") and r.json()["error"]["param"] == "model"
+    usage = client.get(f"/v1/stacks/{sid}/usage").json()
+    assert (usage["used_units"], usage["reserved_units"], usage["num_requests"]) == (0, 0, 0)
+    assert post(client, st["own"], ask(0, 4)).status_code == 200  # its own model's stacks are served as before

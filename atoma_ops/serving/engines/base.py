@@ -38,7 +38,12 @@ FINISH_ABORTED = "abort"
 
 
 class EngineError(Exception):
-    """The engine could not serve a request (bad request for this model, server down, out of context)."""
+    """The engine could not serve a request (bad request for this model, server down, out of context).
+    ``status``: the HTTP status a server behind the engine answered, when it did (its 4xx is the request's fault)."""
+
+    def __init__(self, message: str, *, status: int | None = None):
+        super().__init__(message)
+        self.status = status
 
 
 @dataclass(frozen=True)
@@ -129,8 +134,16 @@ class Engine(ABC):
 
     kind: str = "engine"
     model: str
+    #: the message content part types the model reads (OpenAI's ``type``); None: any, relayed to a server that
+    #: decides (the node refuses other parts at admission instead of dropping them and charging the request)
+    content_parts: frozenset[str] | None = frozenset({"text"})
     #: the model's context window in tokens (prompt + completion), when known
     max_context: int | None = None
+
+    def serves_model(self, name: str) -> bool:
+        """Whether this engine's model is the model a task names (a task's model is a HuggingFace name): the node
+        serves a stack only for a task whose model its engine runs."""
+        return name == self.model
 
     @abstractmethod
     def stream(self, request: dict, sampling: Sampling) -> AsyncIterator[Delta]:

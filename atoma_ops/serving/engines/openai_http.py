@@ -43,7 +43,7 @@ import weakref
 from contextlib import aclosing
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Iterable
 
 import aiohttp
 import httpx
@@ -308,11 +308,14 @@ class OpenAIHttpEngine(TokenCounting, Engine):
         max_concurrency: requests in flight at once (per event loop); more wait for a free slot.
         tokenizer: the served model's tokenizer (a transformers folder or a GGUF file): counts tokens here instead
             of asking the server's ``/tokenize``. Its counts must be the server's (the same model's tokenizer).
+        task_models: the task model names (HuggingFace names) the served model is, when the server serves it under
+            another name (``vllm serve … --served-model-name``); ``model`` itself always is one.
         retries: extra attempts after a connection error or a 5xx answer.
         backoff: seconds before the first retry, doubled for each further one (capped at 2 s).
     """
 
     kind = "openai"
+    content_parts = None  # relayed as sent: the server behind it reads images if its model does, or refuses them
     remote_tokenizer = True  # without a local tokenizer counting is an HTTP call: metering.estimate makes both at once
 
     def __init__(
@@ -326,11 +329,13 @@ class OpenAIHttpEngine(TokenCounting, Engine):
         tokenizer: str | os.PathLike | None = None,
         retries: int = 2,
         backoff: float = 0.2,
+        task_models: Iterable[str] = (),
     ):
         if max_concurrency < 1:
             raise ValueError("max_concurrency must be at least 1")
         self.base_url = base_url.rstrip("/")
         self.model = model
+        self.task_models = frozenset(task_models) | {model}
         self.timeout = timeout
         self.max_concurrency = int(max_concurrency)
         self.retries = max(0, int(retries))
@@ -366,8 +371,11 @@ class OpenAIHttpEngine(TokenCounting, Engine):
         """An error text with the API key blanked out, should a server ever echo it."""
         return text.replace(self._api_key, "***") if self._api_key else text
 
-    def _error(self, message: str) -> EngineError:
-        return EngineError(self._scrub(message))
+    def serves_model(self, name: str) -> bool:
+        return name in self.task_models
+
+    def _error(self, message: str, status: int | None = None) -> EngineError:
+        return EngineError(self._scrub(message), status=status)
 
     # -- per event loop: its connections, one semaphore ---------------------------------------------------------
 
@@ -457,7 +465,8 @@ class OpenAIHttpEngine(TokenCounting, Engine):
                 self._continuous_usage = False
                 asked_without_continuous = True
                 continue
-            raise self._error(f"chat completion failed: HTTP {answer.status_code} from {url}: {message}")
+            raise self._error(f"chat completion failed: HTTP {answer.status_code} from {url}: {message}",
+                              answer.status_code)
 
     async def _relay(self, response: aiohttp.ClientResponse) -> AsyncIterator[Delta]:
         url = self.chat_url
