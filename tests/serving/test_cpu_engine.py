@@ -526,3 +526,28 @@ def test_a_forked_child_serves_like_its_parent(alone):
     assert result["child_exit"] == 0
     assert result["child"] == result["parent"] == alone[0][0]
 
+
+
+def test_an_engine_around_a_model_in_memory_batches_it_alike(engine):
+    """``CpuEngine.from_model`` (the path of ``bench/cpu_engine.py --shape``: a model of SmolLM2's shape with random
+    weights): a tiny random Llama with the engine's tokenizer is checked like the GGUF's, and its greedy answers run
+    together are the answers run alone."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from atoma_ops.serving.engines.cpu import CpuEngine
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(engine.tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=8192,
+                         tie_word_embeddings=True)
+    tiny = CpuEngine.from_model(engine.tokenizer, LlamaForCausalLM(config).eval(), model="tiny", max_batch=4)
+    assert tiny.model == "tiny" and tiny.batch_mode == engine.batch_mode != "serial"
+    requests = GREEDY[:4]
+    alone = [outcome(asyncio.run(collect(tiny, r, s))) for r, s in requests]
+
+    async def together():
+        return await asyncio.gather(*(collect(tiny, r, s) for r, s in requests))
+
+    assert [outcome(g) for g in asyncio.run(together())] == alone
+    assert tiny.wait_idle(30)

@@ -105,11 +105,11 @@ class KVCache:
     """One sequence's keys and values for every layer, ``(layers, 2, kv_heads, capacity, head_dim)``. Never shared
     or padded; grown by doubling (its shapes depend on that sequence alone, so does the attention over it)."""
 
-    def __init__(self, torch, layers: int, kv_heads: int, head_dim: int, capacity: int, limit: int):
+    def __init__(self, torch, layers: int, kv_heads: int, head_dim: int, capacity: int, limit: int, device=None):
         self._torch = torch
         self.limit = limit
         self.length = 0
-        self.data = torch.empty(layers, 2, kv_heads, min(capacity, limit), head_dim)
+        self.data = torch.empty(layers, 2, kv_heads, min(capacity, limit), head_dim, device=device)
 
     def reserve(self, extra: int) -> None:
         need = self.length + extra
@@ -118,16 +118,22 @@ class KVCache:
             return
         if need > self.limit:
             raise EngineError(f"the sequence needs {need} positions, beyond its {self.limit}-token limit")
-        grown = self._torch.empty(*self.data.shape[:3], min(max(need, 2 * capacity), self.limit), self.data.shape[4])
+        grown = self._torch.empty(*self.data.shape[:3], min(max(need, 2 * capacity), self.limit), self.data.shape[4],
+                                  device=self.data.device)
         grown[:, :, :, : self.length] = self.data[:, :, :, : self.length]
         self.data = grown
 
 
 class BatchedLlama:
     """A Llama decoder (SmolLM2's shape, read from the config) whose decode step serves many sequences at once and
-    gives each the logits it would get alone (see the module doc)."""
+    gives each the logits it would get alone (see the module doc).
 
-    def __init__(self, hf_model, *, max_batch: int, max_context: int):
+    ``device`` (default the CPU): where the weights, caches and passes live. Elsewhere (CUDA) the linears are plain
+    batched ``F.linear``: checked row by row like the CPU's (``check=True``; "serial" if they fail, as GPU kernels
+    chosen by batch size usually do), or with ``check=False`` batched unchecked (mode "unchecked": for measuring
+    the scheduler's speed on that device only, since a row then depends on its batch and replays would not match)."""
+
+    def __init__(self, hf_model, *, max_batch: int, max_context: int, device=None, check: bool = True):
         import torch
 
         cfg = hf_model.config
@@ -136,6 +142,8 @@ class BatchedLlama:
                 or getattr(cfg, "mlp_bias", False) or rope_type not in ("default", "linear", "llama3")):
             raise EngineError(f"the CPU engine runs plain Llama models, not this {cfg.model_type} ({rope_type} rope)")
         self._torch = torch
+        self.device = torch.device(device or "cpu")
+        self._checked = check
         self.max_batch = max_batch
         self.heads, self.kv_heads = cfg.num_attention_heads, cfg.num_key_value_heads
         self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // self.heads
@@ -147,6 +155,9 @@ class BatchedLlama:
             positions = torch.arange(max_context)[None]
             cos, sin = inner.rotary_emb(self.embed[:1][None], positions)
         self.cos, self.sin = cos[0].contiguous(), sin[0].contiguous()  # (max_context, head_dim): HF's own values
+        if self.device.type != "cpu":
+            self.embed, self.norm = self.embed.to(self.device), self.norm.to(self.device)
+            self.cos, self.sin = self.cos.to(self.device), self.sin.to(self.device)
         self._weights = []
         for layer in inner.layers:
             attn, mlp = layer.self_attn, layer.mlp
@@ -159,6 +170,9 @@ class BatchedLlama:
                 "down": mlp.down_proj.weight.detach(),
             })
         self._head = hf_model.lm_head.weight.detach()
+        if self.device.type != "cpu":
+            self._weights = [{k: w.to(self.device) for k, w in ws.items()} for ws in self._weights]
+            self._head = self._head.to(self.device)
         self._prefix: tuple[list[int], object] | None = None  # (token ids, their keys/values) see set_prefix
         self.mode = "serial"
         self.checked_threads = 0
@@ -179,7 +193,11 @@ class BatchedLlama:
         a later call (the thread count changed) re-checks them and falls back to "serial" if they fail."""
         torch = self._torch
         with torch.inference_mode():
-            if self._weights is not None:
+            if self._weights is not None and self.device.type != "cpu":  # plain batched linears on that device
+                self._build("plain")
+                self.mode = "unchecked" if not self._checked else ("device" if self._rows_invariant() else "serial")
+                self._weights = self._head = None
+            elif self._weights is not None:
                 onednn = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
                 self.mode = "serial"
                 for mode in (["onednn"] if onednn else []) + ["fixed"]:
@@ -193,7 +211,7 @@ class BatchedLlama:
                 if self.mode == "serial":
                     self._build("plain")
                 self._weights = self._head = None
-            elif self.mode != "serial" and not self._rows_invariant():
+            elif self.mode not in ("serial", "unchecked") and not self._rows_invariant():
                 self.mode = "serial"
         self.checked_threads = torch.get_num_threads()
         return self.mode
@@ -205,7 +223,7 @@ class BatchedLlama:
         the other rows random. (The first call at each size also JIT-compiles oneDNN's kernel for it, ahead of use.)"""
         torch = self._torch
         gen = torch.Generator().manual_seed(20240601)
-        probe, probe_position = torch.randn(self.hidden, generator=gen), 77
+        probe, probe_position = torch.randn(self.hidden, generator=gen).to(self.device), 77
         layer = self.layers[0]
 
         def body(x, positions):  # one layer, its queries standing in for the attention output
@@ -217,10 +235,10 @@ class BatchedLlama:
 
         body_sizes = [*range(2, self.max_batch + 1), *(r for r in MIX_CHECK_ROWS if self.max_batch < r <= MIX_ROWS)]
         for fn, sizes in ((body, body_sizes), (head, sorted({2, 3, 5, 8, 13, self.max_batch}))):
-            alone = fn(probe[None], torch.tensor([probe_position]))[0]
+            alone = fn(probe[None], torch.tensor([probe_position], device=self.device))[0]
             for rows in sizes:
-                x = torch.randn(rows, self.hidden, generator=gen)
-                positions = torch.randint(0, self.cos.shape[0], (rows,), generator=gen)
+                x = torch.randn(rows, self.hidden, generator=gen).to(self.device)
+                positions = torch.randint(0, self.cos.shape[0], (rows,), generator=gen).to(self.device)
                 at = sorted({0, rows // 2, rows - 1})
                 x[at], positions[at] = probe, probe_position
                 out = fn(x, positions)
@@ -237,7 +255,7 @@ class BatchedLlama:
         return x + layer["down"](self._torch.nn.functional.silu(gu[:, : self.inter]) * gu[:, self.inter:])
 
     def new_cache(self, capacity: int, limit: int) -> KVCache:
-        return KVCache(self._torch, len(self.layers), self.kv_heads, self.head_dim, capacity, limit)
+        return KVCache(self._torch, len(self.layers), self.kv_heads, self.head_dim, capacity, limit, self.device)
 
     def _qkv(self, x, layer, cos, sin):
         """q (n, heads, d) and k (n, kv_heads, d) with RoPE applied (one pass over both), v (n, kv_heads, d)."""
@@ -319,16 +337,17 @@ class BatchedLlama:
             keys.append(data[:, 0, None, :, : at + 1].unbind(0))  # (1, kv_heads, at + 1, d)
             values.append(data[:, 1, None, :, : at + 1].unbind(0))
         # per prompt: its rows in this pass, its length, cache, start, and causal mask (row i sees keys 0..start+i)
-        ids, index, spans, row = list(tokens), [torch.tensor(positions, dtype=torch.long)], [], n
+        device = self.device
+        ids, index, spans, row = list(tokens), [torch.tensor(positions, dtype=torch.long, device=device)], [], n
         for prompt, cache, start in prompts:
             total, m = len(prompt), len(prompt) - start
-            mask = torch.ones(m, total, dtype=torch.bool).tril(start) if start else None
+            mask = torch.ones(m, total, dtype=torch.bool, device=device).tril(start) if start else None
             spans.append((row, row + m, total, cache, start, mask))
             ids.extend(prompt[start:])
-            index.append(torch.arange(start, total))
+            index.append(torch.arange(start, total, device=device))
             row += m
         index = torch.cat(index)
-        x = self.embed[torch.tensor(ids)]
+        x = self.embed[torch.tensor(ids, device=device)]
         cos, sin = self.cos[index][:, None], self.sin[index][:, None]
         for i, layer in enumerate(self.layers):
             q, k, v = self._qkv(x, layer, cos, sin)
@@ -350,7 +369,7 @@ class BatchedLlama:
                 out.append(att[0].transpose(0, 1).reshape(b - a, -1))
             x = self.mlp(x + layer["o"](out[0] if len(out) == 1 else torch.cat(out)), layer)
         last = [b - 1 for _, b, *_ in spans]
-        logits = self.head(self.rms(x if not last else x[torch.tensor(list(range(n)) + last)], self.norm))
+        logits = self.head(self.rms(x if not last else x[torch.tensor(list(range(n)) + last, device=device)], self.norm))
         for cache in caches:  # only once the whole pass went through: a failed pass can run again as it was
             cache.length += 1
         for _, _, total, cache, _, _ in spans:
@@ -381,8 +400,6 @@ class CpuEngine(Engine):
         import tqdm
         from transformers.utils import logging as hf_logging
 
-        from .cpu_scheduler import Scheduler
-
         if max_batch < 1:
             raise ValueError("max_batch must be at least 1")
         hf_logging.disable_progress_bar()
@@ -396,10 +413,34 @@ class CpuEngine(Engine):
         monitor = tqdm.tqdm.monitor_interval
         tqdm.tqdm.monitor_interval = 0  # the GGUF loader's progress bar would leave tqdm's monitor thread behind
         try:
-            self.tokenizer, hf_model = load_model(path)
+            tokenizer, hf_model = load_model(path)
         finally:
             tqdm.tqdm.monitor_interval = monitor
-        self.llama = BatchedLlama(hf_model, max_batch=max_batch, max_context=CONTEXT_TOKENS)
+        self._setup(tokenizer, hf_model, max_batch=max_batch, prefix_cache=prefix_cache)
+
+    @classmethod
+    def from_model(cls, tokenizer, hf_model, *, model: str, max_batch: int = 32, prefix_cache: bool = True,
+                   device=None, check: bool = True) -> "CpuEngine":
+        """The engine around a transformers Llama model already loaded (e.g. randomly initialised in SmolLM2's shape
+        on a GPU, for ``bench/cpu_engine.py --device cuda``), on ``device`` (see :class:`BatchedLlama`)."""
+        import torch
+
+        if max_batch < 1:
+            raise ValueError("max_batch must be at least 1")
+        engine = cls.__new__(cls)
+        engine._torch = torch
+        engine.model = model
+        engine.gguf_path = None
+        engine._setup(tokenizer, hf_model, max_batch=max_batch, prefix_cache=prefix_cache, device=device, check=check)
+        return engine
+
+    def _setup(self, tokenizer, hf_model, *, max_batch: int, prefix_cache: bool, device=None,
+               check: bool = True) -> None:
+        from .cpu_scheduler import Scheduler
+
+        self.tokenizer = tokenizer
+        self.llama = BatchedLlama(hf_model, max_batch=max_batch, max_context=CONTEXT_TOKENS, device=device,
+                                  check=check)
         del hf_model  # its weights live on in the packed copies (and the embedding table)
         self._eos = self.tokenizer.eos_token_id
         if prefix_cache:

@@ -344,7 +344,8 @@ class Scheduler:
         greedy = logits.argmax(-1).tolist() if any(s.sampling.greedy for s in everyone) else None
         for i, seq in enumerate(everyone):
             try:
-                token = greedy[i] if seq.sampling.greedy else sample(torch, logits[i], seq.sampling, seq.generator)
+                token = (greedy[i] if seq.sampling.greedy  # drawn on the CPU, by the sequence's own generator
+                         else sample(torch, logits[i].cpu(), seq.sampling, seq.generator))
             except Exception as exc:
                 self._fail(seq, exc)
                 continue
