@@ -30,13 +30,18 @@ from .verify import ResponseSignatureError, verify_response
 RETRY_FOR_S = 60.0
 
 
+#: the shortest wait between two tries, whatever ``Retry-After`` says (a node answering 0 is not sent a flood)
+MIN_RETRY_S = 0.25
+
+
 def retry_after_s(value: str | None, longest: float) -> float:
-    """The wait a ``Retry-After`` header asks for (delay seconds; 1 without one or unreadable), at most ``longest``."""
+    """The wait a ``Retry-After`` header asks for (delay seconds; 1 without one or unreadable), at least
+    :data:`MIN_RETRY_S`, at most ``longest``."""
     try:
         wait = float(value) if value else 1.0
     except ValueError:
         wait = 1.0
-    return 1.0 if math.isnan(wait) else min(max(wait, 0.0), longest)
+    return 1.0 if math.isnan(wait) else min(max(wait, MIN_RETRY_S), longest)
 
 
 @dataclass

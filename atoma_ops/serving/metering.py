@@ -165,14 +165,15 @@ class EngineFailure(ServingError):
 
 
 class EngineRefused(ServingError):
-    """The server behind the engine refused the request as invalid (its 400, 404, 413 or 422: e.g. a prompt its model
+    """The server behind the engine refused the request as invalid (its 400, 413 or 422: e.g. a prompt its model
     cannot take): the request's fault, so a 400 that clients do not retry, not the node's 500 (nothing charged)."""
 
     status, type = 400, "invalid_request_error"
 
 
-#: statuses of a server behind the engine that mean the request itself is wrong (EngineRefused)
-REQUEST_FAULT_STATUSES = frozenset({400, 404, 413, 422})
+#: statuses of a server behind the engine that mean the request itself is wrong (EngineRefused); not its 404: the
+#: engine names the model and the path, so a 404 is the node's configuration, a 500
+REQUEST_FAULT_STATUSES = frozenset({400, 413, 422})
 
 
 class Overloaded(ServingError):
@@ -245,7 +246,8 @@ def _number(request: dict, key: str, low: float, high: float, *, low_open: bool 
 #: the roles a chat message may have here (OpenAI's, but ``tool``/``function``: this node has no tool calling)
 ROLES = frozenset({"system", "developer", "user", "assistant"})
 #: fields a message may carry: OpenAI's; the tool-calling ones only as null or empty (what the SDK echoes back when a
-#: client appends an answer's message to its conversation), ``refusal``/``annotations`` are output-only and unused
+#: client appends an answer's message to its conversation), ``refusal``/``annotations`` are output-only and unused.
+#: Any other field is refused unless null (an answer's ``model_dump()`` has ``parsed``, vLLM's ``reasoning_content``)
 MESSAGE_FIELDS = frozenset({"role", "content", "name", "refusal", "annotations"})
 TOOL_MESSAGE_FIELDS = frozenset({"tool_calls", "tool_call_id", "function_call", "audio"})
 #: below this temperature sampling is greedy, as in vLLM (``_SAMPLING_EPS``): dividing logits by a smaller one
@@ -268,7 +270,7 @@ def _validate_message(i: int, message: Any, content_parts: frozenset[str] | None
             if value not in (None, [], ""):
                 raise BadRequest(f"messages[{i}].{key} is not supported by this node (no tool calling)",
                                  param="messages")
-        elif key not in MESSAGE_FIELDS:
+        elif key not in MESSAGE_FIELDS and value is not None:
             raise BadRequest(f"messages[{i}] has an unknown field {key!r}", param="messages")
     name = message.get("name")
     if name is not None and not isinstance(name, str):

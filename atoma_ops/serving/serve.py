@@ -216,6 +216,7 @@ class RequestRun:
         self.generation = Generation()
         self.first_token_ms: int | None = None
         self._after = after
+        self._recording = False  # the engine is done and the answer is being recorded (abort() no longer cancels)
         self._queue: asyncio.Queue = asyncio.Queue()
         self._last_put = time.monotonic()  # when the engine last produced text (keep-alives count silence from it)
         self._keepalive_timer: asyncio.TimerHandle | None = None
@@ -276,7 +277,9 @@ class RequestRun:
             raise
 
     def abort(self) -> None:
-        if not self._task.done():
+        """Stop the engine (the client went away). Once the answer is being recorded it is recorded: cancelling
+        then would report a write failure for an answer the store charges anyway."""
+        if not self._task.done() and not self._recording:
             self._task.cancel()
 
     # -- the run's own task
@@ -331,6 +334,7 @@ class RequestRun:
             metrics.queued.dec()
         else:
             metrics.running.dec()
+        self._recording = True  # from here abort() leaves the run alone
         try:
             outcome = await self._record(error, aborted)
         except BaseException as exc:  # never leave a waiter hanging

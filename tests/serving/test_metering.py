@@ -178,6 +178,8 @@ def test_messages_the_model_cannot_read_are_refused_by_name(message, parts, why)
         ({"role": "assistant", "content": "hi", "refusal": None, "annotations": [], "audio": None,
           "function_call": None, "tool_calls": None}, TEXT),
         ({"role": "assistant", "content": None}, TEXT),
+        # a parsed answer's model_dump() (openai's ParsedChatCompletionMessage) and vLLM's reasoning field, both null
+        ({"role": "assistant", "content": "hi", "parsed": None, "reasoning_content": None}, TEXT),
         ({"role": "user", "content": [{"type": "text", "text": "look"}, IMAGE]}, None),  # relayed: the server decides
     ],
 )

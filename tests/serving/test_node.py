@@ -535,3 +535,35 @@ def test_a_workload_runs_concurrently_and_serves_failed_requests_again(net, loca
     assert (again.served, again.already_served, again.failed, o.index, o.history_index) == (1, 5, [], 2, 5)
     assert node.store.usage(s).used_units == first.units_charged + again.units_charged
     net.run(node.close())
+
+
+def test_a_client_gone_while_its_answer_is_recorded_leaves_it_served(net, localnet_home):
+    """``abort()`` (the client went away) stops only the engine: an answer already being recorded is recorded,
+    charged and reported as served, never as a write failure the store charged anyway."""
+    import asyncio
+
+    t = market(net, NO_SECURITY)
+    s = net.buy(t, 10_000, PRICE, draw=0)
+    node = open_node(net, localnet_home, "node-1", stub_engine())
+
+    async def body():
+        gate, reached = asyncio.Event(), asyncio.Event()
+        submit = node.settler.submit
+
+        async def held(settlement):
+            reached.set()
+            await gate.wait()
+            return await submit(settlement)
+
+        node.settler.submit = held
+        run = node.start(await node.admit(s, ask(0, 3)))
+        await asyncio.wait_for(reached.wait(), 10)
+        run.abort()  # the client goes away while its answer is being recorded
+        gate.set()
+        return await run.result()
+
+    outcome = net.run(body())
+    assert outcome.error is None and outcome.response["usage"]["completion_tokens"] == 3
+    assert node.store.usage(s).used_units == outcome.units > 0 and len(node.history(s)) == 1
+    served = node.metrics.requests.labels(node.engine.model, "served")._value.get()
+    assert served == 1 and node.metrics.units_charged.labels(node.engine.model)._value.get() == outcome.units
