@@ -28,8 +28,6 @@ from .verify import ResponseSignatureError, verify_response
 #: how long a 425/429 is sent again at least (seconds): twice the node's default reservation lease (30 s), so a
 #: reservation a killed process left behind expires within it
 RETRY_FOR_S = 60.0
-
-
 #: the shortest wait between two tries, whatever ``Retry-After`` says (a node answering 0 is not sent a flood)
 MIN_RETRY_S = 0.25
 

@@ -465,7 +465,7 @@ class NodeService:
                     return self._recorded(stack_small_id, request, seen)
                 if seen is not None:  # finally refused before: the same refusal, not a new judgement
                     raise RecordedRefusal(seen["type"], seen["message"])
-            validate_request(request, content_parts=getattr(engine, "content_parts", frozenset({"text"})))
+            validate_request(request, content_parts=engine.content_parts)
             facts, task_model = await self.stack_facts(stack_small_id, owner=owner, tx_digest=tx_digest)
             self.check_model(request, task_model)
             if getattr(engine, "remote_tokenizer", False) and hasattr(engine, "aprompt_tokens"):

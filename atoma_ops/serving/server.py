@@ -152,7 +152,7 @@ class EventStream(StreamingResponse):
         self._on_disconnect = on_disconnect
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        watcher = asyncio.get_running_loop().create_task(self._watch(receive))
+        watcher = asyncio.get_running_loop().create_task(_when_disconnected(receive, self._on_disconnect))
         try:
             await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
             last = b""
@@ -166,19 +166,14 @@ class EventStream(StreamingResponse):
             watcher.cancel()
             await self.body_iterator.aclose()  # type: ignore[attr-defined]
 
-    async def _watch(self, receive: Any) -> None:
-        while (await receive())["type"] != "http.disconnect":
-            pass
-        if self._on_disconnect is not None:
-            self._on_disconnect()  # also after the last send (uvicorn then answers disconnect): harmless
 
-
-async def _abort_on_disconnect(request: Request, run: RequestRun) -> None:
-    """Abort a non-streamed run when its client disconnects (the body was read whole: the next ASGI message is the
-    disconnect)."""
-    while (await request.receive())["type"] != "http.disconnect":
+async def _when_disconnected(receive: Any, callback: Callable[[], None] | None) -> None:
+    """Call ``callback`` once the client disconnects (the request body was read whole: the next ASGI message is the
+    disconnect; after a response's last send uvicorn answers disconnect too, and the callback is then harmless)."""
+    while (await receive())["type"] != "http.disconnect":
         pass
-    run.abort()
+    if callback is not None:
+        callback()
 
 
 async def sse_stream(run: RequestRun, keepalive_s: float, payload: bytes) -> AsyncIterator[bytes]:
@@ -370,7 +365,7 @@ def create_app(service: NodeService, *, keepalive_s: float = KEEPALIVE_S, max_bo
                                headers={"Cache-Control": "no-cache", STACK_HEADER: str(stack)})
         # a client that goes away (closed, timed out: the openai SDK then retries) stops the engine as a dropped
         # stream does, and is charged what was produced, never the whole generation nobody will read
-        watcher = asyncio.get_running_loop().create_task(_abort_on_disconnect(request, run))
+        watcher = asyncio.get_running_loop().create_task(_when_disconnected(request.receive, run.abort))
         try:
             outcome = await run.result()
         finally:

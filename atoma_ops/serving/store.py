@@ -494,13 +494,13 @@ class NodeStore:
 
         A ``stack_in_settlement`` refusal is not recorded once the store has the stack open again (a settlement
         aborted between the refusal and this record: :meth:`abort_settlements` dropped the ones before)."""
+        sql, args = "INSERT OR IGNORE INTO refusals SELECT ?, ?, ?, ?, ?", [stack_small_id, request_id, type_, message]
+        args.append(int(time.time() * 1000))
+        if type_ == StackSettling.type:
+            sql += " WHERE NOT EXISTS (SELECT 1 FROM stacks WHERE stack_small_id = ? AND state = 'open')"
+            args.append(stack_small_id)
         with self._tx(durable=False) as c:
-            c.execute(
-                "INSERT OR IGNORE INTO refusals SELECT ?, ?, ?, ?, ? WHERE ? <> ? OR NOT EXISTS "
-                "(SELECT 1 FROM stacks WHERE stack_small_id = ? AND state = 'open')",
-                (stack_small_id, request_id, type_, message, int(time.time() * 1000), type_, StackSettling.type,
-                 stack_small_id),
-            )
+            c.execute(sql, args)
 
     def request_ids(self, stack_small_id: int, prefix: str = "") -> dict[str, str]:
         """Every request id seen on a stack (starting with ``prefix``): ``"served"`` or ``"refused"``."""
